@@ -1,0 +1,115 @@
+"""Settings. Every setting has a ``CONVEYOR_*`` environment variable; the README's table
+lists them all and a test keeps that table in step with this class."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Conveyor's configuration, read from ``CONVEYOR_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./conveyor.db",
+        description="Where jobs live: sqlite:///PATH (embedded) or postgresql://... .",
+    )
+    imports: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules that define job kinds, imported by every command.",
+    )
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default"],
+        description="Queues a worker serves, comma-separated; NAME:N sets that queue's limit.",
+    )
+    concurrency: int = Field(
+        default=10, ge=1, le=10_000, description="Jobs a worker runs at once per queue."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a claimed job stays owned without a heartbeat before the "
+        "rescuer returns it to the queue.",
+    )
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between lease renewals; below lease_seconds."
+    )
+    cancel_check_interval: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds between checks for cancel requests from other processes while "
+        "jobs run (in-process cancels are immediate).",
+    )
+    rescue_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between the rescuer's looks for expired leases."
+    )
+    shutdown_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds running jobs may finish after SIGTERM before they are handed "
+        "back to the queue without charging an attempt.",
+    )
+    max_memory_mb: float = Field(
+        default=1600.0,
+        ge=0,
+        description="A worker stops fetching while its RSS is above this (0 disables).",
+    )
+    memory_check_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between RSS readings of the memory guard."
+    )
+    retention_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="Finished jobs older than this are pruned (0 disables pruning).",
+    )
+    prune_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between pruning passes."
+    )
+    flush_interval: float = Field(
+        default=0.002,
+        ge=0,
+        description="Seconds a worker waits to batch finished jobs into one transaction.",
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL: an accepted job survives power loss. NORMAL: faster; a power "
+        "loss may drop the last transactions (never corrupts).",
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        default=10_000, ge=0, description="How long SQLite waits for another process's lock."
+    )
+    sqlite_poll_interval: float = Field(
+        default=0.05,
+        gt=0,
+        description="Seconds between cheap checks (PRAGMA data_version) for commits by "
+        "other processes on the same SQLite file.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="json for production, console for people; auto picks console on a "
+        "terminal.",
+    )
+
+    @field_validator("imports", "queues", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_lease(self) -> Settings:
+        if self.heartbeat_interval >= self.lease_seconds:
+            raise ValueError(
+                f"CONVEYOR_HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be below "
+                f"CONVEYOR_LEASE_SECONDS ({self.lease_seconds}), or leases expire between "
+                "heartbeats; lower the interval or raise the lease"
+            )
+        return self

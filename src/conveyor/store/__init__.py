@@ -1,0 +1,45 @@
+"""Storage layer: the :class:`Store` contract and its implementations."""
+
+from __future__ import annotations
+
+from conveyor.config import Settings
+from conveyor.store.base import (
+    CancelRequested,
+    ConflictError,
+    JobsAvailable,
+    Listener,
+    Notice,
+    Store,
+    StoreError,
+)
+
+
+def make_store(settings: Settings) -> Store:
+    """The store ``settings.database_url`` names, not yet opened."""
+    url = settings.database_url
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from conveyor.store.sqlite import SqliteStore
+
+        return SqliteStore(
+            url,
+            synchronous=settings.sqlite_synchronous,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+            poll_interval=settings.sqlite_poll_interval,
+        )
+    raise StoreError(
+        f"CONVEYOR_DATABASE_URL={url!r}: unsupported scheme {scheme!r}; "
+        "use sqlite:///path/to/file.db"
+    )
+
+
+__all__ = [
+    "CancelRequested",
+    "ConflictError",
+    "JobsAvailable",
+    "Listener",
+    "Notice",
+    "Store",
+    "StoreError",
+    "make_store",
+]

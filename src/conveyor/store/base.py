@@ -1,0 +1,148 @@
+"""The store contract: every database operation the engine needs, named for what happens
+to a job.
+
+This interface is internal (it may change between releases); users talk to
+:class:`conveyor.Client` and :class:`conveyor.Worker`. Each method is one transaction.
+Every transition of a running job is guarded on the state, attempt and owner it expects,
+so a late report from a worker that lost its lease never overwrites a newer state.
+
+The store owns the clock: times written to the database come from the store (the
+database server's for PostgreSQL), never from the caller, so workers on machines with
+skewed clocks agree on when a job is due or a lease has expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from conveyor.store.records import (
+    ClaimRequest,
+    Enqueued,
+    Job,
+    JobFilter,
+    LeaseStatus,
+    NewJob,
+    Outcome,
+    Progress,
+    QueueStats,
+    RescueResult,
+    SettleResult,
+    WorkerInfo,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobsAvailable:
+    """Jobs may be claimable in these queues (None: in any queue)."""
+
+    queues: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """Cancellation was requested for these running jobs."""
+
+    job_ids: frozenset[int]
+
+
+Notice = JobsAvailable | CancelRequested
+Listener = Callable[[Notice], None]
+
+
+class StoreError(Exception):
+    """The database could not be reached or refused an operation."""
+
+
+class ConflictError(StoreError):
+    """The change would break a uniqueness rule (e.g. two active jobs with one unique_key)."""
+
+
+class Store(Protocol):
+    """A job store. Implementations: ``conveyor.store.sqlite.SqliteStore``."""
+
+    dialect: str
+    """``"sqlite"`` or ``"postgresql"``."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect. Raises :class:`StoreError` with the URL at fault if that fails."""
+
+    async def close(self) -> None:
+        """Disconnect; safe to call twice."""
+
+    # -- schema ----------------------------------------------------------------------
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied (empty if current)."""
+
+    async def schema_status(self) -> tuple[int, int]:
+        """(applied version, latest version known to this code)."""
+
+    # -- producing -------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Insert jobs in one transaction; results in input order. A job whose
+        ``unique_key`` matches a queued or running job of its tenant (or an earlier job of
+        the same call) resolves to that job instead."""
+
+    # -- working ---------------------------------------------------------------------
+    async def settle_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+        claim: ClaimRequest | None,
+    ) -> SettleResult:
+        """Record finished attempts and progress, then claim jobs, in one transaction.
+
+        Claims take queued, due jobs of unpaused queues, strictly by priority (1 first),
+        then ``run_at``, then id; each claimed job becomes ``running`` with its attempt
+        incremented, ``locked_by`` the worker and a lease of ``claim.lease_s``.
+        """
+
+    async def heartbeat(
+        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+    ) -> LeaseStatus:
+        """Report which of ``jobs`` (id -> attempt) still run under ``worker_id`` and
+        which have a cancel request; with ``renew`` extend their leases and the worker's
+        ``last_seen_at``."""
+
+    async def rescue(self, limit: int = 1000) -> RescueResult:
+        """Return running jobs whose lease has expired to the queue (attempt counted,
+        an error entry appended), or fail them if no attempt is left, or cancel them if a
+        cancel was requested. Also forgets workers whose registration expired."""
+
+    async def prune(self, older_than_s: float, limit: int = 1000) -> int:
+        """Delete finished jobs that finished more than ``older_than_s`` ago."""
+
+    # -- operating -------------------------------------------------------------------
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    async def list_jobs(self, flt: JobFilter) -> list[Job]: ...
+
+    async def cancel(self, job_id: int) -> Job | None:
+        """Cancel a queued job at once; ask the worker of a running job to stop it.
+        Returns the job after the change, or None if there is no such job. Finished jobs
+        are returned unchanged."""
+
+    async def retry(self, job_id: int) -> Job | None:
+        """Queue a failed or cancelled job again, due now, with one more attempt if it had
+        none left. Other states are returned unchanged."""
+
+    async def set_paused(self, queue: str, paused: bool) -> None: ...
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Statistics for every queue that has jobs, a live worker or a setting."""
+
+    async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
+        """Record a live worker; :meth:`heartbeat` with ``renew`` keeps it alive."""
+
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    async def list_workers(self) -> list[WorkerInfo]: ...
+
+    # -- notices ---------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` (on the event loop) when jobs may be available or a cancel is
+        requested, from this process or another. Returns a function that removes it."""

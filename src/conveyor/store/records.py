@@ -1,0 +1,308 @@
+"""The data that crosses the store boundary: job rows, outcomes, statistics.
+
+These types sit at the bottom of the layer stack so that every store and the engine share
+one vocabulary. They are plain frozen dataclasses: cheap to build on the hot path and easy
+to compare in tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_TENANT = "default"
+"""Tenant of every job until the accounts issue brings real tenants."""
+
+JSON = Any
+"""A JSON-serialisable value (dict, list, str, int, float, bool or None)."""
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. See docs/architecture.md for the state machine.
+
+    ``queued`` covers scheduled jobs too: a queued job whose ``run_at`` lies in the future
+    is not claimable until then.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """One failed attempt, appended to the job's error history."""
+
+    at: float
+    attempt: int
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "at": self.at,
+            "attempt": self.attempt,
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorEntry:
+        return cls(
+            at=float(data["at"]),
+            attempt=int(data["attempt"]),
+            type=str(data["type"]),
+            message=str(data["message"]),
+            traceback=data.get("traceback"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert. Every field is resolved: defaults come from the kind, not the store."""
+
+    kind: str
+    queue: str
+    payload: JSON
+    priority: int
+    max_attempts: int
+    timeout_s: float | None
+    run_at: float | None = None
+    """Absolute time (Unix seconds) the job becomes due; None means now plus ``delay_s``."""
+    delay_s: float = 0.0
+    """Seconds from the store's clock, so a scheduled job does not depend on the enqueuer's."""
+    unique_key: str | None = None
+    tenant_id: str = DEFAULT_TENANT
+    meta: dict[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job row as stored. Times are Unix seconds (UTC)."""
+
+    id: int
+    tenant_id: str
+    queue: str
+    kind: str
+    priority: int
+    state: JobState
+    payload: JSON
+    result: JSON
+    attempt: int
+    max_attempts: int
+    run_at: float
+    timeout_s: float | None
+    unique_key: str | None
+    locked_by: str | None
+    lease_expires_at: float | None
+    errors: tuple[ErrorEntry, ...]
+    progress: float | None
+    progress_message: str | None
+    cancel_requested: bool
+    meta: dict[str, JSON]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_json(self) -> dict[str, JSON]:
+        """The job as JSON-ready data (CLI ``--json``, later the HTTP API)."""
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "queue": self.queue,
+            "kind": self.kind,
+            "priority": self.priority,
+            "state": self.state.value,
+            "payload": self.payload,
+            "result": self.result,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "run_at": self.run_at,
+            "timeout_s": self.timeout_s,
+            "unique_key": self.unique_key,
+            "locked_by": self.locked_by,
+            "lease_expires_at": self.lease_expires_at,
+            "errors": [e.to_json() for e in self.errors],
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "cancel_requested": self.cancel_requested,
+            "meta": self.meta,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+class OutcomeKind(enum.StrEnum):
+    """What a worker reports about an attempt it ran."""
+
+    COMPLETED = "completed"
+    RETRY = "retry"
+    """The attempt failed and the job goes back to ``queued`` at ``run_at``."""
+    FAILED = "failed"
+    """The attempt failed and no attempt is left, or the error is not retryable."""
+    CANCELLED = "cancelled"
+    """The job was cancelled while running and its task has stopped."""
+    RELEASED = "released"
+    """Handed back at shutdown: ``queued`` again and the attempt is not charged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one attempt. Applied only if the job is still ``running`` under the same
+    attempt and owner, so a late report can never overwrite a rescue or a cancel."""
+
+    job_id: int
+    attempt: int
+    kind: OutcomeKind
+    queue: str
+    result: JSON = None
+    error: ErrorEntry | None = None
+    retry_in_s: float = 0.0
+    """For ``RETRY``: seconds from the store's clock until the job is due again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The latest progress a running job reported; written with the owner guard."""
+
+    job_id: int
+    attempt: int
+    fraction: float
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """The job an enqueue resolved to. ``created`` is False when ``unique_key`` matched a
+    job that is still queued or running: that job is returned instead of a new one."""
+
+    id: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """How many jobs a worker can take now, per queue."""
+
+    worker_id: str
+    slots: dict[str, int]
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """What a settle-and-claim exchange did."""
+
+    applied: tuple[bool, ...]
+    """For each outcome in order: whether the guarded update matched."""
+    claimed: tuple[Job, ...]
+    next_run_at: float | None
+    """The earliest ``run_at`` of a queued job in the claimed queues that is not yet due."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseStatus:
+    """What a heartbeat learned about the jobs a worker believes it runs."""
+
+    held: frozenset[int]
+    """Jobs still running under this worker (leases renewed if asked)."""
+    cancel_requested: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RescueResult:
+    requeued: tuple[int, ...]
+    failed: tuple[int, ...]
+    cancelled: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.requeued) + len(self.failed) + len(self.cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker process: its identity is new at every start."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: dict[str, int]
+    """Concurrency limit per queue served."""
+    started_at: float = 0.0
+    last_seen_at: float = 0.0
+    expires_at: float = 0.0
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "id": self.id,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "queues": dict(self.queues),
+            "started_at": self.started_at,
+            "last_seen_at": self.last_seen_at,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue's health, as `conveyor queues` and later `GET /v1/queues` show it."""
+
+    name: str
+    paused: bool
+    counts: dict[str, int]
+    """Jobs per state; every state is present."""
+    scheduled: int
+    """Queued jobs whose ``run_at`` is still in the future (included in counts['queued'])."""
+    running: int
+    limit: int | None
+    """Sum of the concurrency limits of live workers serving this queue (None: no worker)."""
+    oldest_queued_age_s: float | None
+    """Age of the oldest queued job that is due, measured from when it became due."""
+    completed_last_minute: int
+    failed_last_minute: int
+    run_time_p50_s: float | None
+    run_time_p95_s: float | None
+
+    def to_json(self) -> dict[str, JSON]:
+        return {
+            "name": self.name,
+            "paused": self.paused,
+            "counts": dict(self.counts),
+            "scheduled": self.scheduled,
+            "running": self.running,
+            "limit": self.limit,
+            "oldest_queued_age_s": self.oldest_queued_age_s,
+            "completed_last_minute": self.completed_last_minute,
+            "failed_last_minute": self.failed_last_minute,
+            "run_time_p50_s": self.run_time_p50_s,
+            "run_time_p95_s": self.run_time_p95_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs to list, newest first. ``before_id`` is the cursor: the next page lists
+    the jobs below the last id of the previous one."""
+
+    state: JobState | None = None
+    queue: str | None = None
+    kind: str | None = None
+    tenant_id: str | None = None
+    limit: int = 50
+    before_id: int | None = None

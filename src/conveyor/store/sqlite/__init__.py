@@ -1,0 +1,697 @@
+"""The embedded store: one SQLite file in WAL mode, safe for several processes.
+
+Every call runs one whole transaction on a dedicated thread that owns the connection, so
+the event loop never blocks on disk and a transaction costs one thread hop, not one per
+statement (measured here: about 3x faster than aiosqlite one job at a time). Writers take
+the file's write lock up front with ``BEGIN IMMEDIATE``, which is what makes claims from
+several processes exclusive. ``synchronous=FULL`` by default: an accepted job survives a
+power loss.
+
+Other processes' commits are noticed through ``PRAGMA data_version``, a counter SQLite
+keeps in shared memory, polled every ``sqlite_poll_interval``: cheap enough that an idle
+worker costs nothing measurable, and no query touches the jobs table until it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from conveyor.store.base import (
+    CancelRequested,
+    ConflictError,
+    JobsAvailable,
+    Listener,
+    Notice,
+    StoreError,
+)
+from conveyor.store.records import (
+    ClaimRequest,
+    Enqueued,
+    ErrorEntry,
+    Job,
+    JobFilter,
+    JobState,
+    LeaseStatus,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    QueueStats,
+    RescueResult,
+    SettleResult,
+    WorkerInfo,
+)
+from conveyor.store.sqlfile import load_migrations, load_queries
+
+T = TypeVar("T")
+
+_Q = load_queries(__name__)
+
+JOB_COLUMNS = (
+    "id",
+    "tenant_id",
+    "queue",
+    "kind",
+    "priority",
+    "state",
+    "payload",
+    "result",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "timeout_s",
+    "unique_key",
+    "locked_by",
+    "lease_expires_at",
+    "errors",
+    "progress",
+    "progress_message",
+    "cancel_requested",
+    "meta",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+_OUTCOME_QUERY = {
+    OutcomeKind.COMPLETED: _Q["complete"],
+    OutcomeKind.RETRY: _Q["retry_later"],
+    OutcomeKind.FAILED: _Q["fail"],
+    OutcomeKind.CANCELLED: _Q["cancelled"],
+    OutcomeKind.RELEASED: _Q["release"],
+}
+
+
+_REQUEUEING = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED})
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _loads_or_none(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def row_to_job(row: Sequence[Any]) -> Job:
+    """Decode a ``SELECT *`` row of ``conveyor_jobs`` (columns in :data:`JOB_COLUMNS`)."""
+    return Job(
+        id=row[0],
+        tenant_id=row[1],
+        queue=row[2],
+        kind=row[3],
+        priority=row[4],
+        state=JobState(row[5]),
+        payload=orjson.loads(row[6]),
+        result=_loads_or_none(row[7]),
+        attempt=row[8],
+        max_attempts=row[9],
+        run_at=row[10],
+        timeout_s=row[11],
+        unique_key=row[12],
+        locked_by=row[13],
+        lease_expires_at=row[14],
+        errors=tuple(ErrorEntry.from_json(e) for e in orjson.loads(row[15])),
+        progress=row[16],
+        progress_message=row[17],
+        cancel_requested=bool(row[18]),
+        meta=orjson.loads(row[19]),
+        created_at=row[20],
+        started_at=row[21],
+        finished_at=row[22],
+    )
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in ``sqlite:///relative/path`` or ``sqlite:////absolute/path``."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc:
+        raise StoreError(
+            f"database URL {url!r} is not a SQLite URL; write sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise StoreError(
+            f"database URL {url!r} names no file; Conveyor's processes share the database "
+            "through a file, e.g. sqlite:///./conveyor.db"
+        )
+    return path
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class SqliteStore:
+    """A :class:`conveyor.store.base.Store` on one SQLite file."""
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous={synchronous!r}: use FULL or NORMAL")
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._poll_interval = poll_interval
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._listeners: list[Listener] = []
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- connection ------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        parent = Path(self.path).parent
+        if not parent.is_dir():
+            raise StoreError(
+                f"cannot open database {self.url!r}: folder {str(parent)!r} does not exist"
+            )
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-sqlite")
+        try:
+            self._conn = await self._call(self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"cannot open database {self.url!r}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_ms / 1000,
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL is needed")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA temp_store=MEMORY")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._call_raw(conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def _call_raw(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise StoreError(f"store {self.url!r} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await self._call_raw(fn)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.url!r}: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self.url!r} is not open")
+        return self._conn
+
+    async def _write(self, fn: Callable[[sqlite3.Connection, float], T]) -> T:
+        """Run ``fn(conn, now)`` in one ``BEGIN IMMEDIATE`` transaction on the thread."""
+
+        def tx() -> T:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, time.time())
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._call(tx)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection, float], T]) -> T:
+        """Run ``fn(conn, now)`` in one read transaction (a consistent snapshot)."""
+
+        def tx() -> T:
+            conn = self._db()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn, time.time())
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._call(tx)
+
+    # -- schema ----------------------------------------------------------------------
+    async def migrate(self) -> list[int]:
+        migrations = load_migrations("conveyor.store.sqlite")
+
+        def apply(conn: sqlite3.Connection, now: float) -> list[int]:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS conveyor_schema "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            current = conn.execute(_Q["schema_version"]).fetchone()[0]
+            applied = []
+            for version, sql in migrations:
+                if version <= current:
+                    continue
+                # executescript would COMMIT the open transaction; run statement by
+                # statement so a migration and its version row land together.
+                for statement in _split_statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO conveyor_schema (version, applied_at) VALUES (?, ?)",
+                    (version, now),
+                )
+                applied.append(version)
+            return applied
+
+        applied = await self._write(apply)
+        await self._call(self._check_columns)
+        return applied
+
+    def _check_columns(self) -> None:
+        names = tuple(row[1] for row in self._db().execute("PRAGMA table_info(conveyor_jobs)"))
+        if names != JOB_COLUMNS:
+            raise StoreError(
+                f"database {self.url!r}: conveyor_jobs columns {names} differ from what "
+                f"this version of Conveyor reads {JOB_COLUMNS}"
+            )
+
+    async def schema_status(self) -> tuple[int, int]:
+        latest = len(load_migrations("conveyor.store.sqlite"))
+
+        def read(conn: sqlite3.Connection, now: float) -> int:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'conveyor_schema'"
+            ).fetchone()
+            return int(conn.execute(_Q["schema_version"]).fetchone()[0]) if exists else 0
+
+        return await self._read(read), latest
+
+    # -- producing -------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if not jobs:
+            return []
+        result = await self._write(lambda conn, now: _insert_jobs(conn, now, jobs))
+        self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
+        return result
+
+    # -- working ---------------------------------------------------------------------
+    async def settle_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+        claim: ClaimRequest | None,
+    ) -> SettleResult:
+        def tx(conn: sqlite3.Connection, now: float) -> SettleResult:
+            applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
+            for p in progress:
+                conn.execute(
+                    _Q["progress"],
+                    {
+                        "id": p.job_id,
+                        "attempt": p.attempt,
+                        "worker_id": worker_id,
+                        "fraction": p.fraction,
+                        "message": p.message,
+                    },
+                )
+            claimed: list[Job] = []
+            next_run_at: float | None = None
+            if claim is not None:
+                for queue, limit in claim.slots.items():
+                    jobs, upcoming = _claim_queue(conn, now, claim, queue, limit)
+                    claimed.extend(jobs)
+                    if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
+                        next_run_at = upcoming
+            return SettleResult(applied, tuple(claimed), next_run_at)
+
+        result = await self._write(tx)
+        if any(
+            ok and o.kind in _REQUEUEING
+            for o, ok in zip(outcomes, result.applied, strict=True)
+        ):
+            self._publish(JobsAvailable(frozenset(o.queue for o in outcomes)))
+        return result
+
+    async def heartbeat(
+        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+    ) -> LeaseStatus:
+        def check(conn: sqlite3.Connection, now: float) -> LeaseStatus:
+            params = {"worker_id": worker_id, "now": now, "lease_s": lease_s}
+            if renew:
+                conn.execute(_Q["renew_leases"], params)
+                conn.execute(_Q["renew_worker"], params)
+            held: set[int] = set()
+            cancel: set[int] = set()
+            for job_id, attempt, cancel_requested in conn.execute(_Q["leases_held"], params):
+                if jobs.get(job_id) == attempt:
+                    held.add(job_id)
+                    if cancel_requested:
+                        cancel.add(job_id)
+            return LeaseStatus(frozenset(held), frozenset(cancel))
+
+        return await (self._write(check) if renew else self._read(check))
+
+    async def rescue(self, limit: int = 1000) -> RescueResult:
+        def tx(conn: sqlite3.Connection, now: float) -> list[tuple[int, str, str]]:
+            rows = conn.execute(_Q["rescue"], {"now": now, "limit": limit}).fetchall()
+            conn.execute(_Q["forget_workers"], {"now": now})
+            return rows
+
+        rows = await self._write(tx)
+        by_state: dict[str, list[int]] = {"queued": [], "failed": [], "cancelled": []}
+        for job_id, state, _queue in rows:
+            by_state[state].append(job_id)
+        if by_state["queued"]:
+            self._publish(JobsAvailable(frozenset(q for _, s, q in rows if s == "queued")))
+        return RescueResult(
+            requeued=tuple(sorted(by_state["queued"])),
+            failed=tuple(sorted(by_state["failed"])),
+            cancelled=tuple(sorted(by_state["cancelled"])),
+        )
+
+    async def prune(self, older_than_s: float, limit: int = 1000) -> int:
+        def tx(conn: sqlite3.Connection, now: float) -> int:
+            cursor = conn.execute(_Q["prune"], {"before": now - older_than_s, "limit": limit})
+            return cursor.rowcount
+
+        return await self._write(tx)
+
+    # -- operating -------------------------------------------------------------------
+    async def get_job(self, job_id: int) -> Job | None:
+        return await self._read(lambda conn, now: _get_job(conn, job_id))
+
+    async def list_jobs(self, flt: JobFilter) -> list[Job]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", flt.state.value if flt.state else None),
+            ("queue", flt.queue),
+            ("kind", flt.kind),
+            ("tenant_id", flt.tenant_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if flt.before_id is not None:
+            clauses.append("id < ?")
+            params.append(flt.before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM conveyor_jobs {where} ORDER BY id DESC LIMIT ?"
+        params.append(flt.limit)
+        rows = await self._read(lambda conn, now: conn.execute(sql, params).fetchall())
+        return [row_to_job(row) for row in rows]
+
+    async def cancel(self, job_id: int) -> Job | None:
+        def tx(conn: sqlite3.Connection, now: float) -> tuple[str | None, Job | None]:
+            row = conn.execute(_Q["cancel"], {"id": job_id, "now": now}).fetchone()
+            return (row[0] if row else None), _get_job(conn, job_id)
+
+        changed_state, job = await self._write(tx)
+        if changed_state == JobState.RUNNING:
+            self._publish(CancelRequested(frozenset({job_id})))
+        return job
+
+    async def retry(self, job_id: int) -> Job | None:
+        def tx(conn: sqlite3.Connection, now: float) -> tuple[str | None, Job | None]:
+            try:
+                row = conn.execute(_Q["retry"], {"id": job_id, "now": now}).fetchone()
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(
+                    f"job {job_id} cannot be retried: another queued or running job holds "
+                    "its unique_key; cancel that job first"
+                ) from exc
+            return (row[0] if row else None), _get_job(conn, job_id)
+
+        queue, job = await self._write(tx)
+        if queue is not None:
+            self._publish(JobsAvailable(frozenset({queue})))
+        return job
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        def tx(conn: sqlite3.Connection, now: float) -> None:
+            conn.execute(_Q["set_paused"], {"queue": queue, "paused": int(paused), "now": now})
+
+        await self._write(tx)
+        if not paused:
+            self._publish(JobsAvailable(frozenset({queue})))
+
+    async def queue_stats(self) -> list[QueueStats]:
+        return await self._read(_queue_stats)
+
+    async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
+        def tx(conn: sqlite3.Connection, now: float) -> None:
+            conn.execute(
+                _Q["register_worker"],
+                {
+                    "id": info.id,
+                    "hostname": info.hostname,
+                    "pid": info.pid,
+                    "queues": _dumps(info.queues),
+                    "now": now,
+                    "lease_s": lease_s,
+                },
+            )
+
+        await self._write(tx)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._write(lambda conn, now: conn.execute(_Q["unregister_worker"], (worker_id,)))
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self._read(_live_workers)
+
+    # -- notices ---------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(
+                self._watch_other_processes(), name="conveyor-sqlite-watch"
+            )
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _publish(self, notice: Notice) -> None:
+        for listener in tuple(self._listeners):
+            listener(notice)
+
+    async def _watch_other_processes(self) -> None:
+        """Publish a notice whenever another connection commits to the file."""
+
+        def data_version() -> int:
+            return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+
+        last = await self._call(data_version)
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                current = await self._call(data_version)
+            except StoreError:
+                continue
+            if current != last:
+                last = current
+                self._publish(JobsAvailable(None))
+
+
+def _split_statements(sql: str) -> list[str]:
+    statements: list[str] = []
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        part.strip().startswith("--") for part in buffer.strip().splitlines()
+    ):
+        raise StoreError(f"migration ends with an unterminated statement: {buffer.strip()!r}")
+    return statements
+
+
+def _get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
+    row = conn.execute(_Q["get_job"], (job_id,)).fetchone()
+    return row_to_job(row) if row else None
+
+
+def _insert_jobs(conn: sqlite3.Connection, now: float, jobs: Sequence[NewJob]) -> list[Enqueued]:
+    # Ids are taken from sqlite_sequence while the write lock is held, so a bulk insert
+    # runs as one executemany and each result maps to its input without RETURNING
+    # (whose order SQLite leaves unspecified).
+    next_id = int(conn.execute(_Q["next_job_id"]).fetchone()[0]) + 1
+    results: list[Enqueued] = []
+    rows: list[tuple[Any, ...]] = []
+    seen_keys: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        if job.unique_key is not None:
+            key = (job.tenant_id, job.unique_key)
+            existing = seen_keys.get(key)
+            if existing is None:
+                found = conn.execute(_Q["find_active_unique"], key).fetchone()
+                existing = found[0] if found else None
+            if existing is not None:
+                results.append(Enqueued(existing, created=False))
+                continue
+            seen_keys[key] = next_id
+        run_at = job.run_at if job.run_at is not None else now + job.delay_s
+        rows.append(
+            (
+                next_id,
+                job.tenant_id,
+                job.queue,
+                job.kind,
+                job.priority,
+                _dumps(job.payload),
+                job.max_attempts,
+                run_at,
+                job.timeout_s,
+                job.unique_key,
+                _dumps(job.meta),
+                now,
+            )
+        )
+        results.append(Enqueued(next_id, created=True))
+        next_id += 1
+    conn.executemany(_Q["insert_job"], rows)
+    return results
+
+
+def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outcome) -> bool:
+    params: dict[str, Any] = {"id": o.job_id, "attempt": o.attempt, "worker_id": worker_id}
+    if o.kind is not OutcomeKind.RELEASED:
+        params["now"] = now
+    if o.kind is OutcomeKind.COMPLETED:
+        params["result"] = _dumps(o.result)
+    elif o.kind is OutcomeKind.RETRY or o.kind is OutcomeKind.FAILED:
+        if o.error is None:
+            raise ValueError(f"outcome {o.kind} of job {o.job_id} needs an error entry")
+        params["error"] = _dumps(o.error.to_json())
+        if o.kind is OutcomeKind.RETRY:
+            params["delay"] = o.retry_in_s
+    return conn.execute(_OUTCOME_QUERY[o.kind], params).rowcount == 1
+
+
+def _claim_queue(
+    conn: sqlite3.Connection, now: float, claim: ClaimRequest, queue: str, limit: int
+) -> tuple[list[Job], float | None]:
+    paused = conn.execute(_Q["queue_paused"], (queue,)).fetchone()
+    if paused is not None and paused[0]:
+        return [], None
+    jobs: list[Job] = []
+    if limit > 0:
+        rows = conn.execute(
+            _Q["claim"],
+            {
+                "worker_id": claim.worker_id,
+                "now": now,
+                "lease_s": claim.lease_s,
+                "queue": queue,
+                "limit": limit,
+            },
+        ).fetchall()
+        jobs = sorted((row_to_job(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
+        if len(jobs) == limit:
+            return jobs, None
+    upcoming = conn.execute(_Q["next_run_at"], {"queue": queue, "now": now}).fetchone()[0]
+    return jobs, upcoming
+
+
+def _live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
+    return [
+        WorkerInfo(
+            id=row[0],
+            hostname=row[1],
+            pid=row[2],
+            queues=orjson.loads(row[3]),
+            started_at=row[4],
+            last_seen_at=row[5],
+            expires_at=row[6],
+        )
+        for row in conn.execute(_Q["list_workers"], {"now": now})
+    ]
+
+
+def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
+    counts: dict[str, dict[str, int]] = {}
+    for queue, state, n in conn.execute(_Q["stats_counts"]):
+        counts.setdefault(queue, {})[state] = n
+    due: dict[str, tuple[int, float]] = {
+        queue: (n, oldest) for queue, n, oldest in conn.execute(_Q["stats_due"], {"now": now})
+    }
+    recent: dict[tuple[str, str], int] = {
+        (queue, state): n
+        for queue, state, n in conn.execute(_Q["stats_recent"], {"since": now - 60.0})
+    }
+    paused = {name: bool(p) for name, p in conn.execute(_Q["queue_settings"])}
+    limits: dict[str, int] = {}
+    for worker in _live_workers(conn, now):
+        for queue, limit in worker.queues.items():
+            limits[queue] = limits.get(queue, 0) + limit
+    stats = []
+    for name in sorted(set(counts) | set(paused) | set(limits)):
+        by_state = {state.value: counts.get(name, {}).get(state.value, 0) for state in JobState}
+        due_count, oldest = due.get(name, (0, None))
+        run_times = sorted(
+            row[0] for row in conn.execute(_Q["stats_run_times"], {"queue": name})
+        )
+        stats.append(
+            QueueStats(
+                name=name,
+                paused=paused.get(name, False),
+                counts=by_state,
+                scheduled=by_state[JobState.QUEUED] - due_count,
+                running=by_state[JobState.RUNNING],
+                limit=limits.get(name),
+                oldest_queued_age_s=None if oldest is None else max(0.0, now - oldest),
+                completed_last_minute=recent.get((name, JobState.COMPLETED), 0),
+                failed_last_minute=recent.get((name, JobState.FAILED), 0),
+                run_time_p50_s=statistics.median(run_times) if run_times else None,
+                run_time_p95_s=_percentile(run_times, 0.95) if run_times else None,
+            )
+        )
+    return stats
+

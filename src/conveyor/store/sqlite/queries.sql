@@ -1,0 +1,181 @@
+-- SQLite queries of SqliteStore. Parameters are named (:name); times are Unix seconds.
+-- Every statement that changes a running job is guarded on state, attempt and owner.
+
+-- name: insert_job
+INSERT INTO conveyor_jobs (
+    id, tenant_id, queue, kind, priority, state, payload, attempt, max_attempts,
+    run_at, timeout_s, unique_key, meta, created_at
+) VALUES (?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?)
+
+-- name: next_job_id
+SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'conveyor_jobs'), 0)
+
+-- name: find_active_unique
+SELECT id FROM conveyor_jobs
+WHERE tenant_id = ? AND unique_key = ? AND state IN ('queued', 'running')
+
+-- name: claim
+-- RETURNING order is unspecified in SQLite: the store sorts the claimed rows itself.
+UPDATE conveyor_jobs
+SET state = 'running',
+    attempt = attempt + 1,
+    locked_by = :worker_id,
+    lease_expires_at = :now + :lease_s,
+    started_at = :now,
+    progress = NULL,
+    progress_message = NULL
+WHERE id IN (
+    SELECT id FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = :queue AND run_at <= :now
+    ORDER BY priority, run_at, id
+    LIMIT :limit
+)
+RETURNING *
+
+-- name: queue_paused
+SELECT paused FROM conveyor_queues WHERE name = ?
+
+-- name: next_run_at
+-- Only asked after a claim drained the queue's due jobs, so it reads scheduled rows only.
+SELECT min(run_at) FROM conveyor_jobs WHERE state = 'queued' AND queue = :queue AND run_at > :now
+
+-- name: complete
+UPDATE conveyor_jobs
+SET state = 'completed', result = :result, finished_at = :now, lease_expires_at = NULL,
+    progress = 1.0
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND locked_by = :worker_id
+
+-- name: retry_later
+UPDATE conveyor_jobs
+SET state = 'queued', run_at = :now + :delay, errors = json_insert(errors, '$[#]', json(:error)),
+    locked_by = NULL, lease_expires_at = NULL
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND locked_by = :worker_id
+
+-- name: fail
+UPDATE conveyor_jobs
+SET state = 'failed', finished_at = :now, errors = json_insert(errors, '$[#]', json(:error)),
+    lease_expires_at = NULL
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND locked_by = :worker_id
+
+-- name: cancelled
+UPDATE conveyor_jobs
+SET state = 'cancelled', finished_at = :now, lease_expires_at = NULL
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND locked_by = :worker_id
+
+-- name: release
+-- Handed back at shutdown: the attempt is not charged and run_at is kept, so the job
+-- keeps its place in line.
+UPDATE conveyor_jobs
+SET state = 'queued', attempt = attempt - 1, locked_by = NULL, lease_expires_at = NULL,
+    started_at = NULL, progress = NULL, progress_message = NULL
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND locked_by = :worker_id
+
+-- name: progress
+UPDATE conveyor_jobs
+SET progress = :fraction, progress_message = :message
+WHERE id = :id AND state = 'running' AND attempt = :attempt AND locked_by = :worker_id
+
+-- name: leases_held
+SELECT id, attempt, cancel_requested FROM conveyor_jobs
+WHERE state = 'running' AND locked_by = :worker_id
+
+-- name: renew_leases
+UPDATE conveyor_jobs SET lease_expires_at = :now + :lease_s
+WHERE state = 'running' AND locked_by = :worker_id
+
+-- name: renew_worker
+UPDATE conveyor_workers SET last_seen_at = :now, expires_at = :now + :lease_s WHERE id = :worker_id
+
+-- name: rescue
+-- A job whose lease expired lost its worker: its attempt counts. It is cancelled if a
+-- cancel was asked, failed if no attempt is left, else queued again in its old place.
+UPDATE conveyor_jobs
+SET state = CASE
+        WHEN cancel_requested THEN 'cancelled'
+        WHEN attempt >= max_attempts THEN 'failed'
+        ELSE 'queued'
+    END,
+    finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN :now END,
+    errors = CASE
+        WHEN cancel_requested THEN errors
+        ELSE json_insert(errors, '$[#]', json_object(
+            'at', :now, 'attempt', attempt, 'type', 'LeaseExpired',
+            'message', 'worker ' || coalesce(locked_by, '?') || ' stopped renewing its lease',
+            'traceback', NULL))
+    END,
+    locked_by = NULL,
+    lease_expires_at = NULL
+WHERE id IN (
+    SELECT id FROM conveyor_jobs
+    WHERE state = 'running' AND lease_expires_at < :now
+    LIMIT :limit
+)
+RETURNING id, state, queue
+
+-- name: forget_workers
+DELETE FROM conveyor_workers WHERE expires_at < :now
+
+-- name: prune
+DELETE FROM conveyor_jobs
+WHERE id IN (
+    SELECT id FROM conveyor_jobs
+    WHERE finished_at < :before AND state IN ('completed', 'failed', 'cancelled')
+    LIMIT :limit
+)
+
+-- name: get_job
+SELECT * FROM conveyor_jobs WHERE id = ?
+
+-- name: cancel
+UPDATE conveyor_jobs
+SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+    finished_at = CASE WHEN state = 'queued' THEN :now ELSE finished_at END,
+    cancel_requested = 1
+WHERE id = :id AND state IN ('queued', 'running')
+RETURNING state
+
+-- name: retry
+UPDATE conveyor_jobs
+SET state = 'queued', run_at = :now, result = NULL, finished_at = NULL, started_at = NULL,
+    cancel_requested = 0, locked_by = NULL, lease_expires_at = NULL, progress = NULL,
+    progress_message = NULL,
+    max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
+WHERE id = :id AND state IN ('failed', 'cancelled')
+RETURNING queue
+
+-- name: set_paused
+INSERT INTO conveyor_queues (name, paused, updated_at) VALUES (:queue, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
+
+-- name: stats_counts
+SELECT queue, state, count(*) FROM conveyor_jobs GROUP BY queue, state
+
+-- name: stats_due
+SELECT queue, count(*), min(run_at) FROM conveyor_jobs
+WHERE state = 'queued' AND run_at <= :now GROUP BY queue
+
+-- name: stats_recent
+SELECT queue, state, count(*) FROM conveyor_jobs
+WHERE state IN ('completed', 'failed') AND finished_at >= :since GROUP BY queue, state
+
+-- name: stats_run_times
+SELECT finished_at - started_at FROM conveyor_jobs
+WHERE queue = :queue AND state = 'completed' AND finished_at IS NOT NULL
+ORDER BY finished_at DESC LIMIT 1000
+
+-- name: queue_settings
+SELECT name, paused FROM conveyor_queues
+
+-- name: register_worker
+INSERT OR REPLACE INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)
+VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s)
+
+-- name: unregister_worker
+DELETE FROM conveyor_workers WHERE id = ?
+
+-- name: list_workers
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at FROM conveyor_workers
+WHERE expires_at >= :now ORDER BY started_at
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM conveyor_schema
