@@ -1,0 +1,32 @@
+"""Conveyor: durable asynchronous jobs for SaaS backends, on SQLite or PostgreSQL.
+
+The public API is what this module exports; everything else is internal.
+"""
+
+from conveyor.config import Settings
+from conveyor.engine.client import Client
+from conveyor.engine.context import JobContext
+from conveyor.engine.errors import ConveyorError, Discard, InvalidJob, JobNotFound, UnknownKind
+from conveyor.engine.kinds import Registry, job, registry
+from conveyor.engine.retry import Backoff
+from conveyor.engine.worker import Worker, WorkerConfig
+from conveyor.store.records import Job, JobState
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ConveyorError",
+    "Discard",
+    "InvalidJob",
+    "Job",
+    "JobContext",
+    "JobNotFound",
+    "JobState",
+    "Registry",
+    "Settings",
+    "UnknownKind",
+    "Worker",
+    "WorkerConfig",
+    "job",
+    "registry",
+]

@@ -1,0 +1,1 @@
+"""The engine: job kinds, the client, the worker and its services."""

@@ -1,0 +1,281 @@
+"""The client: enqueue jobs and look after them.
+
+::
+
+    async with await Client.connect("sqlite:///./conveyor.db") as client:
+        job = await client.enqueue("reports.build", {"month": "2026-10"}, delay=60)
+        print(await client.get(job.id))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import datetime
+from types import TracebackType
+from typing import Final
+
+from conveyor.config import Settings
+from conveyor.engine.errors import InvalidJob, JobNotFound
+from conveyor.engine.kinds import (
+    Registry,
+    check_max_attempts,
+    check_priority,
+    check_queue_name,
+    check_timeout,
+    registry,
+)
+from conveyor.store import Store, make_store
+from conveyor.store.records import (
+    DEFAULT_TENANT,
+    JSON,
+    Enqueued,
+    Job,
+    JobFilter,
+    JobState,
+    NewJob,
+    QueueStats,
+    WorkerInfo,
+)
+
+
+class _KindDefault:
+    def __repr__(self) -> str:
+        return "KIND_DEFAULT"
+
+
+KIND_DEFAULT: Final = _KindDefault()
+"""Marks an option left to the kind's default (``timeout=None`` means no timeout)."""
+
+MAX_PAGE = 1000
+
+
+class Client:
+    """Enqueue, inspect, cancel and retry jobs; pause and resume queues.
+
+    Options an enqueue leaves out come from the kind's registration, so the kind must be
+    registered in this process (import the module that defines it).
+    """
+
+    def __init__(self, store: Store, *, kinds: Registry | None = None) -> None:
+        self.store = store
+        self.kinds = kinds if kinds is not None else registry
+        self._owns_store = False
+
+    @classmethod
+    async def connect(
+        cls,
+        url_or_settings: str | Settings | None = None,
+        *,
+        kinds: Registry | None = None,
+        migrate: bool = True,
+    ) -> Client:
+        """Open the store named by a URL or settings (default: ``CONVEYOR_*`` settings),
+        applying pending migrations unless ``migrate`` is False."""
+        if isinstance(url_or_settings, Settings):
+            settings = url_or_settings
+        elif url_or_settings is None:
+            settings = Settings()
+        else:
+            settings = Settings(database_url=url_or_settings)
+        store = make_store(settings)
+        await store.open()
+        try:
+            if migrate:
+                await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+        client = cls(store, kinds=kinds)
+        client._owns_store = True
+        return client
+
+    async def close(self) -> None:
+        """Close the store if :meth:`connect` opened it."""
+        if self._owns_store:
+            await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- enqueue -------------------------------------------------------------------------
+    def prepare(
+        self,
+        kind: str,
+        payload: JSON = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None | _KindDefault = KIND_DEFAULT,
+        unique_key: str | None = None,
+        tenant_id: str = DEFAULT_TENANT,
+        meta: dict[str, JSON] | None = None,
+    ) -> NewJob:
+        """Validate an enqueue and resolve its defaults, without storing anything.
+
+        Raises :class:`UnknownKind` or :class:`InvalidJob` naming the option at fault.
+        """
+        spec = self.kinds.get(kind)
+        if delay is not None and run_at is not None:
+            raise InvalidJob("give either delay or run_at, not both")
+        if delay is not None and not (math.isfinite(delay) and delay >= 0):
+            raise InvalidJob(f"delay {delay!r} is not valid: use seconds >= 0")
+        if unique_key is not None and not unique_key:
+            raise InvalidJob("unique_key must not be empty; leave it out for no uniqueness")
+        return NewJob(
+            kind=kind,
+            queue=check_queue_name(queue) if queue is not None else spec.queue,
+            payload=spec.validate_payload(payload if payload is not None else {}),
+            priority=check_priority(priority) if priority is not None else spec.priority,
+            max_attempts=(
+                check_max_attempts(max_attempts) if max_attempts is not None else spec.max_attempts
+            ),
+            timeout_s=spec.timeout if isinstance(timeout, _KindDefault) else check_timeout(timeout),
+            run_at=_epoch(run_at),
+            delay_s=delay or 0.0,
+            unique_key=unique_key,
+            tenant_id=tenant_id,
+            meta=meta or {},
+        )
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: JSON = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None | _KindDefault = KIND_DEFAULT,
+        unique_key: str | None = None,
+        tenant_id: str = DEFAULT_TENANT,
+        meta: dict[str, JSON] | None = None,
+    ) -> Enqueued:
+        """Store one job; it is durable when this returns.
+
+        With ``unique_key``, while a job of the same tenant with that key is queued or
+        running, that job is returned (``created=False``) instead of a new one.
+        """
+        new = self.prepare(
+            kind,
+            payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            unique_key=unique_key,
+            tenant_id=tenant_id,
+            meta=meta,
+        )
+        return (await self._insert([new]))[0]
+
+    async def enqueue_many(self, jobs: Iterable[NewJob]) -> list[Enqueued]:
+        """Store many jobs (built with :meth:`prepare`) in one transaction: all or none."""
+        return await self._insert(list(jobs))
+
+    async def _insert(self, jobs: list[NewJob]) -> list[Enqueued]:
+        try:
+            return await self.store.enqueue(jobs)
+        except TypeError as exc:
+            raise InvalidJob(f"payload is not JSON-serialisable: {exc}") from exc
+
+    # -- inspect -------------------------------------------------------------------------
+    async def get(self, job_id: int) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def list(
+        self,
+        *,
+        state: JobState | str | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        tenant_id: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs newest first; pass the last id seen as ``before_id`` for the next page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidJob(f"limit {limit} is not valid: use 1 to {MAX_PAGE}")
+        try:
+            parsed_state = JobState(state) if state is not None else None
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise InvalidJob(f"state {state!r} is not valid: use one of {names}") from None
+        return await self.store.list_jobs(
+            JobFilter(
+                state=parsed_state,
+                queue=queue,
+                kind=kind,
+                tenant_id=tenant_id,
+                limit=limit,
+                before_id=before_id,
+            )
+        )
+
+    async def queues(self) -> list[QueueStats]:
+        return await self.store.queue_stats()
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self.store.list_workers()
+
+    # -- operate -------------------------------------------------------------------------
+    async def cancel(self, job_id: int) -> Job:
+        """Cancel a queued job (it never starts) or stop a running one (its worker cancels
+        the task promptly and records ``cancelled``). Finished jobs are left as they are."""
+        job = await self.store.cancel(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def retry(self, job_id: int) -> Job:
+        """Queue a failed or cancelled job again now, granting one more attempt if it had
+        used them all. Other states are left as they are."""
+        job = await self.store.retry(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def pause(self, queue: str) -> None:
+        """Stop workers from claiming jobs of ``queue``; running jobs finish."""
+        await self.store.set_paused(check_queue_name(queue), True)
+
+    async def resume(self, queue: str) -> None:
+        await self.store.set_paused(check_queue_name(queue), False)
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete finished jobs that finished more than ``older_than_s`` seconds ago."""
+        total = 0
+        while (n := await self.store.prune(older_than_s)) > 0:
+            total += n
+        return total
+
+
+def _epoch(run_at: datetime | float | None) -> float | None:
+    if run_at is None:
+        return None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise InvalidJob(f"run_at {run_at.isoformat()} has no time zone; give an aware datetime")
+        return run_at.timestamp()
+    if not math.isfinite(run_at):
+        raise InvalidJob(f"run_at {run_at!r} is not a time")
+    return float(run_at)
+

@@ -1,0 +1,94 @@
+"""What a handler gets besides its payload."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from conveyor.store.records import JSON, Job, Progress
+
+
+class JobContext:
+    """The running job, as its handler sees it.
+
+    Attributes:
+        job: the job row as claimed (read-only).
+        id, attempt, max_attempts, kind, queue, tenant_id, payload: from the row;
+            ``attempt`` is 1 on the first run.
+        log: a logger bound with the job's id, queue, kind, tenant and request id.
+        idempotency_key: the same on every attempt of this job; pass it to external
+            services so a retried attempt does not repeat a side effect.
+    """
+
+    __slots__ = ("_cancelled", "_loop", "_report", "job", "log")
+
+    def __init__(
+        self,
+        job: Job,
+        log: Any,
+        report: Callable[[Progress], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.job = job
+        self.log = log
+        self._report = report
+        self._loop = loop
+        self._cancelled = threading.Event()
+
+    @property
+    def id(self) -> int:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        return self.job.max_attempts
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind
+
+    @property
+    def queue(self) -> str:
+        return self.job.queue
+
+    @property
+    def tenant_id(self) -> str:
+        return self.job.tenant_id
+
+    @property
+    def payload(self) -> JSON:
+        return self.job.payload
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"conveyor-job-{self.job.id}"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled, timed out or lost its lease. Async handlers are
+        also interrupted; sync handlers (in threads) should poll this and return."""
+        return self._cancelled.is_set()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress, 0.0 to 1.0, with an optional message. Safe to call from a sync
+        handler's thread; the latest report is written with the next batch."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress fraction {fraction!r} must be between 0.0 and 1.0")
+        report = Progress(self.job.id, self.job.attempt, float(fraction), message)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._report(report)
+        else:
+            self._loop.call_soon_threadsafe(self._report, report)
+
+    def _mark_cancelled(self) -> None:
+        self._cancelled.set()

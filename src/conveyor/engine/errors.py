@@ -1,0 +1,41 @@
+"""Errors of the engine.
+
+::
+
+    ConveyorError
+    ├── UnknownKind        enqueue of a kind no module registered
+    ├── InvalidJob         bad options or a payload the kind's model rejects
+    ├── JobNotFound        an id that names no job
+    └── Discard            raised by a handler: fail the job now, no retry
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConveyorError(Exception):
+    """Base of Conveyor's own errors."""
+
+
+class UnknownKind(ConveyorError):
+    """No job kind of that name is registered."""
+
+    def __init__(self, kind: str, known: Iterable[str]) -> None:
+        names = ", ".join(sorted(known)) or "none (import a module that defines kinds)"
+        super().__init__(f"unknown job kind {kind!r}; registered kinds: {names}")
+        self.kind = kind
+
+
+class InvalidJob(ConveyorError):
+    """An enqueue whose options or payload are not acceptable; nothing was stored."""
+
+
+class JobNotFound(ConveyorError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"no job with id {job_id}")
+        self.job_id = job_id
+
+
+class Discard(ConveyorError):  # noqa: N818  (named for what it does, like Oban's {:discard, _})
+    """Raise from a handler to fail the job at once, whatever attempts are left."""

@@ -1,0 +1,238 @@
+"""Job kinds: a name, a handler and the defaults its jobs start with.
+
+A module registers kinds with :func:`job`; workers load such modules with ``--import`` or
+``CONVEYOR_IMPORTS``::
+
+    @conveyor.job("reports.build", queue="reports", priority=2, max_attempts=5, timeout=60)
+    async def build(ctx: conveyor.JobContext, payload: BuildReport) -> dict[str, str]:
+        ...
+
+If the payload parameter is annotated with a pydantic model, payloads are validated
+against it at enqueue (bad input never reaches the queue) and the handler receives the
+model; otherwise it receives the JSON value as stored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ValidationError
+
+from conveyor.engine.errors import InvalidJob, UnknownKind
+from conveyor.engine.retry import Backoff
+from conveyor.store.records import JSON
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+KIND_NAME = re.compile(r"[A-Za-z0-9_.\-:/]{1,200}")
+PRIORITIES = range(1, 11)
+"""1 is the highest priority; the seeds use Q&A = 1, video = 2, other = 3."""
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 3
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT = 300.0
+
+
+def check_queue_name(queue: str) -> str:
+    if not QUEUE_NAME.fullmatch(queue):
+        raise InvalidJob(
+            f"queue name {queue!r} is not valid: use 1-100 letters, digits, '_', '.' or '-'"
+        )
+    return queue
+
+
+def check_priority(priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
+        raise InvalidJob(f"priority {priority!r} is not valid: use an integer from 1 (highest) to 10")
+    return priority
+
+
+def check_max_attempts(max_attempts: int) -> int:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidJob(f"max_attempts {max_attempts!r} is not valid: use an integer >= 1")
+    return max_attempts
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout > 0:
+        raise InvalidJob(f"timeout {timeout!r} is not valid: use seconds > 0, or None for none")
+    return None if timeout is None else float(timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A registered job kind."""
+
+    name: str
+    handler: Callable[..., Any]
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout: float | None
+    backoff: Backoff
+    non_retryable: tuple[type[BaseException], ...]
+    is_async: bool
+    input_model: type[BaseModel] | None
+
+    def validate_payload(self, payload: JSON) -> JSON:
+        """The payload as it will be stored; raises :class:`InvalidJob` naming each field
+        the kind's input model rejects."""
+        if self.input_model is None:
+            return payload
+        try:
+            return self.input_model.model_validate(payload).model_dump(mode="json")
+        except ValidationError as exc:
+            raise InvalidJob(
+                f"payload for kind {self.name!r} is not valid: {_describe(exc)}"
+            ) from exc
+
+    def handler_input(self, payload: JSON) -> Any:
+        """What the handler receives for a stored payload."""
+        if self.input_model is None:
+            return payload
+        return self.input_model.model_validate(payload)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _input_model(handler: Callable[..., Any]) -> type[BaseModel] | None:
+    params = list(inspect.signature(handler).parameters.values())
+    if len(params) != 2:
+        raise TypeError(
+            f"job handler {handler.__qualname__} must take (ctx, payload); it takes "
+            f"{len(params)} parameter(s)"
+        )
+    try:
+        hints = get_type_hints(handler)
+    except (NameError, TypeError):
+        return None
+    hint = hints.get(params[1].name)
+    if inspect.isclass(hint) and issubclass(hint, BaseModel):
+        return hint
+    return None
+
+
+class Registry:
+    """Job kinds by name. Most programs use the module-level default through :func:`job`."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, Kind] = {}
+
+    def register(self, kind: Kind) -> Kind:
+        existing = self._kinds.get(kind.name)
+        if existing is not None and existing.handler is not kind.handler:
+            raise ValueError(
+                f"job kind {kind.name!r} is registered twice: by "
+                f"{_where(existing.handler)} and by {_where(kind.handler)}"
+            )
+        self._kinds[kind.name] = kind
+        return kind
+
+    def get(self, name: str) -> Kind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise UnknownKind(name, self._kinds) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def queues(self) -> list[str]:
+        return sorted({kind.queue for kind in self._kinds.values()})
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __iter__(self) -> Iterator[Kind]:
+        return iter(self._kinds.values())
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+registry = Registry()
+"""The default registry that :func:`job` fills."""
+
+
+def job(
+    name: str,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = DEFAULT_PRIORITY,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    backoff: Backoff | None = None,
+    non_retryable: Iterable[type[BaseException]] = (),
+    registry: Registry | None = None,
+) -> Callable[[F], F]:
+    """Register the decorated function as the handler of job kind ``name``.
+
+    The function, async or sync, takes ``(ctx, payload)`` and returns a JSON-serialisable
+    result. Sync functions run in a thread pool so they never block the event loop; note
+    that a thread cannot be interrupted, so a sync handler past its timeout is abandoned
+    (the attempt fails) and should poll ``ctx.cancelled`` if it runs long.
+
+    Args:
+        queue: the queue its jobs go to unless the enqueue says otherwise.
+        priority: 1 (first) to 10; jobs of a queue run strictly by priority, FIFO within one.
+        max_attempts: attempts before the job fails for good (1 = no retry).
+        timeout: seconds an attempt may run before it is cancelled and counted as failed;
+            None for no limit.
+        backoff: delay between attempts; default ``Backoff()`` (5 s base, doubling, 1 h cap,
+            full jitter).
+        non_retryable: exception types that fail the job at once, like
+            :class:`conveyor.Discard`.
+    """
+    target = registry if registry is not None else globals()["registry"]
+
+    def decorate(fn: F) -> F:
+        if not KIND_NAME.fullmatch(name):
+            raise ValueError(
+                f"job kind name {name!r} is not valid: use 1-200 letters, digits or _.-:/"
+            )
+        target.register(
+            Kind(
+                name=name,
+                handler=fn,
+                queue=check_queue_name(queue),
+                priority=check_priority(priority),
+                max_attempts=check_max_attempts(max_attempts),
+                timeout=check_timeout(timeout),
+                backoff=backoff or Backoff(),
+                non_retryable=tuple(non_retryable),
+                is_async=inspect.iscoroutinefunction(fn),
+                input_model=_input_model(fn),
+            )
+        )
+        return fn
+
+    return decorate
+
+
+def import_modules(names: Iterable[str]) -> None:
+    """Import the modules that define job kinds; the error names the module at fault."""
+    for module in names:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ImportError(
+                f"cannot import job module {module!r} (from --import or CONVEYOR_IMPORTS): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc

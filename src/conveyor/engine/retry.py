@@ -1,0 +1,44 @@
+"""How long a failed job waits before its next attempt."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter, capped.
+
+    The delay before attempt ``n + 1`` is drawn uniformly from
+    ``[0, min(cap, base * factor ** (n - 1))]``. Full jitter spreads the retries of jobs
+    that failed together (an outage) instead of sending them back all at once. With
+    ``jitter=False`` the delay is the upper bound itself, for predictable schedules.
+    """
+
+    base: float = 5.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0 or self.factor < 1:
+            raise ValueError(
+                f"Backoff(base={self.base}, factor={self.factor}, cap={self.cap}): base and "
+                "cap must be >= 0 and factor >= 1"
+            )
+
+    def ceiling(self, attempt: int) -> float:
+        """The longest delay after failed attempt number ``attempt`` (1-based)."""
+        exponent = max(0, attempt - 1)
+        # Beyond ~1000 doublings the float overflows; the cap has long been reached.
+        if exponent > 1000:
+            return self.cap
+        return float(min(self.cap, self.base * self.factor**exponent))
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt``."""
+        ceiling = self.ceiling(attempt)
+        if not self.jitter:
+            return ceiling
+        return (rng or random).uniform(0.0, ceiling)

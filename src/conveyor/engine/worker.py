@@ -1,0 +1,496 @@
+"""The worker: claims jobs for its free slots, runs them, records how they ended.
+
+One loop (:meth:`Worker._exchange_loop`) talks to the store: each pass records the attempts
+that finished since the last one and claims jobs for the slots that are free, in one
+transaction. Jobs run as asyncio tasks; sync handlers run in a thread pool. Beside the
+loop run small services, each a periodic task: the lease keeper (heartbeats, cancel
+requests, lost leases), the rescuer, the pruner and the memory guard.
+
+A worker fetches only for free slots (no prefetch that would starve other workers), takes
+a new identity at every start, and never trusts its memory about a job's state: every
+change it asks for is guarded in the store on state, attempt and owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.config import Settings
+from conveyor.engine import services
+from conveyor.engine.context import JobContext
+from conveyor.engine.errors import UnknownKind
+from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
+from conveyor.engine.kinds import Registry, check_queue_name, registry
+from conveyor.logs import get_logger
+from conveyor.store.base import CancelRequested, JobsAvailable, Notice, Store, StoreError
+from conveyor.store.records import ClaimRequest, Job, Outcome, OutcomeKind, Progress, WorkerInfo
+
+log = get_logger("worker")
+
+
+def parse_queues(spec: list[str], concurrency: int) -> dict[str, int]:
+    """``["video:2", "qa"]`` with a default of 10 -> ``{"video": 2, "qa": 10}``."""
+    queues: dict[str, int] = {}
+    for item in spec:
+        name, _, limit = item.partition(":")
+        name = check_queue_name(name.strip())
+        if limit:
+            if not limit.strip().isdigit() or int(limit) < 1:
+                raise ValueError(f"queue {item!r}: the limit after ':' must be an integer >= 1")
+            queues[name] = int(limit)
+        else:
+            queues[name] = concurrency
+    if not queues:
+        raise ValueError("a worker needs at least one queue")
+    return queues
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How a worker behaves. :meth:`from_settings` reads the ``CONVEYOR_*`` settings."""
+
+    queues: dict[str, int] = field(default_factory=lambda: {"default": 10})
+    """Concurrency limit per queue served."""
+    lease_s: float = 30.0
+    heartbeat_interval: float = 10.0
+    cancel_check_interval: float = 0.5
+    rescue_interval: float = 5.0
+    shutdown_grace: float = 30.0
+    max_memory_mb: float = 1600.0
+    memory_check_interval: float = 1.0
+    retention_s: float = 7 * 24 * 3600.0
+    prune_interval: float = 60.0
+    flush_interval: float = 0.002
+    safety_poll_interval: float = 5.0
+    """Claim at least this often even without a notice (a missed notice costs no more)."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval >= self.lease_s:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be below lease_s "
+                f"({self.lease_s}), or leases expire between heartbeats"
+            )
+        if not self.queues or any(limit < 1 for limit in self.queues.values()):
+            raise ValueError(f"queues {self.queues!r}: give at least one queue, limits >= 1")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+    ) -> WorkerConfig:
+        return cls(
+            queues=parse_queues(queues or settings.queues, concurrency or settings.concurrency),
+            lease_s=settings.lease_seconds,
+            heartbeat_interval=settings.heartbeat_interval,
+            cancel_check_interval=settings.cancel_check_interval,
+            rescue_interval=settings.rescue_interval,
+            shutdown_grace=settings.shutdown_grace,
+            max_memory_mb=settings.max_memory_mb,
+            memory_check_interval=settings.memory_check_interval,
+            retention_s=settings.retention_seconds,
+            prune_interval=settings.prune_interval,
+            flush_interval=settings.flush_interval,
+        )
+
+
+def new_worker_id() -> str:
+    """A fresh identity per process start, so a restarted worker never inherits the
+    leases (and late completions) of its previous life."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    ctx: JobContext
+    task: asyncio.Task[None]
+
+
+class Worker:
+    """Runs jobs of the given queues until stopped.
+
+    ``await worker.run()`` serves until :meth:`stop` (or SIGTERM/SIGINT when
+    ``handle_signals`` is set); ``await worker.run(burst=True)`` returns once no due job is
+    left and nothing runs, which makes tests deterministic.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: WorkerConfig | None = None,
+        *,
+        kinds: Registry | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or WorkerConfig()
+        self.kinds = kinds if kinds is not None else registry
+        self.id = new_worker_id()
+        self._running: dict[int, _Running] = {}
+        self._outcomes: list[Outcome] = []
+        self._progress: dict[int, Progress] = {}
+        self._stop_reasons: dict[int, StopReason] = {}
+        self._wake = asyncio.Event()
+        self._maybe_due: set[str] = set(self.config.queues)
+        """Queues that may hold due jobs; a claim that comes back short clears its queue,
+        a notice, a due time or the safety poll sets it again."""
+        self._next_due: float | None = None
+        self._last_renew = float("-inf")
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._memory_high = False
+        self._threads = ThreadPoolExecutor(
+            max_workers=sum(self.config.queues.values()), thread_name_prefix="conveyor-job"
+        )
+        self.max_seen_running = 0
+        """Highest number of jobs this worker ran at once (for operators and tests)."""
+
+    # -- public ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop fetching; running jobs get ``shutdown_grace`` seconds to finish. A second
+        call hands them back at once."""
+        if self._stopping.is_set():
+            self._hard_stop.set()
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        return [r.job for r in self._running.values()]
+
+    async def run(self, *, burst: bool = False, handle_signals: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        remove_listener = self.store.add_listener(self._on_notice)
+        await self.store.register_worker(
+            WorkerInfo(self.id, socket.gethostname(), os.getpid(), dict(self.config.queues)),
+            self.config.lease_s,
+        )
+        log.info("worker started", worker_id=self.id, queues=self.config.queues)
+        side_tasks = self._start_services()
+        try:
+            await self._exchange_loop(burst)
+        finally:
+            remove_listener()
+            if self._shutdown_task is not None:
+                side_tasks.append(self._shutdown_task)
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await self._abandon_running()
+            with contextlib.suppress(StoreError):
+                await self.store.unregister_worker(self.id)
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            log.info("worker stopped", worker_id=self.id)
+
+    # -- the exchange loop -------------------------------------------------------------
+    async def _exchange_loop(self, burst: bool) -> None:
+        failures = 0
+        while True:
+            if self._stopping.is_set() and self._shutdown_task is None:
+                self._shutdown_task = asyncio.create_task(self._drain_running())
+            claim = self._claim_request()
+            if self._outcomes or self._progress or claim is not None:
+                try:
+                    claimed = await self._exchange(claim)
+                except StoreError as exc:
+                    failures += 1
+                    await self._wait_after_failure(exc, failures)
+                    continue
+                failures = 0
+                if claimed:
+                    continue
+            if self._stopping.is_set() and not self._running and not self._outcomes:
+                return
+            if burst and not self._running and not self._outcomes and not self._maybe_due:
+                return
+            await self._sleep()
+
+    def _claim_request(self) -> ClaimRequest | None:
+        if self._stopping.is_set() or self._memory_high or not self._maybe_due:
+            return None
+        slots = {q: n for q, n in self._free_slots().items() if q in self._maybe_due}
+        if not slots:
+            return None
+        return ClaimRequest(self.id, slots, self.config.lease_s)
+
+    def _free_slots(self) -> dict[str, int]:
+        busy: dict[str, int] = {}
+        for running in self._running.values():
+            busy[running.job.queue] = busy.get(running.job.queue, 0) + 1
+        free = {q: limit - busy.get(q, 0) for q, limit in self.config.queues.items()}
+        return {q: n for q, n in free.items() if n > 0}
+
+    async def _exchange(self, claim: ClaimRequest | None) -> bool:
+        """Record finished attempts and claim for free slots; True if jobs were claimed."""
+        outcomes, self._outcomes = self._outcomes, []
+        progress = list(self._progress.values())
+        self._progress.clear()
+        try:
+            result = await self.store.settle_and_claim(outcomes, progress, self.id, claim)
+        except BaseException:
+            # Nothing was recorded: keep the reports for the next pass.
+            self._outcomes[:0] = outcomes
+            for p in progress:
+                self._progress.setdefault(p.job_id, p)
+            raise
+        for outcome, applied in zip(outcomes, result.applied, strict=True):
+            if not applied:
+                log.warning(
+                    "job outcome not recorded: the job is no longer running under this "
+                    "worker (rescued or cancelled meanwhile)",
+                    job_id=outcome.job_id,
+                    queue=outcome.queue,
+                    attempt=outcome.attempt,
+                    outcome=outcome.kind.value,
+                )
+        for job in result.claimed:
+            self._start(job)
+        if claim is not None:
+            got: dict[str, int] = {}
+            for job in result.claimed:
+                got[job.queue] = got.get(job.queue, 0) + 1
+            for queue, wanted in claim.slots.items():
+                if got.get(queue, 0) < wanted:
+                    self._maybe_due.discard(queue)
+            self._next_due = result.next_run_at
+        return bool(result.claimed)
+
+    async def _sleep(self) -> None:
+        timeout = self.config.safety_poll_interval
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - time.time()))
+        if not self._wake.is_set() and timeout > 0:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                timeout = 0
+        self._wake.clear()
+        if timeout <= 0:
+            self._maybe_due.update(self.config.queues)
+            self._next_due = None
+        only_reports = self._running and self._outcomes and self._claim_request() is None
+        if only_reports and self.config.flush_interval > 0:
+            # Let a few more running jobs finish so their results share one transaction.
+            await asyncio.sleep(self.config.flush_interval)
+
+    async def _wait_after_failure(self, exc: StoreError, failures: int) -> None:
+        delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+        log.error("store unavailable, retrying", worker_id=self.id, error=str(exc), retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hard_stop.wait(), delay)
+
+    # -- running jobs ------------------------------------------------------------------
+    def _start(self, job: Job) -> None:
+        job_log = log.bind(
+            job_id=job.id, queue=job.queue, kind=job.kind, tenant=job.tenant_id, attempt=job.attempt
+        )
+        request_id = job.meta.get("request_id")
+        if request_id is not None:
+            job_log = job_log.bind(request_id=request_id)
+        ctx = JobContext(job, job_log, self._report_progress, asyncio.get_running_loop())
+        task = asyncio.create_task(self._run_job(ctx), name=f"conveyor-job-{job.id}")
+        self._running[job.id] = _Running(job, ctx, task)
+        self.max_seen_running = max(self.max_seen_running, len(self._running))
+
+    async def _run_job(self, ctx: JobContext) -> None:
+        job = ctx.job
+        started = time.perf_counter()
+        outcome: Outcome | None
+        try:
+            kind = self.kinds.get(job.kind)
+        except UnknownKind as exc:
+            outcome = unknown_kind(job, exc)
+        else:
+            try:
+                outcome = await execute(kind, ctx, self._threads, self._stop_reasons)
+            except asyncio.CancelledError:
+                # Cancelled before the handler started: the same rules apply.
+                reason = self._stop_reasons.pop(job.id, None)
+                if reason is None:
+                    raise
+                outcome = stopped(job, reason)
+        finally:
+            self._running.pop(job.id, None)
+        if outcome is not None:
+            self._outcomes.append(outcome)
+            self._progress.pop(job.id, None)
+            _log_outcome(ctx, outcome, time.perf_counter() - started)
+        else:
+            ctx.log.warning("job stopped: its lease was lost (rescued by another worker)")
+        self._wake.set()
+
+    def _report_progress(self, progress: Progress) -> None:
+        if progress.job_id in self._running:
+            self._progress[progress.job_id] = progress
+            self._wake.set()
+
+    def _stop_job(self, job_id: int, reason: StopReason) -> None:
+        running = self._running.get(job_id)
+        if running is None or running.task.done():
+            return
+        self._stop_reasons[job_id] = reason
+        running.ctx._mark_cancelled()
+        running.task.cancel()
+
+    async def _drain_running(self) -> None:
+        """Give running jobs the grace period, then hand them back to the queue."""
+        if self._running:
+            log.info(
+                "worker stopping: waiting for running jobs",
+                worker_id=self.id,
+                running=len(self._running),
+                grace_s=self.config.shutdown_grace,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hard_stop.wait(), self.config.shutdown_grace)
+        for job_id in list(self._running):
+            self._stop_job(job_id, StopReason.SHUTDOWN)
+        self._wake.set()
+
+    async def _abandon_running(self) -> None:
+        """On an unexpected exit, stop tasks and hand their jobs back if the store allows."""
+        if not self._running and not self._outcomes:
+            return
+        for job_id in list(self._running):
+            self._stop_job(job_id, StopReason.SHUTDOWN)
+        await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
+        with contextlib.suppress(StoreError):
+            await self._exchange(None)
+
+    # -- notices and services ------------------------------------------------------------
+    def _on_notice(self, notice: Notice) -> None:
+        if isinstance(notice, JobsAvailable):
+            queues = set(self.config.queues)
+            if notice.queues is not None:
+                queues &= notice.queues
+            if queues:
+                self._maybe_due |= queues
+                self._wake.set()
+        elif isinstance(notice, CancelRequested):
+            for job_id in notice.job_ids:
+                self._stop_job(job_id, StopReason.CANCELLED)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal received", worker_id=self.id, signal=sig.name)
+        self.stop()
+
+    def _start_services(self) -> list[asyncio.Task[None]]:
+        c = self.config
+        jobs: list[tuple[str, float, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("lease-keeper", c.cancel_check_interval, self._keep_leases),
+            ("rescuer", c.rescue_interval, self._rescue),
+        ]
+        if c.retention_s > 0:
+            jobs.append(("pruner", c.prune_interval, self._prune))
+        if c.max_memory_mb > 0:
+            jobs.append(("memory-guard", c.memory_check_interval, self._check_memory))
+        return [
+            asyncio.create_task(services.every(interval, fn, name=name, worker_id=self.id))
+            for name, interval, fn in jobs
+        ]
+
+    async def _keep_leases(self) -> None:
+        now = time.monotonic()
+        renew = now - self._last_renew >= self.config.heartbeat_interval
+        if not self._running and not renew:
+            return
+        jobs = {job_id: r.job.attempt for job_id, r in self._running.items()}
+        status = await self.store.heartbeat(self.id, jobs, self.config.lease_s, renew)
+        if renew:
+            self._last_renew = now
+        for job_id in jobs:
+            if job_id not in self._running:
+                continue
+            if job_id not in status.held:
+                self._stop_job(job_id, StopReason.LEASE_LOST)
+            elif job_id in status.cancel_requested:
+                self._stop_job(job_id, StopReason.CANCELLED)
+
+    async def _rescue(self) -> None:
+        result = await self.store.rescue()
+        if result.total:
+            log.warning(
+                "rescued jobs whose worker stopped renewing its lease",
+                worker_id=self.id,
+                requeued=list(result.requeued),
+                failed=list(result.failed),
+                cancelled=list(result.cancelled),
+            )
+
+    async def _prune(self) -> None:
+        deleted = 0
+        while True:
+            n = await self.store.prune(self.config.retention_s)
+            deleted += n
+            if n < 1000:
+                break
+        if deleted:
+            log.info("pruned finished jobs", worker_id=self.id, deleted=deleted)
+
+    async def _check_memory(self) -> None:
+        rss_mb = services.rss_mb()
+        high = rss_mb > self.config.max_memory_mb
+        if high == self._memory_high:
+            return
+        self._memory_high = high
+        if high:
+            log.warning(
+                "memory above limit: not fetching jobs until it falls",
+                worker_id=self.id,
+                rss_mb=round(rss_mb, 1),
+                max_memory_mb=self.config.max_memory_mb,
+            )
+        else:
+            log.info(
+                "memory below limit again: fetching jobs",
+                worker_id=self.id,
+                rss_mb=round(rss_mb, 1),
+                max_memory_mb=self.config.max_memory_mb,
+            )
+            self._maybe_due.update(self.config.queues)
+            self._wake.set()
+
+
+def _log_outcome(ctx: JobContext, outcome: Outcome, seconds: float) -> None:
+    took = round(seconds, 4)
+    if outcome.kind is OutcomeKind.COMPLETED:
+        ctx.log.info("job completed", took_s=took)
+    elif outcome.kind is OutcomeKind.RETRY:
+        error = outcome.error
+        ctx.log.warning(
+            "job attempt failed; will retry",
+            took_s=took,
+            error_type=error.type if error else None,
+            error=error.message if error else None,
+            retry_in_s=round(outcome.retry_in_s, 3),
+        )
+    elif outcome.kind is OutcomeKind.FAILED:
+        error = outcome.error
+        ctx.log.error(
+            "job failed",
+            took_s=took,
+            error_type=error.type if error else None,
+            error=error.message if error else None,
+        )
+    elif outcome.kind is OutcomeKind.CANCELLED:
+        ctx.log.info("job cancelled while running", took_s=took)
+    else:
+        ctx.log.info("job handed back to the queue at shutdown", took_s=took)

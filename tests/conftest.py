@@ -1,0 +1,85 @@
+"""Shared fixtures: a fresh store of every kind, and a factory of new jobs.
+
+Every store kind the contract suite runs against is listed in :data:`STORE_KINDS` and
+built by :func:`make_test_store`; adding PostgreSQL means adding ``"postgresql"`` to the
+list and one branch to the factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.store.base import Store
+from conveyor.store.records import NewJob
+from conveyor.store.sqlite import SqliteStore
+
+STORE_KINDS = ["sqlite"]
+"""Every store kind the contract suite runs against."""
+
+NewJobFactory = Callable[..., NewJob]
+
+
+@asynccontextmanager
+async def make_test_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, migrated store of ``kind``, closed on exit.
+
+    The database is named by ``tmp_path``: a second call with the same ``tmp_path`` opens
+    another store instance (its own connections) on the same database, as a second process
+    would.
+    """
+    store: Store
+    if kind == "sqlite":
+        store = SqliteStore(f"sqlite:///{tmp_path}/t.db")
+    else:
+        raise ValueError(f"unknown store kind {kind!r}")
+    await store.open()
+    try:
+        await store.migrate()
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+async def store(store_kind: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store for one test."""
+    async with make_test_store(store_kind, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def peer_store(store: Store, store_kind: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """A second store instance on the same database as ``store`` (another process's view)."""
+    async with make_test_store(store_kind, tmp_path) as opened:
+        yield opened
+
+
+def _new_job(**overrides: Any) -> NewJob:
+    fields: dict[str, Any] = {
+        "kind": "test.noop",
+        "queue": "default",
+        "payload": {},
+        "priority": 2,
+        "max_attempts": 3,
+        "timeout_s": None,
+    }
+    fields.update(overrides)
+    return NewJob(**fields)
+
+
+@pytest.fixture
+def new_job() -> NewJobFactory:
+    """``new_job(**overrides) -> NewJob`` with defaults: kind ``test.noop``, queue
+    ``default``, payload ``{}``, priority 2, max_attempts 3, no timeout."""
+    return _new_job
