@@ -66,9 +66,7 @@ class Settings(BaseSettings):
         ge=0,
         description="Finished jobs older than this are pruned (0 disables pruning).",
     )
-    prune_interval: float = Field(
-        default=60.0, gt=0, description="Seconds between pruning passes."
-    )
+    prune_interval: float = Field(default=60.0, gt=0, description="Seconds between pruning passes.")
     flush_interval: float = Field(
         default=0.002,
         ge=0,
@@ -93,8 +91,7 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto",
-        description="json for production, console for people; auto picks console on a "
-        "terminal.",
+        description="json for production, console for people; auto picks console on a terminal.",
     )
 
     @field_validator("imports", "queues", mode="before")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Iterable
 from datetime import datetime
@@ -117,7 +118,7 @@ class Client:
         delay: float | None = None,
         run_at: datetime | float | None = None,
         max_attempts: int | None = None,
-        timeout: float | None | _KindDefault = KIND_DEFAULT,
+        timeout: float | _KindDefault | None = KIND_DEFAULT,
         unique_key: str | None = None,
         tenant_id: str = DEFAULT_TENANT,
         meta: dict[str, JSON] | None = None,
@@ -159,7 +160,7 @@ class Client:
         delay: float | None = None,
         run_at: datetime | float | None = None,
         max_attempts: int | None = None,
-        timeout: float | None | _KindDefault = KIND_DEFAULT,
+        timeout: float | _KindDefault | None = KIND_DEFAULT,
         unique_key: str | None = None,
         tenant_id: str = DEFAULT_TENANT,
         meta: dict[str, JSON] | None = None,
@@ -210,7 +211,7 @@ class Client:
         tenant_id: str | None = None,
         limit: int = 50,
         before_id: int | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Jobs newest first; pass the last id seen as ``before_id`` for the next page."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidJob(f"limit {limit} is not valid: use 1 to {MAX_PAGE}")
@@ -230,10 +231,10 @@ class Client:
             )
         )
 
-    async def queues(self) -> list[QueueStats]:
+    async def queues(self) -> builtins.list[QueueStats]:
         return await self.store.queue_stats()
 
-    async def workers(self) -> list[WorkerInfo]:
+    async def workers(self) -> builtins.list[WorkerInfo]:
         return await self.store.list_workers()
 
     # -- operate -------------------------------------------------------------------------
@@ -273,9 +274,10 @@ def _epoch(run_at: datetime | float | None) -> float | None:
         return None
     if isinstance(run_at, datetime):
         if run_at.tzinfo is None:
-            raise InvalidJob(f"run_at {run_at.isoformat()} has no time zone; give an aware datetime")
+            raise InvalidJob(
+                f"run_at {run_at.isoformat()} has no time zone; give an aware datetime"
+            )
         return run_at.timestamp()
     if not math.isfinite(run_at):
         raise InvalidJob(f"run_at {run_at!r} is not a time")
     return float(run_at)
-

@@ -37,5 +37,5 @@ class JobNotFound(ConveyorError):
         self.job_id = job_id
 
 
-class Discard(ConveyorError):  # noqa: N818  (named for what it does, like Oban's {:discard, _})
+class Discard(ConveyorError):
     """Raise from a handler to fail the job at once, whatever attempts are left."""

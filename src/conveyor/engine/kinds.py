@@ -50,7 +50,9 @@ def check_queue_name(queue: str) -> str:
 
 def check_priority(priority: int) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
-        raise InvalidJob(f"priority {priority!r} is not valid: use an integer from 1 (highest) to 10")
+        raise InvalidJob(
+            f"priority {priority!r} is not valid: use an integer from 1 (highest) to 10"
+        )
     return priority
 
 

@@ -33,11 +33,6 @@ async def every(
     while True:
         try:
             await action()
-        except Exception as exc:
-            log.error(
-                "background service failed; retrying",
-                service=name,
-                worker_id=worker_id,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+        except Exception:
+            log.exception("background service failed; retrying", service=name, worker_id=worker_id)
         await asyncio.sleep(interval)

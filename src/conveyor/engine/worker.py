@@ -293,7 +293,9 @@ class Worker:
 
     async def _wait_after_failure(self, exc: StoreError, failures: int) -> None:
         delay = min(5.0, 0.1 * 2 ** min(failures, 6))
-        log.error("store unavailable, retrying", worker_id=self.id, error=str(exc), retry_in_s=delay)
+        log.error(
+            "store unavailable, retrying", worker_id=self.id, error=str(exc), retry_in_s=delay
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._hard_stop.wait(), delay)
 

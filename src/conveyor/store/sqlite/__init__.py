@@ -367,8 +367,7 @@ class SqliteStore:
 
         result = await self._write(tx)
         if any(
-            ok and o.kind in _REQUEUEING
-            for o, ok in zip(outcomes, result.applied, strict=True)
+            ok and o.kind in _REQUEUEING for o, ok in zip(outcomes, result.applied, strict=True)
         ):
             self._publish(JobsAvailable(frozenset(o.queue for o in outcomes)))
         return result
@@ -378,9 +377,6 @@ class SqliteStore:
     ) -> LeaseStatus:
         def check(conn: sqlite3.Connection, now: float) -> LeaseStatus:
             params = {"worker_id": worker_id, "now": now, "lease_s": lease_s}
-            if renew:
-                conn.execute(_Q["renew_leases"], params)
-                conn.execute(_Q["renew_worker"], params)
             held: set[int] = set()
             cancel: set[int] = set()
             for job_id, attempt, cancel_requested in conn.execute(_Q["leases_held"], params):
@@ -388,6 +384,9 @@ class SqliteStore:
                     held.add(job_id)
                     if cancel_requested:
                         cancel.add(job_id)
+            if renew:
+                conn.execute(_Q["renew_leases"], {**params, "ids": _dumps(sorted(held))})
+                conn.execute(_Q["renew_worker"], params)
             return LeaseStatus(frozenset(held), frozenset(cancel))
 
         return await (self._write(check) if renew else self._read(check))
@@ -675,9 +674,7 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
     for name in sorted(set(counts) | set(paused) | set(limits)):
         by_state = {state.value: counts.get(name, {}).get(state.value, 0) for state in JobState}
         due_count, oldest = due.get(name, (0, None))
-        run_times = sorted(
-            row[0] for row in conn.execute(_Q["stats_run_times"], {"queue": name})
-        )
+        run_times = sorted(row[0] for row in conn.execute(_Q["stats_run_times"], {"queue": name}))
         stats.append(
             QueueStats(
                 name=name,
@@ -694,4 +691,3 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
             )
         )
     return stats
-

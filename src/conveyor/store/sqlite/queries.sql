@@ -80,8 +80,10 @@ SELECT id, attempt, cancel_requested FROM conveyor_jobs
 WHERE state = 'running' AND locked_by = :worker_id
 
 -- name: renew_leases
+-- Only the jobs the worker reported (:ids, checked against their attempt just before in the
+-- same transaction): a job the worker lost track of must not be kept alive by it.
 UPDATE conveyor_jobs SET lease_expires_at = :now + :lease_s
-WHERE state = 'running' AND locked_by = :worker_id
+WHERE state = 'running' AND locked_by = :worker_id AND id IN (SELECT value FROM json_each(:ids))
 
 -- name: renew_worker
 UPDATE conveyor_workers SET last_seen_at = :now, expires_at = :now + :lease_s WHERE id = :worker_id

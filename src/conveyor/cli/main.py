@@ -1,0 +1,305 @@
+"""The ``conveyor`` command.
+
+The CLI is a contract other tools rely on: ``--json`` prints machine-readable output, bad
+input prints one line ``conveyor: error: ...`` naming what is wrong and exits with 2
+(nothing is written), a job id that does not exist exits with 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from conveyor.cli import output
+from conveyor.config import Settings
+from conveyor.engine.client import Client
+from conveyor.engine.errors import ConveyorError, JobNotFound
+from conveyor.engine.kinds import import_modules
+from conveyor.engine.worker import Worker, WorkerConfig
+from conveyor.logs import configure_logging
+from conveyor.store import StoreError, make_store
+
+T = TypeVar("T")
+
+EXIT_NOT_FOUND = 1
+EXIT_BAD_INPUT = 2
+
+app = typer.Typer(
+    name="conveyor",
+    help="Durable asynchronous jobs on SQLite or PostgreSQL.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+jobs_app = typer.Typer(help="List, show, cancel and retry jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+ImportOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        "-i",
+        help="Module that defines job kinds (repeatable; adds to CONVEYOR_IMPORTS).",
+    ),
+]
+
+
+class CliError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"conveyor: error: {message}\n")
+    raise SystemExit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CONVEYOR_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise CliError(f"bad setting: {problems}") from exc
+
+
+def _load_kinds(settings: Settings, extra: list[str] | None) -> None:
+    try:
+        import_modules([*settings.imports, *(extra or [])])
+    except ImportError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except JobNotFound as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except (ConveyorError, StoreError, ValueError) as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+async def _with_client(
+    settings: Settings, action: Callable[[Client], Awaitable[T]], *, migrate: bool = True
+) -> T:
+    client = await Client.connect(settings, migrate=migrate)
+    async with client:
+        return await action(client)
+
+
+# -- commands ---------------------------------------------------------------------------
+@app.command()
+def migrate(json: JsonFlag = False) -> None:
+    """Create or upgrade the database schema (also done at every start-up)."""
+    settings = _settings()
+
+    async def go() -> tuple[list[int], tuple[int, int]]:
+        store = make_store(settings)
+        await store.open()
+        try:
+            return await store.migrate(), await store.schema_status()
+        finally:
+            await store.close()
+
+    applied, (current, _latest) = _run(go())
+    if json:
+        output.print_json({"applied": applied, "version": current})
+    elif applied:
+        print(f"applied migrations {', '.join(map(str, applied))}; schema at version {current}")
+    else:
+        print(f"schema is current (version {current})")
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Queues to serve, comma-separated; NAME:N sets a queue's limit."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Jobs run at once per queue (default 10).")
+    ] = None,
+    import_: ImportOption = None,
+    burst: Annotated[
+        bool, typer.Option("--burst", help="Exit once no due job is left (scripts, CI).")
+    ] = False,
+) -> None:
+    """Run jobs until SIGTERM or SIGINT (then finish or hand back running jobs)."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    _load_kinds(settings, import_)
+    try:
+        config = WorkerConfig.from_settings(
+            settings, queues.split(",") if queues else None, concurrency
+        )
+    except (ValueError, ConveyorError) as exc:
+        raise CliError(f"--queues: {exc}") from exc
+
+    async def go() -> None:
+        store = make_store(settings)
+        await store.open()
+        try:
+            await store.migrate()
+            await Worker(store, config).run(burst=burst, handle_signals=True)
+        finally:
+            await store.close()
+
+    _run(go())
+
+
+@app.command()
+def enqueue(
+    kind: Annotated[str, typer.Argument(help="The job kind, e.g. reports.build.")],
+    payload: Annotated[str, typer.Option(help="The payload as JSON.")] = "{}",
+    queue: Annotated[str | None, typer.Option(help="Queue (default: the kind's).")] = None,
+    priority: Annotated[int | None, typer.Option(help="1 (first) to 10.")] = None,
+    delay: Annotated[float | None, typer.Option(help="Seconds before it may run.")] = None,
+    max_attempts: Annotated[int | None, typer.Option(help="Attempts before it fails.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds an attempt may run.")] = None,
+    unique_key: Annotated[
+        str | None, typer.Option(help="While a job with this key is active, return it.")
+    ] = None,
+    import_: ImportOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Enqueue a job and print its id."""
+    settings = _settings()
+    _load_kinds(settings, import_)
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"--payload is not valid JSON ({exc}): {payload!r}") from exc
+    # Validate before opening the database, so bad input writes nothing.
+    store = make_store(settings)
+    client = Client(store)
+    options: dict[str, Any] = {"queue": queue, "priority": priority, "delay": delay}
+    options.update(max_attempts=max_attempts, unique_key=unique_key)
+    if timeout is not None:
+        options["timeout"] = timeout
+    try:
+        new = client.prepare(kind, data, **options)
+    except ConveyorError as exc:
+        raise CliError(str(exc)) from exc
+
+    async def go() -> Any:
+        result = await _with_client(settings, lambda c: c.enqueue_many([new]))
+        return result[0]
+
+    result = _run(go())
+    if json:
+        output.print_json(
+            {
+                "id": result.id,
+                "created": result.created,
+                "kind": new.kind,
+                "queue": new.queue,
+                "priority": new.priority,
+            }
+        )
+    else:
+        print(result.id)
+
+
+@app.command()
+def queues(
+    json: JsonFlag = False,
+    pause: Annotated[str | None, typer.Option(help="Pause this queue.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume this queue.")] = None,
+) -> None:
+    """Show every queue's jobs by state, running against limit, age and run times."""
+    settings = _settings()
+
+    async def go(client: Client) -> list[Any]:
+        if pause:
+            await client.pause(pause)
+        if resume:
+            await client.resume(resume)
+        return await client.queues()
+
+    stats = _run(_with_client(settings, go))
+    if json:
+        output.print_json([s.to_json() for s in stats])
+    elif stats:
+        print(output.queues_table(stats))
+    else:
+        print("no queues yet: enqueue a job or start a worker")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[str | None, typer.Option(help="queued, running, completed, ...")] = None,
+    queue: Annotated[str | None, typer.Option()] = None,
+    kind: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    before: Annotated[int | None, typer.Option(help="Page: ids below this one.")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """List jobs, newest first."""
+    settings = _settings()
+    jobs = _run(
+        _with_client(
+            settings,
+            lambda c: c.list(state=state, queue=queue, kind=kind, limit=limit, before_id=before),
+        )
+    )
+    if json:
+        output.print_json([j.to_json() for j in jobs])
+    else:
+        print(output.jobs_table(jobs) if jobs else "no jobs")
+
+
+JobId = Annotated[int, typer.Argument(help="The job id.")]
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: JobId, json: JsonFlag = False) -> None:
+    """Show one job with its error history."""
+    _show(_run(_with_client(_settings(), lambda c: c.get(job_id))), json)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: JobId, json: JsonFlag = False) -> None:
+    """Cancel a queued job, or stop a running one."""
+    _show(_run(_with_client(_settings(), lambda c: c.cancel(job_id))), json)
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: JobId, json: JsonFlag = False) -> None:
+    """Queue a failed or cancelled job again."""
+    _show(_run(_with_client(_settings(), lambda c: c.retry(job_id))), json)
+
+
+def _show(job: Any, json: bool) -> None:
+    if json:
+        output.print_json(job.to_json())
+    else:
+        print(output.job_details(job))
+
+
+# -- entry point ------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exit codes: 0 ok, 1 not found, 2 bad input."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="conveyor", standalone_mode=False)
+    except CliError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.TyperException as exc:  # usage errors: unknown option, bad integer, ...
+        _fail(exc.format_message(), EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()
