@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="Finished jobs older than this are pruned (0 disables pruning).",
     )
     prune_interval: float = Field(default=60.0, gt=0, description="Seconds between pruning passes.")
+    poll_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between safety claims when no notice arrives (covers a missed "
+        "notice; idle workers are woken by notices, not by this poll).",
+    )
     flush_interval: float = Field(
         default=0.002,
         ge=0,

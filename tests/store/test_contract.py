@@ -8,6 +8,7 @@ never on tables, SQL or log text.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -1158,5 +1159,5 @@ async def test_unusable_url_is_a_store_error(url: str) -> None:
         await store.open()
         await store.close()
 
-    with pytest.raises(StoreError, match=url.replace("/", "/").split(":")[0]):
+    with pytest.raises(StoreError, match=re.escape(url)):
         await open_store()

@@ -102,6 +102,7 @@ class WorkerConfig:
             retention_s=settings.retention_seconds,
             prune_interval=settings.prune_interval,
             flush_interval=settings.flush_interval,
+            safety_poll_interval=settings.poll_interval,
         )
 
 

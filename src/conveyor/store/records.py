@@ -211,7 +211,9 @@ class SettleResult:
     """For each outcome in order: whether the guarded update matched."""
     claimed: tuple[Job, ...]
     next_run_at: float | None
-    """The earliest ``run_at`` of a queued job in the claimed queues that is not yet due."""
+    """The earliest ``run_at`` of a queued job in the claimed queues that is not yet due;
+    None if there is none, and not looked up when the claim filled every slot (the worker
+    claims again at once then)."""
 
 
 @dataclass(frozen=True, slots=True)

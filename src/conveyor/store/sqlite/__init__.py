@@ -366,10 +366,13 @@ class SqliteStore:
             return SettleResult(applied, tuple(claimed), next_run_at)
 
         result = await self._write(tx)
-        if any(
-            ok and o.kind in _REQUEUEING for o, ok in zip(outcomes, result.applied, strict=True)
-        ):
-            self._publish(JobsAvailable(frozenset(o.queue for o in outcomes)))
+        requeued = frozenset(
+            o.queue
+            for o, ok in zip(outcomes, result.applied, strict=True)
+            if ok and o.kind in _REQUEUEING
+        )
+        if requeued:
+            self._publish(JobsAvailable(requeued))
         return result
 
     async def heartbeat(
