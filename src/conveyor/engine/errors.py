@@ -32,6 +32,8 @@ class InvalidJob(ConveyorError):
 
 
 class JobNotFound(ConveyorError):
+    """No job has that id."""
+
     def __init__(self, job_id: int) -> None:
         super().__init__(f"no job with id {job_id}")
         self.job_id = job_id
