@@ -179,7 +179,10 @@ def enqueue(
     except orjson.JSONDecodeError as exc:
         raise CliError(f"--payload is not valid JSON ({exc}): {payload!r}") from exc
     # Validate before opening the database, so bad input writes nothing.
-    store = make_store(settings)
+    try:
+        store = make_store(settings)
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
     client = Client(store)
     options: dict[str, Any] = {"queue": queue, "priority": priority, "delay": delay}
     options.update(max_attempts=max_attempts, unique_key=unique_key)
@@ -298,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         raise SystemExit(130) from None
     except typer.TyperException as exc:  # usage errors: unknown option, bad integer, ...
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `conveyor` or `conveyor jobs` alone asks for the help page: not an error.
+            print(exc.format_message())
+            raise SystemExit(0) from None
         _fail(exc.format_message(), EXIT_BAD_INPUT)
 
 

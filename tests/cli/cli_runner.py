@@ -1,0 +1,83 @@
+"""The real ``conveyor`` command run in a subprocess against one test's database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def conveyor_command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m``."""
+    script = Path(sys.executable).parent / "conveyor"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "conveyor.cli.main"]
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.stdout)
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return self.stderr.splitlines()
+
+
+class Cli:
+    """Runs ``conveyor ARGS`` against one test's database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.db_path = tmp_path / "c.db"
+        self.url = f"sqlite:///{self.db_path}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        self.env.update(
+            CONVEYOR_DATABASE_URL=self.url,
+            CONVEYOR_IMPORTS="conveyor.kinds.demo",
+            CONVEYOR_LOG_FORMAT="json",
+        )
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        proc = subprocess.run(
+            [*conveyor_command(), *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        """Run and insist on exit code 0."""
+        result = self(*args, env=env)
+        assert result.code == 0, f"conveyor {' '.join(args)} exited {result.code}: {result}"
+        return result
+
+    def enqueue(self, *args: str) -> int:
+        """Enqueue with ``--json`` and return the new job's id."""
+        data = self.ok("enqueue", *args, "--json").json()
+        return int(data["id"])
+
+    def show(self, job_id: int) -> dict[str, Any]:
+        data: dict[str, Any] = self.ok("jobs", "show", str(job_id), "--json").json()
+        return data
+
+    def job_count(self) -> int:
+        """Rows in the jobs table, read straight from the file."""
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM conveyor_jobs").fetchone()[0])
+        finally:
+            conn.close()

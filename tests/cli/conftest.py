@@ -1,0 +1,35 @@
+"""Fixtures of the CLI suite: the real ``conveyor`` command run in a subprocess.
+
+Every test gets its own database file under ``tmp_path`` and the demo kinds; the command
+sees only the environment given here (no ``CONVEYOR_*`` variable leaks in from the shell
+that runs the tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_runner import Cli
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def one_job_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database file holding one queued ``demo.echo`` job, made once by the CLI."""
+    seed = Cli(tmp_path_factory.mktemp("seed"))
+    seed.enqueue("demo.echo")
+    return seed.db_path
+
+
+@pytest.fixture
+def cli_with_one_job(cli: Cli, one_job_db: Path) -> Cli:
+    """``cli`` whose database already holds one queued job (a copy of ``one_job_db``)."""
+    shutil.copyfile(one_job_db, cli.db_path)
+    assert cli.job_count() == 1
+    return cli

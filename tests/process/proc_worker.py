@@ -1,0 +1,11 @@
+"""Imported by worker subprocesses (``--import proc_worker``): installs the kinds of
+:mod:`proc_kinds` in the process-wide registry that ``conveyor worker`` runs from."""
+
+from __future__ import annotations
+
+from proc_kinds import KINDS
+
+import conveyor
+
+for _kind in KINDS:
+    conveyor.registry.register(_kind)
