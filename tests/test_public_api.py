@@ -18,6 +18,7 @@ EXPECTED = {
     "Worker",
     "WorkerConfig",
     "job",
+    "periodic",
     "registry",
 }
 

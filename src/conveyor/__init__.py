@@ -8,6 +8,7 @@ from conveyor.engine.client import Client
 from conveyor.engine.context import JobContext
 from conveyor.engine.errors import ConveyorError, Discard, InvalidJob, JobNotFound, UnknownKind
 from conveyor.engine.kinds import Registry, job, registry
+from conveyor.engine.periodic import periodic
 from conveyor.engine.retry import Backoff
 from conveyor.engine.worker import Worker, WorkerConfig
 from conveyor.store.records import Job, JobState
@@ -28,5 +29,6 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "job",
+    "periodic",
     "registry",
 ]

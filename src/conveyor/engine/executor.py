@@ -64,19 +64,23 @@ async def execute(
     kind: Kind,
     ctx: JobContext,
     threads: Executor,
-    stop_reasons: dict[int, StopReason],
+    stop_reasons: dict[tuple[int, int], StopReason],
 ) -> Outcome | None:
     """Run ``ctx.job`` once under its timeout. Returns None when the job's lease was lost
-    (nothing may be recorded), else the outcome to record."""
+    (nothing may be recorded), else the outcome to record. ``stop_reasons`` says, by
+    (job id, attempt), why the worker cancelled an attempt."""
     job = ctx.job
     deadline = asyncio.timeout(job.timeout_s)
+    when = deadline.when()
+    # Raise ctx.cancelled in the same loop pass as the deadline, so the handler already
+    # sees it when the CancelledError reaches it (or, in a thread, the moment time is up).
+    warn = None if when is None else asyncio.get_running_loop().call_at(when, ctx._mark_cancelled)
     try:
         async with deadline:
             result = await _call(kind, ctx, threads)
-        orjson.dumps(result)
     except asyncio.CancelledError:
         ctx._mark_cancelled()
-        reason = stop_reasons.pop(job.id, None)
+        reason = stop_reasons.pop((job.id, job.attempt), None)
         if reason is None:
             raise
         return stopped(job, reason)
@@ -86,12 +90,18 @@ async def execute(
         ctx._mark_cancelled()
         timeout = TimeoutError(f"attempt exceeded its timeout of {job.timeout_s:g} s")
         return failure(kind, job, error_entry(job, timeout, with_traceback=False), retryable=True)
-    except orjson.JSONEncodeError as exc:
-        error = TypeError(f"result of kind {kind.name!r} is not JSON-serialisable: {exc}")
-        return failure(kind, job, error_entry(job, error, with_traceback=False), retryable=False)
     except Exception as exc:
         retryable = not isinstance(exc, (Discard, *kind.non_retryable))
         return failure(kind, job, error_entry(job, exc), retryable=retryable)
+    finally:
+        if warn is not None:
+            warn.cancel()
+    # Checked apart from the handler, whose own encoding errors are ordinary failures.
+    try:
+        orjson.dumps(result)
+    except orjson.JSONEncodeError as exc:
+        error = TypeError(f"result of kind {kind.name!r} is not JSON-serialisable: {exc}")
+        return failure(kind, job, error_entry(job, error, with_traceback=False), retryable=False)
     return Outcome(job.id, job.attempt, OutcomeKind.COMPLETED, job.queue, result=result)
 
 

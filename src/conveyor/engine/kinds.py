@@ -19,13 +19,16 @@ import inspect
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 
 from conveyor.engine.errors import InvalidJob, UnknownKind
 from conveyor.engine.retry import Backoff
 from conveyor.store.records import JSON
+
+if TYPE_CHECKING:
+    from conveyor.engine.periodic import Schedule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -132,6 +135,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._kinds: dict[str, Kind] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     def register(self, kind: Kind) -> Kind:
         existing = self._kinds.get(kind.name)
@@ -142,6 +146,14 @@ class Registry:
             )
         self._kinds[kind.name] = kind
         return kind
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Enqueue ``schedule.kind`` (registered already) on a cron schedule."""
+        self.get(schedule.kind)
+        self._schedules[schedule.kind] = schedule
+
+    def schedules(self) -> list[Schedule]:
+        return list(self._schedules.values())
 
     def get(self, name: str) -> Kind:
         try:
@@ -171,6 +183,8 @@ def _where(fn: Callable[..., Any]) -> str:
 
 registry = Registry()
 """The default registry that :func:`job` fills."""
+
+default_registry = registry  # reachable inside functions whose `registry` argument shadows it
 
 
 def job(
@@ -202,7 +216,7 @@ def job(
         non_retryable: exception types that fail the job at once, like
             :class:`conveyor.Discard`.
     """
-    target = registry if registry is not None else globals()["registry"]
+    target = registry if registry is not None else default_registry
 
     def decorate(fn: F) -> F:
         if not KIND_NAME.fullmatch(name):

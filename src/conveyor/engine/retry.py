@@ -22,7 +22,8 @@ class Backoff:
     jitter: bool = True
 
     def __post_init__(self) -> None:
-        if self.base < 0 or self.cap < 0 or self.factor < 1:
+        # Written so that NaN fails too.
+        if not (self.base >= 0 and self.cap >= 0 and self.factor >= 1):
             raise ValueError(
                 f"Backoff(base={self.base}, factor={self.factor}, cap={self.cap}): base and "
                 "cap must be >= 0 and factor >= 1"
@@ -30,11 +31,15 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """The longest delay after failed attempt number ``attempt`` (1-based)."""
-        exponent = max(0, attempt - 1)
-        # Beyond ~1000 doublings the float overflows; the cap has long been reached.
-        if exponent > 1000:
-            return self.cap
-        return float(min(self.cap, self.base * self.factor**exponent))
+        if self.base == 0:
+            return 0.0
+        try:
+            growth = self.factor ** max(0, attempt - 1)
+        except OverflowError:
+            # Past the largest float (after ~1000 doublings, far fewer for a bigger
+            # factor): the cap was reached long ago.
+            return float(self.cap)
+        return float(min(self.cap, self.base * growth))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt``."""

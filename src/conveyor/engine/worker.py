@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -31,6 +32,7 @@ from conveyor.engine.context import JobContext
 from conveyor.engine.errors import UnknownKind
 from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
 from conveyor.engine.kinds import Registry, check_queue_name, registry
+from conveyor.engine.periodic import Scheduler
 from conveyor.logs import get_logger
 from conveyor.store.base import CancelRequested, JobsAvailable, Notice, Store, StoreError
 from conveyor.store.records import ClaimRequest, Job, Outcome, OutcomeKind, Progress, WorkerInfo
@@ -116,7 +118,7 @@ def new_worker_id() -> str:
 class _Running:
     job: Job
     ctx: JobContext
-    task: asyncio.Task[None]
+    task: asyncio.Task[Outcome | None]
 
 
 class Worker:
@@ -141,7 +143,7 @@ class Worker:
         self._running: dict[int, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._progress: dict[int, Progress] = {}
-        self._stop_reasons: dict[int, StopReason] = {}
+        self._stop_reasons: dict[tuple[int, int], StopReason] = {}
         self._wake = asyncio.Event()
         self._maybe_due: set[str] = set(self.config.queues)
         """Queues that may hold due jobs; a claim that comes back short clears its queue,
@@ -182,6 +184,9 @@ class Worker:
             self.config.lease_s,
         )
         log.info("worker started", worker_id=self.id, queues=self.config.queues)
+        if self.config.max_memory_mb > 0:
+            # Before the first claim: the guard's own first pass would come after it.
+            await self._check_memory()
         side_tasks = self._start_services()
         try:
             await self._exchange_loop(burst)
@@ -271,7 +276,13 @@ class Worker:
             for queue, wanted in claim.slots.items():
                 if got.get(queue, 0) < wanted:
                     self._maybe_due.discard(queue)
-            self._next_due = result.next_run_at
+            # The answer covers only the queues of this claim: keep an earlier due time
+            # learnt for another queue. A stale one costs one empty claim, after which
+            # _sleep forgets it; dropping a live one would leave its job waiting for the
+            # safety poll.
+            upcoming = result.next_run_at
+            if upcoming is not None and (self._next_due is None or upcoming < self._next_due):
+                self._next_due = upcoming
         return bool(result.claimed)
 
     async def _sleep(self) -> None:
@@ -308,40 +319,60 @@ class Worker:
         request_id = job.meta.get("request_id")
         if request_id is not None:
             job_log = job_log.bind(request_id=request_id)
+        if job.id in self._running:
+            # The store handed the job out again: its lease expired and it was rescued
+            # before the lease keeper noticed. The attempt still running here is not ours
+            # any more; it must stop, and its end must not touch the new attempt's entry.
+            self._stop_job(job.id, StopReason.LEASE_LOST)
         ctx = JobContext(job, job_log, self._report_progress, asyncio.get_running_loop())
         task = asyncio.create_task(self._run_job(ctx), name=f"conveyor-job-{job.id}")
+        # The bookkeeping is a done callback, not a finally in _run_job: a task cancelled
+        # before its first step ends without running a line of its coroutine.
+        task.add_done_callback(functools.partial(self._job_done, ctx, time.perf_counter()))
         self._running[job.id] = _Running(job, ctx, task)
         self.max_seen_running = max(self.max_seen_running, len(self._running))
 
-    async def _run_job(self, ctx: JobContext) -> None:
-        job = ctx.job
-        started = time.perf_counter()
-        outcome: Outcome | None
+    async def _run_job(self, ctx: JobContext) -> Outcome | None:
+        """Run one attempt: its outcome, or None if its lease was lost."""
         try:
-            kind = self.kinds.get(job.kind)
+            kind = self.kinds.get(ctx.job.kind)
         except UnknownKind as exc:
-            outcome = unknown_kind(job, exc)
-        else:
-            try:
-                outcome = await execute(kind, ctx, self._threads, self._stop_reasons)
-            except asyncio.CancelledError:
-                # Cancelled before the handler started: the same rules apply.
-                reason = self._stop_reasons.pop(job.id, None)
-                if reason is None:
-                    raise
-                outcome = stopped(job, reason)
-        finally:
-            self._running.pop(job.id, None)
-        if outcome is not None:
-            self._outcomes.append(outcome)
-            self._progress.pop(job.id, None)
-            _log_outcome(ctx, outcome, time.perf_counter() - started)
-        else:
-            ctx.log.warning("job stopped: its lease was lost (rescued by another worker)")
+            return unknown_kind(ctx.job, exc)
+        return await execute(kind, ctx, self._threads, self._stop_reasons)
+
+    def _job_done(
+        self, ctx: JobContext, started: float, task: asyncio.Task[Outcome | None]
+    ) -> None:
+        job = ctx.job
+        reason = self._stop_reasons.pop((job.id, job.attempt), None)
+        current = self._running.get(job.id)
+        if current is not None and current.ctx is ctx:
+            del self._running[job.id]
         self._wake.set()
+        if task.cancelled():
+            if reason is None:
+                return  # not stopped by this worker (the loop is closing): nothing to say
+            # Stopped before the handler started: the same rules apply.
+            outcome = stopped(job, reason)
+        elif (error := task.exception()) is not None:
+            # Only a BaseException gets here (execute turns every Exception into an
+            # outcome). Nothing is recorded: the lease runs out and the job is rescued.
+            ctx.log.error("job attempt crashed", error=f"{type(error).__name__}: {error}")
+            return
+        else:
+            outcome = task.result()
+        if outcome is None:
+            ctx.log.warning("job stopped: its lease was lost (rescued by another worker)")
+            return
+        self._outcomes.append(outcome)
+        pending = self._progress.get(job.id)
+        if pending is not None and pending.attempt == job.attempt:
+            del self._progress[job.id]
+        _log_outcome(ctx, outcome, time.perf_counter() - started)
 
     def _report_progress(self, progress: Progress) -> None:
-        if progress.job_id in self._running:
+        running = self._running.get(progress.job_id)
+        if running is not None and running.job.attempt == progress.attempt:
             self._progress[progress.job_id] = progress
             self._wake.set()
 
@@ -349,7 +380,7 @@ class Worker:
         running = self._running.get(job_id)
         if running is None or running.task.done():
             return
-        self._stop_reasons[job_id] = reason
+        self._stop_reasons[(job_id, running.job.attempt)] = reason
         running.ctx._mark_cancelled()
         running.task.cancel()
 
@@ -405,10 +436,13 @@ class Worker:
             jobs.append(("pruner", c.prune_interval, self._prune))
         if c.max_memory_mb > 0:
             jobs.append(("memory-guard", c.memory_check_interval, self._check_memory))
-        return [
+        scheduler = Scheduler(self.store, self.kinds, c.queues)
+        tasks = [
             asyncio.create_task(services.every(interval, fn, name=name, worker_id=self.id))
             for name, interval, fn in jobs
         ]
+        tasks.append(asyncio.create_task(scheduler.run(), name="conveyor-scheduler"))
+        return tasks
 
     async def _keep_leases(self) -> None:
         now = time.monotonic()
@@ -419,9 +453,10 @@ class Worker:
         status = await self.store.heartbeat(self.id, jobs, self.config.lease_s, renew)
         if renew:
             self._last_renew = now
-        for job_id in jobs:
-            if job_id not in self._running:
-                continue
+        for job_id, attempt in jobs.items():
+            running = self._running.get(job_id)
+            if running is None or running.job.attempt != attempt:
+                continue  # ended, or claimed again as a new attempt, while we asked
             if job_id not in status.held:
                 self._stop_job(job_id, StopReason.LEASE_LOST)
             elif job_id in status.cancel_requested:

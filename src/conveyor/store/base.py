@@ -132,6 +132,15 @@ class Store(Protocol):
 
     async def set_paused(self, queue: str, paused: bool) -> None: ...
 
+    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
+        """Cap how many jobs of ``queue`` run at once across all workers (None: no cap).
+        Claims enforce it, serialised per limited queue so two workers cannot both take
+        the last slot."""
+
+    async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
+        """Enqueue ``job`` for periodic tick ``tick`` of its kind, once cluster-wide:
+        returns None if some worker already enqueued that tick."""
+
     async def queue_stats(self) -> list[QueueStats]:
         """Statistics for every queue that has jobs, a live worker or a setting."""
 

@@ -273,7 +273,9 @@ class QueueStats:
     """Queued jobs whose ``run_at`` is still in the future (included in counts['queued'])."""
     running: int
     limit: int | None
-    """Sum of the concurrency limits of live workers serving this queue (None: no worker)."""
+    """How many may run at once: the cluster-wide limit if one is set, else the sum of the
+    limits of the live workers serving this queue (None: no limit and no worker)."""
+    cluster_limit: int | None
     oldest_queued_age_s: float | None
     """Age of the oldest queued job that is due, measured from when it became due."""
     completed_last_minute: int
@@ -289,6 +291,7 @@ class QueueStats:
             "scheduled": self.scheduled,
             "running": self.running,
             "limit": self.limit,
+            "cluster_limit": self.cluster_limit,
             "oldest_queued_age_s": self.oldest_queued_age_s,
             "completed_last_minute": self.completed_last_minute,
             "failed_last_minute": self.failed_last_minute,

@@ -155,6 +155,10 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+class _TickTaken(Exception):
+    """Rolls back a periodic enqueue whose tick another worker enqueued first."""
+
+
 class SqliteStore:
     """A :class:`conveyor.store.base.Store` on one SQLite file."""
 
@@ -342,8 +346,9 @@ class SqliteStore:
         worker_id: str,
         claim: ClaimRequest | None,
     ) -> SettleResult:
-        def tx(conn: sqlite3.Connection, now: float) -> SettleResult:
+        def tx(conn: sqlite3.Connection, now: float) -> tuple[SettleResult, frozenset[str]]:
             applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
+            wake = _queues_to_wake(conn, outcomes, applied)
             for p in progress:
                 conn.execute(
                     _Q["progress"],
@@ -363,16 +368,11 @@ class SqliteStore:
                     claimed.extend(jobs)
                     if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
                         next_run_at = upcoming
-            return SettleResult(applied, tuple(claimed), next_run_at)
+            return SettleResult(applied, tuple(claimed), next_run_at), wake
 
-        result = await self._write(tx)
-        requeued = frozenset(
-            o.queue
-            for o, ok in zip(outcomes, result.applied, strict=True)
-            if ok and o.kind in _REQUEUEING
-        )
-        if requeued:
-            self._publish(JobsAvailable(requeued))
+        result, wake = await self._write(tx)
+        if wake:
+            self._publish(JobsAvailable(wake))
         return result
 
     async def heartbeat(
@@ -414,8 +414,9 @@ class SqliteStore:
 
     async def prune(self, older_than_s: float, limit: int = 1000) -> int:
         def tx(conn: sqlite3.Connection, now: float) -> int:
-            cursor = conn.execute(_Q["prune"], {"before": now - older_than_s, "limit": limit})
-            return cursor.rowcount
+            before = now - older_than_s
+            conn.execute(_Q["prune_ticks"], {"before": before})
+            return int(conn.execute(_Q["prune"], {"before": before, "limit": limit}).rowcount)
 
         return await self._write(tx)
 
@@ -477,6 +478,28 @@ class SqliteStore:
         await self._write(tx)
         if not paused:
             self._publish(JobsAvailable(frozenset({queue})))
+
+    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
+        def tx(conn: sqlite3.Connection, now: float) -> None:
+            conn.execute(_Q["set_limit"], {"queue": queue, "limit": limit, "now": now})
+
+        await self._write(tx)
+        self._publish(JobsAvailable(frozenset({queue})))
+
+    async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
+        def tx(conn: sqlite3.Connection, now: float) -> Enqueued | None:
+            (result,) = _insert_jobs(conn, now, [job])
+            inserted = conn.execute(_Q["insert_tick"], (job.kind, tick, result.id)).rowcount
+            if not inserted:
+                raise _TickTaken
+            return result
+
+        try:
+            result = await self._write(tx)
+        except _TickTaken:
+            return None
+        self._publish(JobsAvailable(frozenset({job.queue})))
+        return result
 
     async def queue_stats(self) -> list[QueueStats]:
         return await self._read(_queue_stats)
@@ -617,12 +640,35 @@ def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outc
     return conn.execute(_OUTCOME_QUERY[o.kind], params).rowcount == 1
 
 
+def _queues_to_wake(
+    conn: sqlite3.Connection, outcomes: Sequence[Outcome], applied: Sequence[bool]
+) -> frozenset[str]:
+    """Queues where a job may now be claimable: a job went back to the queue, or a job of
+    a queue with a cluster-wide limit stopped running and freed a slot."""
+    wake: set[str] = set()
+    ended: set[str] = set()
+    for outcome, ok in zip(outcomes, applied, strict=True):
+        if ok:
+            (wake if outcome.kind in _REQUEUEING else ended).add(outcome.queue)
+    for queue in ended - wake:
+        settings = conn.execute(_Q["queue_settings_for"], (queue,)).fetchone()
+        if settings is not None and settings[1] is not None:
+            wake.add(queue)
+    return frozenset(wake)
+
+
 def _claim_queue(
     conn: sqlite3.Connection, now: float, claim: ClaimRequest, queue: str, limit: int
 ) -> tuple[list[Job], float | None]:
-    paused = conn.execute(_Q["queue_paused"], (queue,)).fetchone()
-    if paused is not None and paused[0]:
-        return [], None
+    settings = conn.execute(_Q["queue_settings_for"], (queue,)).fetchone()
+    if settings is not None:
+        paused, cluster_limit = settings
+        if paused:
+            return [], None
+        if cluster_limit is not None:
+            # The write lock is held, so this count cannot change before the claim.
+            running = conn.execute(_Q["count_running"], (queue,)).fetchone()[0]
+            limit = min(limit, cluster_limit - running)
     jobs: list[Job] = []
     if limit > 0:
         rows = conn.execute(
@@ -668,24 +714,26 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
         (queue, state): n
         for queue, state, n in conn.execute(_Q["stats_recent"], {"since": now - 60.0})
     }
-    paused = {name: bool(p) for name, p in conn.execute(_Q["queue_settings"])}
+    settings = {name: (bool(p), cap) for name, p, cap in conn.execute(_Q["queue_settings"])}
     limits: dict[str, int] = {}
     for worker in _live_workers(conn, now):
         for queue, limit in worker.queues.items():
             limits[queue] = limits.get(queue, 0) + limit
     stats = []
-    for name in sorted(set(counts) | set(paused) | set(limits)):
+    for name in sorted(set(counts) | set(settings) | set(limits)):
         by_state = {state.value: counts.get(name, {}).get(state.value, 0) for state in JobState}
         due_count, oldest = due.get(name, (0, None))
+        paused, cluster_limit = settings.get(name, (False, None))
         run_times = sorted(row[0] for row in conn.execute(_Q["stats_run_times"], {"queue": name}))
         stats.append(
             QueueStats(
                 name=name,
-                paused=paused.get(name, False),
+                paused=paused,
                 counts=by_state,
                 scheduled=by_state[JobState.QUEUED] - due_count,
                 running=by_state[JobState.RUNNING],
-                limit=limits.get(name),
+                limit=cluster_limit if cluster_limit is not None else limits.get(name),
+                cluster_limit=cluster_limit,
                 oldest_queued_age_s=None if oldest is None else max(0.0, now - oldest),
                 completed_last_minute=recent.get((name, JobState.COMPLETED), 0),
                 failed_last_minute=recent.get((name, JobState.FAILED), 0),

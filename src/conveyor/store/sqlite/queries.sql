@@ -32,8 +32,11 @@ WHERE id IN (
 )
 RETURNING *
 
--- name: queue_paused
-SELECT paused FROM conveyor_queues WHERE name = ?
+-- name: queue_settings_for
+SELECT paused, concurrency_limit FROM conveyor_queues WHERE name = ?
+
+-- name: count_running
+SELECT count(*) FROM conveyor_jobs WHERE state = 'running' AND queue = ?
 
 -- name: next_run_at
 -- Only asked after a claim drained the queue's due jobs, so it reads scheduled rows only.
@@ -149,6 +152,18 @@ RETURNING queue
 INSERT INTO conveyor_queues (name, paused, updated_at) VALUES (:queue, :paused, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
 
+-- name: set_limit
+INSERT INTO conveyor_queues (name, concurrency_limit, updated_at) VALUES (:queue, :limit, :now)
+ON CONFLICT (name) DO UPDATE
+SET concurrency_limit = excluded.concurrency_limit, updated_at = excluded.updated_at
+
+-- name: insert_tick
+INSERT INTO conveyor_periodic_ticks (kind, tick, job_id) VALUES (?, ?, ?)
+ON CONFLICT DO NOTHING
+
+-- name: prune_ticks
+DELETE FROM conveyor_periodic_ticks WHERE tick < :before
+
 -- name: stats_counts
 SELECT queue, state, count(*) FROM conveyor_jobs GROUP BY queue, state
 
@@ -166,7 +181,7 @@ WHERE queue = :queue AND state = 'completed' AND finished_at IS NOT NULL
 ORDER BY finished_at DESC LIMIT 1000
 
 -- name: queue_settings
-SELECT name, paused FROM conveyor_queues
+SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
 INSERT OR REPLACE INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)

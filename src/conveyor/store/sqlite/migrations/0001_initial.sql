@@ -31,7 +31,7 @@ CREATE INDEX conveyor_jobs_claim ON conveyor_jobs (queue, priority, run_at, id) 
 
 -- Leases: the rescuer scans expiries, heartbeats look up a worker's jobs.
 CREATE INDEX conveyor_jobs_running ON conveyor_jobs (lease_expires_at) WHERE state = 'running';
-CREATE INDEX conveyor_jobs_locked_by ON conveyor_jobs (locked_by) WHERE state = 'running';
+CREATE INDEX conveyor_jobs_running_queue ON conveyor_jobs (queue, locked_by) WHERE state = 'running';
 
 -- Statistics count jobs by queue and state (a covering scan) and read recent finishes.
 CREATE INDEX conveyor_jobs_stats ON conveyor_jobs (queue, state, finished_at);
@@ -42,9 +42,19 @@ CREATE UNIQUE INDEX conveyor_jobs_unique ON conveyor_jobs (tenant_id, unique_key
     WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
 
 CREATE TABLE conveyor_queues (
-    name       TEXT PRIMARY KEY,
-    paused     INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL    NOT NULL
+    name              TEXT PRIMARY KEY,
+    paused            INTEGER NOT NULL DEFAULT 0,
+    concurrency_limit INTEGER CHECK (concurrency_limit >= 1),  -- across all workers; NULL: none
+    updated_at        REAL    NOT NULL
+);
+
+-- One row per periodic tick enqueued: the primary key makes a tick enqueue once, however
+-- many workers reach it.
+CREATE TABLE conveyor_periodic_ticks (
+    kind   TEXT    NOT NULL,
+    tick   REAL    NOT NULL,
+    job_id INTEGER NOT NULL,
+    PRIMARY KEY (kind, tick)
 );
 
 CREATE TABLE conveyor_workers (

@@ -1,0 +1,270 @@
+-- PostgreSQL queries of PostgresStore. Parameters are positional ($n); the clock is the
+-- server's now(), so workers on machines with skewed clocks agree on leases and due times.
+-- Every statement that changes a running job is guarded on state, attempt and owner.
+
+-- name: reserve_ids
+-- Ids are taken before the insert, so results map to inputs whatever order rows land in.
+SELECT nextval(pg_get_serial_sequence('conveyor_jobs', 'id')) FROM generate_series(1, $1)
+
+-- name: insert_jobs
+INSERT INTO conveyor_jobs (
+    id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
+    timeout_s, unique_key, meta, created_at
+)
+SELECT j.id, j.tenant_id, j.queue, j.kind, j.priority, 'queued', j.payload, j.max_attempts,
+       coalesce(to_timestamp(j.run_at), now() + make_interval(secs => j.delay_s)),
+       j.timeout_s, j.unique_key, j.meta, now()
+FROM unnest(
+    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::jsonb[],
+    $7::int[], $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::jsonb[]
+) AS j(id, tenant_id, queue, kind, priority, payload, max_attempts, run_at, delay_s,
+       timeout_s, unique_key, meta)
+ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+DO NOTHING
+RETURNING id
+
+-- name: find_active_unique
+SELECT k.tenant_id, k.unique_key, j.id
+FROM unnest($1::text[], $2::text[]) AS k(tenant_id, unique_key)
+JOIN conveyor_jobs j
+  ON j.tenant_id = k.tenant_id AND j.unique_key = k.unique_key
+ AND j.state IN ('queued', 'running')
+
+-- name: notify_queues
+SELECT pg_notify($1, 'q:' || q) FROM unnest($2::text[]) AS q
+
+-- name: notify_cancel
+SELECT pg_notify($1, 'c:' || $2::bigint)
+
+-- name: lock_limited_queues
+-- Serialises claims on queues with a cluster-wide limit: the next statement counts their
+-- running jobs with a snapshot taken after this lock, so two workers cannot both take the
+-- last slot. Queues without a limit are not locked.
+SELECT name, concurrency_limit FROM conveyor_queues
+WHERE name = ANY($1::text[]) AND concurrency_limit IS NOT NULL AND NOT paused
+ORDER BY name
+FOR UPDATE
+
+-- name: claim
+-- Per queue, the first n due jobs in priority, run_at, id order, skipping rows another
+-- claimer has locked; n is cut to the free cluster-wide slots where a limit is set.
+WITH wanted AS (
+    SELECT w.queue,
+           CASE WHEN q.concurrency_limit IS NULL THEN w.n
+                ELSE least(w.n, q.concurrency_limit - (
+                    SELECT count(*) FROM conveyor_jobs r
+                    WHERE r.state = 'running' AND r.queue = w.queue))
+           END AS n
+    FROM unnest($1::text[], $2::int[]) AS w(queue, n)
+    LEFT JOIN conveyor_queues q ON q.name = w.queue
+    WHERE q.paused IS NOT TRUE
+),
+picked AS (
+    SELECT c.id
+    FROM wanted w
+    CROSS JOIN LATERAL (
+        SELECT id FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = w.queue AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT greatest(w.n, 0)
+        FOR UPDATE SKIP LOCKED
+    ) c
+)
+UPDATE conveyor_jobs j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    locked_by = $3,
+    lease_expires_at = now() + make_interval(secs => $4),
+    started_at = now(),
+    progress = NULL,
+    progress_message = NULL
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*
+
+-- name: next_run_at
+SELECT min(run_at) FROM conveyor_jobs
+WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now()
+
+-- name: settle
+-- All outcomes of one exchange in one statement. kind: completed | retry | failed |
+-- cancelled | released.
+UPDATE conveyor_jobs j
+SET state = CASE o.kind
+        WHEN 'completed' THEN 'completed'
+        WHEN 'failed' THEN 'failed'
+        WHEN 'cancelled' THEN 'cancelled'
+        ELSE 'queued'
+    END,
+    result = CASE WHEN o.kind = 'completed' THEN o.result ELSE j.result END,
+    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
+    finished_at = CASE WHEN o.kind IN ('completed', 'failed', 'cancelled') THEN now() END,
+    run_at = CASE WHEN o.kind = 'retry' THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
+    attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
+    locked_by = CASE WHEN o.kind IN ('retry', 'released') THEN NULL ELSE j.locked_by END,
+    started_at = CASE WHEN o.kind = 'released' THEN NULL ELSE j.started_at END,
+    progress = CASE WHEN o.kind = 'completed' THEN 1.0
+                    WHEN o.kind = 'released' THEN NULL ELSE j.progress END,
+    lease_expires_at = NULL
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[])
+     AS o(id, attempt, kind, result, error, delay_s)
+WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = $7
+RETURNING j.id, j.queue, j.state
+
+-- name: progress
+UPDATE conveyor_jobs j
+SET progress = p.fraction, progress_message = p.message
+FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::text[]) AS p(id, attempt, fraction, message)
+WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = $5
+
+-- name: limited_queues
+SELECT name FROM conveyor_queues WHERE name = ANY($1::text[]) AND concurrency_limit IS NOT NULL
+
+-- name: heartbeat
+-- Renews only the jobs the worker names with their attempt, so a job it lost track of
+-- is never kept alive by it; reports which it holds and which have a cancel request.
+WITH held AS (
+    SELECT j.id, j.cancel_requested
+    FROM conveyor_jobs j
+    JOIN unnest($2::bigint[], $3::int[]) AS h(id, attempt) ON h.id = j.id
+    WHERE j.state = 'running' AND j.locked_by = $1 AND j.attempt = h.attempt
+),
+renewed AS (
+    UPDATE conveyor_jobs j SET lease_expires_at = now() + make_interval(secs => $4)
+    FROM held WHERE j.id = held.id AND $5::boolean
+),
+worker AS (
+    UPDATE conveyor_workers
+    SET last_seen_at = now(), expires_at = now() + make_interval(secs => $4)
+    WHERE id = $1 AND $5::boolean
+)
+SELECT id, cancel_requested FROM held
+
+-- name: rescue
+-- A job whose lease expired lost its worker: its attempt counts. It is cancelled if a
+-- cancel was asked, failed if no attempt is left, else queued again in its old place.
+-- SKIP LOCKED lets rescuers on every node run at once without acting twice.
+WITH expired AS (
+    SELECT id FROM conveyor_jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE conveyor_jobs j
+SET state = CASE
+        WHEN j.cancel_requested THEN 'cancelled'
+        WHEN j.attempt >= j.max_attempts THEN 'failed'
+        ELSE 'queued'
+    END,
+    finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
+    errors = CASE
+        WHEN j.cancel_requested THEN j.errors
+        ELSE j.errors || jsonb_build_array(jsonb_build_object(
+            'at', extract(epoch FROM now()), 'attempt', j.attempt, 'type', 'LeaseExpired',
+            'message', 'worker ' || coalesce(j.locked_by, '?') || ' stopped renewing its lease',
+            'traceback', NULL))
+    END,
+    locked_by = NULL,
+    lease_expires_at = NULL
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.state, j.queue
+
+-- name: forget_workers
+DELETE FROM conveyor_workers WHERE expires_at < now()
+
+-- name: prune
+DELETE FROM conveyor_jobs
+WHERE id IN (
+    SELECT id FROM conveyor_jobs
+    WHERE finished_at < now() - make_interval(secs => $1)
+      AND state IN ('completed', 'failed', 'cancelled')
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+
+-- name: prune_ticks
+DELETE FROM conveyor_periodic_ticks WHERE tick < now() - make_interval(secs => $1)
+
+-- name: get_job
+SELECT * FROM conveyor_jobs WHERE id = $1
+
+-- name: cancel
+UPDATE conveyor_jobs
+SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+    finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+    cancel_requested = true
+WHERE id = $1 AND state IN ('queued', 'running')
+RETURNING *
+
+-- name: retry
+UPDATE conveyor_jobs
+SET state = 'queued', run_at = now(), result = NULL, finished_at = NULL, started_at = NULL,
+    cancel_requested = false, locked_by = NULL, lease_expires_at = NULL, progress = NULL,
+    progress_message = NULL,
+    max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
+WHERE id = $1 AND state IN ('failed', 'cancelled')
+RETURNING *
+
+-- name: set_paused
+INSERT INTO conveyor_queues (name, paused, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
+
+-- name: set_limit
+INSERT INTO conveyor_queues (name, concurrency_limit, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (name) DO UPDATE
+SET concurrency_limit = excluded.concurrency_limit, updated_at = excluded.updated_at
+
+-- name: insert_tick
+INSERT INTO conveyor_periodic_ticks (kind, tick, job_id) VALUES ($1, to_timestamp($2), $3)
+ON CONFLICT DO NOTHING
+RETURNING job_id
+
+-- name: stats_counts
+SELECT queue, state, count(*) FROM conveyor_jobs GROUP BY queue, state
+
+-- name: stats_due
+SELECT queue, count(*), extract(epoch FROM now() - min(run_at)) FROM conveyor_jobs
+WHERE state = 'queued' AND run_at <= now() GROUP BY queue
+
+-- name: stats_recent
+SELECT queue, state, count(*) FROM conveyor_jobs
+WHERE state IN ('completed', 'failed') AND finished_at >= now() - interval '60 seconds'
+GROUP BY queue, state
+
+-- name: stats_run_times
+-- The median and 95th percentile of the last 1,000 completed jobs of each queue.
+SELECT queue,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY seconds)
+FROM (
+    SELECT q.name AS queue, extract(epoch FROM r.finished_at - r.started_at) AS seconds
+    FROM (SELECT DISTINCT queue AS name FROM conveyor_jobs) q
+    CROSS JOIN LATERAL (
+        SELECT finished_at, started_at FROM conveyor_jobs
+        WHERE queue = q.name AND state = 'completed' AND started_at IS NOT NULL
+        ORDER BY finished_at DESC LIMIT 1000
+    ) r
+) t
+GROUP BY queue
+
+-- name: queue_settings
+SELECT name, paused, concurrency_limit FROM conveyor_queues
+
+-- name: register_worker
+INSERT INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)
+VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5))
+ON CONFLICT (id) DO UPDATE
+SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
+    last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at
+
+-- name: unregister_worker
+DELETE FROM conveyor_workers WHERE id = $1
+
+-- name: list_workers
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at FROM conveyor_workers
+WHERE expires_at >= now() ORDER BY started_at
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM conveyor_schema

@@ -1,0 +1,373 @@
+"""Failed attempts: retries with backoff, exhaustion, Discard, timeouts, bad results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import conveyor
+
+NO_WAIT = conveyor.Backoff(base=0)
+S = conveyor.JobState
+
+
+class Flaky(Exception):
+    pass
+
+
+async def test_failed_attempts_are_retried_then_completed(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.flaky", max_attempts=3, backoff=NO_WAIT, registry=kinds)
+    async def flaky(ctx: conveyor.JobContext, payload: Any) -> str:
+        if ctx.attempt < 3:
+            raise Flaky(f"attempt {ctx.attempt} went wrong")
+        return "third time lucky"
+
+    enqueued = await client.enqueue("t.flaky")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, job.result) == (S.COMPLETED, 3, "third time lucky")
+    assert [(e.attempt, e.type, e.message) for e in job.errors] == [
+        (1, "Flaky", "attempt 1 went wrong"),
+        (2, "Flaky", "attempt 2 went wrong"),
+    ]
+    for entry in job.errors:
+        assert entry.traceback is not None
+        assert "Traceback" in entry.traceback
+        assert "in flaky" in entry.traceback
+        assert "Flaky: attempt" in entry.traceback
+        assert job.created_at <= entry.at <= (job.finished_at or 0)
+
+
+async def test_retry_waits_for_the_backoff(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.fails", backoff=conveyor.Backoff(base=30, jitter=False), registry=kinds)
+    async def fails(ctx: conveyor.JobContext, payload: Any) -> None:
+        raise Flaky("no")
+
+    enqueued = await client.enqueue("t.fails")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, len(job.errors)) == (S.QUEUED, 1, 1)
+    assert job.locked_by is None
+    assert job.run_at == pytest.approx(job.errors[0].at + 30, abs=1)
+    stats = {q.name: q for q in await client.queues()}["default"]
+    assert stats.scheduled == 1
+
+
+async def test_backoff_grows_between_attempts(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job(
+        "t.fails",
+        max_attempts=5,
+        backoff=conveyor.Backoff(base=0.05, factor=4, jitter=False),
+        registry=kinds,
+    )
+    async def fails(ctx: conveyor.JobContext, payload: Any) -> None:
+        raise Flaky(str(ctx.attempt))
+
+    enqueued = await client.enqueue("t.fails")
+    # Burst mode leaves a job that is not due yet: each pass runs one attempt.
+    waits: list[float] = []
+    for _ in range(3):
+        await workers.burst()
+        job = await client.get(enqueued.id)
+        waits.append(job.run_at - job.errors[-1].at)
+        await asyncio.sleep(max(0.0, job.run_at - time.time()) + 0.01)
+
+    # Each wait is the ceiling (no jitter) plus the moment it took to record the failure.
+    for wait, ceiling in zip(waits, [0.05, 0.2, 0.8], strict=True):
+        assert ceiling <= wait < ceiling + 0.2
+
+
+async def test_attempts_exhausted_fails_the_job(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    calls: list[int] = []
+
+    @conveyor.job("t.broken", max_attempts=3, backoff=NO_WAIT, registry=kinds)
+    async def broken(ctx: conveyor.JobContext, payload: Any) -> None:
+        calls.append(ctx.attempt)
+        raise ValueError("always")
+
+    enqueued = await client.enqueue("t.broken")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert calls == [1, 2, 3]
+    assert (job.state, job.attempt, job.max_attempts) == (S.FAILED, 3, 3)
+    assert [(e.attempt, e.type) for e in job.errors] == [(i, "ValueError") for i in (1, 2, 3)]
+    assert job.finished_at is not None
+    assert job.result is None
+
+
+async def test_max_attempts_one_means_no_retry(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.broken", backoff=NO_WAIT, registry=kinds)
+    async def broken(ctx: conveyor.JobContext, payload: Any) -> None:
+        raise ValueError("once")
+
+    enqueued = await client.enqueue("t.broken", max_attempts=1)
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, len(job.errors)) == (S.FAILED, 1, 1)
+
+
+async def test_sync_handler_failures_are_retried(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.sync", max_attempts=2, backoff=NO_WAIT, registry=kinds)
+    def flaky(ctx: conveyor.JobContext, payload: Any) -> int:
+        if ctx.attempt == 1:
+            raise KeyError("missing")
+        return ctx.attempt
+
+    enqueued = await client.enqueue("t.sync")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.result) == (S.COMPLETED, 2)
+    assert job.errors[0].type == "KeyError"
+    assert "in flaky" in (job.errors[0].traceback or "")
+
+
+async def test_discard_fails_at_once(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.discard", max_attempts=5, backoff=NO_WAIT, registry=kinds)
+    async def discard(ctx: conveyor.JobContext, payload: Any) -> None:
+        raise conveyor.Discard("the practice no longer exists")
+
+    enqueued = await client.enqueue("t.discard")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, job.max_attempts) == (S.FAILED, 1, 5)
+    [error] = job.errors
+    assert (error.type, error.message) == ("Discard", "the practice no longer exists")
+
+
+async def test_non_retryable_exception_fails_at_once(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    class BadInput(ValueError):
+        pass
+
+    @conveyor.job(
+        "t.strict", max_attempts=5, backoff=NO_WAIT, non_retryable=[LookupError], registry=kinds
+    )
+    async def strict(ctx: conveyor.JobContext, payload: str) -> None:
+        if payload == "lookup":
+            raise KeyError("subclass of a non-retryable type")
+        raise BadInput("retryable")
+
+    lookup = await client.enqueue("t.strict", "lookup")
+    other = await client.enqueue("t.strict", "other", max_attempts=2)
+    await workers.burst()
+
+    job = await client.get(lookup.id)
+    assert (job.state, job.attempt, [e.type for e in job.errors]) == (S.FAILED, 1, ["KeyError"])
+    job = await client.get(other.id)
+    assert (job.state, job.attempt) == (S.FAILED, 2)
+
+
+async def test_error_without_message_is_named_by_its_type(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.bare", max_attempts=1, registry=kinds)
+    async def bare(ctx: conveyor.JobContext, payload: Any) -> None:
+        raise RuntimeError
+
+    enqueued = await client.enqueue("t.bare")
+    await workers.burst()
+
+    [error] = (await client.get(enqueued.id)).errors
+    assert (error.type, error.message) == ("RuntimeError", "RuntimeError")
+
+
+async def test_result_that_is_not_json_fails_without_retry(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    calls: list[int] = []
+
+    @conveyor.job("t.bad_result", max_attempts=3, backoff=NO_WAIT, registry=kinds)
+    async def bad_result(ctx: conveyor.JobContext, payload: Any) -> Any:
+        calls.append(ctx.attempt)
+        return {"when": object()}
+
+    enqueued = await client.enqueue("t.bad_result")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert calls == [1]
+    assert (job.state, job.attempt, job.result) == (S.FAILED, 1, None)
+    [error] = job.errors
+    assert error.type == "TypeError"
+    assert "JSON" in error.message
+    assert "t.bad_result" in error.message
+
+
+async def test_handler_errors_are_not_mistaken_for_a_bad_result(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    import orjson
+
+    @conveyor.job("t.encodes", max_attempts=2, backoff=NO_WAIT, registry=kinds)
+    async def encodes(ctx: conveyor.JobContext, payload: Any) -> str:
+        if ctx.attempt == 1:
+            orjson.dumps({"not json": object()})  # the handler's own bug, on attempt 1
+        return "ok"
+
+    enqueued = await client.enqueue("t.encodes")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, job.result) == (S.COMPLETED, 2, "ok")
+    assert job.errors[0].traceback is not None
+
+
+async def test_unknown_kind_is_retried_then_failed(
+    store: Any, kinds: conveyor.Registry, workers: Any
+) -> None:
+    elsewhere = conveyor.Registry()
+
+    @conveyor.job("t.ghost", max_attempts=2, registry=elsewhere)
+    async def ghost(ctx: conveyor.JobContext, payload: Any) -> str:
+        return "ran"
+
+    @conveyor.job("t.known", registry=kinds)
+    async def known(ctx: conveyor.JobContext, payload: Any) -> None:
+        return None
+
+    producer = conveyor.Client(store, kinds=elsewhere)
+    enqueued = await producer.enqueue("t.ghost")
+    await workers.burst()  # this worker knows t.known only
+
+    job = await producer.get(enqueued.id)
+    assert (job.state, job.attempt) == (S.FAILED, 2)
+    assert [e.type for e in job.errors] == ["UnknownKind", "UnknownKind"]
+    assert "t.ghost" in job.errors[0].message
+    assert "t.known" in job.errors[0].message
+
+    # Once a worker that has the kind gets it, it runs.
+    await producer.retry(enqueued.id)
+    knowing = conveyor.Worker(store, workers.make().config, kinds=elsewhere)
+    await asyncio.wait_for(knowing.run(burst=True), 10)
+    job = await producer.get(enqueued.id)
+    assert (job.state, job.attempt, job.result) == (S.COMPLETED, 3, "ran")
+
+
+# -- timeouts --------------------------------------------------------------------------------
+async def test_timeout_cancels_the_attempt_and_retries(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    seen: list[tuple[int, bool]] = []
+
+    @conveyor.job("t.slow", timeout=0.2, max_attempts=2, backoff=NO_WAIT, registry=kinds)
+    async def slow(ctx: conveyor.JobContext, payload: Any) -> str:
+        if ctx.attempt == 1:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                seen.append((ctx.attempt, ctx.cancelled))
+                raise
+        return "fast enough"
+
+    enqueued = await client.enqueue("t.slow")
+    started = time.monotonic()
+    await workers.burst()
+
+    assert time.monotonic() - started < 3
+    assert seen == [(1, True)]
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, job.result) == (S.COMPLETED, 2, "fast enough")
+    [error] = job.errors
+    assert (error.attempt, error.type) == (1, "TimeoutError")
+    assert "timeout of 0.2 s" in error.message
+
+
+async def test_timeout_on_the_last_attempt_fails_the_job(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.slow", max_attempts=1, registry=kinds)
+    async def slow(ctx: conveyor.JobContext, payload: Any) -> None:
+        await asyncio.sleep(30)
+
+    enqueued = await client.enqueue("t.slow", timeout=0.1)
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, [e.type for e in job.errors]) == (S.FAILED, ["TimeoutError"])
+
+
+async def test_sync_handler_past_its_timeout_is_abandoned_and_told(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any, eventually: Any
+) -> None:
+    noticed: list[bool] = []
+
+    @conveyor.job("t.sync_slow", max_attempts=1, timeout=0.2, registry=kinds)
+    def sync_slow(ctx: conveyor.JobContext, payload: Any) -> str:
+        deadline = time.monotonic() + 5
+        while not ctx.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        noticed.append(ctx.cancelled)
+        return "too late"
+
+    enqueued = await client.enqueue("t.sync_slow")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.result) == (S.FAILED, None)
+    assert [e.type for e in job.errors] == ["TimeoutError"]
+    await eventually(lambda: noticed == [True])
+
+
+async def test_handler_raising_timeout_error_itself_is_an_ordinary_failure(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.upstream", max_attempts=2, backoff=NO_WAIT, registry=kinds)
+    async def upstream(ctx: conveyor.JobContext, payload: Any) -> str:
+        if ctx.attempt == 1:
+            raise TimeoutError("upstream API timed out")
+        return "ok"
+
+    enqueued = await client.enqueue("t.upstream")
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.result) == (S.COMPLETED, "ok")
+    assert job.errors[0].message == "upstream API timed out"
+    assert job.errors[0].traceback is not None
+
+
+# -- retry by hand ---------------------------------------------------------------------------
+async def test_retry_a_failed_job_runs_it_again(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.once", max_attempts=1, registry=kinds)
+    async def once(ctx: conveyor.JobContext, payload: Any) -> int:
+        if ctx.attempt == 1:
+            raise Flaky("first")
+        return ctx.attempt
+
+    enqueued = await client.enqueue("t.once")
+    await workers.burst()
+    assert (await client.get(enqueued.id)).state == S.FAILED
+
+    retried = await client.retry(enqueued.id)
+    assert (retried.state, retried.max_attempts, retried.finished_at) == (S.QUEUED, 2, None)
+    await workers.burst()
+
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt, job.result) == (S.COMPLETED, 2, 2)
+    assert [e.attempt for e in job.errors] == [1]
