@@ -301,8 +301,8 @@ class CancelBeforeStart:
         self._listeners.append(listener)
         return self._inner.add_listener(listener)
 
-    async def settle_and_claim(self, *args: Any) -> Any:
-        result = await self._inner.settle_and_claim(*args)
+    async def settle_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._inner.settle_and_claim(*args, **kwargs)
         if result.claimed:
             ids = frozenset(job.id for job in result.claimed)
             for job_id in ids:

@@ -35,7 +35,15 @@ from conveyor.engine.kinds import Registry, check_queue_name, registry
 from conveyor.engine.periodic import Scheduler
 from conveyor.logs import get_logger
 from conveyor.store.base import CancelRequested, JobsAvailable, Notice, Store, StoreError
-from conveyor.store.records import ClaimRequest, Job, Outcome, OutcomeKind, Progress, WorkerInfo
+from conveyor.store.records import (
+    ClaimRequest,
+    Job,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    RescueResult,
+    WorkerInfo,
+)
 
 log = get_logger("worker")
 
@@ -150,6 +158,7 @@ class Worker:
         a notice, a due time or the safety poll sets it again."""
         self._next_due: float | None = None
         self._last_renew = float("-inf")
+        self._next_rescue = float("-inf")
         self._shutdown_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -213,9 +222,10 @@ class Worker:
             if self._stopping.is_set() and self._shutdown_task is None:
                 self._shutdown_task = asyncio.create_task(self._drain_running())
             claim = self._claim_request()
-            if self._outcomes or self._progress or claim is not None:
+            rescue = time.monotonic() >= self._next_rescue
+            if self._outcomes or self._progress or claim is not None or rescue:
                 try:
-                    claimed = await self._exchange(claim)
+                    claimed = await self._exchange(claim, rescue)
                 except StoreError as exc:
                     failures += 1
                     await self._wait_after_failure(exc, failures)
@@ -244,13 +254,19 @@ class Worker:
         free = {q: limit - busy.get(q, 0) for q, limit in self.config.queues.items()}
         return {q: n for q, n in free.items() if n > 0}
 
-    async def _exchange(self, claim: ClaimRequest | None) -> bool:
-        """Record finished attempts and claim for free slots; True if jobs were claimed."""
+    async def _exchange(self, claim: ClaimRequest | None, rescue: bool = False) -> bool:
+        """Record finished attempts, claim for free slots and, when due, rescue expired
+        leases; True if jobs were claimed.
+
+        The rescue rides on the exchange instead of running as a service of its own, so an
+        idle worker costs one statement per safety poll, not two."""
         outcomes, self._outcomes = self._outcomes, []
         progress = list(self._progress.values())
         self._progress.clear()
         try:
-            result = await self.store.settle_and_claim(outcomes, progress, self.id, claim)
+            result = await self.store.settle_and_claim(
+                outcomes, progress, self.id, claim, rescue=rescue
+            )
         except BaseException:
             # Nothing was recorded: keep the reports for the next pass.
             self._outcomes[:0] = outcomes
@@ -267,6 +283,10 @@ class Worker:
                     attempt=outcome.attempt,
                     outcome=outcome.kind.value,
                 )
+        if rescue:
+            self._next_rescue = time.monotonic() + self.config.rescue_interval
+            if result.rescued is not None and result.rescued.total:
+                _log_rescue(self.id, result.rescued)
         for job in result.claimed:
             self._start(job)
         if claim is not None:
@@ -286,7 +306,9 @@ class Worker:
         return bool(result.claimed)
 
     async def _sleep(self) -> None:
-        timeout = self.config.safety_poll_interval
+        timeout = min(
+            self.config.safety_poll_interval, max(0.0, self._next_rescue - time.monotonic())
+        )
         if self._next_due is not None:
             timeout = min(timeout, max(0.0, self._next_due - time.time()))
         if not self._wake.is_set() and timeout > 0:
@@ -430,7 +452,6 @@ class Worker:
         c = self.config
         jobs: list[tuple[str, float, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("lease-keeper", c.cancel_check_interval, self._keep_leases),
-            ("rescuer", c.rescue_interval, self._rescue),
         ]
         if c.retention_s > 0:
             jobs.append(("pruner", c.prune_interval, self._prune))
@@ -461,17 +482,6 @@ class Worker:
                 self._stop_job(job_id, StopReason.LEASE_LOST)
             elif job_id in status.cancel_requested:
                 self._stop_job(job_id, StopReason.CANCELLED)
-
-    async def _rescue(self) -> None:
-        result = await self.store.rescue()
-        if result.total:
-            log.warning(
-                "rescued jobs whose worker stopped renewing its lease",
-                worker_id=self.id,
-                requeued=list(result.requeued),
-                failed=list(result.failed),
-                cancelled=list(result.cancelled),
-            )
 
     async def _prune(self) -> None:
         deleted = 0
@@ -505,6 +515,16 @@ class Worker:
             )
             self._maybe_due.update(self.config.queues)
             self._wake.set()
+
+
+def _log_rescue(worker_id: str, result: RescueResult) -> None:
+    log.warning(
+        "rescued jobs whose worker stopped renewing its lease",
+        worker_id=worker_id,
+        requeued=list(result.requeued),
+        failed=list(result.failed),
+        cancelled=list(result.cancelled),
+    )
 
 
 def _log_outcome(ctx: JobContext, outcome: Outcome, seconds: float) -> None:

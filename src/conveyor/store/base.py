@@ -93,8 +93,11 @@ class Store(Protocol):
         progress: Sequence[Progress],
         worker_id: str,
         claim: ClaimRequest | None,
+        *,
+        rescue: bool = False,
     ) -> SettleResult:
-        """Record finished attempts and progress, then claim jobs, in one transaction.
+        """Record finished attempts and progress, then claim jobs, and with ``rescue`` do
+        what :meth:`rescue` does too; as few round trips as the database allows.
 
         Claims take queued, due jobs of unpaused queues, strictly by priority (1 first),
         then ``run_at``, then id; each claimed job becomes ``running`` with its attempt

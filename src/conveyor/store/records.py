@@ -8,6 +8,7 @@ to compare in tests.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,6 +205,29 @@ class ClaimRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RescueResult:
+    requeued: tuple[int, ...]
+    failed: tuple[int, ...]
+    cancelled: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.requeued) + len(self.failed) + len(self.cancelled)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[int, str, str]]) -> RescueResult:
+        """Sort the (id, new state, queue) rows a rescue statement returned."""
+        by_state: dict[str, list[int]] = {"queued": [], "failed": [], "cancelled": []}
+        for job_id, state, _queue in rows:
+            by_state[state].append(job_id)
+        return cls(
+            requeued=tuple(sorted(by_state["queued"])),
+            failed=tuple(sorted(by_state["failed"])),
+            cancelled=tuple(sorted(by_state["cancelled"])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SettleResult:
     """What a settle-and-claim exchange did."""
 
@@ -214,6 +238,8 @@ class SettleResult:
     """The earliest ``run_at`` of a queued job in the claimed queues that is not yet due;
     None if there is none, and not looked up when the claim filled every slot (the worker
     claims again at once then)."""
+    rescued: RescueResult | None = None
+    """What the rescue did, when one was asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,17 +249,6 @@ class LeaseStatus:
     held: frozenset[int]
     """Jobs still running under this worker (leases renewed if asked)."""
     cancel_requested: frozenset[int]
-
-
-@dataclass(frozen=True, slots=True)
-class RescueResult:
-    requeued: tuple[int, ...]
-    failed: tuple[int, ...]
-    cancelled: tuple[int, ...]
-
-    @property
-    def total(self) -> int:
-        return len(self.requeued) + len(self.failed) + len(self.cancelled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,10 +345,15 @@ class SqliteStore:
         progress: Sequence[Progress],
         worker_id: str,
         claim: ClaimRequest | None,
+        *,
+        rescue: bool = False,
     ) -> SettleResult:
         def tx(conn: sqlite3.Connection, now: float) -> tuple[SettleResult, frozenset[str]]:
             applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
             wake = _queues_to_wake(conn, outcomes, applied)
+            rescued = _rescue(conn, now, 1000) if rescue else None
+            if rescued is not None:
+                wake |= rescued[1]
             for p in progress:
                 conn.execute(
                     _Q["progress"],
@@ -368,7 +373,10 @@ class SqliteStore:
                     claimed.extend(jobs)
                     if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
                         next_run_at = upcoming
-            return SettleResult(applied, tuple(claimed), next_run_at), wake
+            result = SettleResult(
+                applied, tuple(claimed), next_run_at, rescued[0] if rescued else None
+            )
+            return result, wake
 
         result, wake = await self._write(tx)
         if wake:
@@ -395,22 +403,10 @@ class SqliteStore:
         return await (self._write(check) if renew else self._read(check))
 
     async def rescue(self, limit: int = 1000) -> RescueResult:
-        def tx(conn: sqlite3.Connection, now: float) -> list[tuple[int, str, str]]:
-            rows = conn.execute(_Q["rescue"], {"now": now, "limit": limit}).fetchall()
-            conn.execute(_Q["forget_workers"], {"now": now})
-            return rows
-
-        rows = await self._write(tx)
-        by_state: dict[str, list[int]] = {"queued": [], "failed": [], "cancelled": []}
-        for job_id, state, _queue in rows:
-            by_state[state].append(job_id)
-        if by_state["queued"]:
-            self._publish(JobsAvailable(frozenset(q for _, s, q in rows if s == "queued")))
-        return RescueResult(
-            requeued=tuple(sorted(by_state["queued"])),
-            failed=tuple(sorted(by_state["failed"])),
-            cancelled=tuple(sorted(by_state["cancelled"])),
-        )
+        result, requeued_in = await self._write(lambda conn, now: _rescue(conn, now, limit))
+        if requeued_in:
+            self._publish(JobsAvailable(requeued_in))
+        return result
 
     async def prune(self, older_than_s: float, limit: int = 1000) -> int:
         def tx(conn: sqlite3.Connection, now: float) -> int:
@@ -638,6 +634,15 @@ def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outc
         if o.kind is OutcomeKind.RETRY:
             params["delay"] = o.retry_in_s
     return conn.execute(_OUTCOME_QUERY[o.kind], params).rowcount == 1
+
+
+def _rescue(
+    conn: sqlite3.Connection, now: float, limit: int
+) -> tuple[RescueResult, frozenset[str]]:
+    """Rescue expired leases and forget expired workers; also the queues requeued into."""
+    rows = conn.execute(_Q["rescue"], {"now": now, "limit": limit}).fetchall()
+    conn.execute(_Q["forget_workers"], {"now": now})
+    return RescueResult.from_rows(rows), frozenset(q for _, state, q in rows if state == "queued")
 
 
 def _queues_to_wake(
