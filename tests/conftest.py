@@ -1,13 +1,18 @@
 """Shared fixtures: a fresh store of every kind, and a factory of new jobs.
 
 Every store kind the contract suite runs against is listed in :data:`STORE_KINDS` and
-built by :func:`make_test_store`; adding PostgreSQL means adding ``"postgresql"`` to the
-list and one branch to the factory.
+built by :func:`make_test_store`.
+
+PostgreSQL: the session creates a database of its own (``conveyor_test_<random>``) on the
+server named by ``CONVEYOR_TEST_POSTGRES_URL`` (default: the local server as ``postgres``),
+empties its tables before each test and drops it at the end. Where no server answers, the
+setup tries to start the local cluster; if that fails too, PostgreSQL tests are skipped
+with a message, except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,11 +20,28 @@ from typing import Any
 import pytest
 
 from conveyor.store.base import Store
+from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import NewJob
 from conveyor.store.sqlite import SqliteStore
+from pg_server import PgTestServer
 
-STORE_KINDS = ["sqlite"]
+STORE_KINDS = ["sqlite", "postgresql"]
 """Every store kind the contract suite runs against."""
+
+_PG: PgTestServer | None = None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgTestServer]:
+    """The session's PostgreSQL database (created now, dropped at the end)."""
+    global _PG
+    server = PgTestServer.start_or_skip()
+    _PG = server
+    try:
+        yield server
+    finally:
+        _PG = None
+        server.drop()
 
 NewJobFactory = Callable[..., NewJob]
 
@@ -35,6 +57,10 @@ async def make_test_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
     store: Store
     if kind == "sqlite":
         store = SqliteStore(f"sqlite:///{tmp_path}/t.db")
+    elif kind == "postgresql":
+        if _PG is None:
+            raise RuntimeError("the pg_server fixture must run before a postgresql store")
+        store = PostgresStore(_PG.url)
     else:
         raise ValueError(f"unknown store kind {kind!r}")
     await store.open()
@@ -48,12 +74,15 @@ async def make_test_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
 @pytest.fixture(params=STORE_KINDS)
 def store_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
+    if kind == "postgresql":
+        server: PgTestServer = request.getfixturevalue("pg_server")
+        server.empty()
     return kind
 
 
 @pytest.fixture
 async def store(store_kind: str, tmp_path: Path) -> AsyncIterator[Store]:
-    """A fresh store for one test."""
+    """A fresh store for one test (PostgreSQL: the session database, emptied)."""
     async with make_test_store(store_kind, tmp_path) as opened:
         yield opened
 

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         description="Seconds between cheap checks (PRAGMA data_version) for commits by "
         "other processes on the same SQLite file.",
     )
+    listen: bool = Field(
+        default=True,
+        description="PostgreSQL: wake workers with LISTEN/NOTIFY. Set false behind PgBouncer in "
+        "transaction mode, where LISTEN does not work; workers then rely on the safety poll.",
+    )
+    pool_size: int = Field(
+        default=10, ge=1, le=1000, description="PostgreSQL: connections per process at most."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level logged."
     )

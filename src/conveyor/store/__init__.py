@@ -27,9 +27,13 @@ def make_store(settings: Settings) -> Store:
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             poll_interval=settings.sqlite_poll_interval,
         )
+    if scheme in ("postgresql", "postgres"):
+        from conveyor.store.postgres import PostgresStore
+
+        return PostgresStore(url, listen=settings.listen, pool_size=settings.pool_size)
     raise StoreError(
         f"CONVEYOR_DATABASE_URL={url!r}: unsupported scheme {scheme!r}; "
-        "use sqlite:///path/to/file.db"
+        "use sqlite:///path/to/file.db or postgresql://user@host/database"
     )
 
 

@@ -11,12 +11,13 @@ INSERT INTO conveyor_jobs (
     id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
     timeout_s, unique_key, meta, created_at
 )
-SELECT j.id, j.tenant_id, j.queue, j.kind, j.priority, 'queued', j.payload, j.max_attempts,
-       coalesce(to_timestamp(j.run_at), now() + make_interval(secs => j.delay_s)),
-       j.timeout_s, j.unique_key, j.meta, now()
+-- JSON travels as text: a driver cannot tell a JSON array from a nested SQL array.
+SELECT j.id, j.tenant_id, j.queue, j.kind, j.priority, 'queued', j.payload::jsonb,
+       j.max_attempts, coalesce(to_timestamp(j.run_at), now() + make_interval(secs => j.delay_s)),
+       j.timeout_s, j.unique_key, j.meta::jsonb, now()
 FROM unnest(
-    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::jsonb[],
-    $7::int[], $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::jsonb[]
+    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[],
+    $7::int[], $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::text[]
 ) AS j(id, tenant_id, queue, kind, priority, payload, max_attempts, run_at, delay_s,
        timeout_s, unique_key, meta)
 ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
@@ -46,8 +47,15 @@ ORDER BY name
 FOR UPDATE
 
 -- name: claim
--- Per queue, the first n due jobs in priority, run_at, id order, skipping rows another
--- claimer has locked; n is cut to the free cluster-wide slots where a limit is set.
+-- One statement for an idle poll: claims for the given queues and, when $5, rescues
+-- expired leases and forgets expired workers. Rows come back tagged: 'claimed' and
+-- 'rescued' rows carry the job; one 'next' row carries next_run_at when the claim got
+-- fewer jobs than it could take.
+-- Per queue it takes the first n due jobs in priority, run_at, id order, skipping rows
+-- another claimer has locked; n is cut to the free slots where a cluster-wide limit is
+-- set (the caller has locked those queues' rows first, so the count is exact).
+-- The claim and the rescue touch disjoint rows (queued vs running), so they can share one
+-- statement.
 WITH wanted AS (
     SELECT w.queue,
            CASE WHEN q.concurrency_limit IS NULL THEN w.n
@@ -69,22 +77,58 @@ picked AS (
         LIMIT greatest(w.n, 0)
         FOR UPDATE SKIP LOCKED
     ) c
+),
+claimed AS (
+    UPDATE conveyor_jobs j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        locked_by = $3,
+        lease_expires_at = now() + make_interval(secs => $4),
+        started_at = now(),
+        progress = NULL,
+        progress_message = NULL
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.*
+),
+expired AS (
+    SELECT id FROM conveyor_jobs
+    WHERE $5::boolean AND state = 'running' AND lease_expires_at < now()
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+),
+rescued AS (
+    UPDATE conveyor_jobs j
+    SET state = CASE
+            WHEN j.cancel_requested THEN 'cancelled'
+            WHEN j.attempt >= j.max_attempts THEN 'failed'
+            ELSE 'queued'
+        END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
+        errors = CASE
+            WHEN j.cancel_requested THEN j.errors
+            ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                'at', extract(epoch FROM now()), 'attempt', j.attempt, 'type', 'LeaseExpired',
+                'message', 'worker ' || coalesce(j.locked_by, '?') || ' stopped renewing its lease',
+                'traceback', NULL))
+        END,
+        locked_by = NULL,
+        lease_expires_at = NULL
+    FROM expired
+    WHERE j.id = expired.id
+    RETURNING j.*
+),
+forgotten AS (
+    DELETE FROM conveyor_workers WHERE $5::boolean AND expires_at < now()
 )
-UPDATE conveyor_jobs j
-SET state = 'running',
-    attempt = j.attempt + 1,
-    locked_by = $3,
-    lease_expires_at = now() + make_interval(secs => $4),
-    started_at = now(),
-    progress = NULL,
-    progress_message = NULL
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.*
-
--- name: next_run_at
-SELECT min(run_at) FROM conveyor_jobs
-WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now()
+SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at FROM claimed c
+UNION ALL
+SELECT 'rescued', r.*, NULL FROM rescued r
+UNION ALL
+SELECT 'next', (NULL::conveyor_jobs).*, (
+    SELECT min(run_at) FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now())
+WHERE (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
 
 -- name: settle
 -- All outcomes of one exchange in one statement. kind: completed | retry | failed |
@@ -96,8 +140,9 @@ SET state = CASE o.kind
         WHEN 'cancelled' THEN 'cancelled'
         ELSE 'queued'
     END,
-    result = CASE WHEN o.kind = 'completed' THEN o.result ELSE j.result END,
-    errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
+    result = CASE WHEN o.kind = 'completed' THEN o.result::jsonb ELSE j.result END,
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
     finished_at = CASE WHEN o.kind IN ('completed', 'failed', 'cancelled') THEN now() END,
     run_at = CASE WHEN o.kind = 'retry' THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
     attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
@@ -106,10 +151,10 @@ SET state = CASE o.kind
     progress = CASE WHEN o.kind = 'completed' THEN 1.0
                     WHEN o.kind = 'released' THEN NULL ELSE j.progress END,
     lease_expires_at = NULL
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::float8[])
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
      AS o(id, attempt, kind, result, error, delay_s)
 WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = $7
-RETURNING j.id, j.queue, j.state
+RETURNING o.id, o.attempt
 
 -- name: progress
 UPDATE conveyor_jobs j
@@ -118,7 +163,7 @@ FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::text[]) AS p(id, attempt,
 WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = $5
 
 -- name: limited_queues
-SELECT name FROM conveyor_queues WHERE name = ANY($1::text[]) AND concurrency_limit IS NOT NULL
+SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL
 
 -- name: heartbeat
 -- Renews only the jobs the worker names with their attempt, so a job it lost track of
@@ -141,14 +186,18 @@ worker AS (
 SELECT id, cancel_requested FROM held
 
 -- name: rescue
--- A job whose lease expired lost its worker: its attempt counts. It is cancelled if a
--- cancel was asked, failed if no attempt is left, else queued again in its old place.
--- SKIP LOCKED lets rescuers on every node run at once without acting twice.
+-- The rescue of the claim statement alone (see there): a job whose lease expired lost its
+-- worker; its attempt counts. It is cancelled if a cancel was asked, failed if no attempt
+-- is left, else queued again in its old place. SKIP LOCKED lets rescuers on every node run
+-- at once without acting twice.
 WITH expired AS (
     SELECT id FROM conveyor_jobs
     WHERE state = 'running' AND lease_expires_at < now()
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+),
+forgotten AS (
+    DELETE FROM conveyor_workers WHERE expires_at < now()
 )
 UPDATE conveyor_jobs j
 SET state = CASE
@@ -170,10 +219,11 @@ FROM expired
 WHERE j.id = expired.id
 RETURNING j.id, j.state, j.queue
 
--- name: forget_workers
-DELETE FROM conveyor_workers WHERE expires_at < now()
-
 -- name: prune
+-- Oldest finished jobs first, in batches; periodic ticks past the same age go too.
+WITH ticks AS (
+    DELETE FROM conveyor_periodic_ticks WHERE tick < now() - make_interval(secs => $1)
+)
 DELETE FROM conveyor_jobs
 WHERE id IN (
     SELECT id FROM conveyor_jobs
@@ -183,9 +233,6 @@ WHERE id IN (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-
--- name: prune_ticks
-DELETE FROM conveyor_periodic_ticks WHERE tick < now() - make_interval(secs => $1)
 
 -- name: get_job
 SELECT * FROM conveyor_jobs WHERE id = $1

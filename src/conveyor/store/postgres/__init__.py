@@ -1,0 +1,769 @@
+"""The production store: PostgreSQL 15+ through asyncpg, shared by any number of worker
+and API processes on any number of machines.
+
+- Claims take ``FOR UPDATE SKIP LOCKED`` off a partial index holding only queued jobs;
+  an idle poll (claim, rescue, forget dead workers, next due time) is one statement.
+- Outcomes of one exchange are one ``UPDATE … FROM unnest(…)`` statement.
+- Enqueues are one ``INSERT … SELECT FROM unnest(…)`` whatever their number, with one
+  ``NOTIFY`` per queue (PostgreSQL folds equal notifications of a transaction into one).
+- Workers are woken by ``LISTEN`` on a dedicated connection, re-established when it
+  drops; with ``listen=False`` (PgBouncer in transaction mode, where LISTEN does not work)
+  they rely on the safety poll alone.
+- Cluster-wide queue limits: claims on a limited queue first lock its row in
+  ``conveyor_queues``, so the running count the claim reads cannot be stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from conveyor.logs import get_logger
+from conveyor.store.base import (
+    CancelRequested,
+    ConflictError,
+    JobsAvailable,
+    Listener,
+    Notice,
+    StoreError,
+)
+from conveyor.store.records import (
+    ClaimRequest,
+    Enqueued,
+    ErrorEntry,
+    Job,
+    JobFilter,
+    JobState,
+    LeaseStatus,
+    NewJob,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    QueueStats,
+    RescueResult,
+    SettleResult,
+    WorkerInfo,
+)
+from conveyor.store.sqlfile import load_migrations, load_queries
+
+T = TypeVar("T")
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+Row: TypeAlias = "asyncpg.Record | Sequence[Any]"
+
+_Q = load_queries(__name__)
+CHANNEL = "conveyor_v1"
+"""The NOTIFY channel; versioned so that old and new releases can run side by side."""
+
+# Any constant shared by every Conveyor process: the migration lock's key.
+_MIGRATION_LOCK = 0x636F6E76  # "conv"
+
+_REQUEUEING = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED})
+_ENDING = frozenset({OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
+
+JOB_COLUMNS = (
+    "id",
+    "tenant_id",
+    "queue",
+    "kind",
+    "priority",
+    "state",
+    "payload",
+    "result",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "timeout_s",
+    "unique_key",
+    "locked_by",
+    "lease_expires_at",
+    "errors",
+    "progress",
+    "progress_message",
+    "cancel_requested",
+    "meta",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+log = get_logger("store.postgres")
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def record_to_job(row: Row, offset: int = 0) -> Job:
+    """Decode a ``conveyor_jobs`` row whose columns start at ``offset``."""
+    r = row[offset : offset + len(JOB_COLUMNS)]
+    return Job(
+        id=r[0],
+        tenant_id=r[1],
+        queue=r[2],
+        kind=r[3],
+        priority=r[4],
+        state=JobState(r[5]),
+        payload=r[6],
+        result=r[7],
+        attempt=r[8],
+        max_attempts=r[9],
+        run_at=r[10].timestamp(),
+        timeout_s=r[11],
+        unique_key=r[12],
+        locked_by=r[13],
+        lease_expires_at=_ts(r[14]),
+        errors=tuple(ErrorEntry.from_json(e) for e in r[15]),
+        progress=r[16],
+        progress_message=r[17],
+        cancel_requested=r[18],
+        meta=r[19],
+        created_at=r[20].timestamp(),
+        started_at=_ts(r[21]),
+        finished_at=_ts(r[22]),
+    )
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
+        )
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    # The default reset runs four statements at every release (unlock, close cursors,
+    # unlisten, reset settings). Pooled connections here hold no session state — LISTEN
+    # lives on its own connection and every transaction is closed by its context manager —
+    # so only an aborted transaction needs undoing.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+class PostgresStore:
+    """A :class:`conveyor.store.base.Store` on PostgreSQL."""
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        listen: bool = True,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.listen = listen
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._listeners: list[Listener] = []
+        self._listen_task: asyncio.Task[None] | None = None
+        self._limited: set[str] = set()
+
+    # -- connection ----------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                init=_init_connection,
+                reset=_reset_connection,
+                max_inactive_connection_lifetime=0,
+                timeout=self._connect_timeout,
+                command_timeout=60,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StoreError(f"cannot open database {_safe(self.url)!r}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+            self._listen_task = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _run(self, action: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run ``action`` on a pooled connection; database failures become StoreError."""
+        if self._pool is None:
+            raise StoreError(f"store {_safe(self.url)!r} is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                return await action(conn)
+        except asyncpg.UniqueViolationError as exc:
+            raise ConflictError(str(exc)) from exc
+        except (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.CannotConnectNowError,
+            TimeoutError,
+        ) as exc:
+            raise StoreError(f"database {_safe(self.url)!r}: {type(exc).__name__}: {exc}") from exc
+
+    # -- schema --------------------------------------------------------------------
+    async def migrate(self) -> list[int]:
+        migrations = load_migrations("conveyor.store.postgres")
+
+        async def apply(conn: Conn) -> list[int]:
+            async with conn.transaction():
+                # Two processes starting at once: the second waits here, then finds the
+                # schema current.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS conveyor_schema "
+                    "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
+                )
+                current = await conn.fetchval(_Q["schema_version"])
+                applied = []
+                for version, sql in migrations:
+                    if version <= current:
+                        continue
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO conveyor_schema (version, applied_at) VALUES ($1, now())",
+                        version,
+                    )
+                    applied.append(version)
+            columns = tuple(
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'conveyor_jobs' AND table_schema = current_schema() "
+                    "ORDER BY ordinal_position"
+                )
+            )
+            if columns != JOB_COLUMNS:
+                raise StoreError(
+                    f"database {_safe(self.url)!r}: conveyor_jobs columns {columns} differ "
+                    f"from what this version of Conveyor reads {JOB_COLUMNS}"
+                )
+            await self._load_limits(conn)
+            return applied
+
+        return await self._run(apply)
+
+    async def schema_status(self) -> tuple[int, int]:
+        latest = len(load_migrations("conveyor.store.postgres"))
+
+        async def read(conn: Conn) -> int:
+            exists = await conn.fetchval("SELECT to_regclass('conveyor_schema') IS NOT NULL")
+            return int(await conn.fetchval(_Q["schema_version"])) if exists else 0
+
+        return await self._run(read), latest
+
+    async def _load_limits(self, conn: Conn) -> None:
+        rows = await conn.fetch(_Q["limited_queues"])
+        self._limited = {r[0] for r in rows}
+
+    # -- producing -------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if not jobs:
+            return []
+
+        async def tx(conn: Conn) -> list[Enqueued]:
+            async with conn.transaction():
+                results = await _insert_jobs(conn, jobs)
+                await conn.execute(_Q["notify_queues"], CHANNEL, sorted({j.queue for j in jobs}))
+            return results
+
+        try:
+            results = await self._run(tx)
+        except asyncpg.DataError as exc:
+            raise TypeError(f"a job could not be stored: {exc}") from exc
+        self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
+        return results
+
+    async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
+        async def tx(conn: Conn) -> Enqueued | None:
+            try:
+                async with conn.transaction():
+                    (result,) = await _insert_jobs(conn, [job])
+                    taken = await conn.fetchval(_Q["insert_tick"], job.kind, tick, result.id)
+                    if taken is None:
+                        raise _TickTaken  # noqa: TRY301  (rolls the transaction back)
+                    await conn.execute(_Q["notify_queues"], CHANNEL, [job.queue])
+            except _TickTaken:
+                return None
+            return result
+
+        result = await self._run(tx)
+        if result is not None:
+            self._publish(JobsAvailable(frozenset({job.queue})))
+        return result
+
+    # -- working ---------------------------------------------------------------------
+    async def settle_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+        claim: ClaimRequest | None,
+        *,
+        rescue: bool = False,
+    ) -> SettleResult:
+        async def exchange(conn: Conn) -> tuple[SettleResult, frozenset[str]]:
+            # Recording and claiming need not be atomic together, and two autocommit
+            # statements cost fewer round trips than BEGIN, two statements and COMMIT.
+            applied, wake = await self._settle(conn, outcomes, progress, worker_id)
+            claimed: tuple[Job, ...] = ()
+            next_run_at: float | None = None
+            rescued: RescueResult | None = None
+            if claim is not None or rescue:
+                claimed, rescued_jobs, next_run_at = await self._claim(
+                    conn, worker_id, claim, rescue
+                )
+                if rescue:
+                    rescued = RescueResult.from_rows(
+                        (j.id, j.state.value, j.queue) for j in rescued_jobs
+                    )
+                    wake |= {j.queue for j in rescued_jobs if j.state is JobState.QUEUED}
+            if wake:
+                await conn.execute(_Q["notify_queues"], CHANNEL, sorted(wake))
+            return SettleResult(applied, claimed, next_run_at, rescued), frozenset(wake)
+
+        result, wake = await self._run(exchange)
+        if wake:
+            self._publish(JobsAvailable(wake))
+        return result
+
+    async def _settle(
+        self,
+        conn: Conn,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+    ) -> tuple[tuple[bool, ...], set[str]]:
+        wake: set[str] = set()
+        if not outcomes:
+            applied: tuple[bool, ...] = ()
+        else:
+            rows = await conn.fetch(
+                _Q["settle"],
+                [o.job_id for o in outcomes],
+                [o.attempt for o in outcomes],
+                [o.kind.value for o in outcomes],
+                [_dumps(o.result) if o.kind is OutcomeKind.COMPLETED else None for o in outcomes],
+                [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
+                [o.retry_in_s for o in outcomes],
+                worker_id,
+            )
+            done = {(r[0], r[1]) for r in rows}
+            applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
+            for o, ok in zip(outcomes, applied, strict=True):
+                if ok and (
+                    o.kind in _REQUEUEING or (o.kind in _ENDING and o.queue in self._limited)
+                ):
+                    wake.add(o.queue)
+        finished = {o.job_id for o in outcomes}
+        reports = [p for p in progress if p.job_id not in finished]
+        if reports:
+            await conn.execute(
+                _Q["progress"],
+                [p.job_id for p in reports],
+                [p.attempt for p in reports],
+                [p.fraction for p in reports],
+                [p.message for p in reports],
+                worker_id,
+            )
+        return applied, wake
+
+    async def _claim(
+        self,
+        conn: Conn,
+        worker_id: str,
+        claim: ClaimRequest | None,
+        rescue: bool,
+    ) -> tuple[tuple[Job, ...], list[Job], float | None]:
+        queues = list(claim.slots) if claim is not None else []
+        args = (
+            queues,
+            [claim.slots[q] for q in queues] if claim is not None else [],
+            worker_id,
+            claim.lease_s if claim is not None else 0.0,
+            rescue,
+        )
+        limited = sorted(self._limited.intersection(queues))
+        if limited or not self.listen:
+            # Without LISTEN the limits cache cannot learn of new limits: always lock.
+            async with conn.transaction():
+                await conn.fetch(_Q["lock_limited_queues"], queues)
+                rows = await conn.fetch(_Q["claim"], *args)
+        else:
+            rows = await conn.fetch(_Q["claim"], *args)
+        claimed: list[Job] = []
+        rescued: list[Job] = []
+        next_run_at: float | None = None
+        for row in rows:
+            what = row[0]
+            if what == "next":
+                next_run_at = _ts(row[-1])
+            elif what == "claimed":
+                claimed.append(record_to_job(row, 1))
+            else:
+                rescued.append(record_to_job(row, 1))
+        claimed.sort(key=lambda j: (j.priority, j.run_at, j.id))
+        return tuple(claimed), rescued, next_run_at
+
+    async def heartbeat(
+        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+    ) -> LeaseStatus:
+        async def beat(conn: Conn) -> LeaseStatus:
+            rows = await conn.fetch(
+                _Q["heartbeat"], worker_id, list(jobs), list(jobs.values()), lease_s, renew
+            )
+            return LeaseStatus(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
+
+        return await self._run(beat)
+
+    async def rescue(self, limit: int = 1000) -> RescueResult:
+        async def tx(conn: Conn) -> list[tuple[int, str, str]]:
+            async with conn.transaction():
+                rows = [(r[0], r[1], r[2]) for r in await conn.fetch(_Q["rescue"], limit)]
+                requeued = sorted({q for _, s, q in rows if s == JobState.QUEUED})
+                if requeued:
+                    await conn.execute(_Q["notify_queues"], CHANNEL, requeued)
+            return rows
+
+        rows = await self._run(tx)
+        requeued_in = frozenset(q for _, s, q in rows if s == JobState.QUEUED)
+        if requeued_in:
+            self._publish(JobsAvailable(requeued_in))
+        return RescueResult.from_rows(rows)
+
+    async def prune(self, older_than_s: float, limit: int = 1000) -> int:
+        async def delete(conn: Conn) -> int:
+            status = await conn.execute(_Q["prune"], older_than_s, limit)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._run(delete)
+
+    # -- operating -------------------------------------------------------------------
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._run(lambda conn: conn.fetchrow(_Q["get_job"], job_id))
+        return record_to_job(row) if row is not None else None
+
+    async def list_jobs(self, flt: JobFilter) -> list[Job]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", flt.state.value if flt.state else None),
+            ("queue", flt.queue),
+            ("kind", flt.kind),
+            ("tenant_id", flt.tenant_id),
+        ):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        if flt.before_id is not None:
+            params.append(flt.before_id)
+            clauses.append(f"id < ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(flt.limit)
+        sql = f"SELECT * FROM conveyor_jobs {where} ORDER BY id DESC LIMIT ${len(params)}"
+        rows = await self._run(lambda conn: conn.fetch(sql, *params))
+        return [record_to_job(r) for r in rows]
+
+    async def cancel(self, job_id: int) -> Job | None:
+        async def tx(conn: Conn) -> tuple[bool, Job | None]:
+            async with conn.transaction():
+                row = await conn.fetchrow(_Q["cancel"], job_id)
+                if row is None:
+                    found = await conn.fetchrow(_Q["get_job"], job_id)
+                    return False, record_to_job(found) if found is not None else None
+                job = record_to_job(row)
+                if job.state is JobState.RUNNING:
+                    await conn.execute(_Q["notify_cancel"], CHANNEL, job_id)
+                return job.state is JobState.RUNNING, job
+
+        asked_worker, job = await self._run(tx)
+        if asked_worker:
+            self._publish(CancelRequested(frozenset({job_id})))
+        return job
+
+    async def retry(self, job_id: int) -> Job | None:
+        async def tx(conn: Conn) -> tuple[bool, Job | None]:
+            async with conn.transaction():
+                try:
+                    row = await conn.fetchrow(_Q["retry"], job_id)
+                except asyncpg.UniqueViolationError as exc:
+                    raise ConflictError(
+                        f"job {job_id} cannot be retried: another queued or running job "
+                        "holds its unique_key; cancel that job first"
+                    ) from exc
+                if row is None:
+                    found = await conn.fetchrow(_Q["get_job"], job_id)
+                    return False, record_to_job(found) if found is not None else None
+                job = record_to_job(row)
+                await conn.execute(_Q["notify_queues"], CHANNEL, [job.queue])
+                return True, job
+
+        requeued, job = await self._run(tx)
+        if requeued and job is not None:
+            self._publish(JobsAvailable(frozenset({job.queue})))
+        return job
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        async def tx(conn: Conn) -> None:
+            async with conn.transaction():
+                await conn.execute(_Q["set_paused"], queue, paused)
+                if not paused:
+                    await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
+
+        await self._run(tx)
+        if not paused:
+            self._publish(JobsAvailable(frozenset({queue})))
+
+    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
+        async def tx(conn: Conn) -> None:
+            async with conn.transaction():
+                await conn.execute(_Q["set_limit"], queue, limit)
+                # 'l:' tells every store to reload its limits; 'q:' wakes the workers.
+                await conn.execute("SELECT pg_notify($1, 'l:' || $2::text)", CHANNEL, queue)
+                await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
+
+        await self._run(tx)
+        if limit is None:
+            self._limited.discard(queue)
+        else:
+            self._limited.add(queue)
+        self._publish(JobsAvailable(frozenset({queue})))
+
+    async def queue_stats(self) -> list[QueueStats]:
+        async def read(conn: Conn) -> list[QueueStats]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                counts = await conn.fetch(_Q["stats_counts"])
+                due = await conn.fetch(_Q["stats_due"])
+                recent = await conn.fetch(_Q["stats_recent"])
+                run_times = await conn.fetch(_Q["stats_run_times"])
+                settings = await conn.fetch(_Q["queue_settings"])
+                workers = await conn.fetch(_Q["list_workers"])
+            return _queue_stats(counts, due, recent, run_times, settings, workers)
+
+        return await self._run(read)
+
+    async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                _Q["register_worker"], info.id, info.hostname, info.pid, info.queues, lease_s
+            )
+        )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._run(lambda conn: conn.execute(_Q["unregister_worker"], worker_id))
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        rows = await self._run(lambda conn: conn.fetch(_Q["list_workers"]))
+        return [_worker(r) for r in rows]
+
+    # -- notices ---------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        if self.listen and self._listen_task is None:
+            self._listen_task = asyncio.get_running_loop().create_task(
+                self._listen_forever(), name="conveyor-postgres-listen"
+            )
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _publish(self, notice: Notice) -> None:
+        for listener in tuple(self._listeners):
+            listener(notice)
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        tag, _, value = str(payload).partition(":")
+        if tag == "q":
+            self._publish(JobsAvailable(frozenset({value})))
+        elif tag == "c":
+            self._publish(CancelRequested(frozenset({int(value)})))
+        elif tag == "l":
+            self._reload_limits_soon()
+
+    def _reload_limits_soon(self) -> None:
+        async def reload() -> None:
+            with contextlib.suppress(StoreError):
+                await self._run(self._load_limits)
+
+        asyncio.get_running_loop().create_task(reload())
+
+    async def _listen_forever(self) -> None:
+        """Hold a LISTEN connection; when it drops, reconnect with backoff and tell the
+        listeners that anything may have happened meanwhile."""
+        delay = 0.1
+        while True:
+            lost = asyncio.Event()
+            on_lost = functools.partial(_set_event, lost)
+            try:
+                conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("LISTEN connection failed; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            try:
+                conn.add_termination_listener(on_lost)
+                await conn.add_listener(CHANNEL, self._on_notification)
+                delay = 0.1
+                self._publish(JobsAvailable(None))
+                await lost.wait()
+                log.warning("LISTEN connection lost; reconnecting")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("LISTEN connection failed; retrying", error=str(exc))
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(delay)
+
+
+def _set_event(event: asyncio.Event, _conn: object) -> None:
+    event.set()
+
+
+class _TickTaken(Exception):
+    """Rolls back a periodic enqueue whose tick another worker enqueued first."""
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
+    """Insert in the caller's transaction; unique_key duplicates resolve to the active job
+    (an earlier one of the same call included)."""
+    ids = [r[0] for r in await conn.fetch(_Q["reserve_ids"], len(jobs))]
+    first_of_key: dict[tuple[str, str], int] = {}
+    rows: list[tuple[int, NewJob]] = []
+    takes: list[tuple[int, bool]] = []  # per input: the row it resolves to, and if a repeat
+    for job_id, job in zip(ids, jobs, strict=True):
+        key = (job.tenant_id, job.unique_key) if job.unique_key is not None else None
+        if key is not None and key in first_of_key:
+            takes.append((first_of_key[key], True))
+            continue
+        if key is not None:
+            first_of_key[key] = job_id
+        rows.append((job_id, job))
+        takes.append((job_id, False))
+    inserted = {
+        r[0]
+        for r in await conn.fetch(
+            _Q["insert_jobs"],
+            [i for i, _ in rows],
+            [j.tenant_id for _, j in rows],
+            [j.queue for _, j in rows],
+            [j.kind for _, j in rows],
+            [j.priority for _, j in rows],
+            [_dumps(j.payload) for _, j in rows],
+            [j.max_attempts for _, j in rows],
+            [j.run_at for _, j in rows],
+            [j.delay_s for _, j in rows],
+            [j.timeout_s for _, j in rows],
+            [j.unique_key for _, j in rows],
+            [_dumps(j.meta) for _, j in rows],
+        )
+    }
+    resolved = {i: Enqueued(i, created=True) for i in inserted}
+    conflicts = [(i, j) for i, j in rows if i not in inserted]
+    if conflicts:
+        found = await conn.fetch(
+            _Q["find_active_unique"],
+            [j.tenant_id for _, j in conflicts],
+            [j.unique_key for _, j in conflicts],
+        )
+        holders = {(r[0], r[1]): r[2] for r in found}
+        for job_id, job in conflicts:
+            holder = holders.get((job.tenant_id, job.unique_key or ""))
+            if holder is None:
+                # The holder finished between the insert and the look-up.
+                raise ConflictError(
+                    f"unique_key {job.unique_key!r} was released while enqueueing; enqueue again"
+                )
+            resolved[job_id] = Enqueued(holder, created=False)
+    return [
+        Enqueued(resolved[row].id, created=False) if repeat else resolved[row]
+        for row, repeat in takes
+    ]
+
+
+def _worker(row: Row) -> WorkerInfo:
+    return WorkerInfo(
+        id=row[0],
+        hostname=row[1],
+        pid=row[2],
+        queues=row[3],
+        started_at=row[4].timestamp(),
+        last_seen_at=row[5].timestamp(),
+        expires_at=row[6].timestamp(),
+    )
+
+
+def _queue_stats(
+    counts: Sequence[Any],
+    due: Sequence[Any],
+    recent: Sequence[Any],
+    run_times: Sequence[Any],
+    settings: Sequence[Any],
+    workers: Sequence[Any],
+) -> list[QueueStats]:
+    by_queue: dict[str, dict[str, int]] = {}
+    for queue, state, n in counts:
+        by_queue.setdefault(queue, {})[state] = n
+    due_by = {queue: (n, age) for queue, n, age in due}
+    recent_by = {(queue, state): n for queue, state, n in recent}
+    times = {queue: (p50, p95) for queue, p50, p95 in run_times}
+    config = {name: (paused, cap) for name, paused, cap in settings}
+    limits: dict[str, int] = {}
+    for row in workers:
+        for queue, limit in _worker(row).queues.items():
+            limits[queue] = limits.get(queue, 0) + limit
+    stats = []
+    for name in sorted(set(by_queue) | set(config) | set(limits)):
+        states = {s.value: by_queue.get(name, {}).get(s.value, 0) for s in JobState}
+        due_count, age = due_by.get(name, (0, None))
+        paused, cap = config.get(name, (False, None))
+        p50, p95 = times.get(name, (None, None))
+        stats.append(
+            QueueStats(
+                name=name,
+                paused=paused,
+                counts=states,
+                scheduled=states[JobState.QUEUED] - due_count,
+                running=states[JobState.RUNNING],
+                limit=cap if cap is not None else limits.get(name),
+                cluster_limit=cap,
+                oldest_queued_age_s=None if age is None else max(0.0, float(age)),
+                completed_last_minute=recent_by.get((name, JobState.COMPLETED), 0),
+                failed_last_minute=recent_by.get((name, JobState.FAILED), 0),
+                run_time_p50_s=None if p50 is None else float(p50),
+                run_time_p95_s=None if p95 is None else float(p95),
+            )
+        )
+    return stats
