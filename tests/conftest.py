@@ -43,6 +43,7 @@ def pg_server() -> Iterator[PgTestServer]:
         _PG = None
         server.drop()
 
+
 NewJobFactory = Callable[..., NewJob]
 
 
