@@ -65,7 +65,6 @@ CHANNEL = "conveyor_v1"
 # Any constant shared by every Conveyor process: the migration lock's key.
 _MIGRATION_LOCK = 0x636F6E76  # "conv"
 
-_REQUEUEING = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED})
 _ENDING = frozenset({OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
 
 JOB_COLUMNS = (
@@ -321,108 +320,72 @@ class PostgresStore:
         *,
         rescue: bool = False,
     ) -> SettleResult:
-        async def exchange(conn: Conn) -> tuple[SettleResult, frozenset[str]]:
-            # Recording and claiming need not be atomic together, and two autocommit
-            # statements cost fewer round trips than BEGIN, two statements and COMMIT.
-            applied, wake = await self._settle(conn, outcomes, progress, worker_id)
-            claimed: tuple[Job, ...] = ()
-            next_run_at: float | None = None
-            rescued: RescueResult | None = None
-            if claim is not None or rescue:
-                claimed, rescued_jobs, next_run_at = await self._claim(
-                    conn, worker_id, claim, rescue
-                )
-                if rescue:
-                    rescued = RescueResult.from_rows(
-                        (j.id, j.state.value, j.queue) for j in rescued_jobs
-                    )
-                    wake |= {j.queue for j in rescued_jobs if j.state is JobState.QUEUED}
-            if wake:
-                await conn.execute(_Q["notify_queues"], CHANNEL, sorted(wake))
-            return SettleResult(applied, claimed, next_run_at, rescued), frozenset(wake)
-
-        result, wake = await self._run(exchange)
-        if wake:
-            self._publish(JobsAvailable(wake))
-        return result
-
-    async def _settle(
-        self,
-        conn: Conn,
-        outcomes: Sequence[Outcome],
-        progress: Sequence[Progress],
-        worker_id: str,
-    ) -> tuple[tuple[bool, ...], set[str]]:
-        wake: set[str] = set()
-        if not outcomes:
-            applied: tuple[bool, ...] = ()
-        else:
-            rows = await conn.fetch(
-                _Q["settle"],
-                [o.job_id for o in outcomes],
-                [o.attempt for o in outcomes],
-                [o.kind.value for o in outcomes],
-                [_dumps(o.result) if o.kind is OutcomeKind.COMPLETED else None for o in outcomes],
-                [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
-                [o.retry_in_s for o in outcomes],
-                worker_id,
-            )
-            done = {(r[0], r[1]) for r in rows}
-            applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
-            for o, ok in zip(outcomes, applied, strict=True):
-                if ok and (
-                    o.kind in _REQUEUEING or (o.kind in _ENDING and o.queue in self._limited)
-                ):
-                    wake.add(o.queue)
+        queues = list(claim.slots) if claim is not None else []
         finished = {o.job_id for o in outcomes}
         reports = [p for p in progress if p.job_id not in finished]
-        if reports:
-            await conn.execute(
-                _Q["progress"],
-                [p.job_id for p in reports],
-                [p.attempt for p in reports],
-                [p.fraction for p in reports],
-                [p.message for p in reports],
-                worker_id,
-            )
-        return applied, wake
-
-    async def _claim(
-        self,
-        conn: Conn,
-        worker_id: str,
-        claim: ClaimRequest | None,
-        rescue: bool,
-    ) -> tuple[tuple[Job, ...], list[Job], float | None]:
-        queues = list(claim.slots) if claim is not None else []
         args = (
             queues,
             [claim.slots[q] for q in queues] if claim is not None else [],
             worker_id,
             claim.lease_s if claim is not None else 0.0,
             rescue,
+            [o.job_id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.kind.value for o in outcomes],
+            [_dumps(o.result) if o.kind is OutcomeKind.COMPLETED else None for o in outcomes],
+            [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
+            [o.retry_in_s for o in outcomes],
+            1000,
+            [p.job_id for p in reports],
+            [p.attempt for p in reports],
+            [p.fraction for p in reports],
+            [p.message for p in reports],
         )
         limited = sorted(self._limited.intersection(queues))
-        if limited or not self.listen:
-            # Without LISTEN the limits cache cannot learn of new limits: always lock.
-            async with conn.transaction():
-                await conn.fetch(_Q["lock_limited_queues"], queues)
-                rows = await conn.fetch(_Q["claim"], *args)
-        else:
-            rows = await conn.fetch(_Q["claim"], *args)
+
+        async def exchange(conn: Conn) -> list[asyncpg.Record]:
+            if limited or (queues and not self.listen):
+                # Without LISTEN the limits cache cannot learn of new limits: always lock.
+                async with conn.transaction():
+                    await conn.fetch(_Q["lock_limited_queues"], queues)
+                    rows = await conn.fetch(_Q["exchange"], *args)
+            else:
+                rows = await conn.fetch(_Q["exchange"], *args)
+            return rows
+
+        rows = await self._run(exchange)
         claimed: list[Job] = []
         rescued: list[Job] = []
-        next_run_at: float | None = None
+        summary: asyncpg.Record | None = None
         for row in rows:
             what = row[0]
-            if what == "next":
-                next_run_at = _ts(row[-1])
-            elif what == "claimed":
+            if what == "claimed":
                 claimed.append(record_to_job(row, 1))
-            else:
+            elif what == "rescued":
                 rescued.append(record_to_job(row, 1))
+            else:
+                summary = row
+        if summary is None:
+            raise StoreError("the exchange statement returned no summary row")
+        done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
+        applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
+        wake = set(summary["requeued_in"])
+        wake.update(j.queue for j in rescued if j.state is JobState.QUEUED)
+        wake.update(
+            o.queue
+            for o, ok in zip(outcomes, applied, strict=True)
+            if ok and o.kind in _ENDING and o.queue in self._limited
+        )
+        if wake:
+            await self._run(lambda conn: conn.execute(_Q["notify_queues"], CHANNEL, sorted(wake)))
+            self._publish(JobsAvailable(frozenset(wake)))
         claimed.sort(key=lambda j: (j.priority, j.run_at, j.id))
-        return tuple(claimed), rescued, next_run_at
+        rescue_result = (
+            RescueResult.from_rows((j.id, j.state.value, j.queue) for j in rescued)
+            if rescue
+            else None
+        )
+        return SettleResult(applied, tuple(claimed), _ts(summary["next_run_at"]), rescue_result)
 
     async def heartbeat(
         self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool

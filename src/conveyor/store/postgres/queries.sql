@@ -46,17 +46,54 @@ WHERE name = ANY($1::text[]) AND concurrency_limit IS NOT NULL AND NOT paused
 ORDER BY name
 FOR UPDATE
 
--- name: claim
--- One statement for an idle poll: claims for the given queues and, when $5, rescues
--- expired leases and forgets expired workers. Rows come back tagged: 'claimed' and
--- 'rescued' rows carry the job; one 'next' row carries next_run_at when the claim got
--- fewer jobs than it could take.
--- Per queue it takes the first n due jobs in priority, run_at, id order, skipping rows
--- another claimer has locked; n is cut to the free slots where a cluster-wide limit is
--- set (the caller has locked those queues' rows first, so the count is exact).
--- The claim and the rescue touch disjoint rows (queued vs running), so they can share one
--- statement.
-WITH wanted AS (
+-- name: exchange
+-- A worker's whole exchange in one statement and one commit: record finished attempts
+-- ($6..$11) and progress ($13..$16), claim for free slots ($1, $2) and, when $5, rescue
+-- expired leases and forget expired workers. The parts touch disjoint rows — the
+-- worker's reported running jobs, queued jobs, other running jobs — which is what lets
+-- them share a statement.
+--
+-- Claims take, per queue, the first n due jobs in priority, run_at, id order, skipping
+-- rows another claimer has locked; n is cut to the free slots where a cluster-wide limit
+-- is set (the caller has locked those queues' rows first, so the count is exact).
+--
+-- Rows come back tagged: 'claimed' and 'rescued' rows carry the job; the one 'summary'
+-- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
+-- put a job back into, and next_run_at when the claim got fewer jobs than it could take.
+WITH settled AS (
+    UPDATE conveyor_jobs j
+    SET state = CASE o.kind
+            WHEN 'completed' THEN 'completed'
+            WHEN 'failed' THEN 'failed'
+            WHEN 'cancelled' THEN 'cancelled'
+            ELSE 'queued'
+        END,
+        -- JSON travels as text: a driver cannot tell a JSON array from a nested SQL array.
+        result = CASE WHEN o.kind = 'completed' THEN o.result::jsonb ELSE j.result END,
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
+        finished_at = CASE WHEN o.kind IN ('completed', 'failed', 'cancelled') THEN now() END,
+        run_at = CASE WHEN o.kind = 'retry' THEN now() + make_interval(secs => o.delay_s)
+                      ELSE j.run_at END,
+        attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
+        locked_by = CASE WHEN o.kind IN ('retry', 'released') THEN NULL ELSE j.locked_by END,
+        started_at = CASE WHEN o.kind = 'released' THEN NULL ELSE j.started_at END,
+        progress = CASE WHEN o.kind = 'completed' THEN 1.0
+                        WHEN o.kind = 'released' THEN NULL ELSE j.progress END,
+        lease_expires_at = NULL
+    FROM unnest($6::bigint[], $7::int[], $8::text[], $9::text[], $10::text[], $11::float8[])
+         AS o(id, attempt, kind, result, error, delay_s)
+    WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = $3
+    RETURNING o.id, o.attempt, j.queue, o.kind
+),
+reported AS (
+    UPDATE conveyor_jobs j
+    SET progress = p.fraction, progress_message = p.message
+    FROM unnest($13::bigint[], $14::int[], $15::float8[], $16::text[])
+         AS p(id, attempt, fraction, message)
+    WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = $3
+),
+wanted AS (
     SELECT w.queue,
            CASE WHEN q.concurrency_limit IS NULL THEN w.n
                 ELSE least(w.n, q.concurrency_limit - (
@@ -87,14 +124,17 @@ claimed AS (
         started_at = now(),
         progress = NULL,
         progress_message = NULL
-    FROM picked
-    WHERE j.id = picked.id
+    -- = ANY(ARRAY(...)) rather than a join: the planner cannot size LIMIT n and would hash
+    -- the whole table (measured: 17 ms of a 19 ms claim at 30,000 rows).
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.*
 ),
 expired AS (
+    -- Never a row the outcomes update: one statement must not change a row twice.
     SELECT id FROM conveyor_jobs
     WHERE $5::boolean AND state = 'running' AND lease_expires_at < now()
-    LIMIT 1000
+      AND id <> ALL($6::bigint[])
+    LIMIT $12
     FOR UPDATE SKIP LOCKED
 ),
 rescued AS (
@@ -114,53 +154,27 @@ rescued AS (
         END,
         locked_by = NULL,
         lease_expires_at = NULL
-    FROM expired
-    WHERE j.id = expired.id
+    WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
     RETURNING j.*
 ),
 forgotten AS (
     DELETE FROM conveyor_workers WHERE $5::boolean AND expires_at < now()
 )
-SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at FROM claimed c
+SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
+       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
+       NULL::text[] AS requeued_in
+FROM claimed c
 UNION ALL
-SELECT 'rescued', r.*, NULL FROM rescued r
+SELECT 'rescued', r.*, NULL, NULL, NULL, NULL FROM rescued r
 UNION ALL
-SELECT 'next', (NULL::conveyor_jobs).*, (
-    SELECT min(run_at) FROM conveyor_jobs
-    WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now())
-WHERE (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
-
--- name: settle
--- All outcomes of one exchange in one statement. kind: completed | retry | failed |
--- cancelled | released.
-UPDATE conveyor_jobs j
-SET state = CASE o.kind
-        WHEN 'completed' THEN 'completed'
-        WHEN 'failed' THEN 'failed'
-        WHEN 'cancelled' THEN 'cancelled'
-        ELSE 'queued'
-    END,
-    result = CASE WHEN o.kind = 'completed' THEN o.result::jsonb ELSE j.result END,
-    errors = CASE WHEN o.error IS NULL THEN j.errors
-                  ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
-    finished_at = CASE WHEN o.kind IN ('completed', 'failed', 'cancelled') THEN now() END,
-    run_at = CASE WHEN o.kind = 'retry' THEN now() + make_interval(secs => o.delay_s) ELSE j.run_at END,
-    attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
-    locked_by = CASE WHEN o.kind IN ('retry', 'released') THEN NULL ELSE j.locked_by END,
-    started_at = CASE WHEN o.kind = 'released' THEN NULL ELSE j.started_at END,
-    progress = CASE WHEN o.kind = 'completed' THEN 1.0
-                    WHEN o.kind = 'released' THEN NULL ELSE j.progress END,
-    lease_expires_at = NULL
-FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::float8[])
-     AS o(id, attempt, kind, result, error, delay_s)
-WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = $7
-RETURNING o.id, o.attempt
-
--- name: progress
-UPDATE conveyor_jobs j
-SET progress = p.fraction, progress_message = p.message
-FROM unnest($1::bigint[], $2::int[], $3::float8[], $4::text[]) AS p(id, attempt, fraction, message)
-WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = $5
+SELECT 'summary', (NULL::conveyor_jobs).*,
+       CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
+            THEN (SELECT min(run_at) FROM conveyor_jobs
+                  WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now())
+       END,
+       ARRAY(SELECT id FROM settled),
+       ARRAY(SELECT attempt FROM settled),
+       ARRAY(SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'released'))
 
 -- name: limited_queues
 SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL
@@ -215,8 +229,7 @@ SET state = CASE
     END,
     locked_by = NULL,
     lease_expires_at = NULL
-FROM expired
-WHERE j.id = expired.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
 RETURNING j.id, j.state, j.queue
 
 -- name: prune
