@@ -42,6 +42,7 @@ from conveyor.store.records import (
     OutcomeKind,
     Progress,
     RescueResult,
+    SettleResult,
     WorkerInfo,
 )
 
@@ -156,6 +157,9 @@ class Worker:
         self._maybe_due: set[str] = set(self.config.queues)
         """Queues that may hold due jobs; a claim that comes back short clears its queue,
         a notice, a due time or the safety poll sets it again."""
+        self._notices = 0
+        """Counts the notices that marked queues as maybe due: an exchange's "drained"
+        verdict must not erase a notice that arrived while it was in flight."""
         self._next_due: float | None = None
         self._last_renew = float("-inf")
         self._next_rescue = float("-inf")
@@ -260,6 +264,7 @@ class Worker:
 
         The rescue rides on the exchange instead of running as a service of its own, so an
         idle worker costs one statement per safety poll, not two."""
+        notices_before = self._notices
         outcomes, self._outcomes = self._outcomes, []
         progress = list(self._progress.values())
         self._progress.clear()
@@ -290,20 +295,27 @@ class Worker:
         for job in result.claimed:
             self._start(job)
         if claim is not None:
+            self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
+        return bool(result.claimed)
+
+    def _learn_from_claim(
+        self, claim: ClaimRequest, result: SettleResult, *, drained_valid: bool
+    ) -> None:
+        """Mark the queues a claim drained, unless a notice came in meanwhile, and keep
+        the earliest time a scheduled job falls due."""
+        if drained_valid:
             got: dict[str, int] = {}
             for job in result.claimed:
                 got[job.queue] = got.get(job.queue, 0) + 1
             for queue, wanted in claim.slots.items():
                 if got.get(queue, 0) < wanted:
                     self._maybe_due.discard(queue)
-            # The answer covers only the queues of this claim: keep an earlier due time
-            # learnt for another queue. A stale one costs one empty claim, after which
-            # _sleep forgets it; dropping a live one would leave its job waiting for the
-            # safety poll.
-            upcoming = result.next_run_at
-            if upcoming is not None and (self._next_due is None or upcoming < self._next_due):
-                self._next_due = upcoming
-        return bool(result.claimed)
+        # The answer covers only the queues of this claim: keep an earlier due time learnt
+        # for another queue. A stale one costs one empty claim, after which _sleep forgets
+        # it; dropping a live one would leave its job waiting for the safety poll.
+        upcoming = result.next_run_at
+        if upcoming is not None and (self._next_due is None or upcoming < self._next_due):
+            self._next_due = upcoming
 
     async def _sleep(self) -> None:
         timeout = min(
@@ -439,6 +451,7 @@ class Worker:
                 queues &= notice.queues
             if queues:
                 self._maybe_due |= queues
+                self._notices += 1
                 self._wake.set()
         elif isinstance(notice, CancelRequested):
             for job_id in notice.job_ids:

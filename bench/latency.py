@@ -1,0 +1,212 @@
+"""Latency: enqueue → handler start, on an idle worker.
+
+One job at a time: pause a random gap (so the worker is idle, its previous job settled),
+enqueue, wait until the handler has started, repeat. The first samples are a warm-up and
+are dropped.
+
+- same process: the worker runs as a task beside the enqueuer and shares its store, as in
+  ``conveyor serve``; the sample is ``time.perf_counter()`` at handler start minus
+  ``time.perf_counter()`` just before ``await client.enqueue(...)``. The enqueue call alone
+  (it returns once the job is committed) is reported beside it.
+- across processes (informational): the worker is a ``conveyor worker`` subprocess, which
+  hears of new jobs by polling ``PRAGMA data_version`` every ``sqlite_poll_interval``; the
+  handler puts ``time.time()`` at its start into its result and the sample is that minus
+  ``time.time()`` just before the enqueue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+
+from bench import kinds
+from bench.common import running_worker, wait_for_worker
+from bench.report import Case, Goal, Metric, Options, Row, percentile
+from bench.stores import BenchError, StoreConfig
+from conveyor import Client, JobState, Worker, WorkerConfig
+
+GOAL_P50 = Goal("<=", 10.0, "DESIGN.md: enqueue -> start on an idle worker p50 <= 10 ms (SQLite)")
+START_TIMEOUT_S = 10.0
+
+
+def _summary(samples_s: list[float], enqueue_s: list[float] | None = None) -> dict[str, float]:
+    ms = [s * 1000 for s in samples_s]
+    result = {
+        "p50": percentile(ms, 0.50),
+        "p95": percentile(ms, 0.95),
+        "p99": percentile(ms, 0.99),
+        "max": max(ms),
+        "samples": float(len(ms)),
+    }
+    if enqueue_s:
+        result["enqueue_p50"] = percentile([s * 1000 for s in enqueue_s], 0.50)
+    return result
+
+
+async def same_process(
+    store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
+) -> dict[str, float]:
+    settings = store.settings(url)
+    client = await Client.connect(settings)
+    latencies: list[float] = []
+    enqueue_calls: list[float] = []
+    async with client:
+        config = WorkerConfig.from_settings(settings, [kinds.LATENCY_QUEUE], 10)
+        worker = Worker(client.store, config)
+        task = asyncio.create_task(worker.run())
+        loop = asyncio.get_running_loop()
+        try:
+            if not await wait_for_worker(client, lambda: not task.done()):
+                await task  # raises what stopped it
+                raise BenchError("the worker task stopped before it registered")
+            for n in range(warmup + samples):
+                await asyncio.sleep(gap())
+                started = kinds.started[n] = loop.create_future()
+                t0 = time.perf_counter()
+                await client.enqueue(kinds.LATENCY, {"n": n})
+                t1 = time.perf_counter()
+                t_start = await asyncio.wait_for(started, START_TIMEOUT_S)
+                if n >= warmup:
+                    latencies.append(t_start - t0)
+                    enqueue_calls.append(t1 - t0)
+        finally:
+            kinds.started.clear()
+            worker.stop()
+            await task
+    return _summary(latencies, enqueue_calls)
+
+
+async def cross_process(
+    store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
+) -> dict[str, float]:
+    client = await Client.connect(store.settings(url))
+    latencies: list[float] = []
+    async with client, running_worker(store, url, client, kinds.LATENCY_QUEUE):
+        for n in range(warmup + samples):
+            await asyncio.sleep(gap())
+            t0 = time.time()
+            job_id = (await client.enqueue(kinds.LATENCY, {"n": n})).id
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while (job := await client.get(job_id)).state is not JobState.COMPLETED:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"job {job_id} did not complete: {job.state}")
+                await asyncio.sleep(0.002)
+            if n >= warmup:
+                latencies.append(float(job.result["started_at"]) - t0)
+    return _summary(latencies)
+
+
+def fsync_probe(folder: str, samples: int = 200) -> dict[str, float]:
+    """fsync of a 4 KiB append to a new file in ``folder``, ``samples`` times 2 ms apart:
+    what one durable commit costs at least on this disk right now."""
+    times: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-", dir=folder) as tmp:
+        fd = os.open(os.path.join(tmp, "probe"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for _ in range(samples):
+                os.write(fd, b"x" * 4096)
+                t0 = time.perf_counter()
+                os.fsync(fd)
+                times.append(time.perf_counter() - t0)
+                time.sleep(0.002)
+        finally:
+            os.close(fd)
+    ms = [t * 1000 for t in times]
+    return {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99)}
+
+
+def _metrics(goal: Goal | None, with_enqueue: bool) -> list[Metric]:
+    metrics = [
+        Metric("p50", "p50", "ms", goal),
+        Metric("p95", "p95", "ms"),
+        Metric("p99", "p99", "ms"),
+        Metric("max", "max", "ms"),
+    ]
+    if with_enqueue:
+        metrics.append(Metric("enqueue_p50", "p50 of the enqueue call alone", "ms"))
+    return metrics
+
+
+def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
+    out: list[Case] = []
+    settings = {
+        "samples": opts.latency_samples,
+        "warmup": opts.latency_warmup,
+        "gap_ms": f"{opts.latency_gap_ms[0]:g}-{opts.latency_gap_ms[1]:g}",
+    }
+    low, high = (g / 1000 for g in opts.latency_gap_ms)
+    cross_low, cross_high = (g / 1000 for g in opts.cross_gap_ms)
+    folders = sorted({s.backend.local_folder for s in stores if s.backend.local_folder})
+    for folder in folders:
+        disk = Row(
+            bench="latency",
+            title="context: fsync of a 4 KiB append in the database folder",
+            store=folder,
+            settings={"samples": 200},
+            metrics=[Metric("p50", "p50", "ms"), Metric("p99", "p99", "ms")],
+            note="taken beside each latency run: a durable commit costs at least this",
+        )
+
+        async def probe(f: str = folder) -> dict[str, float]:
+            return await asyncio.to_thread(fsync_probe, f)
+
+        out.append(Case(disk, probe, opts.latency_runs))
+    for index, store in enumerate(stores):
+        rng = random.Random(opts.seed + index)
+        row = Row(
+            bench="latency",
+            title="enqueue -> handler start, worker task in the same process",
+            store=store.label,
+            settings=settings,
+            metrics=_metrics(GOAL_P50 if store.default else None, with_enqueue=True),
+        )
+
+        async def run_same(s: StoreConfig = store, r: random.Random = rng) -> dict[str, float]:
+            with s.fresh_database() as url:
+                return await same_process(
+                    s,
+                    url,
+                    opts.latency_samples,
+                    opts.latency_warmup,
+                    lambda: r.uniform(low, high),
+                )
+
+        out.append(Case(row, run_same, opts.latency_runs))
+        if not store.default:
+            continue
+        cross = Row(
+            bench="latency",
+            title="enqueue -> handler start, conveyor worker subprocess (informational)",
+            store=store.label,
+            settings={
+                **settings,
+                "gap_ms": f"{opts.cross_gap_ms[0]:g}-{opts.cross_gap_ms[1]:g}",
+            },
+            metrics=_metrics(None, with_enqueue=False),
+            note=(
+                "the worker hears of other processes' commits by polling every "
+                "CONVEYOR_SQLITE_POLL_INTERVAL (default 50 ms)"
+                if store.backend.name == "sqlite"
+                else ""
+            ),
+        )
+        cross_rng = random.Random(opts.seed + 1000 + index)
+
+        async def run_cross(
+            s: StoreConfig = store, r: random.Random = cross_rng
+        ) -> dict[str, float]:
+            with s.fresh_database() as url:
+                return await cross_process(
+                    s,
+                    url,
+                    opts.latency_samples,
+                    opts.latency_warmup,
+                    lambda: r.uniform(cross_low, cross_high),
+                )
+
+        out.append(Case(cross, run_cross, opts.latency_runs))
+    return out
