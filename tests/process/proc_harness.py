@@ -1,8 +1,11 @@
-"""Real ``conveyor worker`` processes on one SQLite file, and ways to watch them.
+"""Real ``conveyor worker`` processes on one database, and ways to watch them.
 
 :class:`Harness` starts workers (JSON logs to a file each), enqueues jobs through the
-Python client, reads the database read-only and waits on conditions with deadlines. Its
+Python client, reads the database and waits on conditions with deadlines. Its
 :meth:`Harness.close` kills every worker still alive, so no test leaves one behind.
+
+The database is a temporary SQLite file unless the harness is given a ``postgresql://``
+URL; :meth:`Harness.query` then takes PostgreSQL's ``$1`` placeholders instead of ``?``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 from proc_kinds import KINDS
 
@@ -87,13 +92,59 @@ class WorkerProcess:
         return "\n".join(text[-lines:])
 
 
-class Harness:
-    """Workers, a database and an output folder under one test's ``tmp_path``."""
+READER = "conveyor-test-harness"
+"""The ``application_name`` of the harness's own PostgreSQL connection."""
 
-    def __init__(self, tmp_path: Path) -> None:
+
+class PgReader:
+    """A connection of the test process to a PostgreSQL database, on a private event
+    loop so that sync tests can use it. Reconnects once if its connection was dropped (a
+    test that terminates the database's backends may drop this one too)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        self._conn: asyncpg.Connection | None = None
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[asyncpg.Record]:
+        for last_try in (False, True):
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = self._loop.run_until_complete(
+                        asyncpg.connect(self.url, server_settings={"application_name": READER})
+                    )
+                return self._loop.run_until_complete(self._conn.fetch(sql, *params))
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+                self._drop()
+                if last_try:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            self._loop.run_until_complete(conn.close())
+        self._loop.close()
+
+
+class Harness:
+    """Workers, a database and an output folder under one test's ``tmp_path``.
+
+    ``url`` names the database (default: a new SQLite file under ``tmp_path``); a
+    PostgreSQL database must exist and be migrated already.
+    """
+
+    def __init__(self, tmp_path: Path, url: str | None = None) -> None:
         self.tmp_path = tmp_path
         self.db_path = tmp_path / "jobs.db"
-        self.url = f"sqlite:///{self.db_path}"
+        self.url = url if url is not None else f"sqlite:///{self.db_path}"
+        self.dialect = "postgresql" if self.url.startswith("postgres") else "sqlite"
+        self._pg = PgReader(self.url) if self.dialect == "postgresql" else None
         self.out = tmp_path / "out"
         self.out.mkdir()
         self.workers: list[WorkerProcess] = []
@@ -138,6 +189,8 @@ class Harness:
             if worker.alive():
                 worker.popen.kill()
             worker.popen.wait(10)
+        if self._pg is not None:
+            self._pg.close()
 
     # -- jobs ------------------------------------------------------------------------
     def enqueue(
@@ -161,27 +214,50 @@ class Harness:
 
         return asyncio.run(go())
 
+    def set_queue_limit(self, queue: str, limit: int | None) -> None:
+        """Set a cluster-wide limit through the Python client's store."""
+
+        async def go() -> None:
+            async with await Client.connect(self.url, kinds=KINDS) as client:
+                await client.store.set_queue_limit(queue, limit)
+
+        asyncio.run(go())
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the database through a read-only connection of this process."""
+        """Read the database (SQLite: through a read-only connection of this process)."""
+        if self._pg is not None:
+            return [tuple(row) for row in self._pg.fetch(sql, params)]
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
 
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Like :meth:`query`, as dicts by column name; JSON columns decoded and times as
+        Unix seconds, whatever the database."""
+        if self._pg is not None:
+            found = [dict(row) for row in self._pg.fetch(sql, params)]
+        else:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+            conn.row_factory = sqlite3.Row
+            try:
+                found = [dict(row) for row in conn.execute(sql, params).fetchall()]
+            finally:
+                conn.close()
+        for row in found:
+            for column, value in row.items():
+                if column in ("payload", "result", "errors", "meta") and isinstance(value, str):
+                    row[column] = orjson.loads(value)
+                elif isinstance(value, datetime):
+                    row[column] = value.timestamp()
+        return found
+
     def job(self, job_id: int) -> dict[str, Any]:
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            row = conn.execute("SELECT * FROM conveyor_jobs WHERE id = ?", (job_id,)).fetchone()
-        finally:
-            conn.close()
-        assert row is not None, f"no job {job_id}"
-        job = dict(row)
-        for column in ("payload", "result", "errors", "meta"):
-            if job[column] is not None:
-                job[column] = orjson.loads(job[column])
-        return job
+        placeholder = "$1" if self.dialect == "postgresql" else "?"
+        found = self.rows(f"SELECT * FROM conveyor_jobs WHERE id = {placeholder}", (job_id,))
+        assert found, f"no job {job_id}"
+        return found[0]
 
     def count(self, where: str = "1", params: tuple[Any, ...] = ()) -> int:
         return int(self.query(f"SELECT count(*) FROM conveyor_jobs WHERE {where}", params)[0][0])

@@ -10,6 +10,9 @@ Handlers talk to the test through files in the folder named by ``PROC_TEST_DIR``
 - ``ran-{pid}.txt`` gets one line per ``proc.record`` job that process ran;
 - ``active`` holds "current peak" jobs of ``proc.overlap`` running at once (across
   processes, under a file lock).
+
+``proc.cron`` is periodic (every minute) in queue ``cron``: only workers that serve that
+queue schedule it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ class Sleep(BaseModel):
 @conveyor.job("proc.record", registry=KINDS)
 async def record(ctx: conveyor.JobContext, payload: object) -> None:
     """Append this job's id to the running process's file."""
+    with (out_dir() / f"ran-{os.getpid()}.txt").open("a") as f:
+        f.write(f"{ctx.id}\n")
+
+
+@conveyor.job("proc.record_slow", registry=KINDS)
+async def record_slow(ctx: conveyor.JobContext, payload: Sleep) -> None:
+    """Sleep, then append this job's id to the running process's file (so a line means
+    a handler run that finished)."""
+    await asyncio.sleep(payload.seconds)
     with (out_dir() / f"ran-{os.getpid()}.txt").open("a") as f:
         f.write(f"{ctx.id}\n")
 
@@ -83,3 +95,9 @@ async def overlap(ctx: conveyor.JobContext, payload: Sleep) -> None:
         await asyncio.sleep(payload.seconds)
     finally:
         _bump_active(-1)
+
+
+@conveyor.periodic("* * * * *", "proc.cron", queue="cron", registry=KINDS)
+async def cron(ctx: conveyor.JobContext, payload: object) -> dict[str, object]:
+    """Say which process ran which tick."""
+    return {"pid": os.getpid(), "tick": ctx.job.meta.get("periodic_tick")}

@@ -1,5 +1,6 @@
 """Imported by worker subprocesses (``--import proc_worker``): installs the kinds of
-:mod:`proc_kinds` in the process-wide registry that ``conveyor worker`` runs from."""
+:mod:`proc_kinds` (and their schedules) in the process-wide registry that ``conveyor worker``
+runs from."""
 
 from __future__ import annotations
 
@@ -9,3 +10,5 @@ import conveyor
 
 for _kind in KINDS:
     conveyor.registry.register(_kind)
+for _schedule in KINDS.schedules():
+    conveyor.registry.add_schedule(_schedule)

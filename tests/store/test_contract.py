@@ -1133,6 +1133,203 @@ async def test_concurrent_claims_never_share_a_job(
         assert job.locked_by == (W1 if job.id in set(a) else W2)
 
 
+# -- periodic ticks --------------------------------------------------------------------------
+async def test_enqueue_periodic_once_per_kind_and_tick(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    tick = float(int(time.time()) // 60 * 60)
+    first = await store.enqueue_periodic(new_job(kind="test.cron"), tick)
+    assert first is not None
+    assert first.created
+    assert await store.enqueue_periodic(new_job(kind="test.cron"), tick) is None
+    [job] = await store.list_jobs(JobFilter(kind="test.cron"))
+    assert job.id == first.id
+    assert (job.state, job.attempt) == (JobState.QUEUED, 0)
+    # The tick is per kind: another kind's job for the same tick is its own.
+    other = await store.enqueue_periodic(new_job(kind="test.cron2"), tick)
+    assert other is not None
+    assert other.id != first.id
+    assert len(await store.list_jobs(JobFilter())) == 2
+
+
+async def test_enqueue_periodic_different_ticks_make_different_jobs(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    tick = float(int(time.time()) // 60 * 60)
+    a = await store.enqueue_periodic(new_job(kind="test.cron"), tick)
+    b = await store.enqueue_periodic(new_job(kind="test.cron"), tick + 60)
+    assert a is not None
+    assert b is not None
+    assert a.id != b.id
+    jobs = await store.list_jobs(JobFilter(kind="test.cron"))
+    assert sorted(j.id for j in jobs) == sorted([a.id, b.id])
+
+
+async def test_enqueue_periodic_is_not_blocked_by_a_finished_job_of_the_tick(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """The tick, not the job's state, is the key: a tick whose job already ran is taken."""
+    tick = float(int(time.time()) // 60 * 60)
+    first = await store.enqueue_periodic(new_job(kind="test.cron"), tick)
+    assert first is not None
+    job = await claim_one(store)
+    assert await settle(store, W1, completed(job)) == (True,)
+    assert await store.enqueue_periodic(new_job(kind="test.cron"), tick) is None
+    assert len(await store.list_jobs(JobFilter(kind="test.cron"))) == 1
+
+
+async def test_concurrent_enqueue_periodic_from_two_instances_enqueues_once(
+    store: Store, peer_store: Store, new_job: NewJobFactory
+) -> None:
+    base = float(int(time.time()) // 60 * 60)
+    ticks = [base + 60 * i for i in range(20)]
+    for tick in ticks:
+        results = await asyncio.gather(
+            store.enqueue_periodic(new_job(kind="test.cron"), tick),
+            peer_store.enqueue_periodic(new_job(kind="test.cron"), tick),
+            store.enqueue_periodic(new_job(kind="test.cron"), tick),
+            peer_store.enqueue_periodic(new_job(kind="test.cron"), tick),
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1, (tick, results)
+    jobs = await store.list_jobs(JobFilter(kind="test.cron", limit=100))
+    assert len(jobs) == len(ticks)
+    assert len(await peer_store.list_jobs(JobFilter(limit=100))) == len(ticks)
+
+
+async def test_prune_forgets_old_ticks_along_with_old_jobs(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    now = time.time()
+    old_tick, recent_tick = float(int(now) - 7200), float(int(now) - 1)
+    old = await store.enqueue_periodic(new_job(kind="test.cron"), old_tick)
+    recent = await store.enqueue_periodic(new_job(kind="test.cron"), recent_tick)
+    assert old is not None
+    assert recent is not None
+    for job in (await claim(store, slots={"default": 2})).claimed:
+        assert await settle(store, W1, completed(job)) == (True,)
+    await asyncio.sleep(0.02)
+
+    # Ticks older than ten minutes go; the jobs finished just now stay.
+    assert await store.prune(older_than_s=600) == 0
+    assert {j.id for j in await store.list_jobs(JobFilter())} == {old.id, recent.id}
+    again = await store.enqueue_periodic(new_job(kind="test.cron"), old_tick)
+    assert again is not None, "the old tick should have been forgotten by prune"
+    assert again.id not in (old.id, recent.id)
+    assert await store.enqueue_periodic(new_job(kind="test.cron"), recent_tick) is None
+
+    # Everything finished goes, and every tick before now with it.
+    assert await store.prune(older_than_s=0.0) == 2
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [again.id]
+    assert await store.get_job(old.id) is None
+    assert await store.get_job(recent.id) is None
+    assert await store.enqueue_periodic(new_job(kind="test.cron"), recent_tick) is not None
+
+
+# -- cluster-wide queue limits -----------------------------------------------------------------
+async def test_queue_limit_caps_claims(store: Store, new_job: NewJobFactory) -> None:
+    await store.enqueue([new_job(payload={"i": i}) for i in range(6)])
+    await enqueue_one(store, new_job(queue="other"))
+    await store.set_queue_limit("default", 2)
+
+    first = (await claim(store, W1, {"default": 5, "other": 5})).claimed
+    assert [j.queue for j in first].count("default") == 2
+    assert [j.queue for j in first].count("other") == 1  # other queues are not capped
+    assert await claim_ids(store, W2, {"default": 5}) == []  # the cap counts every worker
+
+    a = next(j for j in first if j.queue == "default")
+    assert await settle(store, W1, completed(a)) == (True,)
+    second = await claim_ids(store, W2, {"default": 5})
+    assert len(second) == 1
+    assert await claim_ids(store, W1, {"default": 5}) == []
+    assert (await stats_of(store)).running == 2
+
+    # A failed, retried or released job frees its slot as well.
+    b = next(j for j in first if j.queue == "default" and j.id != a.id)
+    assert await settle(store, W1, retried(b, retry_in_s=3600)) == (True,)
+    assert len(await claim_ids(store, W1, {"default": 5})) == 1
+
+
+async def test_queue_limit_none_removes_the_cap(store: Store, new_job: NewJobFactory) -> None:
+    await store.enqueue([new_job(payload={"i": i}) for i in range(6)])
+    await store.set_queue_limit("default", 2)
+    assert len(await claim_ids(store, W1, {"default": 5})) == 2
+    await store.set_queue_limit("default", None)
+    assert len(await claim_ids(store, W1, {"default": 5})) == 4
+    stats = await stats_of(store)
+    assert (stats.running, stats.cluster_limit) == (6, None)
+
+
+async def test_queue_limit_below_the_running_count_claims_nothing(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job(payload={"i": i}) for i in range(6)])
+    assert len(await claim_ids(store, W1, {"default": 3})) == 3
+    await store.set_queue_limit("default", 1)
+    assert await claim_ids(store, W2, {"default": 5}) == []
+    assert (await stats_of(store)).running == 3
+
+
+async def test_queue_stats_show_the_cluster_limit(store: Store, new_job: NewJobFactory) -> None:
+    await enqueue_one(store, new_job())
+    await store.register_worker(WorkerInfo("wa", "host", 1, {"default": 4}), lease_s=30)
+    stats = await stats_of(store)
+    assert (stats.limit, stats.cluster_limit) == (4, None)
+
+    await store.set_queue_limit("default", 2)
+    stats = await stats_of(store)
+    assert (stats.limit, stats.cluster_limit) == (2, 2)
+    # A limit on a queue without jobs or workers lists the queue.
+    await store.set_queue_limit("video", 3)
+    video = await stats_of(store, "video")
+    assert (video.limit, video.cluster_limit, video.paused) == (3, 3, False)
+    assert sum(video.counts.values()) == 0
+
+    await store.set_queue_limit("default", None)
+    stats = await stats_of(store)
+    assert (stats.limit, stats.cluster_limit) == (4, None)
+
+
+async def test_limit_and_pause_are_independent(store: Store, new_job: NewJobFactory) -> None:
+    await store.enqueue([new_job(payload={"i": i}) for i in range(3)])
+    await store.set_queue_limit("default", 2)
+    await store.set_paused("default", True)
+    assert await claim_ids(store, W1, {"default": 5}) == []
+    stats = await stats_of(store)
+    assert (stats.paused, stats.cluster_limit) == (True, 2)
+    await store.set_paused("default", False)
+    assert len(await claim_ids(store, W1, {"default": 5})) == 2
+    assert (await stats_of(store)).cluster_limit == 2
+
+
+@pytest.mark.parametrize("setter", ["store", "peer"])
+async def test_concurrent_claims_from_two_instances_never_exceed_the_limit(
+    store: Store, peer_store: Store, new_job: NewJobFactory, setter: str
+) -> None:
+    """Two instances (two worker processes' views) claim at the same moment, round after
+    round; together they never hold more than the limit. ``setter`` is the instance that
+    set the limit; the other one learns of it only through the database."""
+    rounds, limit = 15, 2
+    await store.enqueue([new_job(payload={"i": i}) for i in range(rounds * limit + 5)])
+    await (store if setter == "store" else peer_store).set_queue_limit("default", limit)
+    claimed_ids: list[int] = []
+    for _ in range(rounds):
+        a, b = await asyncio.gather(
+            claim(store, W1, {"default": 5}), claim(peer_store, W2, {"default": 5})
+        )
+        got = list(a.claimed) + list(b.claimed)
+        assert len(got) == limit, f"claimed {len(got)} with a limit of {limit}"
+        assert (await stats_of(store)).running == limit
+        claimed_ids += [j.id for j in got]
+        assert await settle(store, W1, *(completed(j) for j in a.claimed)) == (True,) * len(
+            a.claimed
+        )
+        assert await settle(peer_store, W2, *(completed(j) for j in b.claimed)) == (True,) * len(
+            b.claimed
+        )
+    assert len(set(claimed_ids)) == rounds * limit
+
+
 # -- connection errors -----------------------------------------------------------------------
 async def test_missing_folder_is_a_store_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/no/such/folder/t.db"

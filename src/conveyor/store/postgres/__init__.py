@@ -279,14 +279,9 @@ class PostgresStore:
         if not jobs:
             return []
 
-        async def tx(conn: Conn) -> list[Enqueued]:
-            async with conn.transaction():
-                results = await _insert_jobs(conn, jobs)
-                await conn.execute(_Q["notify_queues"], CHANNEL, sorted({j.queue for j in jobs}))
-            return results
-
         try:
-            results = await self._run(tx)
+            # One statement, so no explicit transaction: an enqueue is one round trip.
+            results = await self._run(lambda conn: _insert_jobs(conn, jobs))
         except asyncpg.DataError as exc:
             raise TypeError(f"a job could not be stored: {exc}") from exc
         self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
@@ -300,7 +295,6 @@ class PostgresStore:
                     taken = await conn.fetchval(_Q["insert_tick"], job.kind, tick, result.id)
                     if taken is None:
                         raise _TickTaken  # noqa: TRY301  (rolls the transaction back)
-                    await conn.execute(_Q["notify_queues"], CHANNEL, [job.queue])
             except _TickTaken:
                 return None
             return result
@@ -664,7 +658,7 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
                 "meta": job.meta,
             }
         )
-    row = await conn.fetchrow(_Q["insert_jobs"], batch)  # the jsonb codec encodes the batch
+    row = await conn.fetchrow(_Q["insert_jobs"], batch, CHANNEL)  # the codec encodes batch
     if row is None:
         raise StoreError("the insert statement returned no row")
     ids: list[int] = row[0]

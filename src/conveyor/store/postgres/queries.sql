@@ -28,9 +28,15 @@ ins AS (
         WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
     RETURNING id
+),
+-- One NOTIFY per queue ($2: the channel); sent at commit, so a worker never wakes before
+-- the jobs are visible. Referenced below, or PostgreSQL would not evaluate it.
+notified AS (
+    SELECT pg_notify($2, 'q:' || queue) FROM (SELECT DISTINCT queue FROM src) AS q
 )
 SELECT array_agg(src.id ORDER BY src.ord),
-       array_agg(src.ord ORDER BY src.ord) FILTER (WHERE ins.id IS NULL)
+       array_agg(src.ord ORDER BY src.ord) FILTER (WHERE ins.id IS NULL),
+       (SELECT count(*) FROM notified)
 FROM src LEFT JOIN ins ON ins.id = src.id
 
 -- name: find_active_unique
