@@ -217,15 +217,32 @@ def queues(
     json: JsonFlag = False,
     pause: Annotated[str | None, typer.Option(help="Pause this queue.")] = None,
     resume: Annotated[str | None, typer.Option(help="Resume this queue.")] = None,
+    limit: Annotated[
+        str | None,
+        typer.Option(help="QUEUE:N - at most N jobs of QUEUE run at once across all workers."),
+    ] = None,
+    no_limit: Annotated[
+        str | None, typer.Option(help="Remove the cluster-wide limit of this queue.")
+    ] = None,
 ) -> None:
     """Show every queue's jobs by state, running against limit, age and run times."""
     settings = _settings()
+    cap: tuple[str, int] | None = None
+    if limit is not None:
+        name, _, n = limit.partition(":")
+        if not n.isdigit() or int(n) < 1:
+            raise CliError(f"--limit {limit!r}: write QUEUE:N with N an integer >= 1")
+        cap = (name, int(n))
 
     async def go(client: Client) -> list[Any]:
         if pause:
             await client.pause(pause)
         if resume:
             await client.resume(resume)
+        if cap is not None:
+            await client.set_limit(*cap)
+        if no_limit:
+            await client.set_limit(no_limit, None)
         return await client.queues()
 
     stats = _run(_with_client(settings, go))

@@ -261,6 +261,13 @@ class Client:
     async def resume(self, queue: str) -> None:
         await self.store.set_paused(check_queue_name(queue), False)
 
+    async def set_limit(self, queue: str, limit: int | None) -> None:
+        """Let at most ``limit`` jobs of ``queue`` run at once across all workers (None:
+        no cluster-wide limit; each worker's own limit still holds)."""
+        if limit is not None and (isinstance(limit, bool) or limit < 1):
+            raise InvalidJob(f"limit {limit!r} is not valid: use an integer >= 1, or None")
+        await self.store.set_queue_limit(check_queue_name(queue), limit)
+
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs that finished more than ``older_than_s`` seconds ago."""
         total = 0
