@@ -134,11 +134,6 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
-        )
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -171,6 +166,9 @@ class PostgresStore:
         self._listeners: list[Listener] = []
         self._listen_task: asyncio.Task[None] | None = None
         self._limited: set[str] = set()
+        self._own_backends: set[int] = set()
+        """Server pids of this store's pooled connections: their NOTIFYs come back on the
+        LISTEN connection, but this store has already told its listeners."""
 
     # -- connection ----------------------------------------------------------------
     async def open(self) -> None:
@@ -181,14 +179,22 @@ class PostgresStore:
                 self.url,
                 min_size=1,
                 max_size=self._pool_size,
-                init=_init_connection,
+                init=self._init_connection,
                 reset=_reset_connection,
                 max_inactive_connection_lifetime=0,
                 timeout=self._connect_timeout,
                 command_timeout=60,
+                server_settings={"plan_cache_mode": "force_generic_plan"},
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise StoreError(f"cannot open database {_safe(self.url)!r}: {exc}") from exc
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        for name in ("json", "jsonb"):
+            await conn.set_type_codec(
+                name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
+            )
+        self._own_backends.add(conn.get_server_pid())
 
     async def close(self) -> None:
         if self._listen_task is not None:
@@ -566,7 +572,9 @@ class PostgresStore:
         for listener in tuple(self._listeners):
             listener(notice)
 
-    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+    def _on_notification(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
+        if pid in self._own_backends:
+            return
         tag, _, value = str(payload).partition(":")
         if tag == "q":
             self._publish(JobsAvailable(frozenset({value})))
