@@ -19,7 +19,6 @@ HOW_TO = (
     "point CONVEYOR_TEST_POSTGRES_URL at a PostgreSQL 15+ server where the user may create "
     "databases, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = "conveyor_jobs, conveyor_queues, conveyor_workers, conveyor_periodic_ticks"
 
 
 def _with_database(url: str, database: str) -> str:
@@ -91,7 +90,12 @@ class PgTestServer:
         async def truncate() -> None:
             conn = await asyncpg.connect(self.url)
             try:
-                await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY")
+                tables = await conn.fetchval(
+                    "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
+                    "WHERE schemaname = current_schema() AND tablename LIKE 'conveyor%' "
+                    "AND tablename <> 'conveyor_schema'"
+                )
+                await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY")
             finally:
                 await conn.close()
 

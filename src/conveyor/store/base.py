@@ -24,9 +24,12 @@ from conveyor.store.records import (
     JobFilter,
     LeaseStatus,
     NewJob,
+    NewRequest,
     Outcome,
     Progress,
     QueueStats,
+    Request,
+    RequestFilter,
     RescueResult,
     SettleResult,
     WorkerInfo,
@@ -118,6 +121,19 @@ class Store(Protocol):
 
     async def prune(self, older_than_s: float, limit: int = 1000) -> int:
         """Delete finished jobs that finished more than ``older_than_s`` ago."""
+
+    # -- requests --------------------------------------------------------------------
+    async def create_request(self, new: NewRequest) -> tuple[Request, bool]:
+        """Create a request and its job in one transaction; True if created. With an
+        idempotency key that this tenant's caller used before, return that request
+        (False) and create nothing, even when two such calls race."""
+
+    async def get_request(self, request_id: int, tenant_id: str) -> Request | None: ...
+
+    async def list_requests(self, flt: RequestFilter) -> list[Request]: ...
+
+    async def queue_position(self, job: Job) -> int:
+        """How many queued, due jobs of the job's queue will be claimed before it."""
 
     # -- operating -------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None: ...

@@ -326,3 +326,47 @@ class JobFilter:
     tenant_id: str | None = None
     limit: int = 50
     before_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    """A request to create together with its job."""
+
+    kind: str
+    input: JSON
+    caller_id: str
+    job: NewJob
+    idempotency_key: str | None = None
+    http_request_id: str | None = None
+
+    @property
+    def tenant_id(self) -> str:
+        return self.job.tenant_id
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a user asked for. Its job carries the state, progress, result and errors."""
+
+    id: int
+    tenant_id: str
+    caller_id: str
+    kind: str
+    input: JSON
+    idempotency_key: str | None
+    http_request_id: str | None
+    created_at: float
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFilter:
+    """Which requests of a tenant to list, newest first; ``before_id`` is the cursor."""
+
+    tenant_id: str
+    state: JobState | None = None
+    kind: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 20
+    before_id: int | None = None

@@ -44,10 +44,13 @@ from conveyor.store.records import (
     JobState,
     LeaseStatus,
     NewJob,
+    NewRequest,
     Outcome,
     OutcomeKind,
     Progress,
     QueueStats,
+    Request,
+    RequestFilter,
     RescueResult,
     SettleResult,
     WorkerInfo,
@@ -195,6 +198,10 @@ class PostgresStore:
             await conn.set_type_codec(
                 name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
             )
+        # asyncpg has no built-in codec for the int4[], int8[] and float8[] parameters of
+        # the exchange and heartbeat; it looks them up (three queries) on each connection's
+        # first such statement, which put them in an idle worker's polls. Learn them now.
+        await conn.prepare("SELECT NULL::int4[], NULL::int8[], NULL::float8[]")
         self._own_backends.add(conn.get_server_pid())
 
     async def close(self) -> None:
@@ -213,13 +220,23 @@ class PostgresStore:
             raise StoreError(f"store {_safe(self.url)!r} is not open")
         try:
             async with self._pool.acquire() as conn:
-                return await action(conn)
+                try:
+                    return await action(conn)
+                except asyncpg.InternalClientError:
+                    # The server ended the session while the connection sat in the pool
+                    # (pg_terminate_backend, a restart): asyncpg read the FATAL message out
+                    # of turn and the connection can run nothing more until it notices the
+                    # closed socket (MagicStack/asyncpg#1069). Drop it so the pool opens a
+                    # new one.
+                    conn.terminate()
+                    raise
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(str(exc)) from exc
         except (
             OSError,
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
             asyncpg.exceptions.AdminShutdownError,
             asyncpg.exceptions.CannotConnectNowError,
             TimeoutError,
@@ -436,6 +453,89 @@ class PostgresStore:
             return int(status.rsplit(" ", 1)[-1])
 
         return await self._run(delete)
+
+    # -- requests --------------------------------------------------------------------
+    async def create_request(self, new: NewRequest) -> tuple[Request, bool]:
+        async def find(conn: Conn) -> Request | None:
+            if new.idempotency_key is None:
+                return None
+            found = await conn.fetchval(
+                _Q["find_request_by_key"], new.tenant_id, new.caller_id, new.idempotency_key
+            )
+            if found is None:
+                return None
+            row = await conn.fetchrow(_Q["get_request"], found, new.tenant_id)
+            return _record_to_request(row) if row is not None else None
+
+        async def create(conn: Conn) -> tuple[Request, bool]:
+            existing = await find(conn)
+            if existing is not None:
+                return existing, False
+            try:
+                async with conn.transaction():
+                    (enqueued,) = await _insert_jobs(conn, [new.job])
+                    request_id = await conn.fetchval(
+                        _Q["insert_request"],
+                        new.tenant_id,
+                        new.caller_id,
+                        new.kind,
+                        new.input,
+                        enqueued.id,
+                        new.idempotency_key,
+                        new.http_request_id,
+                    )
+            except asyncpg.UniqueViolationError:
+                # Another call with the same key committed first: ours is rolled back,
+                # its job included, and theirs is the answer.
+                raced = await find(conn)
+                if raced is None:
+                    raise
+                return raced, False
+            row = await conn.fetchrow(_Q["get_request"], request_id, new.tenant_id)
+            if row is None:
+                raise StoreError(f"request {request_id} vanished after its creation")
+            return _record_to_request(row), True
+
+        request, created = await self._run(create)
+        if created:
+            self._publish(JobsAvailable(frozenset({new.job.queue})))
+        return request, created
+
+    async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
+        row = await self._run(lambda conn: conn.fetchrow(_Q["get_request"], request_id, tenant_id))
+        return _record_to_request(row) if row is not None else None
+
+    async def list_requests(self, flt: RequestFilter) -> list[Request]:
+        params: list[Any] = [flt.tenant_id]
+        clauses = ["r.tenant_id = $1"]
+        for clause, value in (
+            ("j.state = ${}", flt.state.value if flt.state else None),
+            ("r.kind = ${}", flt.kind),
+            ("r.created_at >= to_timestamp(${})", flt.created_after),
+            ("r.created_at < to_timestamp(${})", flt.created_before),
+            ("r.id < ${}", flt.before_id),
+        ):
+            if value is not None:
+                params.append(value)
+                clauses.append(clause.format(len(params)))
+        params.append(flt.limit)
+        sql = (
+            "SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, "
+            "r.http_request_id, r.created_at, j.* FROM conveyor_requests r "
+            "JOIN conveyor_jobs j ON j.id = r.job_id "
+            f"WHERE {' AND '.join(clauses)} ORDER BY r.id DESC LIMIT ${len(params)}"
+        )
+        rows = await self._run(lambda conn: conn.fetch(sql, *params))
+        return [_record_to_request(r) for r in rows]
+
+    async def queue_position(self, job: Job) -> int:
+        return int(
+            await self._run(
+                lambda conn: conn.fetchval(
+                    _Q["queue_position"], job.queue, job.priority, job.run_at, job.id
+                )
+            )
+        )
 
     # -- operating -------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None:
@@ -697,6 +797,21 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     for index, first in repeats.items():
         results[index] = Enqueued(results[first].id, created=False)
     return [results[index] for index in range(len(jobs))]
+
+
+def _record_to_request(row: Row) -> Request:
+    """A request row followed by its job's columns (``get_request``'s shape)."""
+    return Request(
+        id=row[0],
+        tenant_id=row[1],
+        caller_id=row[2],
+        kind=row[3],
+        input=row[4],
+        idempotency_key=row[5],
+        http_request_id=row[6],
+        created_at=row[7].timestamp(),
+        job=record_to_job(row, 8),
+    )
 
 
 def _worker(row: Row) -> WorkerInfo:

@@ -254,19 +254,23 @@ WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
 RETURNING j.id, j.state, j.queue
 
 -- name: prune
--- Oldest finished jobs first, in batches; periodic ticks past the same age go too.
+-- Oldest finished jobs first, in batches, with their requests; periodic ticks past the
+-- same age go too.
 WITH ticks AS (
     DELETE FROM conveyor_periodic_ticks WHERE tick < now() - make_interval(secs => $1)
-)
-DELETE FROM conveyor_jobs
-WHERE id IN (
+),
+old AS (
     SELECT id FROM conveyor_jobs
     WHERE finished_at < now() - make_interval(secs => $1)
       AND state IN ('completed', 'failed', 'cancelled')
     ORDER BY finished_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+requests AS (
+    DELETE FROM conveyor_requests WHERE job_id IN (SELECT id FROM old)
 )
+DELETE FROM conveyor_jobs WHERE id IN (SELECT id FROM old)
 
 -- name: get_job
 SELECT * FROM conveyor_jobs WHERE id = $1
@@ -355,3 +359,26 @@ WHERE expires_at >= now() ORDER BY started_at
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM conveyor_schema
+
+-- name: find_request_by_key
+SELECT id FROM conveyor_requests WHERE tenant_id = $1 AND caller_id = $2 AND idempotency_key = $3
+
+-- name: insert_request
+-- A second request with the same key from the same caller conflicts: the caller's
+-- transaction is rolled back (its job with it) and the first request is returned.
+INSERT INTO conveyor_requests (
+    tenant_id, caller_id, kind, input, job_id, idempotency_key, http_request_id, created_at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+RETURNING id
+
+-- name: get_request
+SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,
+       r.created_at, j.*
+FROM conveyor_requests r JOIN conveyor_jobs j ON j.id = r.job_id
+WHERE r.id = $1 AND r.tenant_id = $2
+
+-- name: queue_position
+-- Queued, due jobs of the same queue that a worker will claim before this one.
+SELECT count(*) FROM conveyor_jobs
+WHERE state = 'queued' AND queue = $1 AND run_at <= now()
+  AND (priority, run_at, id) < ($2, to_timestamp($3), $4)

@@ -44,10 +44,13 @@ from conveyor.store.records import (
     JobState,
     LeaseStatus,
     NewJob,
+    NewRequest,
     Outcome,
     OutcomeKind,
     Progress,
     QueueStats,
+    Request,
+    RequestFilter,
     RescueResult,
     SettleResult,
     WorkerInfo,
@@ -412,9 +415,90 @@ class SqliteStore:
         def tx(conn: sqlite3.Connection, now: float) -> int:
             before = now - older_than_s
             conn.execute(_Q["prune_ticks"], {"before": before})
-            return int(conn.execute(_Q["prune"], {"before": before, "limit": limit}).rowcount)
+            rows = conn.execute(_Q["prunable"], {"before": before, "limit": limit}).fetchall()
+            ids = _dumps([r[0] for r in rows])
+            conn.execute(_Q["prune_requests"], (ids,))
+            return int(conn.execute(_Q["prune"], (ids,)).rowcount)
 
         return await self._write(tx)
+
+    # -- requests --------------------------------------------------------------------
+    async def create_request(self, new: NewRequest) -> tuple[Request, bool]:
+        def tx(conn: sqlite3.Connection, now: float) -> tuple[Request, bool]:
+            # The write lock is held from the start, so two calls with one key cannot
+            # both miss the look-up.
+            if new.idempotency_key is not None:
+                found = conn.execute(
+                    _Q["find_request_by_key"],
+                    (new.tenant_id, new.caller_id, new.idempotency_key),
+                ).fetchone()
+                if found is not None:
+                    return _get_request(conn, found[0]), False
+            (enqueued,) = _insert_jobs(conn, now, [new.job])
+            (request_id,) = conn.execute(
+                _Q["insert_request"],
+                (
+                    new.tenant_id,
+                    new.caller_id,
+                    new.kind,
+                    _dumps(new.input),
+                    enqueued.id,
+                    new.idempotency_key,
+                    new.http_request_id,
+                    now,
+                ),
+            ).fetchone()
+            return _get_request(conn, request_id), True
+
+        request, created = await self._write(tx)
+        if created:
+            self._publish(JobsAvailable(frozenset({new.job.queue})))
+        return request, created
+
+    async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
+        def read(conn: sqlite3.Connection, now: float) -> Request | None:
+            row = conn.execute(_Q["get_request"], (request_id,)).fetchone()
+            if row is None or row[1] != tenant_id or row[8] is None:
+                return None
+            return _row_to_request(row)
+
+        return await self._read(read)
+
+    async def list_requests(self, flt: RequestFilter) -> list[Request]:
+        clauses = ["r.tenant_id = ?"]
+        params: list[Any] = [flt.tenant_id]
+        for clause, value in (
+            ("j.state = ?", flt.state.value if flt.state else None),
+            ("r.kind = ?", flt.kind),
+            ("r.created_at >= ?", flt.created_after),
+            ("r.created_at < ?", flt.created_before),
+            ("r.id < ?", flt.before_id),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        sql = (
+            "SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, "
+            "r.http_request_id, r.created_at, j.* FROM conveyor_requests r "
+            "JOIN conveyor_jobs j ON j.id = r.job_id "
+            f"WHERE {' AND '.join(clauses)} ORDER BY r.id DESC LIMIT ?"
+        )
+        params.append(flt.limit)
+        rows = await self._read(lambda conn, now: conn.execute(sql, params).fetchall())
+        return [_row_to_request(row) for row in rows]
+
+    async def queue_position(self, job: Job) -> int:
+        def read(conn: sqlite3.Connection, now: float) -> int:
+            params = {
+                "queue": job.queue,
+                "now": now,
+                "priority": job.priority,
+                "run_at": job.run_at,
+                "id": job.id,
+            }
+            return int(conn.execute(_Q["queue_position"], params).fetchone()[0])
+
+        return await self._read(read)
 
     # -- operating -------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None:
@@ -572,6 +656,25 @@ def _split_statements(sql: str) -> list[str]:
     ):
         raise StoreError(f"migration ends with an unterminated statement: {buffer.strip()!r}")
     return statements
+
+
+def _row_to_request(row: Sequence[Any]) -> Request:
+    """A request row followed by its job's columns (``get_request``'s shape)."""
+    return Request(
+        id=row[0],
+        tenant_id=row[1],
+        caller_id=row[2],
+        kind=row[3],
+        input=orjson.loads(row[4]),
+        idempotency_key=row[5],
+        http_request_id=row[6],
+        created_at=row[7],
+        job=row_to_job(row[8:]),
+    )
+
+
+def _get_request(conn: sqlite3.Connection, request_id: int) -> Request:
+    return _row_to_request(conn.execute(_Q["get_request"], (request_id,)).fetchone())
 
 
 def _get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:

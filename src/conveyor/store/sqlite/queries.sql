@@ -120,13 +120,17 @@ RETURNING id, state, queue
 -- name: forget_workers
 DELETE FROM conveyor_workers WHERE expires_at < :now
 
+-- name: prunable
+SELECT id FROM conveyor_jobs
+WHERE finished_at < :before AND state IN ('completed', 'failed', 'cancelled')
+ORDER BY finished_at
+LIMIT :limit
+
+-- name: prune_requests
+DELETE FROM conveyor_requests WHERE job_id IN (SELECT value FROM json_each(?))
+
 -- name: prune
-DELETE FROM conveyor_jobs
-WHERE id IN (
-    SELECT id FROM conveyor_jobs
-    WHERE finished_at < :before AND state IN ('completed', 'failed', 'cancelled')
-    LIMIT :limit
-)
+DELETE FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(?))
 
 -- name: get_job
 SELECT * FROM conveyor_jobs WHERE id = ?
@@ -196,3 +200,25 @@ WHERE expires_at >= :now ORDER BY started_at
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM conveyor_schema
+
+-- name: find_request_by_key
+SELECT id FROM conveyor_requests WHERE tenant_id = ? AND caller_id = ? AND idempotency_key = ?
+
+-- name: insert_request
+INSERT INTO conveyor_requests (
+    tenant_id, caller_id, kind, input, job_id, idempotency_key, http_request_id, created_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING id
+
+-- name: get_request
+SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,
+       r.created_at, j.*
+FROM conveyor_requests r LEFT JOIN conveyor_jobs j ON j.id = r.job_id
+WHERE r.id = ?
+
+-- name: queue_position
+-- Queued, due jobs of the same queue that a worker will claim before this one.
+SELECT count(*) FROM conveyor_jobs
+WHERE state = 'queued' AND queue = :queue AND run_at <= :now
+  AND (priority < :priority
+       OR (priority = :priority AND (run_at < :run_at OR (run_at = :run_at AND id < :id))))
