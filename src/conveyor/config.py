@@ -100,6 +100,32 @@ class Settings(BaseSettings):
     pool_size: int = Field(
         default=10, ge=1, le=1000, description="PostgreSQL: connections per process at most."
     )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port of the HTTP API.")
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for rate-limit counters shared by several API processes; unset: "
+        "counters in memory.",
+    )
+    rate_limit_per_ip: str = Field(
+        default="200/15minutes",
+        description="Requests one client address may make (the seed's 200 per 15 minutes).",
+    )
+    rate_limit_per_caller: str = Field(
+        default="1000/15minutes", description="Requests one authenticated caller may make."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_backlog: int = Field(
+        default=100_000,
+        ge=1,
+        description="Due jobs a queue may hold before POSTs to it answer 503 (backpressure).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed to call the API from a browser.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level logged."
     )
@@ -108,7 +134,7 @@ class Settings(BaseSettings):
         description="json for production, console for people; auto picks console on a terminal.",
     )
 
-    @field_validator("imports", "queues", mode="before")
+    @field_validator("imports", "queues", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
