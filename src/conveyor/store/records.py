@@ -90,6 +90,34 @@ class NewJob:
     meta: dict[str, JSON] = field(default_factory=dict)
 
 
+JOB_COLUMNS = (
+    "id",
+    "tenant_id",
+    "queue",
+    "kind",
+    "priority",
+    "state",
+    "payload",
+    "result",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "timeout_s",
+    "unique_key",
+    "locked_by",
+    "lease_expires_at",
+    "errors",
+    "progress",
+    "progress_message",
+    "cancel_requested",
+    "meta",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+"""The columns of the jobs table, in table order, as every store reads them."""
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """A job row as stored. Times are Unix seconds (UTC)."""

@@ -36,6 +36,7 @@ from conveyor.store.base import (
     StoreError,
 )
 from conveyor.store.records import (
+    JOB_COLUMNS,
     ClaimRequest,
     Enqueued,
     ErrorEntry,
@@ -69,32 +70,6 @@ CHANNEL = "conveyor_v1"
 _MIGRATION_LOCK = 0x636F6E76  # "conv"
 
 _ENDING = frozenset({OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
-
-JOB_COLUMNS = (
-    "id",
-    "tenant_id",
-    "queue",
-    "kind",
-    "priority",
-    "state",
-    "payload",
-    "result",
-    "attempt",
-    "max_attempts",
-    "run_at",
-    "timeout_s",
-    "unique_key",
-    "locked_by",
-    "lease_expires_at",
-    "errors",
-    "progress",
-    "progress_message",
-    "cancel_requested",
-    "meta",
-    "created_at",
-    "started_at",
-    "finished_at",
-)
 
 log = get_logger("store.postgres")
 

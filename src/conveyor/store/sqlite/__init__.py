@@ -36,6 +36,7 @@ from conveyor.store.base import (
     StoreError,
 )
 from conveyor.store.records import (
+    JOB_COLUMNS,
     ClaimRequest,
     Enqueued,
     ErrorEntry,
@@ -60,32 +61,6 @@ from conveyor.store.sqlfile import load_migrations, load_queries
 T = TypeVar("T")
 
 _Q = load_queries(__name__)
-
-JOB_COLUMNS = (
-    "id",
-    "tenant_id",
-    "queue",
-    "kind",
-    "priority",
-    "state",
-    "payload",
-    "result",
-    "attempt",
-    "max_attempts",
-    "run_at",
-    "timeout_s",
-    "unique_key",
-    "locked_by",
-    "lease_expires_at",
-    "errors",
-    "progress",
-    "progress_message",
-    "cancel_requested",
-    "meta",
-    "created_at",
-    "started_at",
-    "finished_at",
-)
 
 _OUTCOME_QUERY = {
     OutcomeKind.COMPLETED: _Q["complete"],
