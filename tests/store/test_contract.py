@@ -1066,6 +1066,19 @@ async def test_list_jobs_filters_and_pages(store: Store, new_job: NewJobFactory)
     assert [j.id for j in running] == [ids[1]]
 
 
+async def test_list_jobs_filters_by_creation_time(store: Store, new_job: NewJobFactory) -> None:
+    [first] = await store.enqueue([new_job()])
+    created = (await store.get_job(first.id)).created_at  # type: ignore[union-attr]
+    [second] = await store.enqueue([new_job()])
+    later = (await store.get_job(second.id)).created_at  # type: ignore[union-attr]
+    everything = await store.list_jobs(JobFilter(created_after=created))
+    assert [j.id for j in everything] == [second.id, first.id]
+    assert await store.list_jobs(JobFilter(created_after=later + 60)) == []
+    before = await store.list_jobs(JobFilter(created_before=later + 60, created_after=created))
+    assert len(before) == 2
+    assert await store.list_jobs(JobFilter(created_before=created)) == []
+
+
 # -- notices ---------------------------------------------------------------------------------
 async def test_listener_hears_enqueue_until_removed(store: Store, new_job: NewJobFactory) -> None:
     notices: list[Notice] = []

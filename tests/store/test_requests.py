@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
-from conftest import NewJobFactory
 from conveyor.store.base import Store
 from conveyor.store.records import (
     ClaimRequest,
     JobState,
+    NewJob,
     NewRequest,
     Outcome,
     OutcomeKind,
     RequestFilter,
 )
+
+# Not imported from conftest: with one conftest.py per test folder, ``conftest`` names
+# whichever was imported first (tests/process's, in a full run).
+NewJobFactory = Callable[..., NewJob]
 
 
 def _request(new_job: NewJobFactory, key: str | None = None, **job: object) -> NewRequest:

@@ -354,6 +354,10 @@ class JobFilter:
     tenant_id: str | None = None
     limit: int = 50
     before_id: int | None = None
+    created_after: float | None = None
+    """Only jobs created at or after this time (Unix seconds)."""
+    created_before: float | None = None
+    """Only jobs created before this time (Unix seconds)."""
 
 
 @dataclass(frozen=True, slots=True)

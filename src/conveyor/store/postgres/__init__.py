@@ -177,7 +177,11 @@ class PostgresStore:
         # the exchange and heartbeat; it looks them up (three queries) on each connection's
         # first such statement, which put them in an idle worker's polls. Learn them now.
         await conn.prepare("SELECT NULL::int4[], NULL::int8[], NULL::float8[]")
-        self._own_backends.add(conn.get_server_pid())
+        pid = conn.get_server_pid()
+        self._own_backends.add(pid)
+        # Forget the pid with the connection: the server may give it to another client's
+        # backend, whose notices must not be taken for this store's echoes.
+        conn.add_termination_listener(lambda _conn: self._own_backends.discard(pid))
 
     async def close(self) -> None:
         if self._listen_task is not None:
@@ -529,9 +533,14 @@ class PostgresStore:
             if value is not None:
                 params.append(value)
                 clauses.append(f"{column} = ${len(params)}")
-        if flt.before_id is not None:
-            params.append(flt.before_id)
-            clauses.append(f"id < ${len(params)}")
+        for clause, bound in (
+            ("id < ${}", flt.before_id),
+            ("created_at >= to_timestamp(${})", flt.created_after),
+            ("created_at < to_timestamp(${})", flt.created_before),
+        ):
+            if bound is not None:
+                params.append(bound)
+                clauses.append(clause.format(len(params)))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(flt.limit)
         sql = f"SELECT * FROM conveyor_jobs {where} ORDER BY id DESC LIMIT ${len(params)}"

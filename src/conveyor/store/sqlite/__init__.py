@@ -491,9 +491,14 @@ class SqliteStore:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        if flt.before_id is not None:
-            clauses.append("id < ?")
-            params.append(flt.before_id)
+        for clause, bound in (
+            ("id < ?", flt.before_id),
+            ("created_at >= ?", flt.created_after),
+            ("created_at < ?", flt.created_before),
+        ):
+            if bound is not None:
+                clauses.append(clause)
+                params.append(bound)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM conveyor_jobs {where} ORDER BY id DESC LIMIT ?"
         params.append(flt.limit)

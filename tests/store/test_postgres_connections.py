@@ -1,0 +1,110 @@
+"""PostgreSQL: a store whose pooled connections the server ends recovers on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import asyncpg
+import pytest
+
+from conveyor.store.base import StoreError
+from conveyor.store.postgres import PostgresStore
+from conveyor.store.records import JobFilter
+from pg_server import PgTestServer
+
+TERMINATE = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+@pytest.fixture
+def pg(pg_server: PgTestServer) -> PgTestServer:
+    pg_server.empty()
+    return pg_server
+
+
+async def test_terminated_pooled_connections_fail_as_store_errors_then_recover(
+    pg: PgTestServer,
+) -> None:
+    """A connection the server ended while it sat in the pool fails at most one
+    statement, with StoreError (which callers retry), and is then replaced. asyncpg may
+    read the server's FATAL message before it notices the closed socket and then raise
+    InternalClientError ("cannot switch to state …; another operation (2) is in
+    progress", MagicStack/asyncpg#1069): that too must be a StoreError, or a worker's
+    exchange loop dies of it. The pauses vary so that the next statement lands at
+    different points of that race."""
+    pool_size = 2
+    store = PostgresStore(pg.url, pool_size=pool_size)
+    await store.open()
+    admin = await asyncpg.connect(pg.url)
+    failures: collections.Counter[str] = collections.Counter()
+    try:
+        for i in range(30):
+            await store.list_jobs(JobFilter(limit=1))
+            assert await admin.fetchval(f"SELECT count(*) FROM ({TERMINATE}) t") >= 1
+            await asyncio.sleep(0.001 * (i % 4))
+            # Each pooled connection (one per slot at most) fails once at most.
+            for _ in range(pool_size + 1):
+                try:
+                    assert await store.list_jobs(JobFilter(limit=1)) == []
+                    break
+                except StoreError as exc:
+                    failures[type(exc.__cause__).__name__] += 1
+            else:
+                raise AssertionError(f"no statement served after {pool_size} failures")
+    finally:
+        await admin.close()
+        await store.close()
+    assert set(failures) <= {
+        "InternalClientError",
+        "ConnectionDoesNotExistError",
+        "AdminShutdownError",
+    }, failures
+
+
+async def test_the_store_forgets_the_server_pids_of_connections_it_lost(pg: PgTestServer) -> None:
+    """The store ignores notices sent by its own pooled connections (it told its listeners
+    already), which it recognises by their server pids. A pid outlives nothing: once its
+    connection is gone the server may give it to another client, whose notices must not be
+    dropped, so the store holds exactly the pids of its live connections."""
+    store = PostgresStore(pg.url, pool_size=2)
+    await store.open()
+    admin = await asyncpg.connect(pg.url)
+
+    async def pool_pids() -> set[int]:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return {r[0] for r in rows}
+
+    async def settled(expected: set[int]) -> bool:
+        for _ in range(200):
+            if store._own_backends == expected:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    try:
+        await store.list_jobs(JobFilter(limit=1))
+        first = await pool_pids()
+        assert first
+        assert await settled(first), (store._own_backends, first)
+
+        await admin.execute(TERMINATE)
+        for _ in range(3):
+            try:
+                await store.list_jobs(JobFilter(limit=1))
+                break
+            except StoreError:
+                continue
+        now = await pool_pids()
+        assert now
+        assert not now & first
+        assert await settled(now), (store._own_backends, now)
+    finally:
+        await admin.close()
+        await store.close()
+    assert store._own_backends == set()
