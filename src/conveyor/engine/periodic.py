@@ -75,10 +75,11 @@ def periodic(
     """Register the decorated function as job kind ``name`` and enqueue it on the cron
     schedule ``cron`` (five fields: minute hour day-of-month month day-of-week), evaluated
     in ``timezone``. The other arguments are those of :func:`conveyor.job`."""
-    if not croniter.is_valid(cron):
+    if not croniter.is_valid(cron) or not (len(cron.split()) == 5 or cron.startswith("@")):
         raise ValueError(
-            f"periodic job {name!r}: {cron!r} is not a cron expression; write five fields, "
-            "e.g. '*/5 * * * *' for every five minutes"
+            f"periodic job {name!r}: {cron!r} is not a cron expression; write five fields "
+            "(minute hour day-of-month month day-of-week, e.g. '*/5 * * * *') or a macro "
+            "such as '@daily'"
         )
     try:
         ZoneInfo(timezone)
@@ -98,7 +99,10 @@ def periodic(
 
     def decorate(fn: F) -> F:
         register_kind(fn)
-        target.add_schedule(Schedule(name, cron, payload if payload is not None else {}, timezone))
+        schedule = Schedule(name, cron, payload if payload is not None else {}, timezone)
+        # A payload the kind refuses would fail at every tick: refuse it now instead.
+        target.get(name).validate_payload(schedule.payload)
+        target.add_schedule(schedule)
         return fn
 
     return decorate
