@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeAlias, TypeVar
 
@@ -317,6 +318,17 @@ class PostgresStore:
         *,
         rescue: bool = False,
     ) -> SettleResult:
+        return await self._exchange(outcomes, progress, worker_id, claim, 1000 if rescue else 0)
+
+    async def _exchange(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+        claim: ClaimRequest | None,
+        rescue_limit: int,
+    ) -> SettleResult:
+        """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue."""
         queues = list(claim.slots) if claim is not None else []
         finished = {o.job_id for o in outcomes}
         reports = [p for p in progress if p.job_id not in finished]
@@ -325,61 +337,41 @@ class PostgresStore:
             [claim.slots[q] for q in queues] if claim is not None else [],
             worker_id,
             claim.lease_s if claim is not None else 0.0,
-            rescue,
+            rescue_limit > 0,
             [o.job_id for o in outcomes],
             [o.attempt for o in outcomes],
             [o.kind.value for o in outcomes],
             [_dumps(o.result) if o.kind is OutcomeKind.COMPLETED else None for o in outcomes],
             [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
             [o.retry_in_s for o in outcomes],
-            1000,
+            rescue_limit,
             [p.job_id for p in reports],
             [p.attempt for p in reports],
             [p.fraction for p in reports],
             [p.message for p in reports],
         )
-        limited = sorted(self._limited.intersection(queues))
+        # Without LISTEN this store cannot hear of new limits: it always locks.
+        lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
-        async def run(conn: Conn, params: tuple[Any, ...], lock: bool) -> list[asyncpg.Record]:
-            if lock:
-                async with conn.transaction():
-                    locked = await conn.fetch(_Q["lock_limited_queues"], params[0])
-                    return await conn.fetch(_Q["exchange"], *params, [r[0] for r in locked])
-            return await conn.fetch(_Q["exchange"], *params, [])
+        async def run(conn: Conn) -> list[asyncpg.Record]:
+            if not lock:
+                return await conn.fetch(_Q["exchange"], *args, [])
+            async with conn.transaction():
+                locked = await conn.fetch(_Q["lock_limited_queues"], queues)
+                return await conn.fetch(_Q["exchange"], *args, [r[0] for r in locked])
 
-        async def exchange(conn: Conn) -> list[asyncpg.Record]:
-            # Without LISTEN the limits cache cannot learn of new limits: always lock.
-            rows = await run(conn, args, bool(limited) or bool(queues and not self.listen))
-            unlocked = [r["unlocked_in"] for r in rows if r[0] == "summary"]
-            if claim is not None and unlocked and unlocked[0]:
-                # Queues with a limit this store had not heard of (its notice is late, or
-                # was missed while LISTEN was down) claimed nothing: claim them now, locked.
-                self._limited.update(unlocked[0])
-                slots = [claim.slots[q] for q in unlocked[0]]
-                nothing: list[Any] = []
-                again = (unlocked[0], slots, worker_id, claim.lease_s, False, *[nothing] * 6)
-                more = await run(conn, (*again, 0, *[nothing] * 4), True)
-                rows += [r for r in more if r[0] != "summary"]
-                rows += [r for r in more if r[0] == "summary" and r["next_run_at"] is not None]
-            return rows
-
-        rows = await self._run(exchange)
-        claimed: list[Job] = []
-        rescued: list[Job] = []
-        summary: asyncpg.Record | None = None
-        next_run_at: datetime | None = None
-        for row in rows:
-            what = row[0]
-            if what == "claimed":
-                claimed.append(record_to_job(row, 1))
-            elif what == "rescued":
-                rescued.append(record_to_job(row, 1))
-            else:
-                summary = row if summary is None else summary
-                if row["next_run_at"] is not None:
-                    next_run_at = min(next_run_at or row["next_run_at"], row["next_run_at"])
-        if summary is None:
-            raise StoreError("the exchange statement returned no summary row")
+        claimed, rescued, summary = _split_exchange(await self._run(run))
+        next_run_at = _ts(summary["next_run_at"])
+        unlocked = list(summary["unlocked_in"])
+        if claim is not None and unlocked:
+            # Queues with a limit this store had not heard of claimed nothing (the notice
+            # is late, or was missed while LISTEN was down): claim them again, locked.
+            self._limited.update(unlocked)
+            slots = {q: claim.slots[q] for q in unlocked}
+            more = await self._exchange((), (), worker_id, replace(claim, slots=slots), 0)
+            claimed.extend(more.claimed)
+            if more.next_run_at is not None:
+                next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
         done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
         applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
         wake = set(summary["requeued_in"])
@@ -395,10 +387,10 @@ class PostgresStore:
         claimed.sort(key=lambda j: (j.priority, j.run_at, j.id))
         rescue_result = (
             RescueResult.from_rows((j.id, j.state.value, j.queue) for j in rescued)
-            if rescue
+            if rescue_limit > 0
             else None
         )
-        return SettleResult(applied, tuple(claimed), _ts(next_run_at), rescue_result)
+        return SettleResult(applied, tuple(claimed), next_run_at, rescue_result)
 
     async def heartbeat(
         self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
@@ -412,19 +404,8 @@ class PostgresStore:
         return await self._run(beat)
 
     async def rescue(self, limit: int = 1000) -> RescueResult:
-        async def tx(conn: Conn) -> list[tuple[int, str, str]]:
-            async with conn.transaction():
-                rows = [(r[0], r[1], r[2]) for r in await conn.fetch(_Q["rescue"], limit)]
-                requeued = sorted({q for _, s, q in rows if s == JobState.QUEUED})
-                if requeued:
-                    await conn.execute(_Q["notify_queues"], CHANNEL, requeued)
-            return rows
-
-        rows = await self._run(tx)
-        requeued_in = frozenset(q for _, s, q in rows if s == JobState.QUEUED)
-        if requeued_in:
-            self._publish(JobsAvailable(requeued_in))
-        return RescueResult.from_rows(rows)
+        result = await self._exchange((), (), "", None, limit)
+        return result.rescued or RescueResult((), (), ())
 
     async def prune(self, older_than_s: float, limit: int = 1000) -> int:
         async def delete(conn: Conn) -> int:
@@ -702,6 +683,26 @@ class PostgresStore:
                 if not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(delay)
+
+
+def _split_exchange(
+    rows: Sequence[asyncpg.Record],
+) -> tuple[list[Job], list[Job], asyncpg.Record]:
+    """The claimed jobs, the rescued jobs and the summary row of an exchange."""
+    claimed: list[Job] = []
+    rescued: list[Job] = []
+    summary: asyncpg.Record | None = None
+    for row in rows:
+        what = row[0]
+        if what == "claimed":
+            claimed.append(record_to_job(row, 1))
+        elif what == "rescued":
+            rescued.append(record_to_job(row, 1))
+        else:
+            summary = row
+    if summary is None:
+        raise StoreError("the exchange statement returned no summary row")
+    return claimed, rescued, summary
 
 
 def _set_event(event: asyncio.Event, _conn: object) -> None:

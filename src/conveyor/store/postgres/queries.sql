@@ -220,39 +220,6 @@ worker AS (
 )
 SELECT id, cancel_requested FROM held
 
--- name: rescue
--- The rescue of the claim statement alone (see there): a job whose lease expired lost its
--- worker; its attempt counts. It is cancelled if a cancel was asked, failed if no attempt
--- is left, else queued again in its old place. SKIP LOCKED lets rescuers on every node run
--- at once without acting twice.
-WITH expired AS (
-    SELECT id FROM conveyor_jobs
-    WHERE state = 'running' AND lease_expires_at < now()
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-),
-forgotten AS (
-    DELETE FROM conveyor_workers WHERE expires_at < now()
-)
-UPDATE conveyor_jobs j
-SET state = CASE
-        WHEN j.cancel_requested THEN 'cancelled'
-        WHEN j.attempt >= j.max_attempts THEN 'failed'
-        ELSE 'queued'
-    END,
-    finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
-    errors = CASE
-        WHEN j.cancel_requested THEN j.errors
-        ELSE j.errors || jsonb_build_array(jsonb_build_object(
-            'at', extract(epoch FROM now()), 'attempt', j.attempt, 'type', 'LeaseExpired',
-            'message', 'worker ' || coalesce(j.locked_by, '?') || ' stopped renewing its lease',
-            'traceback', NULL))
-    END,
-    locked_by = NULL,
-    lease_expires_at = NULL
-WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
-RETURNING j.id, j.state, j.queue
-
 -- name: prune
 -- Oldest finished jobs first, in batches, with their requests; periodic ticks past the
 -- same age go too.
