@@ -19,17 +19,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)  ## Create the virtualenv and install the locked dependencies.
 
-run: install  ## Start a worker with the demo kinds on ./conveyor.db and enqueue a few jobs.
-	@$(BIN)/conveyor migrate
-	@echo "enqueued demo jobs:" \
-	  $$($(BIN)/conveyor enqueue demo.echo --payload '{"hello": "world"}') \
-	  $$($(BIN)/conveyor enqueue demo.sleep --payload '{"seconds": 3}') \
-	  $$($(BIN)/conveyor enqueue demo.flaky --payload '{"fail_times": 2}') \
-	  $$($(BIN)/conveyor enqueue demo.discard)
-	@echo "worker starting on $${CONVEYOR_DATABASE_URL:-sqlite:///./conveyor.db}; in another terminal:"
-	@echo "  $(BIN)/conveyor queues    $(BIN)/conveyor jobs list    $(BIN)/conveyor jobs show 3"
-	@echo "Ctrl-C stops it gracefully."
-	@$(BIN)/conveyor worker
+run: install  ## Start Conveyor (HTTP API + worker) on ./conveyor.db with the demo kinds.
+	@echo "Conveyor: http://$${CONVEYOR_HOST:-127.0.0.1}:$${CONVEYOR_PORT:-8000}  API docs: http://$${CONVEYOR_HOST:-127.0.0.1}:$${CONVEYOR_PORT:-8000}/docs"
+	@echo "No login yet: every call acts as the default tenant until the accounts issue. Try:"
+	@echo "  curl -X POST http://$${CONVEYOR_HOST:-127.0.0.1}:$${CONVEYOR_PORT:-8000}/v1/requests -H 'Content-Type: application/json' \\"
+	@echo "       -d '{\"kind\": \"demo.sleep\", \"input\": {\"seconds\": 3}}'"
+	@echo "Database: $${CONVEYOR_DATABASE_URL:-sqlite:///./conveyor.db}. Ctrl-C stops it gracefully."
+	@$(BIN)/conveyor serve
 
 lint: install  ## ruff (lint + format check) and mypy --strict.
 	$(BIN)/ruff check src tests bench

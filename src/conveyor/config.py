@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     max_memory_mb: float = Field(
         default=1600.0,
         ge=0,
-        description="A worker stops fetching while its RSS is above this (0 disables).",
+        description="A worker stops fetching while its RSS is above this, and the API "
+        "answers submissions with 503 while its own is (0 disables both).",
     )
     memory_check_interval: float = Field(
         default=1.0, gt=0, description="Seconds between RSS readings of the memory guard."

@@ -156,6 +156,76 @@ def worker(
     _run(go())
 
 
+HostOption = Annotated[
+    str | None, typer.Option(help="Address to listen on (default CONVEYOR_HOST, 127.0.0.1).")
+]
+PortOption = Annotated[
+    int | None,
+    typer.Option(min=0, max=65535, help="Port to listen on (default CONVEYOR_PORT, 8000)."),
+]
+
+
+def _listen_settings(host: str | None, port: int | None) -> Settings:
+    settings = _settings()
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    return settings.model_copy(update=changes)
+
+
+@app.command()
+def serve(
+    host: HostOption = None,
+    port: PortOption = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Queues the worker serves, comma-separated, NAME:N for a limit (default: "
+            "CONVEYOR_QUEUES if set, else default and every kind's queue, video:2, qa:10)."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Jobs run at once per queue (default 10).")
+    ] = None,
+    import_: ImportOption = None,
+) -> None:
+    """Run the HTTP API and a worker in one process until SIGTERM or SIGINT."""
+    settings = _listen_settings(host, port)
+    configure_logging(settings.log_level, settings.log_format)
+    _load_kinds(settings, import_)
+    # FastAPI and uvicorn load only for the commands that serve HTTP.
+    from conveyor.cli import serve as serving
+    from conveyor.engine.kinds import registry
+    from conveyor.kinds import register_builtin
+
+    register_builtin(registry)
+    if queues:
+        spec = queues.split(",")
+    elif "queues" in settings.model_fields_set:
+        spec = settings.queues
+    else:
+        spec = serving.default_queues(registry, settings)
+    try:
+        config = WorkerConfig.from_settings(settings, spec, concurrency)
+    except (ValueError, ConveyorError) as exc:
+        raise CliError(f"--queues: {exc}") from exc
+    _run(serving.run(settings, registry, config))
+
+
+@app.command()
+def api(host: HostOption = None, port: PortOption = None, import_: ImportOption = None) -> None:
+    """Run the HTTP API alone (beside `conveyor worker` processes) until SIGTERM or SIGINT."""
+    settings = _listen_settings(host, port)
+    configure_logging(settings.log_level, settings.log_format)
+    _load_kinds(settings, import_)
+    from conveyor.cli import serve as serving
+    from conveyor.engine.kinds import registry
+
+    _run(serving.run(settings, registry, None))
+
+
 @app.command()
 def enqueue(
     kind: Annotated[str, typer.Argument(help="The job kind, e.g. reports.build.")],

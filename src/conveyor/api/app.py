@@ -1,0 +1,142 @@
+"""The application factory.
+
+::
+
+    app = create_app()                          # CONVEYOR_* settings, its own store
+    app = create_app(settings, store=store)     # an open, migrated store you close
+
+Layers, outermost first: the cross-cutting middlewares of :mod:`conveyor.api.middleware`
+(metrics, request id, access log, security headers, CORS, rate limit, body size, unhandled
+errors), the error handlers of :mod:`conveyor.api.errors`, then the routers. The API never
+runs a job: it stores requests and their jobs, and workers run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import metadata
+
+from fastapi import FastAPI
+
+from conveyor.api.errors import install_error_handlers
+from conveyor.api.metrics import Metrics
+from conveyor.api.middleware import install_middleware
+from conveyor.api.routes import health, jobs, queues, requests, seed
+from conveyor.api.state import ApiState, open_store
+from conveyor.config import Settings
+from conveyor.engine.kinds import Registry, import_modules, registry
+from conveyor.kinds import register_builtin
+from conveyor.logs import get_logger
+from conveyor.store import Store, make_store
+from conveyor.store.records import QueueStats
+
+log = get_logger("api")
+
+DESCRIPTION = """\
+Submit work and get an answer at once (202); workers run it in the background.
+
+* **Requests** (`/v1/requests`): what a user asked for, with its status, progress,
+  result, errors and asset URLs. Send `Idempotency-Key` to repeat a submission safely.
+* **Jobs and queues** (`/v1/jobs`, `/v1/queues`): for operators.
+* **Health**: `/health` (the QuDemo seed's shape), `/ready`, `/metrics` (Prometheus).
+* **QuDemo seed** (`/api/...`): the seed backend's routes on the same engine.
+
+No authentication yet: every call acts as the default tenant's anonymous caller until
+accounts arrive. Errors are JSON with a `detail`; 503 answers carry `Retry-After`.
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("conveyor")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    kinds: Registry | None = None,
+) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: default ``Settings()`` (the ``CONVEYOR_*`` variables).
+        store: an open, migrated store to serve with; the caller closes it. Without one
+            the app opens ``settings.database_url`` at start-up, migrates it and closes it
+            at shutdown; if the database cannot be reached then, the app starts anyway,
+            answers 503 where it needs the database, and keeps trying to connect.
+        kinds: the job kinds to accept (default: the module registry, after importing
+            ``settings.imports``). The built-in seed kinds ``video.process`` and
+            ``qa.answer`` are always added, since the seed's routes submit them.
+
+    Raises ``StoreError`` if ``settings.database_url`` names no known store.
+    """
+    settings = settings if settings is not None else Settings()
+    if kinds is None:
+        import_modules(settings.imports)
+        kinds = registry
+    register_builtin(kinds)
+    api = ApiState(settings, kinds)
+    owned = make_store(settings) if store is None else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        connecting: asyncio.Task[None] | None = None
+        if store is not None:
+            api.attach(store)
+        elif owned is not None:
+            connecting = await _open(api, owned)
+        try:
+            yield
+        finally:
+            if connecting is not None:
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
+            api.detach()
+            if owned is not None:
+                await owned.close()
+
+    app = FastAPI(
+        title="Conveyor",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.conveyor = api
+    app.state.kind_names = kinds.names()
+    install_error_handlers(app)
+    app.include_router(requests.build_router(kinds))
+    app.include_router(jobs.router)
+    app.include_router(queues.router)
+    app.include_router(health.router)
+    app.include_router(seed.router)
+    _install_cross_cutting(app, settings, api)
+    return app
+
+
+async def _open(api: ApiState, store: Store) -> asyncio.Task[None] | None:
+    """Open and migrate the app's own store now, or start retrying in the background
+    (returned) if the database does not answer yet."""
+    error = await open_store(store)
+    if error is None:
+        api.attach(store)
+        return None
+    log.error("database unreachable at start-up; serving 503 until it answers", error=error)
+    return asyncio.create_task(api.connect(store), name="conveyor-api-connect")
+
+
+def _install_cross_cutting(app: FastAPI, settings: Settings, api: ApiState) -> None:
+    """Middlewares (see :func:`conveyor.api.middleware.install_middleware`) and
+    ``GET /metrics``."""
+
+    async def queue_stats() -> list[QueueStats]:
+        return await api.client.queues()
+
+    metrics = Metrics(stats_source=queue_stats)
+    install_middleware(app, settings, metrics=metrics)
+    app.include_router(metrics.router())

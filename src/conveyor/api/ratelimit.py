@@ -1,0 +1,447 @@
+"""Rate limiting with the ``limits`` library: per client address and per caller.
+
+Two limits apply to every request:
+
+- **per client address** (``CONVEYOR_RATE_LIMIT_PER_IP``, the seed's ``200/15minutes``),
+  enforced by :class:`RateLimitMiddleware` before routing, so even unauthenticated and
+  malformed requests count;
+- **per caller** (``CONVEYOR_RATE_LIMIT_PER_CALLER``), enforced by :func:`limit_caller`,
+  which the one authentication dependency calls once it knows the caller.
+
+Counters live in memory (one process), or in Redis when ``CONVEYOR_REDIS_URL`` is set, so
+that several API processes share them. The Redis path uses limits' asyncio storage with
+``implementation="redispy"`` (``redis.asyncio``): limits' default asyncio Redis client is
+``coredis``, which is not installed here and is what "failed silently" in DESIGN.md.
+
+Strategy: **moving window**. It is exact ("at most 200 in any 15 minutes", no double burst
+at a window boundary as with a fixed window), a refused request does not consume quota (a
+client hammering while limited is not locked out for longer), and ``Retry-After`` is the
+time until the oldest counted request leaves the window. Its cost is one list of at most
+``limit`` timestamps per key (about 3 KB per active address at 200) and two Redis
+round trips per check (one Lua script to acquire, one binary search for the headers).
+
+Responses: every response to a limited request carries ``RateLimit-Limit``,
+``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds) and ``RateLimit-Policy``
+(``200;w=900``), the IETF draft names; when both limits were checked, the headers describe
+the one with fewer requests remaining. A refused request gets **429** with
+``Retry-After`` (seconds) and a JSON body: ``{"detail", "request_id"}`` from the
+middleware, or whatever the app's ``HTTPException`` handler renders for the per-caller
+limit. ``/health``, ``/ready`` and ``/metrics``
+are not limited.
+
+Client address: the ASGI ``client`` of the connection. Behind a proxy, run uvicorn with
+``--proxy-headers --forwarded-allow-ips=<proxy>`` so that it is the real client's;
+``X-Forwarded-For`` is never read here (any client could forge it).
+
+Redis down: the limiter **fails open** — requests are served without a limit and without
+``RateLimit-*`` headers, and one warning is logged (``rate limit storage unavailable;
+failing open``) per outage, then ``rate limit storage available again`` when it returns.
+After a failure Redis is not asked again for ``retry_after_failure_s`` (5 s), so a
+black-holed Redis costs at most one connect timeout (0.5 s) per 5 s, not one per request.
+
+Wiring (``app.py`` / ``deps.py``)::
+
+    from conveyor.api.middleware import install_middleware
+    from conveyor.api.ratelimit import RateLimiter, limit_caller
+
+    # app.py: install_middleware builds RateLimiter.from_settings(settings) itself, stores
+    # it as app.state.rate_limiter and adds RateLimitMiddleware; it closes it (Redis pool)
+    # at lifespan shutdown. To own it instead (tests, a custom key prefix):
+    limiter = RateLimiter.from_settings(settings)
+    install_middleware(app, settings, rate_limiter=limiter)
+    ...  # lifespan finally: await limiter.aclose()
+
+    # deps.py, inside the one authentication dependency:
+    async def current_caller(request: Request) -> Caller:
+        caller = Caller(tenant_id=DEFAULT_TENANT, caller_id="default")
+        await limit_caller(request, caller)  # 429 HTTPException when over the limit
+        return caller
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+import orjson
+import redis.asyncio
+import redis.exceptions
+from fastapi import HTTPException, Request
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conveyor.config import Settings
+from conveyor.logs import get_logger
+
+__all__ = [
+    "DEFAULT_EXEMPT_PATHS",
+    "CallerLike",
+    "LimitStatus",
+    "RateLimitMiddleware",
+    "RateLimiter",
+    "caller_key",
+    "client_address",
+    "limit_caller",
+]
+
+DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset({"/health", "/ready", "/metrics"})
+"""Paths never limited per address: probes and scrapes must not be refused."""
+
+DEFAULT_KEY_PREFIX = "conveyor:ratelimit"
+"""Prefix of every Redis key the limiter writes."""
+
+_STATE_KEY = "conveyor.rate_limits"
+"""Key in ``scope["state"]`` holding the :class:`LimitStatus` list of this request."""
+
+_CALLER_DONE_KEY = "conveyor.rate_limit_caller_done"
+
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,
+    redis.exceptions.RedisError,
+    OSError,
+    TimeoutError,
+)
+
+_log = get_logger("ratelimit")
+
+
+class CallerLike(Protocol):
+    """What :func:`caller_key` needs of the authenticated caller (deps.Caller)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def caller_id(self) -> str: ...
+
+
+def caller_key(caller: CallerLike) -> str:
+    """The rate-limit identity of a caller: one bucket per caller within its tenant."""
+    return f"{caller.tenant_id}/{caller.caller_id}"
+
+
+def client_address(scope: Scope) -> str:
+    """The connection's client address (see the module docstring about proxies)."""
+    client = scope.get("client")
+    if client:
+        return str(client[0])
+    return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """The state of one limit after a request was counted (or refused) against it."""
+
+    scope: Literal["ip", "caller"]
+    allowed: bool
+    limit: int
+    remaining: int
+    window_s: int
+    reset_after_s: float
+    """Seconds until the oldest counted request leaves the window (a slot frees)."""
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds to wait before a retry can succeed (at least 1)."""
+        return max(1, math.ceil(self.reset_after_s))
+
+    def headers(self) -> dict[str, str]:
+        """The IETF draft ``RateLimit-*`` headers, plus ``Retry-After`` when refused."""
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(max(0, math.ceil(self.reset_after_s))),
+            "RateLimit-Policy": f"{self.limit};w={self.window_s}",
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+    def message(self) -> str:
+        who = "this address" if self.scope == "ip" else "this caller"
+        return (
+            f"Rate limit exceeded: {self.limit} requests per {self.window_s} seconds from "
+            f"{who}; retry in {self.retry_after} seconds."
+        )
+
+
+def _async_redis_url(url: str) -> str:
+    """limits' asyncio storages are chosen by an ``async+`` scheme."""
+    if url.startswith("async+"):
+        return url
+    if url.startswith("unix://"):
+        return "async+redis+unix://" + url.removeprefix("unix://")
+    return "async+" + url
+
+
+class RateLimiter:
+    """Per-address and per-caller moving-window limits over one ``limits`` storage.
+
+    Build it with :meth:`from_settings`, :meth:`in_memory` or :meth:`with_redis`; close it
+    with :meth:`aclose` (idempotent). ``hit_*`` return None when the storage failed and the
+    request is let through (fail open).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        per_ip: str,
+        per_caller: str,
+        backend: Literal["memory", "redis"] = "memory",
+        pool: redis.asyncio.ConnectionPool | None = None,
+        retry_after_failure_s: float = 5.0,
+    ) -> None:
+        self.per_ip: RateLimitItem = parse(per_ip)
+        self.per_caller: RateLimitItem = parse(per_caller)
+        self.backend = backend
+        self._storage = storage
+        self._strategy = MovingWindowRateLimiter(storage)
+        self._pool = pool
+        self._retry_after_failure_s = retry_after_failure_s
+        self._skip_until = 0.0
+        self._failing = False
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, key_prefix: str = DEFAULT_KEY_PREFIX
+    ) -> RateLimiter:
+        """Redis when ``settings.redis_url`` is set, else memory."""
+        if settings.redis_url:
+            return cls.with_redis(
+                settings.redis_url,
+                per_ip=settings.rate_limit_per_ip,
+                per_caller=settings.rate_limit_per_caller,
+                key_prefix=key_prefix,
+            )
+        return cls.in_memory(
+            per_ip=settings.rate_limit_per_ip, per_caller=settings.rate_limit_per_caller
+        )
+
+    @classmethod
+    def in_memory(cls, *, per_ip: str, per_caller: str) -> RateLimiter:
+        return cls(MemoryStorage(), per_ip=per_ip, per_caller=per_caller, backend="memory")
+
+    @classmethod
+    def with_redis(
+        cls,
+        url: str,
+        *,
+        per_ip: str,
+        per_caller: str,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        timeout_s: float = 0.5,
+        retry_after_failure_s: float = 5.0,
+    ) -> RateLimiter:
+        """Counters in Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        Nothing connects here: the pool connects on first use, inside the running loop.
+        """
+        pool = redis.asyncio.ConnectionPool.from_url(
+            url.removeprefix("async+"),
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+        )
+        # The pool is ours so that aclose() can close its connections; limits passes
+        # ``connection_pool`` through to redis.asyncio.Redis (typed as a scalar option).
+        storage = storage_from_string(
+            _async_redis_url(url),
+            implementation="redispy",
+            key_prefix=key_prefix,
+            wrap_exceptions=True,
+            connection_pool=cast(Any, pool),
+        )
+        return cls(
+            cast(Storage, storage),
+            per_ip=per_ip,
+            per_caller=per_caller,
+            backend="redis",
+            pool=pool,
+            retry_after_failure_s=retry_after_failure_s,
+        )
+
+    async def hit_ip(self, address: str) -> LimitStatus | None:
+        """Count one request from ``address``; None when failing open."""
+        return await self._hit("ip", self.per_ip, address)
+
+    async def hit_caller(self, key: str) -> LimitStatus | None:
+        """Count one request by the caller ``key`` (see :func:`caller_key`)."""
+        return await self._hit("caller", self.per_caller, key)
+
+    async def _hit(
+        self, scope: Literal["ip", "caller"], item: RateLimitItem, key: str
+    ) -> LimitStatus | None:
+        if self._closed or time.monotonic() < self._skip_until:
+            return None
+        try:
+            allowed = await self._strategy.hit(item, scope, key)
+            stats = await self._strategy.get_window_stats(item, scope, key)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed(exc)
+            return None
+        if self._failing:
+            self._failing = False
+            _log.warning("rate limit storage available again", backend=self.backend)
+        return LimitStatus(
+            scope=scope,
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            window_s=item.get_expiry(),
+            reset_after_s=max(0.0, stats.reset_time - time.time()),
+        )
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        self._skip_until = time.monotonic() + self._retry_after_failure_s
+        if not self._failing:
+            self._failing = True
+            _log.warning(
+                "rate limit storage unavailable; failing open",
+                backend=self.backend,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=self._retry_after_failure_s,
+            )
+
+    async def reset(self) -> None:
+        """Forget every counter (tests; Redis: the keys under this limiter's prefix)."""
+        await self._storage.reset()
+
+    async def aclose(self) -> None:
+        """Close the Redis connections (or the memory storage's expiry task)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None:
+            await self._pool.aclose()
+        timer = getattr(self._storage, "timer", None)
+        if isinstance(timer, asyncio.Task) and not timer.done():
+            timer.cancel()
+
+
+def _record(scope: Scope, status: LimitStatus) -> None:
+    state: dict[str, Any] = scope.setdefault("state", {})
+    statuses: list[LimitStatus] = state.setdefault(_STATE_KEY, [])
+    statuses.append(status)
+
+
+def _most_restrictive(statuses: Iterable[LimitStatus]) -> LimitStatus | None:
+    """A refused limit first, then the one with the fewest requests left."""
+    return min(
+        statuses,
+        key=lambda s: (s.allowed, s.remaining, -s.reset_after_s),
+        default=None,
+    )
+
+
+def _statuses(scope: Scope) -> list[LimitStatus]:
+    state: Mapping[str, Any] = scope.get("state") or {}
+    statuses: list[LimitStatus] = state.get(_STATE_KEY, [])
+    return statuses
+
+
+async def limit_caller(request: Request, caller: CallerLike) -> None:
+    """Count this request against ``caller``'s limit; raise 429 when it is exceeded.
+
+    Call it from the authentication dependency once the caller is known. A no-op when no
+    limiter is installed (``app.state.rate_limiter``) or when already counted for this
+    request. The 429 is an ``HTTPException`` (the app's handler renders it) carrying
+    ``Retry-After`` and ``RateLimit-*``; on success the middleware adds ``RateLimit-*``.
+    """
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        return
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    if state.get(_CALLER_DONE_KEY):
+        return
+    state[_CALLER_DONE_KEY] = True
+    status = await limiter.hit_caller(caller_key(caller))
+    if status is None:
+        return
+    _record(request.scope, status)
+    if not status.allowed:
+        raise HTTPException(status_code=429, detail=status.message(), headers=status.headers())
+
+
+def _plain_error_body(scope: Scope, detail: str) -> dict[str, Any]:
+    return {"detail": detail}
+
+
+class RateLimitMiddleware:
+    """Pure ASGI middleware: the per-address limit, and ``RateLimit-*`` on responses.
+
+    ``owns_limiter``: close the limiter when the app's lifespan shuts down.
+    ``error_body``: builds the 429's JSON body from the scope and the message
+    (``install_middleware`` passes ``middleware.error_body``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: RateLimiter,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        owns_limiter: bool = False,
+        error_body: Callable[[Scope, str], dict[str, Any]] | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.exempt_paths = frozenset(exempt_paths)
+        self.owns_limiter = owns_limiter
+        self.error_body = error_body if error_body is not None else _plain_error_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.owns_limiter:
+            await self.app(scope, receive, self._closing_send(send))
+            return
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+
+        status = await self.limiter.hit_ip(client_address(scope))
+        if status is not None:
+            _record(scope, status)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                chosen = _most_restrictive(_statuses(scope))
+                if chosen is not None:
+                    headers = MutableHeaders(scope=message)
+                    for name, value in chosen.headers().items():
+                        if name == "Retry-After" and message["status"] != 429:
+                            continue
+                        headers[name] = value
+            await send(message)
+
+        if status is not None and not status.allowed:
+            body = orjson.dumps(self.error_body(scope, status.message()))
+            await send_with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send_with_headers({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send_with_headers)
+
+    def _closing_send(self, send: Send) -> Send:
+        async def closing_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.limiter.aclose()
+            await send(message)
+
+        return closing_send

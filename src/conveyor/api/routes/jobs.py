@@ -1,0 +1,114 @@
+"""``/v1/jobs``: jobs as operators see them, with their error history and tracebacks.
+
+Scoped to the caller's tenant like everything else: a job of another tenant answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from conveyor.api.deps import Caller, get_api, get_caller
+from conveyor.api.errors import Conflict
+from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
+from conveyor.api.routes.common import (
+    CONFLICT,
+    NOT_FOUND,
+    READ_ERRORS,
+    CreatedAfter,
+    CreatedBefore,
+    Cursor,
+    KindFilter,
+    Limit,
+    ResourceId,
+    StatusFilter,
+    epoch,
+)
+from conveyor.api.schemas import JobOut, JobPage
+from conveyor.api.state import ApiState
+from conveyor.store.records import Job, JobFilter, JobState
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=READ_ERRORS)
+
+QueueFilter = Annotated[str | None, Query(max_length=100, description="Only this queue.")]
+
+
+async def find_job(api: ApiState, caller: Caller, job_id: int) -> Job:
+    """The caller's tenant's job, or 404."""
+    job = await api.client.store.get_job(job_id)
+    if job is None or job.tenant_id != caller.tenant_id:
+        raise HTTPException(404, f"no job with id {job_id}")
+    return job
+
+
+@router.get("", summary="List jobs, newest first")
+async def list_jobs(
+    caller: Annotated[Caller, Depends(get_caller)],
+    api: Annotated[ApiState, Depends(get_api)],
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    status: StatusFilter = None,
+    kind: KindFilter = None,
+    queue: QueueFilter = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> JobPage:
+    """The tenant's jobs, newest first; follow ``next_cursor`` for more."""
+    rows = await api.client.store.list_jobs(
+        JobFilter(
+            state=status,
+            queue=queue,
+            kind=kind,
+            tenant_id=caller.tenant_id,
+            limit=limit + 1,
+            before_id=decode_cursor(cursor),
+            created_after=epoch(created_after, "created_after"),
+            created_before=epoch(created_before, "created_before"),
+        )
+    )
+    return JobPage(
+        items=[JobOut.of(j) for j in rows[:limit]],
+        next_cursor=next_cursor([j.id for j in rows], limit),
+    )
+
+
+@router.get("/{job_id}", responses=NOT_FOUND, summary="Show a job")
+async def get_job(
+    job_id: ResourceId,
+    caller: Annotated[Caller, Depends(get_caller)],
+    api: Annotated[ApiState, Depends(get_api)],
+) -> JobOut:
+    """One job with one error entry (and traceback) per failed attempt."""
+    return JobOut.of(await find_job(api, caller, job_id))
+
+
+@router.post("/{job_id}/cancel", responses={**NOT_FOUND, **CONFLICT}, summary="Cancel a job")
+async def cancel_job(
+    job_id: ResourceId,
+    caller: Annotated[Caller, Depends(get_caller)],
+    api: Annotated[ApiState, Depends(get_api)],
+) -> JobOut:
+    """Cancel a queued job, or ask the worker of a running one to stop it. A completed
+    or failed job: 409; a cancelled one is returned as it is."""
+    await find_job(api, caller, job_id)
+    job = await api.client.cancel(job_id)
+    if job.state in (JobState.COMPLETED, JobState.FAILED):
+        raise Conflict(f"job {job_id} has already {job.state.value}")
+    return JobOut.of(job)
+
+
+@router.post("/{job_id}/retry", responses={**NOT_FOUND, **CONFLICT}, summary="Retry a job")
+async def retry_job(
+    job_id: ResourceId,
+    caller: Annotated[Caller, Depends(get_caller)],
+    api: Annotated[ApiState, Depends(get_api)],
+) -> JobOut:
+    """Queue a failed or cancelled job again now (one more attempt if it had none
+    left). Any other state: 409."""
+    job = await find_job(api, caller, job_id)
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise Conflict(
+            f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried"
+        )
+    return JobOut.of(await api.client.retry(job_id))

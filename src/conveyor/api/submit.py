@@ -1,0 +1,148 @@
+"""Submitting a request: admission (backpressure), creation with its job, and the
+estimate of when it starts. Shared by ``POST /v1/requests`` and the seed's routes.
+
+Admission refuses a submission (503 with ``Retry-After``) when
+
+- this process's RSS is above ``CONVEYOR_MAX_MEMORY_MB`` (the seed's memory-based
+  rejection; 0 disables it), or
+- the target queue holds more than ``CONVEYOR_MAX_BACKLOG`` due jobs (queued minus
+  scheduled), read from statistics at most one second old.
+
+An idempotent repeat is admitted by the same rules: under pressure it gets 503 and its
+client retries later, which is safe because the key still names the first request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from conveyor.api.deps import Caller
+from conveyor.api.errors import Conflict, Overloaded
+from conveyor.api.schemas import RequestAccepted, at_utc, due
+from conveyor.api.state import ApiState
+from conveyor.engine.services import rss_mb
+from conveyor.store.records import JSON, JobState, NewRequest, QueueStats, Request
+
+MEMORY_RETRY_AFTER_S = 10
+BACKLOG_RETRY_AFTER_MAX_S = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A submitted (or, for an idempotent repeat, found) request and its prospects."""
+
+    request: Request
+    created: bool
+    queue_position: int | None
+    estimated_wait_s: float | None
+
+    def accepted(self) -> RequestAccepted:
+        job = self.request.job
+        return RequestAccepted(
+            request_id=self.request.id,
+            job_id=job.id,
+            kind=self.request.kind,
+            status=job.state,
+            queue=job.queue,
+            queue_position=self.queue_position,
+            estimated_wait_seconds=self.estimated_wait_s,
+            created_at=at_utc(self.request.created_at),
+        )
+
+
+async def submit(
+    api: ApiState,
+    caller: Caller,
+    kind: str,
+    payload: JSON,
+    *,
+    idempotency_key: str | None,
+    request_id: str,
+) -> Submission:
+    """Admit, then create the request and its job in one transaction.
+
+    Raises :class:`Overloaded` (503), :class:`Conflict` (409: the idempotency key was
+    used for a different request), ``UnknownKind``/``InvalidJob`` (422) or
+    ``StoreError`` (503). Nothing is stored when it raises.
+    """
+    client = api.client
+    # The request id rides in the job's meta so the worker's log lines for the job carry it.
+    job = client.prepare(kind, payload, tenant_id=caller.tenant_id, meta={"request_id": request_id})
+    check_memory(api.settings.max_memory_mb)
+    stats = (await api.stats.get(client)).get(job.queue)
+    check_backlog(stats, api.settings.max_backlog)
+    request, created = await client.store.create_request(
+        NewRequest(
+            kind=kind,
+            input=job.payload,
+            caller_id=caller.caller_id,
+            job=job,
+            idempotency_key=idempotency_key,
+            http_request_id=request_id,
+        )
+    )
+    if not created and (request.kind != kind or request.input != job.payload):
+        raise Conflict(
+            f"Idempotency-Key {idempotency_key!r} was already used for request {request.id} "
+            "with a different kind or input; use a new key for a new request"
+        )
+    position: int | None = None
+    wait: float | None = None
+    if request.job.state is JobState.QUEUED:
+        position = await client.store.queue_position(request.job)
+        wait = estimate_wait(position, stats)
+    return Submission(request, created, position, wait)
+
+
+def check_memory(max_memory_mb: float) -> None:
+    """Refuse work while this process's RSS is above the threshold (0 disables)."""
+    if max_memory_mb <= 0:
+        return
+    rss = rss_mb()
+    if rss > max_memory_mb:
+        raise Overloaded(
+            f"the server is low on memory ({rss:.0f} MB in use, limit {max_memory_mb:.0f} MB); "
+            f"retry in {MEMORY_RETRY_AFTER_S} seconds",
+            MEMORY_RETRY_AFTER_S,
+        )
+
+
+def check_backlog(stats: QueueStats | None, max_backlog: int) -> None:
+    """Refuse work for a queue whose due backlog is above ``max_backlog``.
+
+    ``Retry-After`` is the time the queue needs, at last minute's completion rate, to get
+    back under the limit (1 s to 5 min; 60 s when nothing completed lately)."""
+    if stats is None:
+        return
+    backlog = due(stats)
+    if backlog <= max_backlog:
+        return
+    rate = stats.completed_last_minute / 60.0
+    excess = backlog - max_backlog
+    retry = math.ceil(excess / rate) if rate > 0 else 60
+    retry = max(1, min(BACKLOG_RETRY_AFTER_MAX_S, retry))
+    raise Overloaded(
+        f"queue {stats.name!r} is full ({backlog} jobs waiting, limit {max_backlog}); "
+        f"retry in {retry} seconds",
+        retry,
+    )
+
+
+def estimate_wait(position: int, stats: QueueStats | None) -> float | None:
+    """Seconds until a job with ``position`` jobs ahead of it starts, or None if unknown.
+
+    With ``free`` slots open now it starts at once if fewer than ``free`` jobs are ahead;
+    otherwise it waits for the jobs beyond the free slots, ``limit`` at a time, each
+    taking the queue's median run time. Unknown: no statistics, a paused queue, no limit
+    (no worker serves the queue), or no run time measured yet.
+    """
+    if stats is None or stats.paused or stats.limit is None:
+        return None
+    free = max(0, stats.limit - stats.running)
+    if position < free:
+        return 0.0
+    if stats.run_time_p50_s is None:
+        return None
+    rounds = (position - free) // stats.limit + 1
+    return round(rounds * stats.run_time_p50_s, 3)

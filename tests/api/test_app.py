@@ -1,0 +1,56 @@
+"""The app's wiring: the cross-cutting middlewares and /metrics are installed, the caller
+dependency counts against the per-caller limit, and the request id travels."""
+
+from __future__ import annotations
+
+import httpx
+from api_support import AppClient, submit
+
+from conveyor.store.base import Store
+
+
+async def test_responses_carry_the_request_id_and_security_headers(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.get("/v1/queues", headers={"X-Request-ID": "abc.123"})
+    assert response.headers["X-Request-ID"] == "abc.123"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    generated = await http.get("/v1/queues", headers={"X-Request-ID": "bad id with spaces"})
+    assert generated.headers["X-Request-ID"] != "bad id with spaces"
+
+
+async def test_the_request_id_reaches_the_job(http: httpx.AsyncClient, store: Store) -> None:
+    made = await submit(http, "test.echo", {}, headers={"X-Request-ID": "from-the-client"})
+    job = await store.get_job(made["job_id"])
+    assert job is not None
+    assert job.meta == {"request_id": "from-the-client"}
+
+
+async def test_per_address_limit_answers_429(app_client: AppClient) -> None:
+    async with app_client(rate_limit_per_ip="2/minute") as http:
+        statuses = [(await http.get("/v1/queues")).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        limited = await http.get("/v1/requests")
+        assert limited.headers["Retry-After"]
+        assert limited.headers["RateLimit-Limit"] == "2"
+        assert (await http.get("/health")).status_code == 200  # probes are not limited
+
+
+async def test_per_caller_limit_answers_429(app_client: AppClient) -> None:
+    async with app_client(rate_limit_per_caller="1/minute") as http:
+        assert (await http.get("/v1/jobs")).status_code == 200
+        refused = await http.get("/v1/jobs")
+        assert refused.status_code == 429
+        assert "this caller" in refused.json()["detail"]
+        seed = await http.get("/api/queue/status")
+        assert seed.status_code == 429
+        assert seed.json()["success"] is False
+
+
+async def test_metrics_are_served(http: httpx.AsyncClient) -> None:
+    await submit(http, "test.echo")
+    body = (await http.get("/metrics")).text
+    assert 'conveyor_jobs{queue="default",state="queued"} 1.0' in body
+    assert "conveyor_http_request_duration_seconds_bucket" in body
+    assert "conveyor_queue_stats_up 1.0" in body

@@ -1,0 +1,36 @@
+"""``/v1/queues``: statistics, pause and resume."""
+
+from __future__ import annotations
+
+import httpx
+from api_support import submit
+
+
+async def test_queue_statistics(http: httpx.AsyncClient) -> None:
+    await submit(http, "test.echo")
+    await submit(http, "qa.answer", {"interaction_id": "i", "question": "q", "company_name": "c"})
+    queues = {q["name"]: q for q in (await http.get("/v1/queues")).json()["queues"]}
+    assert set(queues) == {"default", "qa"}
+    default = queues["default"]
+    assert default["counts"]["queued"] == 1
+    assert default["due"] == 1
+    assert default["scheduled"] == 0
+    assert default["paused"] is False
+    assert set(default["counts"]) == {"queued", "running", "completed", "failed", "cancelled"}
+
+
+async def test_pause_and_resume(http: httpx.AsyncClient) -> None:
+    paused = await http.post("/v1/queues/video/pause")
+    assert paused.status_code == 200
+    assert paused.json()["name"] == "video"
+    assert paused.json()["paused"] is True
+    listed = {q["name"]: q for q in (await http.get("/v1/queues")).json()["queues"]}
+    assert listed["video"]["paused"] is True
+    resumed = await http.post("/v1/queues/video/resume")
+    assert resumed.json()["paused"] is False
+
+
+async def test_a_bad_queue_name_is_422(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/queues/no%20spaces/pause")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "name"]
