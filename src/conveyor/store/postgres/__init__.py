@@ -58,6 +58,7 @@ from conveyor.store.records import (
     WorkerInfo,
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
+from conveyor.store.stats import assemble_queue_stats
 
 T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -819,37 +820,14 @@ def _queue_stats(
     settings: Sequence[Any],
     workers: Sequence[Any],
 ) -> list[QueueStats]:
-    by_queue: dict[str, dict[str, int]] = {}
-    for queue, state, n in counts:
-        by_queue.setdefault(queue, {})[state] = n
-    due_by = {queue: (n, age) for queue, n, age in due}
-    recent_by = {(queue, state): n for queue, state, n in recent}
-    times = {queue: (p50, p95) for queue, p50, p95 in run_times}
-    config = {name: (paused, cap) for name, paused, cap in settings}
-    limits: dict[str, int] = {}
-    for row in workers:
-        for queue, limit in _worker(row).queues.items():
-            limits[queue] = limits.get(queue, 0) + limit
-    stats = []
-    for name in sorted(set(by_queue) | set(config) | set(limits)):
-        states = {s.value: by_queue.get(name, {}).get(s.value, 0) for s in JobState}
-        due_count, age = due_by.get(name, (0, None))
-        paused, cap = config.get(name, (False, None))
-        p50, p95 = times.get(name, (None, None))
-        stats.append(
-            QueueStats(
-                name=name,
-                paused=paused,
-                counts=states,
-                scheduled=states[JobState.QUEUED] - due_count,
-                running=states[JobState.RUNNING],
-                limit=cap if cap is not None else limits.get(name),
-                cluster_limit=cap,
-                oldest_queued_age_s=None if age is None else max(0.0, float(age)),
-                completed_last_minute=recent_by.get((name, JobState.COMPLETED), 0),
-                failed_last_minute=recent_by.get((name, JobState.FAILED), 0),
-                run_time_p50_s=None if p50 is None else float(p50),
-                run_time_p95_s=None if p95 is None else float(p95),
-            )
-        )
-    return stats
+    return assemble_queue_stats(
+        [(q, state, n) for q, state, n in counts],
+        {q: (n, None if age is None else float(age)) for q, n, age in due},
+        {(q, state): n for q, state, n in recent},
+        {
+            q: (None if p50 is None else float(p50), None if p95 is None else float(p95))
+            for q, p50, p95 in run_times
+        },
+        {name: (paused, cap) for name, paused, cap in settings},
+        [_worker(row) for row in workers],
+    )

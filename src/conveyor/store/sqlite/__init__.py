@@ -57,6 +57,7 @@ from conveyor.store.records import (
     WorkerInfo,
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
+from conveyor.store.stats import assemble_queue_stats
 
 T = TypeVar("T")
 
@@ -792,41 +793,18 @@ def _live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
 
 
 def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
-    counts: dict[str, dict[str, int]] = {}
-    for queue, state, n in conn.execute(_Q["stats_counts"]):
-        counts.setdefault(queue, {})[state] = n
-    due: dict[str, tuple[int, float]] = {
-        queue: (n, oldest) for queue, n, oldest in conn.execute(_Q["stats_due"], {"now": now})
+    due = {
+        queue: (n, now - oldest) for queue, n, oldest in conn.execute(_Q["stats_due"], {"now": now})
     }
-    recent: dict[tuple[str, str], int] = {
+    recent = {
         (queue, state): n
         for queue, state, n in conn.execute(_Q["stats_recent"], {"since": now - 60.0})
     }
     settings = {name: (bool(p), cap) for name, p, cap in conn.execute(_Q["queue_settings"])}
-    limits: dict[str, int] = {}
-    for worker in _live_workers(conn, now):
-        for queue, limit in worker.queues.items():
-            limits[queue] = limits.get(queue, 0) + limit
-    stats = []
-    for name in sorted(set(counts) | set(settings) | set(limits)):
-        by_state = {state.value: counts.get(name, {}).get(state.value, 0) for state in JobState}
-        due_count, oldest = due.get(name, (0, None))
-        paused, cluster_limit = settings.get(name, (False, None))
-        run_times = sorted(row[0] for row in conn.execute(_Q["stats_run_times"], {"queue": name}))
-        stats.append(
-            QueueStats(
-                name=name,
-                paused=paused,
-                counts=by_state,
-                scheduled=by_state[JobState.QUEUED] - due_count,
-                running=by_state[JobState.RUNNING],
-                limit=cluster_limit if cluster_limit is not None else limits.get(name),
-                cluster_limit=cluster_limit,
-                oldest_queued_age_s=None if oldest is None else max(0.0, now - oldest),
-                completed_last_minute=recent.get((name, JobState.COMPLETED), 0),
-                failed_last_minute=recent.get((name, JobState.FAILED), 0),
-                run_time_p50_s=statistics.median(run_times) if run_times else None,
-                run_time_p95_s=_percentile(run_times, 0.95) if run_times else None,
-            )
-        )
-    return stats
+    counts = conn.execute(_Q["stats_counts"]).fetchall()
+    run_times: dict[str, tuple[float | None, float | None]] = {}
+    for queue in {row[0] for row in counts}:
+        times = sorted(r[0] for r in conn.execute(_Q["stats_run_times"], {"queue": queue}))
+        if times:
+            run_times[queue] = (statistics.median(times), _percentile(times, 0.95))
+    return assemble_queue_stats(counts, due, recent, run_times, settings, _live_workers(conn, now))

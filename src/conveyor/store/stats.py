@@ -1,0 +1,58 @@
+"""Queue statistics put together from what each store reads in its own SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from conveyor.store.records import JobState, QueueStats, WorkerInfo
+
+
+def assemble_queue_stats(
+    counts: Iterable[tuple[str, str, int]],
+    due: Mapping[str, tuple[int, float | None]],
+    recent: Mapping[tuple[str, str], int],
+    run_times: Mapping[str, tuple[float | None, float | None]],
+    settings: Mapping[str, tuple[bool, int | None]],
+    workers: Iterable[WorkerInfo],
+) -> list[QueueStats]:
+    """One :class:`QueueStats` per queue that has jobs, a setting or a live worker.
+
+    Args:
+        counts: (queue, state, jobs) rows.
+        due: queue -> (due queued jobs, age in seconds of the oldest due one).
+        recent: (queue, state) -> jobs that reached ``state`` in the last minute.
+        run_times: queue -> (median, 95th percentile) run time of recent completions.
+        settings: queue -> (paused, cluster-wide limit).
+        workers: the live workers, whose per-queue limits add up when no cluster-wide
+            limit is set.
+    """
+    by_queue: dict[str, dict[str, int]] = {}
+    for queue, state, n in counts:
+        by_queue.setdefault(queue, {})[state] = n
+    limits: dict[str, int] = {}
+    for worker in workers:
+        for queue, limit in worker.queues.items():
+            limits[queue] = limits.get(queue, 0) + limit
+    stats = []
+    for name in sorted(set(by_queue) | set(settings) | set(limits)):
+        states = {s.value: by_queue.get(name, {}).get(s.value, 0) for s in JobState}
+        due_count, age = due.get(name, (0, None))
+        paused, cap = settings.get(name, (False, None))
+        p50, p95 = run_times.get(name, (None, None))
+        stats.append(
+            QueueStats(
+                name=name,
+                paused=paused,
+                counts=states,
+                scheduled=states[JobState.QUEUED] - due_count,
+                running=states[JobState.RUNNING],
+                limit=cap if cap is not None else limits.get(name),
+                cluster_limit=cap,
+                oldest_queued_age_s=None if age is None else max(0.0, age),
+                completed_last_minute=recent.get((name, JobState.COMPLETED), 0),
+                failed_last_minute=recent.get((name, JobState.FAILED), 0),
+                run_time_p50_s=p50,
+                run_time_p95_s=p95,
+            )
+        )
+    return stats
