@@ -1,8 +1,10 @@
 """The data that crosses the store boundary: job rows, outcomes, statistics.
 
 These types sit at the bottom of the layer stack so that every store and the engine share
-one vocabulary. They are plain frozen dataclasses: cheap to build on the hot path and easy
-to compare in tests.
+one vocabulary. They are plain dataclasses, read-only by convention. The four built once
+per job on the hot path (NewJob, Job, Outcome, Progress) are not frozen: a frozen
+dataclass of a dozen fields cost 1.6 µs to build against 0.27 µs (timeit, this machine),
+a few percent of a job's whole cost in a worker or a bulk enqueue.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class ErrorEntry:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
     """A job to insert. Every field is resolved: defaults come from the kind, not the store."""
 
@@ -118,7 +120,7 @@ JOB_COLUMNS = (
 """The columns of the jobs table, in table order, as every store reads them."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     """A job row as stored. Times are Unix seconds (UTC)."""
 
@@ -189,7 +191,7 @@ class OutcomeKind(enum.StrEnum):
     """Handed back at shutdown: ``queued`` again and the attempt is not charged."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """The end of one attempt. Applied only if the job is still ``running`` under the same
     attempt and owner, so a late report can never overwrite a rescue or a cancel."""
@@ -204,7 +206,7 @@ class Outcome:
     """For ``RETRY``: seconds from the store's clock until the job is due again."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Progress:
     """The latest progress a running job reported; written with the owner guard."""
 
