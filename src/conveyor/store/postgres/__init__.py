@@ -799,6 +799,25 @@ async def _copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     """Insert in the caller's transaction; unique_key duplicates resolve to the active job
     (an earlier one of the same call included)."""
+    if len(jobs) == 1:
+        job = jobs[0]
+        row = await conn.fetchrow(
+            _Q["insert_job"],
+            job.tenant_id,
+            job.queue,
+            job.kind,
+            job.priority,
+            _dumps(job.payload),
+            job.max_attempts,
+            job.run_at,
+            job.delay_s,
+            job.timeout_s,
+            job.unique_key,
+            _dumps(job.meta),
+            CHANNEL,
+        )
+        if row is not None:
+            return [Enqueued(row[0], created=True)]
     first_of_key: dict[tuple[str, str], int] = {}
     batch: list[dict[str, Any]] = []
     repeats: dict[int, int] = {}  # input index -> index of the first job with its key

@@ -39,6 +39,28 @@ SELECT array_agg(src.id ORDER BY src.ord),
        (SELECT count(*) FROM notified)
 FROM src LEFT JOIN ins ON ins.id = src.id
 
+-- name: insert_job
+-- One job, plain parameters: the latency path (the batch statement's JSON unpacking cost
+-- more than the insert). No row back means an active job holds its unique_key.
+WITH ins AS (
+    INSERT INTO conveyor_jobs (
+        id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
+        timeout_s, unique_key, meta, created_at
+    ) VALUES (
+        nextval('conveyor_jobs_id_seq'::regclass), $1, $2, $3, $4, 'queued', $5::jsonb, $6,
+        coalesce(to_timestamp($7), now() + make_interval(secs => $8)), $9, $10, $11::jsonb,
+        now()
+    )
+    ON CONFLICT (tenant_id, unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
+    DO NOTHING
+    RETURNING id, queue
+),
+notified AS (
+    SELECT pg_notify($12, 'q:' || queue) FROM ins
+)
+SELECT id, (SELECT count(*) FROM notified) FROM ins
+
 -- name: reserve_ids
 -- For a bulk COPY: ids in input order, and the server's clock for run_at and created_at.
 -- The sequence is named, not looked up per row: pg_get_serial_sequence() in the select
