@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import enqueue, latency, memory, throughput
+from bench import backlog, enqueue, latency, memory, throughput
 from bench.report import (
     Case,
     Options,
@@ -32,13 +32,21 @@ from bench.report import (
     summary,
     write_json,
 )
-from bench.stores import STORES, BenchError, StoreConfig, make_backend
+from bench.stores import (
+    DEFAULT_POSTGRES_URL,
+    STORES,
+    Backend,
+    BenchError,
+    StoreConfig,
+    make_backend,
+)
 from conveyor.logs import configure_logging
 
 BENCHMARKS: dict[str, Callable[[list[StoreConfig], Options], list[Case]]] = {
     "enqueue": enqueue.cases,
     "throughput": throughput.cases,
     "latency": latency.cases,
+    "backlog": backlog.cases,
     "rss": memory.cases,
 }
 
@@ -50,6 +58,13 @@ QUICK = Options(
     latency_samples=100,
     latency_warmup=10,
     rss_runs=1,
+    idle_seconds=3.0,
+    idle_settle_seconds=2.0,
+    backlog_jobs=50_000,
+    backlog_base=2_000,
+    backlog_measured=2_000,
+    backlog_runs=1,
+    backlog_pairs=1,
     quick=True,
 )
 
@@ -64,6 +79,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _setting(text: str) -> str:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip() or not name.replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE, e.g. jit=off")
+    return f"{name.strip()}={value.strip()}"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -72,8 +94,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--store",
         action="append",
-        choices=STORES,
-        help="store to measure (repeatable; default sqlite)",
+        choices=[*STORES, "all"],
+        help="store to measure (repeatable; default all: sqlite and postgresql, the latter "
+        "skipped with a message if its server cannot be reached)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL admin URL: a fresh database conveyor_bench_<random> is created on "
+        f"its server per run and dropped after (default {DEFAULT_POSTGRES_URL})",
     )
     parser.add_argument(
         "--only",
@@ -93,11 +122,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="worker concurrency for throughput, comma-separated; the first is the "
         "headline (100,10)",
     )
+    parser.add_argument(
+        "--pg-worker-setting",
+        action="append",
+        metavar="NAME=VALUE",
+        type=_setting,
+        help="experiment: a PostgreSQL setting for the conveyor worker subprocesses only "
+        "(e.g. synchronous_commit=off); repeatable; labels the PostgreSQL rows",
+    )
+    parser.add_argument(
+        "--one-worker-only", action="store_true", help="skip the two-worker-process rows"
+    )
     parser.add_argument("--samples", type=int, help="latency samples per run (500)")
+    parser.add_argument("--backlog", type=int, help="jobs queued for the backlog (1,000,000)")
+    parser.add_argument("--backlog-base", type=int, help="jobs queued for its baseline (10,000)")
+    parser.add_argument(
+        "--backlog-measured", type=int, help="completions measured in both (10,000)"
+    )
+    parser.add_argument(
+        "--backlog-pairs", type=int, help="(backlog, base) measurements per backlog run (6)"
+    )
+    parser.add_argument("--backlog-runs", type=int, help="runs of the backlog figure (3)")
+    parser.add_argument("--rss-runs", type=int, help="runs of the idle worker figures (3)")
+    parser.add_argument("--idle", type=float, help="idle window, seconds (10)")
     parser.add_argument(
         "--durable-only",
         action="store_true",
-        help="skip the opt-in non-durable setting (SQLite synchronous=NORMAL)",
+        help="skip the opt-in variants (SQLite synchronous=NORMAL, PostgreSQL jit=off in "
+        "the backlog benchmark)",
     )
     parser.add_argument("--tmpdir", help="folder for the SQLite files (default: system temp)")
     parser.add_argument("--seed", type=int, help="seed of the latency gaps (1)")
@@ -125,14 +177,55 @@ def options_from(args: argparse.Namespace) -> Options:
         "concurrency": args.concurrency,
         "latency_samples": args.samples,
         "seed": args.seed,
+        "backlog_jobs": args.backlog,
+        "backlog_base": args.backlog_base,
+        "backlog_measured": args.backlog_measured,
+        "backlog_runs": args.backlog_runs,
+        "backlog_pairs": args.backlog_pairs,
+        "rss_runs": args.rss_runs,
+        "idle_seconds": args.idle,
     }
     opts = replace(opts, **{k: v for k, v in overrides.items() if v is not None})
     if args.durable_only:
         opts = replace(opts, opt_in=False)
-    for name in ("runs", "latency_runs", "enqueue_jobs", "enqueue_batch", "throughput_jobs"):
+    if args.one_worker_only:
+        opts = replace(opts, two_workers=False)
+    for name in (
+        "runs",
+        "latency_runs",
+        "enqueue_jobs",
+        "enqueue_batch",
+        "throughput_jobs",
+        "backlog_jobs",
+        "backlog_base",
+        "backlog_measured",
+        "backlog_runs",
+        "backlog_pairs",
+        "rss_runs",
+    ):
         if getattr(opts, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
     return opts
+
+
+async def make_backends(args: argparse.Namespace) -> tuple[list[Backend], list[str]]:
+    """The backends asked for; with the default (all), PostgreSQL is skipped with a
+    message when its server cannot be reached, while an explicit --store postgresql
+    fails."""
+    asked = args.store or ["all"]
+    names = [n for n in STORES if n in asked or "all" in asked]
+    backends: list[Backend] = []
+    skipped: list[str] = []
+    for name in names:
+        try:
+            backends.append(
+                await make_backend(name, tmpdir=args.tmpdir, postgres_url=args.postgres_url)
+            )
+        except BenchError as exc:
+            if name in asked:
+                raise
+            skipped.append(f"{name}: {exc}")
+    return backends, skipped
 
 
 def progress(message: str) -> None:
@@ -175,11 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("WARNING", "json")
     try:
         opts = options_from(args)
-        backends = [make_backend(name, tmpdir=args.tmpdir) for name in args.store or ["sqlite"]]
+        backends, skipped = asyncio.run(make_backends(args))
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     stores = [config for b in backends for config in b.variants(opts.opt_in)]
+    if args.pg_worker_setting:
+        worker_settings = dict(item.split("=", 1) for item in args.pg_worker_setting)
+        label = ", ".join(f"{k}={v}" for k, v in worker_settings.items())
+        stores = [
+            replace(s, label=f"{s.label} (workers: {label})", worker_settings=worker_settings)
+            if s.kind == "postgresql"
+            else s
+            for s in stores
+        ]
     described = [b.describe() for b in backends]
     machine = machine_info()
     machine["ignored_environment"] = ignored
@@ -189,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ignored   {', '.join(ignored)} (the bench sets its own)", flush=True)
     if args.note:
         print(f"  note      {args.note}", flush=True)
+    for message in skipped:
+        print(f"  SKIPPED   {message}", flush=True)
+    machine["skipped"] = skipped
 
     rows: list[Row] = []
     failed = False

@@ -26,6 +26,14 @@ async def enqueue_noop(settings: Settings, n: int, batch: int) -> None:
             await client.enqueue_many(client.prepare(kinds.NOOP) for _ in range(count))
 
 
+async def fill(store: StoreConfig, url: str, n: int, batch: int = 10_000) -> None:
+    """Queue ``n`` no-op jobs, then what the store needs after a bulk fill (PostgreSQL:
+    ``ANALYZE conveyor_jobs``, so the planner does not work from the empty table's
+    statistics). Never timed."""
+    await enqueue_noop(store.settings(url), n, batch)
+    await store.backend.after_fill(url)
+
+
 def conveyor_command() -> list[str]:
     """The installed ``conveyor`` script next to this interpreter (as a user runs it)."""
     script = Path(sys.executable).parent / "conveyor"
@@ -62,10 +70,13 @@ def tail(stream: IO[bytes], lines: int = 8) -> str:
     return "\n".join(text[-lines:])
 
 
-async def wait_for_worker(client: Client, alive: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Wait until a worker has registered in the database; False if it died or timed out."""
+async def wait_for_worker(
+    client: Client, alive: Callable[[], bool], timeout: float = 30.0, count: int = 1
+) -> bool:
+    """Wait until ``count`` workers have registered in the database; False if one died or
+    it timed out."""
     deadline = time.monotonic() + timeout
-    while not await client.workers():
+    while len(await client.workers()) < count:
         if not alive() or time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.01)
@@ -85,10 +96,16 @@ async def running_worker(
                 raise BenchError(f"worker did not start:\n{tail(stderr)}")
             yield proc
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM (a graceful stop), SIGKILL after 30 s; the exit code."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else -1

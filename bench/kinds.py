@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import conveyor
@@ -18,6 +19,8 @@ started: dict[int, asyncio.Future[float]] = {}
 """Sample number -> future the in-process latency benchmark awaits; the handler resolves it
 with ``time.perf_counter()`` as it starts. Empty in a worker subprocess."""
 
+_udp: socket.socket | None = None
+
 
 @conveyor.job(NOOP, queue=NOOP_QUEUE)
 async def noop(ctx: conveyor.JobContext, payload: JSON) -> None:
@@ -26,11 +29,20 @@ async def noop(ctx: conveyor.JobContext, payload: JSON) -> None:
 
 @conveyor.job(LATENCY, queue=LATENCY_QUEUE)
 async def latency(ctx: conveyor.JobContext, payload: JSON) -> dict[str, float]:
-    """Note when the handler started: ``perf_counter`` for a waiter in this process, wall
-    time in the result for a benchmark in another process."""
+    """Note when the handler started: ``perf_counter`` for a waiter in this process; for a
+    benchmark in another process, wall time in a UDP datagram to the port in the payload
+    (no polling of the database that would load it while it is measured) and in the
+    result."""
+    global _udp
     perf = time.perf_counter()
     wall = time.time()
-    waiter = started.pop(int(payload["n"]), None)
+    n = int(payload["n"])
+    waiter = started.pop(n, None)
     if waiter is not None and not waiter.done():
         waiter.set_result(perf)
+    port = payload.get("port")
+    if port is not None:
+        if _udp is None:
+            _udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _udp.sendto(f"{n} {wall!r}".encode(), ("127.0.0.1", int(port)))
     return {"started_at": wall}

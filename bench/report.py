@@ -31,8 +31,11 @@ class Options:
     enqueue_jobs: int = 100_000
     enqueue_batch: int = 10_000
     throughput_jobs: int = 20_000
-    concurrency: tuple[int, ...] = (100, 10)
-    """Worker concurrency for the no-op queue; the first is the headline setting."""
+    concurrency: tuple[int, ...] | None = None
+    """Worker concurrency for the no-op queue; the first is the headline setting. None:
+    each store's own rows (SQLite 100 and 10, PostgreSQL 100 and 500)."""
+    two_workers: bool = True
+    """Also drain the queue with two worker processes (at the headline concurrency)."""
     runs: int = 5
     """Runs per figure for enqueue and throughput (each on a fresh database)."""
     latency_runs: int = 3
@@ -44,7 +47,21 @@ class Options:
     """The same across processes: at least one poll interval wide, so jobs arrive at a
     random point of the worker's polling cycle instead of in step with it."""
     rss_runs: int = 3
-    idle_seconds: float = 3.0
+    idle_seconds: float = 10.0
+    """The idle window: RSS is read at its end; PostgreSQL statements are counted in it."""
+    idle_settle_seconds: float = 11.0
+    """PostgreSQL: idle time before the window, after the worker registered. Longer than
+    the 10 s a backend may hold back its statistics (``pg_stat_database``), so start-up
+    statements are not counted in the window."""
+    backlog_jobs: int = 1_000_000
+    """Jobs queued for the backlog benchmark."""
+    backlog_base: int = 10_000
+    """Jobs queued for its baseline."""
+    backlog_measured: int = 10_000
+    """Completions measured in both (at most ``backlog_base``)."""
+    backlog_pairs: int = 6
+    """Measurements of each (backlog, baseline) per run, alternating which goes first."""
+    backlog_runs: int = 3
     opt_in: bool = True
     """Also measure the store's opt-in (non-durable) setting."""
     seed: int = 1
@@ -166,6 +183,10 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.2f}"
     if unit in ("MiB", "%"):
         return f"{value:.1f}"
+    if unit == "ratio":
+        return f"{value:.3f}"
+    if unit in ("stmts", "xacts"):
+        return f"{value:.1f}"
     return f"{value:g}"
 
 
@@ -231,14 +252,24 @@ def header(machine: dict[str, Any], stores: list[dict[str, str]], opts: Options)
         extra = ", ".join(f"{k} {v}" for k, v in store.items() if k != "store")
         lines.append(f"  store     {store['store']}: {extra}; a fresh database per run")
     gap = opts.latency_gap_ms
+    concurrency = (
+        "/".join(map(str, opts.concurrency))
+        if opts.concurrency
+        else "per store (SQLite 100/10, PostgreSQL 100/500)"
+    )
     lines += [
         f"  settings  enqueue {opts.enqueue_jobs:,} jobs in batches of {opts.enqueue_batch:,},"
         f" {opts.runs} runs; throughput {opts.throughput_jobs:,} no-op jobs, concurrency "
-        f"{'/'.join(map(str, opts.concurrency))}, {opts.runs} runs;",
+        f"{concurrency}, {opts.runs} runs;",
         f"            latency {opts.latency_samples} samples (+{opts.latency_warmup} warm-up)"
-        f" per run, gap {gap[0]:g}-{gap[1]:g} ms (across processes "
+        f" per run, gap {gap[0]:g}-{gap[1]:g} ms (SQLite across processes "
         f"{opts.cross_gap_ms[0]:g}-{opts.cross_gap_ms[1]:g} ms), {opts.latency_runs} runs;",
-        f"            idle RSS after {opts.idle_seconds:g} s, {opts.rss_runs} runs",
+        f"            backlog {opts.backlog_measured:,} completions with {opts.backlog_jobs:,} "
+        f"queued vs {opts.backlog_base:,} queued, {opts.backlog_pairs} pairs per run, "
+        f"{opts.backlog_runs} runs;",
+        f"            idle worker: RSS after {opts.idle_seconds:g} s (PostgreSQL: statements "
+        f"counted in those {opts.idle_seconds:g} s after {opts.idle_settle_seconds:g} s to "
+        f"settle), {opts.rss_runs} runs",
         "  figures   median of the runs (all runs listed); each run on a fresh database",
     ]
     return "\n".join(lines)

@@ -1,0 +1,930 @@
+"""HTTP load benchmark: ``POST /v1/requests`` at fixed arrival rates (issue 4).
+
+``.venv/bin/python -m bench.http_load --help``
+
+An **open-loop** load generator: request *i* of a step is due at ``t0 + i / rate`` whether or
+not earlier ones have been answered, and its latency is measured from that scheduled time to
+the end of its response. A server that stalls therefore shows the queueing it causes (no
+coordinated omission, as in wrk2); ``service p99`` (from the moment a connection actually
+wrote the request) is printed beside it to show what a closed-loop tool would have reported.
+
+The client is cheap on purpose, since it shares this machine's cores with the server, the
+worker and PostgreSQL: raw asyncio streams on uvloop, a fixed pool of keep-alive
+connections fed from one queue, and one pre-encoded request. Its own CPU is measured and
+reported, as are the CPU of the API process(es), of the worker, of PostgreSQL's processes
+and of the whole machine, each over the measured window of each step.
+
+Setups (``--setup``, repeatable):
+
+- ``postgresql``: ``conveyor api`` (one process) beside one ``conveyor worker`` serving the
+  no-op kind ``bench.noop`` (queue ``bench``), on a fresh database
+  ``conveyor_http_<random>`` that is dropped ``WITH (FORCE)`` after the run;
+- ``postgresql-2api``: the same, but the API as two uvicorn worker processes sharing one
+  socket. ``conveyor api`` has no option for that, so the bench runs the same app through
+  ``uvicorn --workers 2 --factory bench.http_load:app_factory`` (which configures logging as
+  the CLI does and calls ``conveyor.api.create_app()``); informational;
+- ``sqlite``: ``conveyor serve`` (API and worker in one process) on a temporary file;
+  informational.
+
+Every server runs with ``CONVEYOR_LOG_LEVEL=WARNING`` (at INFO the access log writes one
+line per request, which would dominate what is measured) and the rate limits raised to
+``10000000/minute`` per address and per caller (the defaults, 200 per 15 minutes per
+address, would answer 429 within a second). Each run of a setup gets a fresh database and
+fresh processes, then steps through the rates in order; each step is a warm-up at the
+step's rate followed by the measured window at the same rate. The runs are interleaved
+(run 1 of every setup, then run 2, ...) and each figure is the median of the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import orjson
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DB_PREFIX = "conveyor_http_"
+KIND = "bench.noop"
+QUEUE = "bench"
+UNLIMITED = "10000000/minute"
+SETUPS = ("postgresql", "postgresql-2api", "sqlite")
+TARGET_RATE = 1000
+TARGET_P99_MS = 50.0
+STATUS_ERROR = -1
+STATUS_UNANSWERED = -2
+
+
+class BenchError(Exception):
+    """The benchmark could not run."""
+
+
+# -- the app for ``uvicorn --workers 2`` ---------------------------------------------------
+def app_factory() -> Any:
+    """``conveyor api``'s app for uvicorn's ``--factory``: logging configured as the CLI
+    configures it (from ``CONVEYOR_LOG_LEVEL``/``CONVEYOR_LOG_FORMAT``), kinds from
+    ``CONVEYOR_IMPORTS``. Runs in each uvicorn worker process."""
+    from conveyor.api import create_app
+    from conveyor.config import Settings
+    from conveyor.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+# -- the HTTP client -----------------------------------------------------------------------
+def post_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def get_request(host: str, port: int, path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection (enough of HTTP for this server's answers)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+    async def call(self, request: bytes) -> tuple[int, bytes]:
+        """Send ``request``, read the response: (status, body). Opens the connection
+        first if it is not open; closes it if the server asked to."""
+        if self._reader is None or self._writer is None:
+            await self.open()
+        reader, writer = self._reader, self._writer
+        if reader is None or writer is None:
+            raise ConnectionError("not connected")
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            body = await _read_chunked(reader)
+        else:
+            at = lower.find(b"content-length:")
+            length = int(head[at + 15 : head.index(b"\r\n", at)]) if at >= 0 else 0
+            body = await reader.readexactly(length) if length else b""
+        if b"connection: close" in lower:
+            self.close()
+        return status, body
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
+    conn = Connection(host, port)
+    try:
+        return await conn.call(get_request(host, port, path))
+    finally:
+        conn.close()
+
+
+# -- CPU accounting ------------------------------------------------------------------------
+Watch = tuple[list[int], list[int], str | None]
+"""What :func:`snapshot` measures: API process ids, worker process ids, database name."""
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    at: float
+    machine_busy: float
+    client: float
+    server: float
+    worker: float
+    postgres: dict[int, float]
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of these processes and their children (uvicorn's worker processes)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            total += _cpu(root) + sum(_cpu(child) for child in root.children(recursive=True))
+        except psutil.Error:
+            continue
+    return total
+
+
+def _postgres_cpu(database: str | None) -> dict[int, float]:
+    """CPU seconds of the PostgreSQL server's processes that work for the bench: the
+    backends connected to ``database`` and the server's own processes (WAL writer,
+    checkpointer, ...), not the backends of other databases (other users of the server)."""
+    found: dict[int, float] = {}
+    if database is None:
+        return found
+    for proc in psutil.process_iter(["username", "cmdline", "cpu_times"]):
+        info = proc.info
+        if info.get("username") != "postgres" or info.get("cpu_times") is None:
+            continue
+        title = " ".join(info.get("cmdline") or [])
+        words = title.split()
+        # A client backend's title: "postgres: 15/main: USER DATABASE HOST(PORT) STATE".
+        is_backend = len(words) >= 5 and "(" in words[4] and words[1].endswith(":")
+        if is_backend and words[3] != database:
+            continue
+        t = info["cpu_times"]
+        found[proc.pid] = float(t.user + t.system)
+    return found
+
+
+def snapshot(server: list[int], worker: list[int], database: str | None) -> CpuSnapshot:
+    t = psutil.cpu_times()
+    busy = float(t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0))
+    return CpuSnapshot(
+        at=time.perf_counter(),
+        machine_busy=busy,
+        client=_cpu(psutil.Process()),
+        server=_tree_cpu(server),
+        worker=_tree_cpu(worker),
+        postgres=_postgres_cpu(database),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """Percent of one core over a window (200 = both cores of this machine)."""
+
+    client: float
+    server: float
+    worker: float
+    postgres: float
+    machine: float
+
+
+def cpu_use(a: CpuSnapshot, b: CpuSnapshot) -> CpuUse:
+    span = b.at - a.at
+    pg = sum(v - a.postgres.get(pid, 0.0) for pid, v in b.postgres.items())
+
+    def pct(seconds: float) -> float:
+        return 100.0 * seconds / span if span > 0 else float("nan")
+
+    return CpuUse(
+        client=pct(b.client - a.client),
+        server=pct(b.server - a.server),
+        worker=pct(b.worker - a.worker),
+        postgres=pct(pg),
+        machine=pct(b.machine_busy - a.machine_busy),
+    )
+
+
+# -- one step: a fixed rate ----------------------------------------------------------------
+@dataclass(slots=True)
+class Samples:
+    """Per request of a step: when it was due, sent and answered, and its status."""
+
+    rate: float
+    warmup: int
+    total: int
+    t0: float = 0.0
+    sent: list[float] = field(default_factory=list)
+    done: list[float] = field(default_factory=list)
+    status: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sent = [math.nan] * self.total
+        self.done = [math.nan] * self.total
+        self.status = [STATUS_UNANSWERED] * self.total
+
+    def due(self, i: int) -> float:
+        return self.t0 + i / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    host: str
+    port: int
+    request: bytes
+    connections: int
+    drain_timeout_s: float
+
+
+async def _serve_queue(
+    load: Load, queue: asyncio.Queue[int], samples: Samples, finished: Callable[[], None]
+) -> None:
+    """One connection: take due requests off the queue and send them, one at a time."""
+    conn = Connection(load.host, load.port)
+    clock = time.perf_counter
+    try:
+        while True:
+            i = await queue.get()
+            if i < 0:
+                return
+            samples.sent[i] = clock()
+            try:
+                status, _ = await conn.call(load.request)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                conn.close()
+                status = STATUS_ERROR
+            samples.done[i] = clock()
+            samples.status[i] = status
+            finished()
+    finally:
+        conn.close()
+
+
+async def run_step(
+    load: Load,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    watch: Watch,
+) -> tuple[Samples, CpuUse]:
+    """Send at ``rate`` for ``warmup_s + duration_s``; the CPU use of the measured window."""
+    n_warm = round(rate * warmup_s)
+    samples = Samples(rate=rate, warmup=n_warm, total=n_warm + round(rate * duration_s))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    all_done = asyncio.Event()
+    count = 0
+
+    def finished() -> None:
+        nonlocal count
+        count += 1
+        if count == samples.total:
+            all_done.set()
+
+    tasks = [
+        asyncio.create_task(_serve_queue(load, queue, samples, finished))
+        for _ in range(load.connections)
+    ]
+    loop = asyncio.get_running_loop()
+    clock = time.perf_counter
+    snaps: list[asyncio.Future[CpuSnapshot]] = []
+    samples.t0 = t0 = clock() + 0.05
+    i = 0
+    try:
+        while i < samples.total:
+            now = clock()
+            due = min(samples.total, int((now - t0) * rate) + 1) if now >= t0 else 0
+            while i < due:
+                if i == n_warm:
+                    snaps.append(loop.run_in_executor(None, snapshot, *watch))
+                queue.put_nowait(i)
+                i += 1
+            if i < samples.total:
+                await asyncio.sleep(max(0.0, t0 + i / rate - clock()))
+        snaps.append(loop.run_in_executor(None, snapshot, *watch))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_done.wait(), load.drain_timeout_s)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    first, last = await asyncio.gather(*snaps)
+    return samples, cpu_use(first, last)
+
+
+# -- figures -------------------------------------------------------------------------------
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(slots=True)
+class StepResult:
+    setup: str
+    run: int
+    rate: int
+    sent: int
+    answered: int
+    statuses: dict[str, int]
+    achieved_rate: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    service_p99_ms: float
+    send_lag_p99_ms: float
+    cpu: CpuUse
+    queued_after: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return set(self.statuses) == {"202"}
+
+
+def summarize(setup: str, run: int, rate: int, samples: Samples, cpu: CpuUse) -> StepResult:
+    """Figures over the measured window (requests due after the warm-up)."""
+    window = range(samples.warmup, samples.total)
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+    service: list[float] = []
+    lag: list[float] = []
+    last_done = samples.due(samples.warmup)
+    for i in window:
+        code = samples.status[i]
+        name = {STATUS_ERROR: "error", STATUS_UNANSWERED: "unanswered"}.get(code, str(code))
+        statuses[name] = statuses.get(name, 0) + 1
+        if code < 0:
+            continue
+        due, sent, done = samples.due(i), samples.sent[i], samples.done[i]
+        latencies.append((done - due) * 1000.0)
+        service.append((done - sent) * 1000.0)
+        lag.append((sent - due) * 1000.0)
+        last_done = max(last_done, done)
+    latencies.sort()
+    service.sort()
+    lag.sort()
+    span = last_done - samples.due(samples.warmup)
+    answered = len(latencies)
+    return StepResult(
+        setup=setup,
+        run=run,
+        rate=rate,
+        sent=len(window),
+        answered=answered,
+        statuses=dict(sorted(statuses.items())),
+        achieved_rate=answered / span if span > 0 else math.nan,
+        p50_ms=percentile(latencies, 50),
+        p95_ms=percentile(latencies, 95),
+        p99_ms=percentile(latencies, 99),
+        max_ms=latencies[-1] if latencies else math.nan,
+        mean_ms=statistics.fmean(latencies) if latencies else math.nan,
+        service_p99_ms=percentile(service, 99),
+        send_lag_p99_ms=percentile(lag, 99),
+        cpu=cpu,
+    )
+
+
+# -- servers -------------------------------------------------------------------------------
+def conveyor_command() -> list[str]:
+    script = Path(sys.executable).parent / "conveyor"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("conveyor")
+    return [found] if found else [sys.executable, "-m", "conveyor.cli.main"]
+
+
+def server_env(url: str, port: int) -> dict[str, str]:
+    """A server's environment: this one's minus any ``CONVEYOR_*``, plus the bench's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        CONVEYOR_DATABASE_URL=url,
+        CONVEYOR_PORT=str(port),
+        CONVEYOR_HOST="127.0.0.1",
+        CONVEYOR_LOG_LEVEL="WARNING",
+        CONVEYOR_LOG_FORMAT="json",
+        CONVEYOR_RATE_LIMIT_PER_IP=UNLIMITED,
+        CONVEYOR_RATE_LIMIT_PER_CALLER=UNLIMITED,
+        CONVEYOR_IMPORTS="bench.kinds",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+    )
+    return env
+
+
+def server_commands(setup: str, port: int) -> tuple[list[str], list[str] | None]:
+    """The API (or API + worker) command, and the separate worker's command if any."""
+    worker = [*conveyor_command(), "worker", "--queues", QUEUE]
+    if setup == "postgresql":
+        return [*conveyor_command(), "api"], worker
+    if setup == "postgresql-2api":
+        uvicorn = [sys.executable, "-m", "uvicorn", "bench.http_load:app_factory", "--factory"]
+        uvicorn += ["--workers", "2", "--host", "127.0.0.1", "--port", str(port)]
+        uvicorn += ["--no-access-log", "--no-server-header", "--log-level", "warning"]
+        return uvicorn, worker
+    return [*conveyor_command(), "serve", "--queues", QUEUE], None
+
+
+async def spawn(
+    command: list[str], env: dict[str, str], log: IO[bytes]
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        cwd=REPO_ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, SIGKILL after 30 s."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+def tail(log: IO[bytes], lines: int = 10) -> str:
+    log.seek(0)
+    return "\n".join(log.read().decode(errors="replace").strip().splitlines()[-lines:])
+
+
+async def wait_ready(port: int, proc: asyncio.subprocess.Process, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.returncode is None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
+            status, _ = await http_get("127.0.0.1", port, "/ready")
+            if status == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise BenchError("the API did not become ready")
+
+
+async def wait_worker(port: int, proc: asyncio.subprocess.Process, timeout: float = 60.0) -> None:
+    """Until ``GET /v1/queues`` shows a limit for the bench queue (a live worker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.returncode is None:
+        queue = await queue_stats(port)
+        if queue is not None and queue.get("limit") is not None:
+            return
+        await asyncio.sleep(0.1)
+    raise BenchError("the worker did not register")
+
+
+async def queue_stats(port: int) -> dict[str, Any] | None:
+    status, body = await http_get("127.0.0.1", port, "/v1/queues")
+    if status != 200:
+        raise BenchError(f"GET /v1/queues answered {status}: {body[:200]!r}")
+    queues: list[dict[str, Any]] = orjson.loads(body)["queues"]
+    return next((q for q in queues if q["name"] == QUEUE), None)
+
+
+@dataclass(slots=True)
+class Servers:
+    port: int
+    api: asyncio.subprocess.Process
+    worker: asyncio.subprocess.Process | None
+    database: str | None
+    """PostgreSQL: the database's name (its backends' CPU is measured)."""
+
+    @property
+    def watch(self) -> Watch:
+        return [self.api.pid], [self.worker.pid] if self.worker else [], self.database
+
+
+@contextlib.asynccontextmanager
+async def servers(setup: str, url: str, port: int) -> AsyncIterator[Servers]:
+    """The API (and worker) on ``url``, yielded once ready and the worker registered."""
+    env = server_env(url, port)
+    api_cmd, worker_cmd = server_commands(setup, port)
+    with tempfile.TemporaryFile() as api_log, tempfile.TemporaryFile() as worker_log:
+        api = await spawn(api_cmd, env, api_log)
+        worker: asyncio.subprocess.Process | None = None
+        try:
+            try:
+                await wait_ready(port, api)
+                if worker_cmd is not None:
+                    worker = await spawn(worker_cmd, env, worker_log)
+                await wait_worker(port, worker if worker is not None else api)
+            except BenchError as exc:
+                logs = f"API:\n{tail(api_log)}"
+                if worker is not None:
+                    logs += f"\nworker:\n{tail(worker_log)}"
+                raise BenchError(f"{setup}: {exc}\n{logs}") from exc
+            yield Servers(port, api, worker, database_name(url))
+        finally:
+            if worker is not None:
+                await stop(worker)
+            await stop(api)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(setup: str, admin_url: str, tmpdir: str | None) -> AsyncIterator[str]:
+    """PostgreSQL: ``CREATE DATABASE conveyor_http_<random>``, dropped ``WITH (FORCE)``
+    afterwards. SQLite: a file in a new temporary directory."""
+    if setup == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="conveyor-http-", dir=tmpdir) as folder:
+            yield f"sqlite:///{folder}/bench.db"
+        return
+    name = f"{DB_PREFIX}{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base, _, _ = admin_url.rpartition("/")
+            yield f"{base}/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def database_name(url: str) -> str | None:
+    return None if url.startswith("sqlite") else url.rpartition("/")[2].split("?")[0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the benchmark -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Options:
+    setups: tuple[str, ...]
+    rates: tuple[int, ...]
+    runs: int
+    warmup_s: float
+    first_warmup_s: float
+    duration_s: float
+    connections: int
+    drain_timeout_s: float
+    pause_s: float
+    postgres_url: str
+    tmpdir: str | None
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def run_setup(setup: str, run: int, opts: Options) -> list[StepResult]:
+    """One run of one setup: fresh database and processes, every rate in order."""
+    body = orjson.dumps({"kind": KIND, "input": {"source": "bench.http_load"}})
+    results: list[StepResult] = []
+    async with fresh_database(setup, opts.postgres_url, opts.tmpdir) as url:
+        port = free_port()
+        async with servers(setup, url, port) as procs:
+            load = Load(
+                "127.0.0.1",
+                port,
+                post_request("127.0.0.1", port, "/v1/requests", body),
+                opts.connections,
+                opts.drain_timeout_s,
+            )
+            for n, rate in enumerate(opts.rates):
+                warmup = opts.first_warmup_s if n == 0 else opts.warmup_s
+                samples, cpu = await run_step(load, rate, warmup, opts.duration_s, procs.watch)
+                result = summarize(setup, run, rate, samples, cpu)
+                await asyncio.sleep(opts.pause_s)
+                queue = await queue_stats(port)
+                if queue is not None:
+                    result.queued_after = int(queue.get("due", 0))
+                results.append(result)
+                progress(f"  {setup} run {run} {line(result)}")
+                if procs.api.returncode is not None:
+                    raise BenchError(f"{setup}: the API exited with {procs.api.returncode}")
+    return results
+
+
+def line(r: StepResult) -> str:
+    codes = " ".join(f"{k}:{v}" for k, v in r.statuses.items())
+    return (
+        f"{r.rate:>5}/s achieved {r.achieved_rate:7.1f}/s  p50 {r.p50_ms:7.2f}  "
+        f"p95 {r.p95_ms:7.2f}  p99 {r.p99_ms:8.2f}  max {r.max_ms:8.2f} ms  "
+        f"(service p99 {r.service_p99_ms:7.2f}, send lag p99 {r.send_lag_p99_ms:5.2f})  "
+        f"cpu% api {r.cpu.server:5.1f} worker {r.cpu.worker:5.1f} pg {r.cpu.postgres:5.1f} "
+        f"client {r.cpu.client:5.1f} machine {r.cpu.machine:5.1f}/200  "
+        f"due after {r.queued_after}  [{codes}]"
+    )
+
+
+def _median(values: list[float]) -> float:
+    clean = [v for v in values if not math.isnan(v)]
+    return statistics.median(clean) if clean else math.nan
+
+
+MEDIAN_FIELDS = ("achieved_rate", "p50_ms", "p95_ms", "p99_ms", "max_ms", "service_p99_ms")
+CPU_FIELDS = ("server", "worker", "postgres", "client", "machine")
+
+
+def medians(results: list[StepResult]) -> list[dict[str, Any]]:
+    """One row per (setup, rate): the median of its runs, and all status counts."""
+    rows: list[dict[str, Any]] = []
+    keys = list(dict.fromkeys((r.setup, r.rate) for r in results))
+    for setup, rate in keys:
+        runs = [r for r in results if (r.setup, r.rate) == (setup, rate)]
+        row: dict[str, Any] = {"setup": setup, "rate": rate, "runs": len(runs)}
+        for name in MEDIAN_FIELDS:
+            row[name] = _median([getattr(r, name) for r in runs])
+        for name in CPU_FIELDS:
+            row[f"cpu_{name}"] = _median([getattr(r.cpu, name) for r in runs])
+        statuses: dict[str, int] = {}
+        for r in runs:
+            for code, n in r.statuses.items():
+                statuses[code] = statuses.get(code, 0) + n
+        row["statuses"] = statuses
+        row["p99_runs"] = [r.p99_ms for r in runs]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| setup | rate (req/s) | achieved (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) "
+        "| p99 of each run (ms) | statuses | CPU % api / worker / PostgreSQL / client / "
+        "machine (of 200) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for row in rows:
+        runs = ", ".join(f"{v:.1f}" for v in row["p99_runs"])
+        codes = ", ".join(f"{k}: {v:,}" for k, v in row["statuses"].items())
+        cpu = " / ".join(f"{row[f'cpu_{n}']:.0f}" for n in CPU_FIELDS)
+        out.append(
+            f"| {row['setup']} | {row['rate']:,} | {row['achieved_rate']:,.0f} | "
+            f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{row['max_ms']:.1f} | {runs} | {codes} | {cpu} |"
+        )
+    return "\n".join(out)
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    for row in rows:
+        if row["setup"] == "postgresql" and row["rate"] == TARGET_RATE:
+            met = row["p99_ms"] <= TARGET_P99_MS and set(row["statuses"]) == {"202"}
+            return (
+                f"target p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:,}/s on PostgreSQL "
+                f"(all 202): {'MET' if met else 'MISSED'} (median p99 {row['p99_ms']:.1f} ms)"
+            )
+    return "target not measured (needs --setup postgresql and rate 1000)"
+
+
+def machine() -> dict[str, Any]:
+    freq = psutil.cpu_freq()
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cpu_mhz": round(freq.current) if freq else None,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                return text.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _postgres_version(url: str) -> str:
+    async def go() -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            version: str = await conn.fetchval("SHOW server_version")
+            return version
+        finally:
+            await conn.close()
+
+    try:
+        return str(run_loop(go()))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise BenchError(f"PostgreSQL at {url} cannot be reached: {exc}") from exc
+
+
+def run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run on uvloop when it is installed: a cheaper client leaves more CPU to the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+async def run_all(opts: Options) -> list[StepResult]:
+    results: list[StepResult] = []
+    for run in range(1, opts.runs + 1):
+        for setup in opts.setups:
+            progress(f"{setup}: run {run} of {opts.runs}")
+            results += await run_setup(setup, run, opts)
+    return results
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers separated by commas") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.http_load",
+        description="Open-loop HTTP load on POST /v1/requests at fixed rates; latency from "
+        "each request's scheduled send time (see docs/benchmarks.md, HTTP API).",
+    )
+    parser.add_argument(
+        "--setup",
+        action="append",
+        choices=[*SETUPS, "all"],
+        help="postgresql (conveyor api + conveyor worker), postgresql-2api (the API as two "
+        "uvicorn worker processes), sqlite (conveyor serve); repeatable (default: "
+        "postgresql and sqlite)",
+    )
+    parser.add_argument("--rates", type=_ints, default=(250, 500, 1000), help="req/s, in order")
+    parser.add_argument("--runs", type=int, default=3, help="runs per setup (3)")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured s per rate (15)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up s per rate (3)")
+    parser.add_argument(
+        "--first-warmup", type=float, default=5.0, help="warm-up s of a run's first rate (5)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=64, help="keep-alive connections of the client (64)"
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="s to wait for answers after the last send; later ones count as unanswered (30)",
+    )
+    parser.add_argument(
+        "--pause", type=float, default=2.0, help="s between rates, for the worker (2)"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="PostgreSQL admin URL: conveyor_http_<random> is created on its server per run "
+        f"and dropped after (default {DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument("--tmpdir", help="folder for the SQLite files (default: system temp)")
+    parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
+    parser.add_argument("--quick", action="store_true", help="1 run, 5 s per rate, 2 s warm-up")
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    setups = args.setup or ["postgresql", "sqlite"]
+    if "all" in setups:
+        setups = list(SETUPS)
+    quick = bool(args.quick)
+    opts = Options(
+        setups=tuple(dict.fromkeys(setups)),
+        rates=args.rates,
+        runs=1 if quick else args.runs,
+        warmup_s=2.0 if quick else args.warmup,
+        first_warmup_s=2.0 if quick else args.first_warmup,
+        duration_s=5.0 if quick else args.duration,
+        connections=args.connections,
+        drain_timeout_s=args.drain_timeout,
+        pause_s=args.pause,
+        postgres_url=args.postgres_url,
+        tmpdir=args.tmpdir,
+    )
+    if opts.runs < 1 or opts.connections < 1 or opts.duration_s <= 0 or opts.warmup_s < 0:
+        raise BenchError("--runs and --connections must be >= 1, --duration > 0, --warmup >= 0")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        opts = options_from(args)
+        info = machine()
+        if any(s.startswith("postgresql") for s in opts.setups):
+            info["postgresql"] = _postgres_version(opts.postgres_url)
+    except BenchError as exc:
+        print(f"bench.http_load: error: {exc}", file=sys.stderr)
+        return 2
+    started = dt.datetime.now().astimezone()
+    print(f"HTTP load: POST /v1/requests {{kind: {KIND}}}, open loop, {started:%Y-%m-%d %H:%M %Z}")
+    for key, value in info.items():
+        print(f"  {key:<13} {value}")
+    print(f"  options       {asdict(opts)}")
+    print("  servers       CONVEYOR_LOG_LEVEL=WARNING, rate limits " + UNLIMITED, flush=True)
+    try:
+        results = run_loop(run_all(opts))
+    except BenchError as exc:
+        print(f"bench.http_load: error: {exc}", file=sys.stderr)
+        return 1
+    print("\nall runs (latency from the scheduled send time, ms; CPU % of one core):")
+    for r in results:
+        print(f"  {r.setup:<16} run {r.run}  {line(r)}")
+    rows = medians(results)
+    print(f"\nmedians of {opts.runs} run(s):\n{markdown(rows)}\n\n{verdict(rows)}")
+    if not args.no_json:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"http-{started:%Y%m%d-%H%M%S}.json"
+        data = {
+            "started": started.isoformat(),
+            "machine": info,
+            "options": asdict(opts),
+            "runs": [asdict(r) for r in results],
+            "medians": rows,
+            "commit": _git_commit(),
+        }
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        print(f"\nresults written to {path}")
+    bad = [r for r in results if not r.ok]
+    return 1 if bad else 0
+
+
+def _git_commit() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
