@@ -591,8 +591,14 @@ class SqliteStore:
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         if self._poller is None:
+            if self._executor is None:
+                raise StoreError(f"store {self.url!r} is not open")
+            # The baseline is read before this returns (a PRAGMA read on the store's own
+            # thread, microseconds): a commit made after add_listener() must be heard, and
+            # one made between it and the watcher's first look would not be otherwise.
+            baseline = self._executor.submit(self._data_version).result()
             self._poller = asyncio.get_running_loop().create_task(
-                self._watch_other_processes(), name="conveyor-sqlite-watch"
+                self._watch_other_processes(baseline), name="conveyor-sqlite-watch"
             )
 
         def remove() -> None:
@@ -605,17 +611,15 @@ class SqliteStore:
         for listener in tuple(self._listeners):
             listener(notice)
 
-    async def _watch_other_processes(self) -> None:
+    def _data_version(self) -> int:
+        return int(self._db().execute("PRAGMA data_version").fetchone()[0])
+
+    async def _watch_other_processes(self, last: int) -> None:
         """Publish a notice whenever another connection commits to the file."""
-
-        def data_version() -> int:
-            return int(self._db().execute("PRAGMA data_version").fetchone()[0])
-
-        last = await self._call(data_version)
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
-                current = await self._call(data_version)
+                current = await self._call(self._data_version)
             except StoreError:
                 continue
             if current != last:
