@@ -19,20 +19,31 @@ Setups (``--setup``, repeatable):
 - ``postgresql``: ``conveyor api`` (one process) beside one ``conveyor worker`` serving the
   no-op kind ``bench.noop`` (queue ``bench``), on a fresh database
   ``conveyor_http_<random>`` that is dropped ``WITH (FORCE)`` after the run;
-- ``postgresql-2api``: the same, but the API as two uvicorn worker processes sharing one
-  socket. ``conveyor api`` has no option for that, so the bench runs the same app through
-  ``uvicorn --workers 2 --factory bench.http_load:app_factory`` (which configures logging as
-  the CLI does and calls ``conveyor.api.create_app()``); informational;
+- ``postgresql-uvloop`` and ``postgresql-2api`` (informational): the same app served by
+  uvicorn's own command on uvloop, as one process or as two worker processes sharing one
+  socket. ``conveyor api`` has neither option (it runs uvicorn inside ``asyncio.run``, so
+  the stock event loop, and one process), so the bench runs
+  ``python -m uvicorn bench.http_load:app_factory --factory --loop uvloop --workers N``;
+  :func:`app_factory` configures logging as the CLI does and calls
+  ``conveyor.api.create_app()``. Each process keeps its own in-memory rate-limit counters
+  and statistics cache;
 - ``sqlite``: ``conveyor serve`` (API and worker in one process) on a temporary file;
   informational.
 
-Every server runs with ``CONVEYOR_LOG_LEVEL=WARNING`` (at INFO the access log writes one
-line per request, which would dominate what is measured) and the rate limits raised to
-``10000000/minute`` per address and per caller (the defaults, 200 per 15 minutes per
-address, would answer 429 within a second). Each run of a setup gets a fresh database and
-fresh processes, then steps through the rates in order; each step is a warm-up at the
-step's rate followed by the measured window at the same rate. The runs are interleaved
-(run 1 of every setup, then run 2, ...) and each figure is the median of the runs.
+Every server runs with ``CONVEYOR_LOG_LEVEL=WARNING`` and JSON logs to a temporary file, so
+the access log's line per request (INFO) is not written; measured at 250 requests/s, INFO
+cost about the same API CPU per request, within this machine's noise. The rate limits are
+raised to ``10000000/minute`` per address and per caller (the defaults, 200 per 15 minutes
+per address and 1,000 per caller, would answer 429 within seconds).
+
+Each run of a setup gets a fresh database and fresh processes, then steps through the rates
+in order; each step is a warm-up at the step's rate followed by the measured window at the
+same rate. On PostgreSQL the bench runs ``ANALYZE conveyor_jobs, conveyor_requests``
+halfway through each warm-up (``--no-analyze`` skips it), as autovacuum would as the tables
+grow (this machine's server has ``autovacuum=off``): with the statistics of a fresh
+database's empty tables, the worker's backend alone burned most of a core on sequential
+scans of the jobs table. The runs are interleaved (run 1 of every setup, then run 2, ...);
+each figure is the median of the runs.
 """
 
 from __future__ import annotations
@@ -41,11 +52,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import math
 import os
 import platform
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -67,7 +80,7 @@ DB_PREFIX = "conveyor_http_"
 KIND = "bench.noop"
 QUEUE = "bench"
 UNLIMITED = "10000000/minute"
-SETUPS = ("postgresql", "postgresql-2api", "sqlite")
+SETUPS = ("postgresql", "postgresql-uvloop", "postgresql-2api", "sqlite")
 TARGET_RATE = 1000
 TARGET_P99_MS = 50.0
 STATUS_ERROR = -1
@@ -242,6 +255,8 @@ class CpuUse:
     worker: float
     postgres: float
     machine: float
+    """Busy time of all CPUs (``/proc/stat``), approximate: in this VM it has read below
+    the sum of the processes' own times."""
 
 
 def cpu_use(a: CpuSnapshot, b: CpuSnapshot) -> CpuUse:
@@ -321,8 +336,11 @@ async def run_step(
     warmup_s: float,
     duration_s: float,
     watch: Watch,
+    midway: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> tuple[Samples, CpuUse]:
-    """Send at ``rate`` for ``warmup_s + duration_s``; the CPU use of the measured window."""
+    """Send at ``rate`` for ``warmup_s + duration_s``; the CPU use of the measured window.
+    ``midway`` is started halfway through the warm-up (the PostgreSQL setups' ANALYZE)
+    and awaited before this returns."""
     n_warm = round(rate * warmup_s)
     samples = Samples(rate=rate, warmup=n_warm, total=n_warm + round(rate * duration_s))
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -340,21 +358,17 @@ async def run_step(
         for _ in range(load.connections)
     ]
     loop = asyncio.get_running_loop()
-    clock = time.perf_counter
     snaps: list[asyncio.Future[CpuSnapshot]] = []
-    samples.t0 = t0 = clock() + 0.05
-    i = 0
+    side: list[asyncio.Task[None]] = []
+
+    def at(i: int) -> None:
+        if i == n_warm // 2 and midway is not None:
+            side.append(asyncio.create_task(midway()))
+        if i == n_warm:
+            snaps.append(loop.run_in_executor(None, snapshot, *watch))
+
     try:
-        while i < samples.total:
-            now = clock()
-            due = min(samples.total, int((now - t0) * rate) + 1) if now >= t0 else 0
-            while i < due:
-                if i == n_warm:
-                    snaps.append(loop.run_in_executor(None, snapshot, *watch))
-                queue.put_nowait(i)
-                i += 1
-            if i < samples.total:
-                await asyncio.sleep(max(0.0, t0 + i / rate - clock()))
+        await _schedule(samples, queue, at)
         snaps.append(loop.run_in_executor(None, snapshot, *watch))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_done.wait(), load.drain_timeout_s)
@@ -362,8 +376,28 @@ async def run_step(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*side)
     first, last = await asyncio.gather(*snaps)
     return samples, cpu_use(first, last)
+
+
+async def _schedule(samples: Samples, queue: asyncio.Queue[int], at: Callable[[int], None]) -> None:
+    """Put request i on the queue at ``t0 + i / rate`` (those already due at once: the
+    loop wakes up about once a millisecond, and the latency counts from the due time
+    anyway). ``at(i)`` is called just before request i is queued."""
+    clock = time.perf_counter
+    rate, total = samples.rate, samples.total
+    samples.t0 = t0 = clock() + 0.05
+    i = 0
+    while i < total:
+        now = clock()
+        due = min(total, int((now - t0) * rate) + 1) if now >= t0 else 0
+        while i < due:
+            at(i)
+            queue.put_nowait(i)
+            i += 1
+        if i < total:
+            await asyncio.sleep(max(0.0, t0 + i / rate - clock()))
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -390,7 +424,10 @@ class StepResult:
     max_ms: float
     mean_ms: float
     service_p99_ms: float
+    """From the moment a connection wrote the request: what a closed-loop tool reports."""
     send_lag_p99_ms: float
+    """From the due time to the write: the client's own lag plus waiting for one of its
+    connections to be free (all busy when the server falls behind)."""
     cpu: CpuUse
     queued_after: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -398,6 +435,20 @@ class StepResult:
     @property
     def ok(self) -> bool:
         return set(self.statuses) == {"202"}
+
+    @property
+    def cpu_ms_api(self) -> float:
+        """CPU of the API process(es) per answered request, ms."""
+        return 10.0 * self.cpu.server / self.achieved_rate if self.achieved_rate else math.nan
+
+    @property
+    def cpu_ms_all(self) -> float:
+        """CPU per answered request of API, worker, PostgreSQL and the client, ms: what
+        the two cores can afford at a rate is 2000 / rate ms."""
+        c = self.cpu
+        if not self.achieved_rate:
+            return math.nan
+        return 10.0 * (c.server + c.worker + c.postgres + c.client) / self.achieved_rate
 
 
 def summarize(setup: str, run: int, rate: int, samples: Samples, cpu: CpuUse) -> StepResult:
@@ -474,9 +525,11 @@ def server_commands(setup: str, port: int) -> tuple[list[str], list[str] | None]
     worker = [*conveyor_command(), "worker", "--queues", QUEUE]
     if setup == "postgresql":
         return [*conveyor_command(), "api"], worker
-    if setup == "postgresql-2api":
+    if setup in ("postgresql-uvloop", "postgresql-2api"):
+        workers = "2" if setup == "postgresql-2api" else "1"
         uvicorn = [sys.executable, "-m", "uvicorn", "bench.http_load:app_factory", "--factory"]
-        uvicorn += ["--workers", "2", "--host", "127.0.0.1", "--port", str(port)]
+        uvicorn += ["--workers", workers, "--loop", "uvloop", "--http", "httptools"]
+        uvicorn += ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "on"]
         uvicorn += ["--no-access-log", "--no-server-header", "--log-level", "warning"]
         return uvicorn, worker
     return [*conveyor_command(), "serve", "--queues", QUEUE], None
@@ -606,9 +659,32 @@ def database_name(url: str) -> str | None:
     return None if url.startswith("sqlite") else url.rpartition("/")[2].split("?")[0]
 
 
-def free_port() -> int:
-    import socket
+async def analyze(url: str, timings: dict[str, Any]) -> None:
+    """``ANALYZE`` the tables a POST writes, as autovacuum would (this server may run with
+    ``autovacuum=off``): with the statistics of a fresh database's empty tables the
+    worker's statements scan the whole jobs table."""
+    t = time.perf_counter()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ANALYZE conveyor_jobs, conveyor_requests")
+    finally:
+        await conn.close()
+    timings["analyze_ms"] = round((time.perf_counter() - t) * 1000.0, 1)
 
+
+async def count_jobs(url: str) -> int | None:
+    """Rows in the jobs table (PostgreSQL; None for SQLite)."""
+    if url.startswith("sqlite"):
+        return None
+    conn = await asyncpg.connect(url)
+    try:
+        n: int = await conn.fetchval("SELECT count(*) FROM conveyor_jobs")
+        return n
+    finally:
+        await conn.close()
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -627,6 +703,7 @@ class Options:
     connections: int
     drain_timeout_s: float
     pause_s: float
+    analyze: bool
     postgres_url: str
     tmpdir: str | None
 
@@ -651,12 +728,19 @@ async def run_setup(setup: str, run: int, opts: Options) -> list[StepResult]:
             )
             for n, rate in enumerate(opts.rates):
                 warmup = opts.first_warmup_s if n == 0 else opts.warmup_s
-                samples, cpu = await run_step(load, rate, warmup, opts.duration_s, procs.watch)
+                timings: dict[str, Any] = {}
+                midway = None
+                if procs.database is not None and opts.analyze:
+                    midway = functools.partial(analyze, url, timings)
+                samples, cpu = await run_step(
+                    load, rate, warmup, opts.duration_s, procs.watch, midway
+                )
                 result = summarize(setup, run, rate, samples, cpu)
                 await asyncio.sleep(opts.pause_s)
                 queue = await queue_stats(port)
                 if queue is not None:
                     result.queued_after = int(queue.get("due", 0))
+                result.extra = {**timings, "jobs_in_table": await count_jobs(url)}
                 results.append(result)
                 progress(f"  {setup} run {run} {line(result)}")
                 if procs.api.returncode is not None:
@@ -671,8 +755,9 @@ def line(r: StepResult) -> str:
         f"p95 {r.p95_ms:7.2f}  p99 {r.p99_ms:8.2f}  max {r.max_ms:8.2f} ms  "
         f"(service p99 {r.service_p99_ms:7.2f}, send lag p99 {r.send_lag_p99_ms:5.2f})  "
         f"cpu% api {r.cpu.server:5.1f} worker {r.cpu.worker:5.1f} pg {r.cpu.postgres:5.1f} "
-        f"client {r.cpu.client:5.1f} machine {r.cpu.machine:5.1f}/200  "
-        f"due after {r.queued_after}  [{codes}]"
+        f"client {r.cpu.client:5.1f} (machine {r.cpu.machine:5.1f}/200)  "
+        f"cpu ms/req api {r.cpu_ms_api:4.2f} all {r.cpu_ms_all:4.2f}  "
+        f"due after {r.queued_after}  jobs {r.extra.get('jobs_in_table')}  [{codes}]"
     )
 
 
@@ -696,6 +781,8 @@ def medians(results: list[StepResult]) -> list[dict[str, Any]]:
             row[name] = _median([getattr(r, name) for r in runs])
         for name in CPU_FIELDS:
             row[f"cpu_{name}"] = _median([getattr(r.cpu, name) for r in runs])
+        row["cpu_ms_api"] = _median([r.cpu_ms_api for r in runs])
+        row["cpu_ms_all"] = _median([r.cpu_ms_all for r in runs])
         statuses: dict[str, int] = {}
         for r in runs:
             for code, n in r.statuses.items():
@@ -706,21 +793,32 @@ def medians(results: list[StepResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def results_from_json(data: dict[str, Any]) -> list[StepResult]:
+    """The runs of a results file written by :func:`main`."""
+    out: list[StepResult] = []
+    for run in data["runs"]:
+        fields = dict(run)
+        fields["cpu"] = CpuUse(**fields["cpu"])
+        out.append(StepResult(**fields))
+    return out
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
         "| setup | rate (req/s) | achieved (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) "
-        "| p99 of each run (ms) | statuses | CPU % api / worker / PostgreSQL / client / "
-        "machine (of 200) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| p99 of each run (ms) | statuses | CPU % api / worker / PostgreSQL / client "
+        "| CPU ms per request: api / all |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for row in rows:
         runs = ", ".join(f"{v:.1f}" for v in row["p99_runs"])
         codes = ", ".join(f"{k}: {v:,}" for k, v in row["statuses"].items())
-        cpu = " / ".join(f"{row[f'cpu_{n}']:.0f}" for n in CPU_FIELDS)
+        cpu = " / ".join(f"{row[f'cpu_{n}']:.0f}" for n in CPU_FIELDS[:4])
         out.append(
             f"| {row['setup']} | {row['rate']:,} | {row['achieved_rate']:,.0f} | "
             f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
-            f"{row['max_ms']:.1f} | {runs} | {codes} | {cpu} |"
+            f"{row['max_ms']:.1f} | {runs} | {codes} | {cpu} | "
+            f"{row['cpu_ms_api']:.2f} / {row['cpu_ms_all']:.2f} |"
         )
     return "\n".join(out)
 
@@ -812,9 +910,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--setup",
         action="append",
         choices=[*SETUPS, "all"],
-        help="postgresql (conveyor api + conveyor worker), postgresql-2api (the API as two "
-        "uvicorn worker processes), sqlite (conveyor serve); repeatable (default: "
-        "postgresql and sqlite)",
+        help="postgresql (conveyor api + conveyor worker), postgresql-uvloop / "
+        "postgresql-2api (the same app under uvicorn's command on uvloop, 1 or 2 "
+        "processes), sqlite (conveyor serve); repeatable (default: postgresql and sqlite)",
     )
     parser.add_argument("--rates", type=_ints, default=(250, 500, 1000), help="req/s, in order")
     parser.add_argument("--runs", type=int, default=3, help="runs per setup (3)")
@@ -829,11 +927,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--drain-timeout",
         type=float,
-        default=30.0,
-        help="s to wait for answers after the last send; later ones count as unanswered (30)",
+        default=60.0,
+        help="s to wait for answers after the last send; later ones count as unanswered (60)",
     )
     parser.add_argument(
         "--pause", type=float, default=2.0, help="s between rates, for the worker (2)"
+    )
+    parser.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="PostgreSQL: do not ANALYZE conveyor_jobs and conveyor_requests halfway "
+        "through each warm-up (what autovacuum would do; this server may have it off)",
     )
     parser.add_argument(
         "--postgres-url",
@@ -844,6 +948,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tmpdir", help="folder for the SQLite files (default: system temp)")
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
     parser.add_argument("--quick", action="store_true", help="1 run, 5 s per rate, 2 s warm-up")
+    parser.add_argument(
+        "--markdown-from",
+        metavar="RESULTS.json",
+        help="run nothing: print the runs and the table of medians of a results file",
+    )
     return parser.parse_args(argv)
 
 
@@ -862,6 +971,7 @@ def options_from(args: argparse.Namespace) -> Options:
         connections=args.connections,
         drain_timeout_s=args.drain_timeout,
         pause_s=args.pause,
+        analyze=not args.no_analyze,
         postgres_url=args.postgres_url,
         tmpdir=args.tmpdir,
     )
@@ -872,6 +982,14 @@ def options_from(args: argparse.Namespace) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown_from:
+        data = orjson.loads(Path(args.markdown_from).read_bytes())
+        stored = results_from_json(data)
+        for r in stored:
+            print(f"  {r.setup:<17} run {r.run}  {line(r)}")
+        rows = medians(stored)
+        print(f"\n{markdown(rows)}\n\n{verdict(rows)}")
+        return 0
     try:
         opts = options_from(args)
         info = machine()
