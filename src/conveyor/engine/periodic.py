@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from conveyor.engine.client import Client
 from conveyor.engine.kinds import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
@@ -36,7 +37,7 @@ from conveyor.engine.kinds import (
 from conveyor.engine.retry import Backoff
 from conveyor.logs import get_logger
 from conveyor.store.base import Store
-from conveyor.store.records import JSON, NewJob
+from conveyor.store.records import JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,6 +116,7 @@ class Scheduler:
         served = set(queues)
         self.store = store
         self.kinds = kinds
+        self._client = Client(store, kinds=kinds)
         self.schedules = [s for s in kinds.schedules() if kinds.get(s.kind).queue in served]
 
     async def run(self) -> None:
@@ -132,13 +134,10 @@ class Scheduler:
     async def _enqueue(self, schedule: Schedule, tick: float) -> None:
         spec = self.kinds.get(schedule.kind)
         try:
-            new = NewJob(
-                kind=spec.name,
-                queue=spec.queue,
-                payload=spec.validate_payload(schedule.payload),
-                priority=spec.priority,
-                max_attempts=spec.max_attempts,
-                timeout_s=spec.timeout,
+            # The kind's defaults are resolved as for any enqueue.
+            new = self._client.prepare(
+                spec.name,
+                schedule.payload,
                 meta={"periodic_tick": datetime.fromtimestamp(tick, UTC).isoformat()},
             )
             result = await self.store.enqueue_periodic(new, tick)
