@@ -367,8 +367,12 @@ class PostgresStore:
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
+        claim_only = not outcomes and not reports and rescue_limit == 0
+
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
+                if claim_only:
+                    return await conn.fetch(_Q["claim"], *args[:4])
                 return await conn.fetch(_Q["exchange"], *args, [])
             async with conn.transaction():
                 locked = await conn.fetch(_Q["lock_limited_queues"], queues)

@@ -225,6 +225,57 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
        ARRAY(SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'released')),
        ARRAY(SELECT queue FROM wanted WHERE unlocked)
 
+-- name: claim
+-- The exchange cut down to its claim, for a worker with nothing to report and no rescue
+-- due: the pass an idle worker makes when a notice wakes it, so the one on the
+-- enqueue-to-start path. Measured there, alternating the two, the full statement took
+-- 0.27 ms more at the median (1.60 against 1.33 ms), running the parts that had nothing
+-- to do. Same parameters $1..$4, same rows back. Only for queues the caller holds no
+-- lock on: a limited queue claims nothing and is named in unlocked_in, as in the exchange.
+WITH wanted AS (
+    SELECT w.queue,
+           CASE WHEN q.concurrency_limit IS NULL THEN w.n ELSE 0 END AS n,
+           q.concurrency_limit IS NOT NULL AS unlocked
+    FROM unnest($1::text[], $2::int[]) AS w(queue, n)
+    LEFT JOIN conveyor_queues q ON q.name = w.queue
+    WHERE q.paused IS NOT TRUE
+),
+picked AS (
+    SELECT c.id
+    FROM wanted w
+    CROSS JOIN LATERAL (
+        SELECT id FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = w.queue AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT w.n
+        FOR UPDATE SKIP LOCKED
+    ) c
+),
+claimed AS (
+    UPDATE conveyor_jobs j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        locked_by = $3,
+        lease_expires_at = now() + make_interval(secs => $4),
+        started_at = now(),
+        progress = NULL,
+        progress_message = NULL
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.*
+)
+SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
+       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
+       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in
+FROM claimed c
+UNION ALL
+SELECT 'summary', (NULL::conveyor_jobs).*,
+       CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(n), 0) FROM wanted)
+            THEN (SELECT min(run_at) FROM conveyor_jobs
+                  WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now())
+       END,
+       '{}', '{}', '{}',
+       ARRAY(SELECT queue FROM wanted WHERE unlocked)
+
 -- name: limited_queues
 SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL
 
