@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import backlog, enqueue, latency, memory, throughput
+from bench import backlog, enqueue, http_load, latency, memory, throughput
 from bench.report import (
     Case,
     Options,
@@ -49,6 +49,10 @@ BENCHMARKS: dict[str, Callable[[list[StoreConfig], Options], list[Case]]] = {
     "backlog": backlog.cases,
     "rss": memory.cases,
 }
+
+HTTP = "http"
+"""``POST /v1/requests`` under load: :mod:`bench.http_load`, which starts its own servers and
+prints its own report (``python -m bench.http_load --help`` for its options)."""
 
 QUICK = Options(
     enqueue_jobs=20_000,
@@ -107,8 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=sorted(BENCHMARKS),
-        help="run only this benchmark (repeatable; default all)",
+        choices=sorted([*BENCHMARKS, HTTP]),
+        help="run only this benchmark (repeatable; default all). http runs "
+        "bench.http_load (its own processes and report) on the stores asked for",
     )
     parser.add_argument("--quick", action="store_true", help="smaller N and fewer runs")
     parser.add_argument("--runs", type=int, help="runs per enqueue/throughput figure (5)")
@@ -297,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     failed = False
-    for name in args.only or list(BENCHMARKS):
+    for name in args.only or [*BENCHMARKS, HTTP]:
+        if name == HTTP:
+            failed |= _http(args, [b.name for b in backends]) != 0
+            continue
         cases = BENCHMARKS[name](stores, opts)
         rows += [case.row for case in cases]
         try:
@@ -313,6 +321,21 @@ def main(argv: list[str] | None = None) -> int:
         path = write_json(machine, described, opts, rows, dt.datetime.now().astimezone())
         print(f"\nresults written to {path}")
     return 1 if failed else 0
+
+
+def _http(args: argparse.Namespace, stores: list[str]) -> int:
+    """Run the HTTP load benchmark on the stores asked for; its exit status."""
+    argv = ["--postgres-url", args.postgres_url]
+    for store in stores:
+        argv += ["--setup", store]
+    if args.tmpdir:
+        argv += ["--tmpdir", args.tmpdir]
+    if args.quick:
+        argv.append("--quick")
+    if args.no_json:
+        argv.append("--no-json")
+    print(flush=True)
+    return http_load.main(argv)
 
 
 if __name__ == "__main__":
