@@ -3,10 +3,17 @@ dependency counts against the per-caller limit, and the request id travels."""
 
 from __future__ import annotations
 
-import httpx
-from api_support import AppClient, submit
+from pathlib import Path
 
+import httpx
+from api_support import AppClient, api_settings, serving, submit
+from fastapi import Request
+
+import conveyor
+from conveyor.api import create_app
+from conveyor.api.deps import Caller, admit, get_caller
 from conveyor.store.base import Store
+from conveyor.store.records import DEFAULT_TENANT
 
 
 async def test_responses_carry_the_request_id_and_security_headers(
@@ -37,15 +44,35 @@ async def test_per_address_limit_answers_429(app_client: AppClient) -> None:
         assert (await http.get("/health")).status_code == 200  # probes are not limited
 
 
-async def test_per_caller_limit_answers_429(app_client: AppClient) -> None:
-    async with app_client(rate_limit_per_caller="1/minute") as http:
+async def test_per_caller_limit_answers_429(
+    store: Store, kinds: conveyor.Registry, tmp_path: Path
+) -> None:
+    app = create_app(
+        api_settings(tmp_path, rate_limit_per_caller="1/minute"), store=store, kinds=kinds
+    )
+
+    async def alice(request: Request) -> Caller:
+        return await admit(request, Caller(tenant_id=DEFAULT_TENANT, caller_id="alice"))
+
+    app.dependency_overrides[get_caller] = alice
+    async with serving(app) as http:
         assert (await http.get("/v1/jobs")).status_code == 200
         refused = await http.get("/v1/jobs")
         assert refused.status_code == 429
         assert "this caller" in refused.json()["detail"]
+        assert refused.headers["Retry-After"]
+        assert refused.headers["RateLimit-Limit"] == "1"
         seed = await http.get("/api/queue/status")
         assert seed.status_code == 429
         assert seed.json()["success"] is False
+
+
+async def test_anonymous_clients_do_not_share_a_caller_limit(app_client: AppClient) -> None:
+    # Every unauthenticated client is the one anonymous caller; only the per-address
+    # limit applies to them.
+    async with app_client(rate_limit_per_caller="1/minute") as http:
+        statuses = [(await http.get("/v1/jobs")).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
 
 
 async def test_metrics_are_served(http: httpx.AsyncClient) -> None:

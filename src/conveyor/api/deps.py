@@ -20,7 +20,7 @@ from conveyor.store.records import DEFAULT_TENANT
 if TYPE_CHECKING:
     from conveyor.api.state import ApiState
 
-__all__ = ["ANONYMOUS", "Caller", "get_api", "get_caller", "request_id"]
+__all__ = ["ANONYMOUS", "Caller", "admit", "get_api", "get_caller", "request_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +39,29 @@ async def get_caller(request: Request) -> Caller:
     """The authenticated caller.
 
     Until the accounts issue, every call is the default tenant's ``anonymous`` caller.
-    Counts the call against the caller's rate limit (429 above it) and leaves the
-    caller in ``request.state.caller``.
+    What the call may then do is decided by :func:`admit`.
     """
-    caller = ANONYMOUS
+    return await admit(request, ANONYMOUS)
+
+
+async def admit(request: Request, caller: Caller) -> Caller:
+    """Leave ``caller`` in ``request.state.caller`` and count the call against its rate
+    limit (429 above it); return it. Whoever authenticates a caller ends with this.
+
+    The anonymous caller is not limited per caller: it stands for every unauthenticated
+    client at once, which would then share one budget. The per-address limit covers
+    those clients, each on its own.
+    """
     request.state.caller = caller
-    await limit_caller(request, caller)
+    if caller != ANONYMOUS:
+        await limit_caller(request, caller)
     return caller
 
 
-def get_api(request: Request) -> ApiState:
-    """The application's :class:`~conveyor.api.state.ApiState`."""
+async def get_api(request: Request) -> ApiState:
+    """The application's :class:`~conveyor.api.state.ApiState`.
+
+    Async so that FastAPI calls it on the event loop: a sync dependency costs a hop to
+    the thread pool on every request."""
     api: ApiState = request.app.state.conveyor
     return api
