@@ -322,10 +322,12 @@ class FlakyStorage(MemoryStorage):
 
     down = False
 
-    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+    async def acquire_sliding_window_entry(
+        self, key: str, limit: int, expiry: int, amount: int = 1
+    ) -> bool:
         if self.down:
             raise StorageError(ConnectionError("storage down"))
-        return await super().acquire_entry(key, limit, expiry, amount)
+        return await super().acquire_sliding_window_entry(key, limit, expiry, amount)
 
 
 async def test_fails_open_then_recovers_and_skips_the_storage_meanwhile() -> None:

@@ -13,12 +13,17 @@ that several API processes share them. The Redis path uses limits' asyncio stora
 ``implementation="redispy"`` (``redis.asyncio``): limits' default asyncio Redis client is
 ``coredis``, which is not installed here and is what "failed silently" in DESIGN.md.
 
-Strategy: **moving window**. It is exact ("at most 200 in any 15 minutes", no double burst
-at a window boundary as with a fixed window), a refused request does not consume quota (a
-client hammering while limited is not locked out for longer), and ``Retry-After`` is the
-time until the oldest counted request leaves the window. Its cost is one list of at most
-``limit`` timestamps per key (about 3 KB per active address at 200) and two Redis
-round trips per check (one Lua script to acquire, one binary search for the headers).
+Strategy: limits' **sliding window counter**. A key holds two counters, this fixed window's
+and the previous one's; a request is allowed while ``previous * (share of the previous
+window still inside the sliding window) + current`` stays below the limit. So there is no
+double burst at a window boundary as with a plain fixed window, and a refused request does
+not consume quota (a client hammering while limited is not locked out for longer).
+``RateLimit-Reset`` and ``Retry-After`` are limits' reset time: when the weighted count next
+drops by one request, i.e. when a retry can pass. Each check costs O(1): two counters per
+key in memory, and in Redis two round trips (one Lua script to acquire, one read for the
+headers). The moving window, exact to the request, keeps one timestamp per counted request
+and costs O(limit) per check in memory; at 1,000 requests/s that was a tenth of the API's
+CPU.
 
 Responses: every response to a limited request carries ``RateLimit-Limit``,
 ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds) and ``RateLimit-Policy``
@@ -73,7 +78,7 @@ import redis.exceptions
 from fastapi import HTTPException, Request
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from starlette.datastructures import MutableHeaders
@@ -147,7 +152,7 @@ class LimitStatus:
     remaining: int
     window_s: int
     reset_after_s: float
-    """Seconds until the oldest counted request leaves the window (a slot frees)."""
+    """Seconds until the window frees a slot for one more request."""
 
     @property
     def retry_after(self) -> int:
@@ -184,7 +189,7 @@ def _async_redis_url(url: str) -> str:
 
 
 class RateLimiter:
-    """Per-address and per-caller moving-window limits over one ``limits`` storage.
+    """Per-address and per-caller sliding-window limits over one ``limits`` storage.
 
     Build it with :meth:`from_settings`, :meth:`in_memory` or :meth:`with_redis`; close it
     with :meth:`aclose` (idempotent). ``hit_*`` return None when the storage failed and the
@@ -205,7 +210,7 @@ class RateLimiter:
         self.per_caller: RateLimitItem = parse(per_caller)
         self.backend = backend
         self._storage = storage
-        self._strategy = MovingWindowRateLimiter(storage)
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._pool = pool
         self._retry_after_failure_s = retry_after_failure_s
         self._skip_until = 0.0
