@@ -10,6 +10,7 @@ from collections.abc import Callable
 from conveyor.store.base import Store
 from conveyor.store.records import (
     ClaimRequest,
+    JobFilter,
     JobState,
     NewJob,
     NewRequest,
@@ -35,8 +36,10 @@ def _request(new_job: NewJobFactory, key: str | None = None, **job: object) -> N
 
 
 async def test_a_request_is_created_with_its_job(store: Store, new_job: NewJobFactory) -> None:
-    request, created = await store.create_request(_request(new_job))
-    assert created
+    stored = await store.create_request(_request(new_job))
+    request = stored.request
+    assert stored.created
+    assert stored.queue_position == 0
     assert request.input == {"doctor": "Ada"}
     assert request.job.state is JobState.QUEUED
     assert request.http_request_id == "req-abc"
@@ -47,53 +50,97 @@ async def test_a_request_is_created_with_its_job(store: Store, new_job: NewJobFa
 async def test_the_same_idempotency_key_returns_the_same_request(
     store: Store, new_job: NewJobFactory
 ) -> None:
-    first, created = await store.create_request(_request(new_job, key="k1"))
-    again, created_again = await store.create_request(_request(new_job, key="k1"))
-    assert created
-    assert not created_again
-    assert again.id == first.id
+    first = await store.create_request(_request(new_job, key="k1"))
+    again = await store.create_request(_request(new_job, key="k1"))
+    assert first.created
+    assert not again.created
+    assert again.request == first.request
+    assert again.queue_position == first.queue_position == 0
     jobs = await store.list_requests(RequestFilter(tenant_id="default"))
-    assert [r.id for r in jobs] == [first.id]
+    assert [r.id for r in jobs] == [first.request.id]
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [first.request.job.id]
 
 
 async def test_keys_are_per_caller_and_per_tenant(store: Store, new_job: NewJobFactory) -> None:
-    a, _ = await store.create_request(_request(new_job, key="k"))
+    a = (await store.create_request(_request(new_job, key="k"))).request
     other_caller = NewRequest("test.noop", {}, "caller-2", new_job(), idempotency_key="k")
-    b, created_b = await store.create_request(other_caller)
+    b = await store.create_request(other_caller)
     other_tenant = NewRequest(
         "test.noop", {}, "caller-1", new_job(tenant_id="t2"), idempotency_key="k"
     )
-    c, created_c = await store.create_request(other_tenant)
-    assert created_b
-    assert created_c
-    assert len({a.id, b.id, c.id}) == 3
+    c = await store.create_request(other_tenant)
+    assert b.created
+    assert c.created
+    assert len({a.id, b.request.id, c.request.id}) == 3
 
 
 async def test_racing_requests_with_one_key_create_one(
     store: Store, peer_store: Store, new_job: NewJobFactory
 ) -> None:
     results = await asyncio.gather(
-        *(
-            s.create_request(_request(new_job, key="race"))
-            for s in (store, peer_store, store, peer_store)
-        )
+        *(s.create_request(_request(new_job, key="race")) for s in (store, peer_store) * 4)
     )
-    assert len({request.id for request, _ in results}) == 1
-    assert sum(created for _, created in results) == 1
+    assert len({r.request.id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert {r.queue_position for r in results} == {0}
     listed = await store.list_requests(RequestFilter(tenant_id="default"))
     assert len(listed) == 1
+    # The repeats left no job of their own behind.
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [listed[0].job.id]
+
+
+async def test_a_request_returns_its_queue_position(store: Store, new_job: NewJobFactory) -> None:
+    low = [await store.create_request(_request(new_job, priority=3)) for _ in range(3)]
+    high = await store.create_request(_request(new_job, priority=1))
+    later = await store.create_request(_request(new_job, priority=3, delay_s=60))
+    assert [s.queue_position for s in low] == [0, 1, 2]
+    assert high.queue_position == 0
+    assert later.queue_position == 4  # every due job runs before it
+    await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
+    again = await store.create_request(_request(new_job, key="k", priority=3))
+    assert again.queue_position == 3
+    running = (await store.list_jobs(JobFilter(state=JobState.RUNNING)))[0]
+    assert running.id == high.request.job.id
+
+
+async def test_a_repeat_of_a_started_request_has_no_position(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    first = await store.create_request(_request(new_job, key="k"))
+    await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
+    again = await store.create_request(_request(new_job, key="k"))
+    assert not again.created
+    assert again.request.job.state is JobState.RUNNING
+    assert again.queue_position is None
+    assert again.request.id == first.request.id
+
+
+async def test_a_request_whose_job_key_is_held_joins_that_job(
+    store: Store, peer_store: Store, new_job: NewJobFactory
+) -> None:
+    [held] = await store.enqueue([new_job(unique_key="u")])
+    joined = await store.create_request(_request(new_job, unique_key="u"))
+    assert joined.created
+    assert joined.request.job.id == held.id
+    racing = await asyncio.gather(
+        *(s.create_request(_request(new_job, unique_key="v")) for s in (store, peer_store) * 3)
+    )
+    assert all(r.created for r in racing)
+    assert len({r.request.id for r in racing}) == 6
+    assert len({r.request.job.id for r in racing}) == 1
+    assert len(await store.list_jobs(JobFilter())) == 2
 
 
 async def test_another_tenant_cannot_read_a_request(store: Store, new_job: NewJobFactory) -> None:
-    request, _ = await store.create_request(_request(new_job))
+    request = (await store.create_request(_request(new_job))).request
     assert await store.get_request(request.id, "someone-else") is None
     assert await store.list_requests(RequestFilter(tenant_id="someone-else")) == []
 
 
 async def test_list_requests_filters_and_pages(store: Store, new_job: NewJobFactory) -> None:
-    made = [(await store.create_request(_request(new_job)))[0] for _ in range(5)]
+    made = [(await store.create_request(_request(new_job))).request for _ in range(5)]
     other = NewRequest("other.kind", {}, "caller-1", new_job(kind="other.kind"))
-    odd, _ = await store.create_request(other)
+    odd = (await store.create_request(other)).request
     everything = await store.list_requests(RequestFilter(tenant_id="default"))
     assert [r.id for r in everything] == [odd.id, *[r.id for r in reversed(made)]]
     page = await store.list_requests(RequestFilter(tenant_id="default", limit=2))
@@ -126,16 +173,16 @@ async def test_list_requests_filters_and_pages(store: Store, new_job: NewJobFact
 
 
 async def test_queue_position_counts_the_jobs_ahead(store: Store, new_job: NewJobFactory) -> None:
-    low = [(await store.create_request(_request(new_job, priority=3)))[0] for _ in range(3)]
-    high, _ = await store.create_request(_request(new_job, priority=1))
-    elsewhere, _ = await store.create_request(_request(new_job, queue="other"))
+    low = [(await store.create_request(_request(new_job, priority=3))).request for _ in range(3)]
+    high = (await store.create_request(_request(new_job, priority=1))).request
+    elsewhere = (await store.create_request(_request(new_job, queue="other"))).request
     assert [await store.queue_position(r.job) for r in low] == [1, 2, 3]
     assert await store.queue_position(high.job) == 0
     assert await store.queue_position(elsewhere.job) == 0
 
 
 async def test_pruning_a_job_prunes_its_request(store: Store, new_job: NewJobFactory) -> None:
-    request, _ = await store.create_request(_request(new_job))
+    request = (await store.create_request(_request(new_job))).request
     claimed = await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
     job = claimed.claimed[0]
     await store.settle_and_claim(

@@ -21,8 +21,9 @@ from conveyor.api.deps import Caller
 from conveyor.api.errors import Conflict, Overloaded
 from conveyor.api.schemas import RequestAccepted, at_utc, due
 from conveyor.api.state import ApiState
+from conveyor.engine.errors import InvalidJob
 from conveyor.engine.services import rss_mb
-from conveyor.store.records import JSON, JobState, NewRequest, QueueStats, Request
+from conveyor.store.records import JSON, NewRequest, QueueStats, Request
 
 MEMORY_RETRY_AFTER_S = 10
 BACKLOG_RETRY_AFTER_MAX_S = 300
@@ -72,27 +73,28 @@ async def submit(
     check_memory(api.settings.max_memory_mb)
     stats = (await api.stats.get(client)).get(job.queue)
     check_backlog(stats, api.settings.max_backlog)
-    request, created = await client.store.create_request(
-        NewRequest(
-            kind=kind,
-            input=job.payload,
-            caller_id=caller.caller_id,
-            job=job,
-            idempotency_key=idempotency_key,
-            http_request_id=request_id,
-        )
+    new = NewRequest(
+        kind=kind,
+        input=job.payload,
+        caller_id=caller.caller_id,
+        job=job,
+        idempotency_key=idempotency_key,
+        http_request_id=request_id,
     )
-    if not created and (request.kind != kind or request.input != job.payload):
+    try:
+        stored = await client.store.create_request(new)
+    except TypeError as exc:
+        # Valid JSON the database cannot hold, such as a \u0000 in a string on PostgreSQL.
+        raise InvalidJob(f"input cannot be stored: {exc}") from exc
+    request = stored.request
+    if not stored.created and (request.kind != kind or request.input != job.payload):
         raise Conflict(
             f"Idempotency-Key {idempotency_key!r} was already used for request {request.id} "
             "with a different kind or input; use a new key for a new request"
         )
-    position: int | None = None
-    wait: float | None = None
-    if request.job.state is JobState.QUEUED:
-        position = await client.store.queue_position(request.job)
-        wait = estimate_wait(position, stats)
-    return Submission(request, created, position, wait)
+    position = stored.queue_position
+    wait = None if position is None else estimate_wait(position, stats)
+    return Submission(request, stored.created, position, wait)
 
 
 def check_memory(max_memory_mb: float) -> None:

@@ -32,6 +32,7 @@ from conveyor.store.records import (
     RequestFilter,
     RescueResult,
     SettleResult,
+    StoredRequest,
     WorkerInfo,
 )
 
@@ -123,10 +124,12 @@ class Store(Protocol):
         """Delete finished jobs that finished more than ``older_than_s`` ago."""
 
     # -- requests --------------------------------------------------------------------
-    async def create_request(self, new: NewRequest) -> tuple[Request, bool]:
-        """Create a request and its job in one transaction; True if created. With an
-        idempotency key that this tenant's caller used before, return that request
-        (False) and create nothing, even when two such calls race."""
+    async def create_request(self, new: NewRequest) -> StoredRequest:
+        """Create a request and its job in one transaction, and read the job's queue
+        position with them. With an idempotency key that this tenant's caller used
+        before, return that request (``created`` False) and create nothing, not even a
+        job, even when two such calls race. Raises ``TypeError`` for input or a payload
+        the database cannot hold (PostgreSQL: a ``\\u0000`` in a JSON string)."""
 
     async def get_request(self, request_id: int, tenant_id: str) -> Request | None: ...
 

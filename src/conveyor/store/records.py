@@ -394,6 +394,18 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """What creating a request resolved to."""
+
+    request: Request
+    created: bool
+    """False when the idempotency key named an earlier request, which is returned."""
+    queue_position: int | None
+    """Queued, due jobs of the job's queue that will be claimed before it, read with the
+    request; None when the job is not queued."""
+
+
+@dataclass(frozen=True, slots=True)
 class RequestFilter:
     """Which requests of a tenant to list, newest first; ``before_id`` is the cursor."""
 

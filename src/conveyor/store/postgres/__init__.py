@@ -55,6 +55,7 @@ from conveyor.store.records import (
     RequestFilter,
     RescueResult,
     SettleResult,
+    StoredRequest,
     WorkerInfo,
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
@@ -433,51 +434,51 @@ class PostgresStore:
         return await self._run(delete)
 
     # -- requests --------------------------------------------------------------------
-    async def create_request(self, new: NewRequest) -> tuple[Request, bool]:
-        async def find(conn: Conn) -> Request | None:
-            if new.idempotency_key is None:
-                return None
-            found = await conn.fetchval(
-                _Q["find_request_by_key"], new.tenant_id, new.caller_id, new.idempotency_key
+    async def create_request(self, new: NewRequest) -> StoredRequest:
+        job = new.job
+        args = (
+            job.tenant_id,
+            job.queue,
+            job.kind,
+            job.priority,
+            _dumps(job.payload),
+            job.max_attempts,
+            job.run_at,
+            job.delay_s,
+            job.timeout_s,
+            job.unique_key,
+            _dumps(job.meta),
+            CHANNEL,
+            new.caller_id,
+            new.kind,
+            _dumps(new.input),
+            new.idempotency_key,
+            new.http_request_id,
+        )
+
+        async def create(conn: Conn) -> asyncpg.Record:
+            # Each pass either answers or saw a racing call commit what it needs to see
+            # (see the statement): the next pass, with a new snapshot, answers.
+            for _ in range(_CREATE_REQUEST_PASSES):
+                try:
+                    row = await conn.fetchrow(_Q["create_request"], *args)
+                except asyncpg.UniqueViolationError:
+                    continue
+                if row is not None:
+                    return row
+            raise ConflictError(
+                f"request with idempotency key {new.idempotency_key!r} and job unique_key "
+                f"{job.unique_key!r} kept racing with other calls; submit again"
             )
-            if found is None:
-                return None
-            row = await conn.fetchrow(_Q["get_request"], found, new.tenant_id)
-            return _record_to_request(row) if row is not None else None
 
-        async def create(conn: Conn) -> tuple[Request, bool]:
-            existing = await find(conn)
-            if existing is not None:
-                return existing, False
-            try:
-                async with conn.transaction():
-                    (enqueued,) = await _insert_jobs(conn, [new.job])
-                    request_id = await conn.fetchval(
-                        _Q["insert_request"],
-                        new.tenant_id,
-                        new.caller_id,
-                        new.kind,
-                        _dumps(new.input),
-                        enqueued.id,
-                        new.idempotency_key,
-                        new.http_request_id,
-                    )
-            except asyncpg.UniqueViolationError:
-                # Another call with the same key committed first: ours is rolled back,
-                # its job included, and theirs is the answer.
-                raced = await find(conn)
-                if raced is None:
-                    raise
-                return raced, False
-            row = await conn.fetchrow(_Q["get_request"], request_id, new.tenant_id)
-            if row is None:
-                raise StoreError(f"request {request_id} vanished after its creation")
-            return _record_to_request(row), True
-
-        request, created = await self._run(create)
+        try:
+            row = await self._run(create)
+        except asyncpg.DataError as exc:
+            raise TypeError(f"a request could not be stored: {exc}") from exc
+        created: bool = row["created"]
         if created:
-            self._publish(JobsAvailable(frozenset({new.job.queue})))
-        return request, created
+            self._publish(JobsAvailable(frozenset({job.queue})))
+        return StoredRequest(_record_to_request(row), created, row["queue_position"])
 
     async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
         row = await self._run(lambda conn: conn.fetchrow(_Q["get_request"], request_id, tenant_id))
@@ -745,6 +746,10 @@ def _safe(url: str) -> str:
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
+
+_CREATE_REQUEST_PASSES = 3
+"""A pass is repeated only after a racing call committed; two such races in a row are
+already unlikely."""
 
 _COPY_FROM = 64
 """Batches at least this large, without unique keys, are written with COPY."""

@@ -406,16 +406,82 @@ WHERE expires_at >= now() ORDER BY started_at
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM conveyor_schema
 
--- name: find_request_by_key
-SELECT id FROM conveyor_requests WHERE tenant_id = $1 AND caller_id = $2 AND idempotency_key = $3
-
--- name: insert_request
--- A second request with the same key from the same caller conflicts: the caller's
--- transaction is rolled back (its job with it) and the first request is returned.
-INSERT INTO conveyor_requests (
-    tenant_id, caller_id, kind, input, job_id, idempotency_key, http_request_id, created_at
-) VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-RETURNING id
+-- name: create_request
+-- A POST in one statement and one round trip: the request, its job (with its NOTIFY) and
+-- its queue position. $1..$11 are insert_job's job, $12 the channel, $13..$17 the request.
+--
+-- The request goes in first, with a job id drawn up front, and the job only if the
+-- request did: an Idempotency-Key this caller used before conflicts, and then no job is
+-- inserted, so a repeat never leaves a stray job. A key used before this statement
+-- began is found in its snapshot and that request comes back (created false). A key
+-- committed by a racing call after that makes the request insert wait for it and do
+-- nothing: then no row comes back and the caller runs the statement again, which sees it.
+--
+-- JSON parameters are text, cast where used: a repeat returns the first request even
+-- when its input is JSON that jsonb refuses (a \u0000 in a string).
+--
+-- A job whose unique_key an active job holds resolves to that job, as enqueue does. The
+-- job insert has no ON CONFLICT: a holder that commits during this statement fails it
+-- with a unique violation (the request is undone with it) and the caller runs it again.
+WITH existing AS (
+    SELECT * FROM conveyor_requests
+    WHERE tenant_id = $1 AND caller_id = $13 AND idempotency_key = $16
+),
+holder AS (
+    SELECT id FROM conveyor_jobs
+    WHERE tenant_id = $1 AND unique_key = $10 AND state IN ('queued', 'running')
+),
+ids AS MATERIALIZED (
+    SELECT coalesce((SELECT id FROM holder), nextval('conveyor_jobs_id_seq'::regclass)) AS id
+    WHERE NOT EXISTS (SELECT FROM existing)
+),
+req AS (
+    INSERT INTO conveyor_requests (
+        tenant_id, caller_id, kind, input, job_id, idempotency_key, http_request_id, created_at
+    )
+    SELECT $1, $13, $14, $15::text::jsonb, ids.id, $16, $17, now() FROM ids
+    ON CONFLICT (tenant_id, caller_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING *
+),
+job AS (
+    INSERT INTO conveyor_jobs (
+        id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
+        timeout_s, unique_key, meta, created_at
+    )
+    SELECT req.job_id, $1, $2, $3, $4, 'queued', $5::text::jsonb, $6,
+           coalesce(to_timestamp($7), now() + make_interval(secs => $8)), $9, $10,
+           $11::text::jsonb, now()
+    FROM req
+    WHERE NOT EXISTS (SELECT FROM holder)
+    RETURNING *
+),
+notified AS (
+    SELECT pg_notify($12, 'q:' || queue) FROM job
+),
+found AS (
+    -- Aliased where a job column has the same name, so the job's can be named below.
+    SELECT r.id AS request_id, r.tenant_id AS request_tenant_id, r.caller_id,
+           r.kind AS request_kind, r.input, r.idempotency_key, r.http_request_id,
+           r.created_at AS request_created_at, j.*, true AS created
+    FROM req r JOIN job j ON j.id = r.job_id
+    UNION ALL
+    SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key,
+           r.http_request_id, r.created_at, j.*, true
+    FROM req r JOIN conveyor_jobs j ON j.id = r.job_id
+    UNION ALL
+    SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key,
+           r.http_request_id, r.created_at, j.*, false
+    FROM existing r JOIN conveyor_jobs j ON j.id = r.job_id
+)
+SELECT f.*,
+       CASE WHEN f.state = 'queued' THEN (
+           SELECT count(*) FROM conveyor_jobs q
+           WHERE q.state = 'queued' AND q.queue = f.queue AND q.run_at <= now()
+             AND (q.priority, q.run_at, q.id) < (f.priority, f.run_at, f.id)
+       ) END AS queue_position,
+       (SELECT count(*) FROM notified) AS notified
+FROM found f
 
 -- name: get_request
 SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,

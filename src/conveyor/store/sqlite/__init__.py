@@ -54,6 +54,7 @@ from conveyor.store.records import (
     RequestFilter,
     RescueResult,
     SettleResult,
+    StoredRequest,
     WorkerInfo,
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
@@ -399,8 +400,8 @@ class SqliteStore:
         return await self._write(tx)
 
     # -- requests --------------------------------------------------------------------
-    async def create_request(self, new: NewRequest) -> tuple[Request, bool]:
-        def tx(conn: sqlite3.Connection, now: float) -> tuple[Request, bool]:
+    async def create_request(self, new: NewRequest) -> StoredRequest:
+        def tx(conn: sqlite3.Connection, now: float) -> StoredRequest:
             # The write lock is held from the start, so two calls with one key cannot
             # both miss the look-up.
             if new.idempotency_key is not None:
@@ -409,7 +410,7 @@ class SqliteStore:
                     (new.tenant_id, new.caller_id, new.idempotency_key),
                 ).fetchone()
                 if found is not None:
-                    return _get_request(conn, found[0]), False
+                    return _stored(conn, now, _get_request(conn, found[0]), created=False)
             (enqueued,) = _insert_jobs(conn, now, [new.job])
             (request_id,) = conn.execute(
                 _Q["insert_request"],
@@ -424,12 +425,12 @@ class SqliteStore:
                     now,
                 ),
             ).fetchone()
-            return _get_request(conn, request_id), True
+            return _stored(conn, now, _get_request(conn, request_id), created=True)
 
-        request, created = await self._write(tx)
-        if created:
+        stored = await self._write(tx)
+        if stored.created:
             self._publish(JobsAvailable(frozenset({new.job.queue})))
-        return request, created
+        return stored
 
     async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
         def read(conn: sqlite3.Connection, now: float) -> Request | None:
@@ -464,17 +465,7 @@ class SqliteStore:
         return [_row_to_request(row) for row in rows]
 
     async def queue_position(self, job: Job) -> int:
-        def read(conn: sqlite3.Connection, now: float) -> int:
-            params = {
-                "queue": job.queue,
-                "now": now,
-                "priority": job.priority,
-                "run_at": job.run_at,
-                "id": job.id,
-            }
-            return int(conn.execute(_Q["queue_position"], params).fetchone()[0])
-
-        return await self._read(read)
+        return await self._read(lambda conn, now: _jobs_ahead(conn, now, job))
 
     # -- operating -------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None:
@@ -660,6 +651,23 @@ def _row_to_request(row: Sequence[Any]) -> Request:
 
 def _get_request(conn: sqlite3.Connection, request_id: int) -> Request:
     return _row_to_request(conn.execute(_Q["get_request"], (request_id,)).fetchone())
+
+
+def _jobs_ahead(conn: sqlite3.Connection, now: float, job: Job) -> int:
+    """Queued, due jobs of the job's queue that will be claimed before it."""
+    params = {
+        "queue": job.queue,
+        "now": now,
+        "priority": job.priority,
+        "run_at": job.run_at,
+        "id": job.id,
+    }
+    return int(conn.execute(_Q["queue_position"], params).fetchone()[0])
+
+
+def _stored(conn: sqlite3.Connection, now: float, request: Request, created: bool) -> StoredRequest:
+    queued = request.job.state is JobState.QUEUED
+    return StoredRequest(request, created, _jobs_ahead(conn, now, request.job) if queued else None)
 
 
 def _get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:

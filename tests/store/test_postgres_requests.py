@@ -1,0 +1,123 @@
+"""PostgreSQL: a request is created in one statement, so the races the contract suite
+can only provoke by chance are forced here: another transaction holds the key the
+statement needs until the statement is waiting for it, then commits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from conveyor.store.postgres import PostgresStore
+from conveyor.store.records import JobFilter, NewJob, NewRequest
+from pg_server import PgTestServer
+
+INSERT_JOB = (
+    "INSERT INTO conveyor_jobs (tenant_id, queue, kind, priority, state, payload, "
+    "max_attempts, run_at, unique_key, created_at) "
+    "VALUES ('default', 'default', 'test.noop', 2, 'queued', '{}', 3, now(), $1, now()) "
+    "RETURNING id"
+)
+INSERT_REQUEST = (
+    "INSERT INTO conveyor_requests (tenant_id, caller_id, kind, input, job_id, "
+    "idempotency_key, created_at) "
+    "VALUES ('default', 'caller-1', 'test.noop', '{}', $1, $2, now()) RETURNING id"
+)
+
+
+@pytest.fixture
+def pg(pg_server: PgTestServer) -> PgTestServer:
+    pg_server.empty()
+    return pg_server
+
+
+@pytest.fixture
+async def store(pg: PgTestServer) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(pg.url)
+    await opened.open()
+    await opened.migrate()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def other(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg.url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _request(key: str | None = None, unique_key: str | None = None) -> NewRequest:
+    job = NewJob("test.noop", "default", {}, 2, 3, None, unique_key=unique_key)
+    return NewRequest("test.noop", {}, "caller-1", job, idempotency_key=key)
+
+
+async def _blocked(task: asyncio.Task[object]) -> None:
+    await asyncio.sleep(0.3)
+    assert not task.done(), "the statement did not wait for the other transaction"
+
+
+async def test_a_key_committed_while_the_statement_waits_returns_that_request(
+    store: PostgresStore, other: asyncpg.Connection
+) -> None:
+    async with other.transaction():
+        job_id = await other.fetchval(INSERT_JOB, None)
+        request_id = await other.fetchval(INSERT_REQUEST, job_id, "k")
+        task = asyncio.create_task(store.create_request(_request(key="k")))
+        await _blocked(task)
+    stored = await task
+    assert not stored.created
+    assert (stored.request.id, stored.request.job.id) == (request_id, job_id)
+    assert stored.queue_position == 0
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [job_id]
+
+
+async def test_a_key_rolled_back_while_the_statement_waits_is_free(
+    store: PostgresStore, other: asyncpg.Connection
+) -> None:
+    tx = other.transaction()
+    await tx.start()
+    job_id = await other.fetchval(INSERT_JOB, None)
+    await other.fetchval(INSERT_REQUEST, job_id, "k")
+    task = asyncio.create_task(store.create_request(_request(key="k")))
+    await _blocked(task)
+    await tx.rollback()
+    stored = await task
+    assert stored.created
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [stored.request.job.id]
+
+
+async def test_a_unique_key_taken_while_the_statement_waits_joins_that_job(
+    store: PostgresStore, other: asyncpg.Connection
+) -> None:
+    async with other.transaction():
+        job_id = await other.fetchval(INSERT_JOB, "u")
+        task = asyncio.create_task(store.create_request(_request(unique_key="u")))
+        await _blocked(task)
+    stored = await task
+    assert stored.created
+    assert stored.request.job.id == job_id
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [job_id]
+
+
+async def test_input_the_database_cannot_hold_is_a_type_error(store: PostgresStore) -> None:
+    new = _request()
+    with pytest.raises(TypeError, match="could not be stored"):
+        await store.create_request(NewRequest("test.noop", {"a": "\u0000"}, "caller-1", new.job))
+    assert await store.list_jobs(JobFilter()) == []
+
+
+async def test_a_repeat_with_input_the_database_cannot_hold_finds_the_first(
+    store: PostgresStore,
+) -> None:
+    first = await store.create_request(_request(key="k"))
+    bad = NewRequest("test.noop", {"a": "\u0000"}, "caller-1", _request().job, idempotency_key="k")
+    again = await store.create_request(bad)
+    assert not again.created
+    assert again.request.id == first.request.id
