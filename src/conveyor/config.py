@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     flush_interval: float = Field(
         default=0.002,
         ge=0,
-        description="Seconds a worker waits to batch finished jobs into one transaction.",
+        description="Seconds a worker holds finished jobs' results for its next claim to "
+        "carry them, before it records them on their own.",
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",

@@ -390,6 +390,74 @@ async def test_two_workers_never_share_a_job(
     assert {owner for _, owner in runs} <= {one.id, two.id}
 
 
+# -- recording results -----------------------------------------------------------------------
+class RecordingStore:
+    """The store, noting for each exchange how many results it recorded and how many
+    jobs it claimed."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.exchanges: list[tuple[int, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def settle_and_claim(self, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await self._inner.settle_and_claim(outcomes, *args, **kwargs)
+        self.exchanges.append((len(outcomes), len(result.claimed)))
+        return result
+
+
+# Far away: no safety poll or rescue pass may carry the held result instead.
+QUIET = {"safety_poll_interval": 30.0, "rescue_interval": 30.0}
+
+
+async def test_a_claim_carries_the_result_held_for_it(
+    store: Store, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    ran = asyncio.Event()
+
+    @conveyor.job("t.noop", registry=kinds)
+    async def noop(ctx: conveyor.JobContext, payload: Any) -> None:
+        ran.set()
+
+    recording = RecordingStore(store)
+    workers.start(workers.make(store=recording, flush_interval=10.0, **QUIET))
+    await asyncio.sleep(0.05)
+    first = await client.enqueue("t.noop")
+    await asyncio.wait_for(ran.wait(), 3)
+    await asyncio.sleep(0.05)
+    assert (await client.get(first.id)).state == conveyor.JobState.RUNNING
+
+    second = await client.enqueue("t.noop")
+    await wait_state(first.id, "completed", timeout=3)
+
+    # The result of the first job went with the claim of the second, long before the
+    # flush interval was up.
+    assert (1, 1) in recording.exchanges
+    await wait_state(second.id, "running", timeout=3)
+
+
+async def test_a_held_result_is_recorded_after_the_flush_interval(
+    store: Store, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    finished: list[float] = []
+
+    @conveyor.job("t.noop", registry=kinds)
+    async def noop(ctx: conveyor.JobContext, payload: Any) -> None:
+        finished.append(time.monotonic())
+
+    recording = RecordingStore(store)
+    workers.start(workers.make(store=recording, flush_interval=0.3, **QUIET))
+    await asyncio.sleep(0.05)
+    enqueued = await client.enqueue("t.noop")
+
+    await wait_state(enqueued.id, "completed", timeout=3)
+
+    assert time.monotonic() - finished[0] >= 0.3
+    assert recording.exchanges[-1] == (1, 0)
+
+
 # -- scheduling ------------------------------------------------------------------------------
 async def test_scheduled_job_runs_after_its_delay_without_a_notice(
     kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any

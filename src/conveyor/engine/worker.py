@@ -161,6 +161,8 @@ class Worker:
         """Counts the notices that marked queues as maybe due: an exchange's "drained"
         verdict must not erase a notice that arrived while it was in flight."""
         self._next_due: float | None = None
+        self._flush_at = 0.0
+        """When the reports held in _outcomes and _progress must go (monotonic)."""
         self._last_renew = float("-inf")
         self._next_rescue = float("-inf")
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -227,7 +229,7 @@ class Worker:
                 self._shutdown_task = asyncio.create_task(self._drain_running())
             claim = self._claim_request()
             rescue = time.monotonic() >= self._next_rescue
-            if self._outcomes or self._progress or claim is not None or rescue:
+            if claim is not None or rescue or self._reports_due():
                 try:
                     claimed = await self._exchange(claim, rescue)
                 except StoreError as exc:
@@ -242,6 +244,21 @@ class Worker:
             if burst and not self._running and not self._outcomes and not self._maybe_due:
                 return
             await self._sleep()
+
+    def _reports_due(self) -> bool:
+        """Whether the finished attempts and progress held here must go now: once the
+        first of them has waited ``flush_interval``, or at once when stopping. Until then
+        they wait for the next claim to carry them: each exchange is a round trip and a
+        commit, and settling apart from the claims cost nearly two exchanges per job."""
+        if not self._outcomes and not self._progress:
+            return False
+        return self._stopping.is_set() or time.monotonic() >= self._flush_at
+
+    def _hold_reports(self) -> None:
+        """Start the flush clock, if this is the first report held since the last
+        exchange."""
+        if not self._outcomes and not self._progress:
+            self._flush_at = time.monotonic() + self.config.flush_interval
 
     def _claim_request(self) -> ClaimRequest | None:
         if self._stopping.is_set() or self._memory_high or not self._maybe_due:
@@ -318,24 +335,22 @@ class Worker:
             self._next_due = upcoming
 
     async def _sleep(self) -> None:
-        timeout = min(
-            self.config.safety_poll_interval, max(0.0, self._next_rescue - time.monotonic())
-        )
+        """Wait for a notice, a finished job, the next due time, the rescue, the safety
+        poll or the flush of held reports, whichever comes first."""
+        now = time.monotonic()
+        timeout = min(self.config.safety_poll_interval, max(0.0, self._next_rescue - now))
+        poll = timeout
         if self._next_due is not None:
-            timeout = min(timeout, max(0.0, self._next_due - time.time()))
+            poll = timeout = min(timeout, max(0.0, self._next_due - time.time()))
+        if self._outcomes or self._progress:
+            timeout = min(timeout, max(0.0, self._flush_at - now))
         if not self._wake.is_set() and timeout > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                timeout = 0
         self._wake.clear()
-        if timeout <= 0:
+        if time.monotonic() - now >= poll:
             self._maybe_due.update(self.config.queues)
             self._next_due = None
-        only_reports = self._running and self._outcomes and self._claim_request() is None
-        if only_reports and self.config.flush_interval > 0:
-            # Let a few more running jobs finish so their results share one transaction.
-            await asyncio.sleep(self.config.flush_interval)
 
     async def _wait_after_failure(self, exc: StoreError, failures: int) -> None:
         delay = min(5.0, 0.1 * 2 ** min(failures, 6))
@@ -398,6 +413,7 @@ class Worker:
         if outcome is None:
             ctx.log.warning("job stopped: its lease was lost (rescued by another worker)")
             return
+        self._hold_reports()
         self._outcomes.append(outcome)
         pending = self._progress.get(job.id)
         if pending is not None and pending.attempt == job.attempt:
@@ -407,6 +423,7 @@ class Worker:
     def _report_progress(self, progress: Progress) -> None:
         running = self._running.get(progress.job_id)
         if running is not None and running.job.attempt == progress.attempt:
+            self._hold_reports()
             self._progress[progress.job_id] = progress
             self._wake.set()
 
