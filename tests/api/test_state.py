@@ -17,6 +17,7 @@ from conveyor.api import create_app
 from conveyor.api.state import StatsCache
 from conveyor.engine.client import Client
 from conveyor.store.base import StoreError
+from conveyor.store.records import QueueStats
 from pg_server import PgTestServer
 
 
@@ -75,25 +76,114 @@ async def test_postgresql_recovers_when_its_database_appears(
         assert up.status_code == 202
 
 
-async def test_the_stats_cache_queries_once_per_ttl() -> None:
-    calls = 0
+class FakeStats:
+    """A client whose statistics queries are counted, and held while ``gate`` is clear."""
 
-    class Counting:
-        async def queues(self) -> list[object]:
-            nonlocal calls
-            calls += 1
-            await asyncio.sleep(0.01)
-            return []
+    def __init__(self) -> None:
+        self.light = 0
+        self.full = 0
+        self.fail = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.store = self
 
-    client: Client = Counting()  # type: ignore[assignment]
+    def _stats(self, n: int) -> list[QueueStats]:
+        return [QueueStats("default", False, {}, 0, 0, None, None, None, n, 0, None, None)]
+
+    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
+        assert not finished, "the cache reads only the active side"
+        self.light += 1
+        await self.gate.wait()
+        if self.fail:
+            raise StoreError("down")
+        return self._stats(self.light)
+
+    async def queues(self) -> list[QueueStats]:
+        self.full += 1
+        return self._stats(-self.full)
+
+
+def _seen(stats: dict[str, QueueStats]) -> int:
+    return stats["default"].completed_last_minute
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_the_first_reads_share_one_query() -> None:
+    fake = FakeStats()
+    client: Client = fake  # type: ignore[assignment]
     cache = StatsCache(ttl=60)
-    await asyncio.gather(*(cache.get(client) for _ in range(10)))
-    assert calls == 1
-    await cache.get(client, fresh=True)
-    assert calls == 2
-    cache.invalidate()
+    results = await asyncio.gather(*(cache.get(client) for _ in range(10)))
+    assert fake.light == 1
+    assert {_seen(r) for r in results} == {1}
+    assert _seen(await cache.get(client)) == 1
+    assert fake.light == 1
+
+
+async def test_stale_statistics_are_served_while_one_refresh_runs_behind() -> None:
+    fake = FakeStats()
+    client: Client = fake  # type: ignore[assignment]
+    cache = StatsCache(ttl=0.05)
     await cache.get(client)
-    assert calls == 3
+    await asyncio.sleep(0.06)
+    fake.gate.clear()  # the refresh hangs: no read may wait for it
+    async with asyncio.timeout(1):
+        stale = await asyncio.gather(*(cache.get(client) for _ in range(10)))
+    assert {_seen(r) for r in stale} == {1}
+    assert fake.light == 2
+    fake.gate.set()
+    await _settle()
+    assert _seen(await cache.get(client)) == 2
+
+
+async def test_a_failed_refresh_keeps_the_old_value_and_is_retried_a_ttl_later() -> None:
+    fake = FakeStats()
+    client: Client = fake  # type: ignore[assignment]
+    cache = StatsCache(ttl=0.05)
+    await cache.get(client)
+    fake.fail = True
+    await asyncio.sleep(0.06)
+    assert _seen(await cache.get(client)) == 1
+    await _settle()
+    assert fake.light == 2
+    assert _seen(await cache.get(client)) == 1
+    await _settle()
+    assert fake.light == 2  # not again before the ttl
+    fake.fail = False
+    await asyncio.sleep(0.06)
+    await cache.get(client)
+    await _settle()
+    assert _seen(await cache.get(client)) == 3
+
+
+async def test_the_first_read_fails_when_the_database_does() -> None:
+    fake = FakeStats()
+    fake.fail = True
+    client: Client = fake  # type: ignore[assignment]
+    cache = StatsCache(ttl=60)
+    with pytest.raises(StoreError):
+        await cache.get(client)
+    fake.fail = False
+    assert _seen(await cache.get(client)) == 2
+
+
+async def test_fresh_and_current_reads_query_now() -> None:
+    fake = FakeStats()
+    client: Client = fake  # type: ignore[assignment]
+    cache = StatsCache(ttl=60)
+    await cache.get(client)
+    assert _seen(await cache.get(client, fresh=True)) == -1
+    assert fake.full == 1
+    assert _seen(await cache.current(client)) == 2
+    assert _seen(await cache.get(client)) == 2
+    cache.invalidate()
+    assert _seen(await cache.get(client)) == 2  # served while the refresh runs
+    await _settle()
+    assert fake.light == 3
+    assert _seen(await cache.get(client)) == 3
 
 
 def test_an_unknown_database_scheme_fails_at_creation(tmp_path: Path) -> None:

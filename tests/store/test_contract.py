@@ -962,6 +962,27 @@ async def test_queue_stats_counts_every_state(store: Store, new_job: NewJobFacto
     assert not stats.paused
 
 
+async def test_queue_stats_without_finished_counts(store: Store, new_job: NewJobFactory) -> None:
+    await store.enqueue([new_job() for _ in range(4)])
+    await enqueue_one(store, new_job(delay_s=60))
+    a, b, _ = (await claim(store, slots={"default": 3})).claimed
+    assert await settle(store, W1, completed(a), failed(b)) == (True, True)
+    await enqueue_one(store, new_job(queue="finished-only"))
+    c = (await claim(store, slots={"finished-only": 1})).claimed[0]
+    assert await settle(store, W1, completed(c)) == (True,)
+
+    light = {s.name: s for s in await store.queue_stats(finished=False)}
+    stats = light["default"]
+    assert stats.counts == {"queued": 2, "running": 1}
+    assert (stats.scheduled, stats.running) == (1, 1)
+    assert (stats.completed_last_minute, stats.failed_last_minute) == (1, 1)
+    assert stats.run_time_p50_s is not None
+    # A queue with nothing active is listed only with its finished counts.
+    assert "finished-only" not in light
+    full = await stats_of(store, "finished-only")
+    assert full.counts["completed"] == 1
+
+
 async def test_queue_stats_of_an_idle_queue(store: Store, new_job: NewJobFactory) -> None:
     await enqueue_one(store, new_job(delay_s=60))
     stats = await stats_of(store)

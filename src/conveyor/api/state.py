@@ -22,43 +22,80 @@ from conveyor.store.records import QueueStats
 log = get_logger("api")
 
 STATS_TTL_S = 1.0
-"""How long queue statistics are reused: POSTs check backpressure against them, and the
-statistics queries cost far more than a POST may."""
+"""How old the statistics on the request path may grow before a refresh starts: POSTs
+check backpressure against them and estimate waits with them."""
 
 CONNECT_RETRY_MAX_S = 5.0
 
+StatsByQueue = dict[str, QueueStats]
+
 
 class StatsCache:
-    """Queue statistics by queue name, refreshed at most every ``ttl`` seconds; one query
-    at a time however many requests ask. A failed query caches nothing."""
+    """Queue statistics by queue name, for the request path.
+
+    :meth:`get` never waits for the database once it has a value: a value older than
+    ``ttl`` is still served, and one refresh starts in the background. Only the first
+    reads, with nothing to serve yet, wait (for one shared query). The cached statistics
+    are read with ``finished=False``: admission and the wait estimate need the active
+    jobs and recent run times, not the counts of finished jobs. A refresh that fails
+    keeps the previous value and is tried again ``ttl`` later; the failure is logged.
+    """
 
     def __init__(self, ttl: float = STATS_TTL_S) -> None:
         self.ttl = ttl
-        self._value: dict[str, QueueStats] | None = None
-        self._at = float("-inf")
-        self._lock = asyncio.Lock()
+        self._value: StatsByQueue | None = None
+        self._tried_at = float("-inf")
+        self._task: asyncio.Task[StatsByQueue] | None = None
 
-    def _fresh(self) -> dict[str, QueueStats] | None:
-        if self._value is not None and time.monotonic() - self._at < self.ttl:
-            return self._value
-        return None
+    async def get(self, client: Client, *, fresh: bool = False) -> StatsByQueue:
+        """The cached statistics; with ``fresh``, every statistic read now, the counts of
+        finished jobs included (the status routes, which people read)."""
+        if fresh:
+            return self._keep({s.name: s for s in await client.queues()})
+        value = self._value
+        if value is None:
+            # Shielded: a reader that goes away must not cancel the others' query.
+            return await asyncio.shield(self._refresh(client))
+        if time.monotonic() - self._tried_at >= self.ttl:
+            self._refresh(client)
+        return value
 
-    async def get(self, client: Client, *, fresh: bool = False) -> dict[str, QueueStats]:
-        """The statistics, queried now if the cached ones are older than ``ttl`` or
-        ``fresh`` is asked for (the status routes, which people read)."""
-        value = None if fresh else self._fresh()
-        if value is not None:
-            return value
-        async with self._lock:
-            value = None if fresh else self._fresh()
-            if value is None:
-                value = {s.name: s for s in await client.queues()}
-                self._value, self._at = value, time.monotonic()
-            return value
+    async def current(self, client: Client) -> StatsByQueue:
+        """The statistics the cache holds, read now (health checks, which must notice a
+        database that stopped answering)."""
+        return self._keep({s.name: s for s in await client.store.queue_stats(finished=False)})
 
     def invalidate(self) -> None:
-        """Forget the statistics (after a pause or resume, so the next read is exact)."""
-        self._value = None
+        """Refresh at the next read (after a pause or resume); until the refresh is done
+        reads get the previous value."""
+        self._tried_at = float("-inf")
+
+    def stop(self) -> None:
+        """Cancel a refresh under way (at shutdown, before the store closes)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def _keep(self, value: StatsByQueue) -> StatsByQueue:
+        self._value = value
+        return value
+
+    def _refresh(self, client: Client) -> asyncio.Task[StatsByQueue]:
+        if self._task is None:
+            self._tried_at = time.monotonic()
+            self._task = asyncio.get_running_loop().create_task(
+                self._load(client), name="conveyor-stats-refresh"
+            )
+            self._task.add_done_callback(self._done)
+        return self._task
+
+    async def _load(self, client: Client) -> StatsByQueue:
+        stats = await client.store.queue_stats(finished=False)
+        return self._keep({s.name: s for s in stats})
+
+    def _done(self, task: asyncio.Task[StatsByQueue]) -> None:
+        self._task = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("queue statistics refresh failed", error=str(exc))
 
 
 class ApiState:
@@ -95,6 +132,7 @@ class ApiState:
     def detach(self) -> None:
         """Stop serving with the store (at shutdown, before it is closed)."""
         self._client = None
+        self.stats.stop()
 
 
 async def open_store(store: Store) -> str | None:

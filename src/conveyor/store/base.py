@@ -163,8 +163,12 @@ class Store(Protocol):
         """Enqueue ``job`` for periodic tick ``tick`` of its kind, once cluster-wide:
         returns None if some worker already enqueued that tick."""
 
-    async def queue_stats(self) -> list[QueueStats]:
-        """Statistics for every queue that has jobs, a live worker or a setting."""
+    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
+        """Statistics for every queue that has active or recently finished jobs, a live
+        worker or a setting. Each read costs in proportion to the active jobs and the
+        jobs finished lately, never to all the finished jobs kept. ``finished=False``
+        leaves out the counts of finished jobs (the largest part of that cost), for
+        readers that need only the active side and its recent run times."""
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         """Record a live worker; :meth:`heartbeat` with ``renew`` keeps it alive."""

@@ -313,7 +313,10 @@ class QueueStats:
     name: str
     paused: bool
     counts: dict[str, int]
-    """Jobs per state; every state is present."""
+    """Jobs per state. Finished states count the jobs that finished in the last hour
+    (``conveyor.store.stats.FINISHED_WINDOW_S``), and are absent when the statistics
+    were read without them (``Store.queue_stats(finished=False)``); the others are always
+    present."""
     scheduled: int
     """Queued jobs whose ``run_at`` is still in the future (included in counts['queued'])."""
     running: int

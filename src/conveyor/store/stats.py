@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from conveyor.store.records import JobState, QueueStats, WorkerInfo
+from conveyor.store.records import ACTIVE_STATES, JobState, QueueStats, WorkerInfo
+
+FINISHED_WINDOW_S = 3600.0
+"""Finished jobs are counted over this last stretch of time, not over the whole table:
+counting every finished job kept (seven days by default) cost time in proportion to the
+table, at every read of the statistics."""
 
 
 def assemble_queue_stats(
@@ -14,17 +19,22 @@ def assemble_queue_stats(
     run_times: Mapping[str, tuple[float | None, float | None]],
     settings: Mapping[str, tuple[bool, int | None]],
     workers: Iterable[WorkerInfo],
+    *,
+    finished: bool = True,
 ) -> list[QueueStats]:
     """One :class:`QueueStats` per queue that has jobs, a setting or a live worker.
 
     Args:
-        counts: (queue, state, jobs) rows.
+        counts: (queue, state, jobs) rows; finished states over the last
+            :data:`FINISHED_WINDOW_S` only.
         due: queue -> (due queued jobs, age in seconds of the oldest due one).
         recent: (queue, state) -> jobs that reached ``state`` in the last minute.
         run_times: queue -> (median, 95th percentile) run time of recent completions.
         settings: queue -> (paused, cluster-wide limit).
         workers: the live workers, whose per-queue limits add up when no cluster-wide
             limit is set.
+        finished: False when ``counts`` has no finished states: they are left out of
+            each queue's counts rather than shown as 0.
     """
     by_queue: dict[str, dict[str, int]] = {}
     for queue, state, n in counts:
@@ -33,9 +43,10 @@ def assemble_queue_stats(
     for worker in workers:
         for queue, limit in worker.queues.items():
             limits[queue] = limits.get(queue, 0) + limit
+    shown = list(JobState) if finished else [s for s in JobState if s in ACTIVE_STATES]
     stats = []
     for name in sorted(set(by_queue) | set(settings) | set(limits)):
-        states = {s.value: by_queue.get(name, {}).get(s.value, 0) for s in JobState}
+        states = {s.value: by_queue.get(name, {}).get(s.value, 0) for s in shown}
         due_count, age = due.get(name, (0, None))
         paused, cap = settings.get(name, (False, None))
         p50, p95 = run_times.get(name, (None, None))

@@ -57,7 +57,7 @@ async def health(api: Annotated[ApiState, Depends(get_api)]) -> HealthOut:
     queues: dict[str, QueueHealth] = {}
     database_ok = True
     try:
-        for name, s in (await api.stats.get(api.client, fresh=True)).items():
+        for name, s in (await api.stats.current(api.client)).items():
             queues[name] = QueueHealth(
                 waiting=due(s), activeJobs=s.running, scheduled=s.scheduled, paused=s.paused
             )

@@ -59,7 +59,7 @@ from conveyor.store.records import (
     WorkerInfo,
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
-from conveyor.store.stats import assemble_queue_stats
+from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
 
 T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -612,16 +612,20 @@ class PostgresStore:
             self._limited.add(queue)
         self._publish(JobsAvailable(frozenset({queue})))
 
-    async def queue_stats(self) -> list[QueueStats]:
+    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
         async def read(conn: Conn) -> list[QueueStats]:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                counts = await conn.fetch(_Q["stats_counts"])
+                counts = list(await conn.fetch(_Q["stats_counts"]))
+                if finished:
+                    counts += await conn.fetch(_Q["stats_finished"], FINISHED_WINDOW_S)
                 due = await conn.fetch(_Q["stats_due"])
                 recent = await conn.fetch(_Q["stats_recent"])
-                run_times = await conn.fetch(_Q["stats_run_times"])
                 settings = await conn.fetch(_Q["queue_settings"])
-                workers = await conn.fetch(_Q["list_workers"])
-            return _queue_stats(counts, due, recent, run_times, settings, workers)
+                workers = [_worker(r) for r in await conn.fetch(_Q["list_workers"])]
+                names = {r[0] for r in counts} | {r[0] for r in recent}
+                names |= {r[0] for r in settings} | {q for w in workers for q in w.queues}
+                run_times = await conn.fetch(_Q["stats_run_times"], sorted(names))
+            return _queue_stats(counts, due, recent, run_times, settings, workers, finished)
 
         return await self._run(read)
 
@@ -918,7 +922,8 @@ def _queue_stats(
     recent: Sequence[Any],
     run_times: Sequence[Any],
     settings: Sequence[Any],
-    workers: Sequence[Any],
+    workers: Sequence[WorkerInfo],
+    finished: bool,
 ) -> list[QueueStats]:
     return assemble_queue_stats(
         [(q, state, n) for q, state, n in counts],
@@ -929,5 +934,6 @@ def _queue_stats(
             for q, p50, p95 in run_times
         },
         {name: (paused, cap) for name, paused, cap in settings},
-        [_worker(row) for row in workers],
+        workers,
+        finished=finished,
     )

@@ -353,12 +353,18 @@ ON CONFLICT DO NOTHING
 RETURNING job_id
 
 -- name: stats_counts
--- Each part reads the partial index that holds its states.
+-- Active jobs only, each part off the partial index that holds its state: O(queued +
+-- running), whatever the number of finished jobs kept.
 SELECT queue, 'queued', count(*) FROM conveyor_jobs WHERE state = 'queued' GROUP BY queue
 UNION ALL
 SELECT queue, 'running', count(*) FROM conveyor_jobs WHERE state = 'running' GROUP BY queue
-UNION ALL
-SELECT queue, state, count(*) FROM conveyor_jobs WHERE finished_at IS NOT NULL
+
+-- name: stats_finished
+-- Jobs that finished in the last $1 seconds, by queue and state: a range of the prune
+-- index, so the cost follows the rate of jobs, not the size of the table.
+SELECT queue, state, count(*) FROM conveyor_jobs
+WHERE finished_at >= now() - make_interval(secs => $1)
+  AND state IN ('completed', 'failed', 'cancelled')
 GROUP BY queue, state
 
 -- name: stats_due
@@ -371,20 +377,22 @@ WHERE state IN ('completed', 'failed') AND finished_at >= now() - interval '60 s
 GROUP BY queue, state
 
 -- name: stats_run_times
--- The median and 95th percentile of the last 1,000 completed jobs of each queue.
-SELECT queue,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds),
-       percentile_disc(0.95) WITHIN GROUP (ORDER BY seconds)
-FROM (
-    SELECT q.name AS queue, extract(epoch FROM r.finished_at - r.started_at) AS seconds
-    FROM (SELECT DISTINCT queue AS name FROM conveyor_jobs) q
-    CROSS JOIN LATERAL (
-        SELECT finished_at, started_at FROM conveyor_jobs
-        WHERE queue = q.name AND state = 'completed' AND started_at IS NOT NULL
-        ORDER BY finished_at DESC LIMIT 1000
-    ) r
-) t
-GROUP BY queue
+-- The median and 95th percentile of the last 1,000 completed jobs of each queue named
+-- ($1): each a backward range of the index of finished jobs. The queue is a range of one
+-- value, not an equality, and is in the ORDER BY, so that only that index gives the order:
+-- with "queue = ..." the planner walked the prune index backwards over every finished job
+-- of every queue, filtering (590 ms for three queues in a table of 3,000,000; 7 ms now).
+SELECT q.name,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY r.seconds),
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY r.seconds)
+FROM unnest($1::text[]) AS q(name)
+CROSS JOIN LATERAL (
+    SELECT extract(epoch FROM finished_at - started_at) AS seconds FROM conveyor_jobs
+    WHERE queue >= q.name AND queue <= q.name AND state = 'completed'
+      AND finished_at IS NOT NULL AND started_at IS NOT NULL
+    ORDER BY queue DESC, finished_at DESC LIMIT 1000
+) r
+GROUP BY q.name
 
 -- name: queue_settings
 SELECT name, paused, concurrency_limit FROM conveyor_queues

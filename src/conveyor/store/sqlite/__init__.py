@@ -58,7 +58,7 @@ from conveyor.store.records import (
     WorkerInfo,
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
-from conveyor.store.stats import assemble_queue_stats
+from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
 
 T = TypeVar("T")
 
@@ -553,8 +553,8 @@ class SqliteStore:
         self._publish(JobsAvailable(frozenset({job.queue})))
         return result
 
-    async def queue_stats(self) -> list[QueueStats]:
-        return await self._read(_queue_stats)
+    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
+        return await self._read(lambda conn, now: _queue_stats(conn, now, finished))
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         def tx(conn: sqlite3.Connection, now: float) -> None:
@@ -804,7 +804,7 @@ def _live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
     ]
 
 
-def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
+def _queue_stats(conn: sqlite3.Connection, now: float, finished: bool) -> list[QueueStats]:
     due = {
         queue: (n, now - oldest) for queue, n, oldest in conn.execute(_Q["stats_due"], {"now": now})
     }
@@ -814,9 +814,17 @@ def _queue_stats(conn: sqlite3.Connection, now: float) -> list[QueueStats]:
     }
     settings = {name: (bool(p), cap) for name, p, cap in conn.execute(_Q["queue_settings"])}
     counts = conn.execute(_Q["stats_counts"]).fetchall()
+    if finished:
+        since = {"since": now - FINISHED_WINDOW_S}
+        counts += conn.execute(_Q["stats_finished"], since).fetchall()
+    workers = _live_workers(conn, now)
+    names = {row[0] for row in counts} | {queue for queue, _ in recent} | set(settings)
+    names |= {queue for worker in workers for queue in worker.queues}
     run_times: dict[str, tuple[float | None, float | None]] = {}
-    for queue in {row[0] for row in counts}:
+    for queue in names:
         times = sorted(r[0] for r in conn.execute(_Q["stats_run_times"], {"queue": queue}))
         if times:
             run_times[queue] = (statistics.median(times), _percentile(times, 0.95))
-    return assemble_queue_stats(counts, due, recent, run_times, settings, _live_workers(conn, now))
+    return assemble_queue_stats(
+        counts, due, recent, run_times, settings, workers, finished=finished
+    )

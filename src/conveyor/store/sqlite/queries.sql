@@ -169,7 +169,19 @@ ON CONFLICT DO NOTHING
 DELETE FROM conveyor_periodic_ticks WHERE tick < :before
 
 -- name: stats_counts
-SELECT queue, state, count(*) FROM conveyor_jobs GROUP BY queue, state
+-- Active jobs only, each part off the partial index that holds its state: O(queued +
+-- running), whatever the number of finished jobs kept.
+SELECT queue, 'queued', count(*) FROM conveyor_jobs WHERE state = 'queued' GROUP BY queue
+UNION ALL
+SELECT queue, 'running', count(*) FROM conveyor_jobs WHERE state = 'running' GROUP BY queue
+
+-- name: stats_finished
+-- Jobs that finished since :since, by queue and state: a range of the prune index, so
+-- the cost follows the rate of jobs, not the size of the table.
+SELECT queue, state, count(*) FROM conveyor_jobs
+WHERE finished_at >= :since AND finished_at IS NOT NULL
+  AND state IN ('completed', 'failed', 'cancelled')
+GROUP BY queue, state
 
 -- name: stats_due
 SELECT queue, count(*), min(run_at) FROM conveyor_jobs
