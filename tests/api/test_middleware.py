@@ -18,15 +18,10 @@ from structlog.testing import capture_logs
 
 from conveyor.api.middleware import (
     API_CSP,
-    AccessLogMiddleware,
-    BodySizeLimitMiddleware,
-    RequestIdMiddleware,
-    SecurityHeadersMiddleware,
-    UnhandledErrorMiddleware,
+    ConveyorMiddleware,
     install_middleware,
     request_id,
 )
-from conveyor.api.ratelimit import RateLimitMiddleware
 from conveyor.config import Settings
 from conveyor.logs import get_logger
 
@@ -465,15 +460,29 @@ async def test_seed_paths_get_the_seed_error_shape() -> None:
 # --- order -----------------------------------------------------------------------------
 
 
-def test_install_order_outermost_first(app_calls: tuple[FastAPI, Calls]) -> None:
+def test_one_middleware_layer(app_calls: tuple[FastAPI, Calls]) -> None:
     app, _ = app_calls
     names = [m.cls.__name__ for m in app.user_middleware]  # type: ignore[attr-defined]
-    assert names == [
-        RequestIdMiddleware.__name__,
-        AccessLogMiddleware.__name__,
-        SecurityHeadersMiddleware.__name__,
-        "CORSMiddleware",
-        RateLimitMiddleware.__name__,
-        BodySizeLimitMiddleware.__name__,
-        UnhandledErrorMiddleware.__name__,
-    ]
+    assert names == [ConveyorMiddleware.__name__]
+
+
+async def test_cors_wraps_the_rate_limit() -> None:
+    # Preflights are answered before the rate limit (never refused by it), and a 429
+    # still carries the CORS headers a browser needs to read it.
+    app, _ = make_app(make_settings(rate_limit_per_ip="1/minute"))
+    origin = {"Origin": "https://app.example.com"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        assert (await c.get("/items/1", headers=origin)).status_code == 200
+        preflights = [
+            await c.options("/echo", headers={**origin, "Access-Control-Request-Method": "POST"})
+            for _ in range(3)
+        ]
+        refused = await c.get("/items/1", headers=origin)
+    await app.state.rate_limiter.aclose()
+    assert [p.status_code for p in preflights] == [200, 200, 200]
+    assert all("RateLimit-Limit" not in p.headers for p in preflights)
+    assert refused.status_code == 429
+    assert refused.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert refused.headers["Retry-After"]
+    assert_security_headers(refused)

@@ -5,10 +5,10 @@
     app = create_app()                          # CONVEYOR_* settings, its own store
     app = create_app(settings, store=store)     # an open, migrated store you close
 
-Layers, outermost first: the cross-cutting middlewares of :mod:`conveyor.api.middleware`
+Layers, outermost first: the cross-cutting middleware of :mod:`conveyor.api.middleware`
 (metrics, request id, access log, security headers, CORS, rate limit, body size, unhandled
-errors), the error handlers of :mod:`conveyor.api.errors`, then the routers. The API never
-runs a job: it stores requests and their jobs, and workers run them.
+errors, in one layer), the error handlers of :mod:`conveyor.api.errors`, then the routers.
+The API never runs a job: it stores requests and their jobs, and workers run them.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def create_app(
     app.state.conveyor = api
     app.state.kind_names = kinds.names()
     install_error_handlers(app)
-    app.include_router(requests.build_router(kinds))
+    app.include_router(requests.build_router(api))
     app.include_router(jobs.router)
     app.include_router(queues.router)
     app.include_router(health.router)
@@ -131,7 +131,7 @@ async def _open(api: ApiState, store: Store) -> asyncio.Task[None] | None:
 
 
 def _install_cross_cutting(app: FastAPI, settings: Settings, api: ApiState) -> None:
-    """Middlewares (see :func:`conveyor.api.middleware.install_middleware`) and
+    """The middleware (see :func:`conveyor.api.middleware.install_middleware`) and
     ``GET /metrics``."""
 
     async def queue_stats() -> list[QueueStats]:

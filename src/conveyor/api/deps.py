@@ -1,5 +1,5 @@
 """What every route depends on: who calls (:func:`get_caller`), the shared state, the
-request id (set by ``middleware.RequestIdMiddleware``, re-exported here).
+request id (set by ``middleware.ConveyorMiddleware``, re-exported here).
 
 :func:`get_caller` is the one authentication dependency. Until the accounts issue brings
 JWT and tenants, it yields the default tenant's anonymous caller; routes take the tenant

@@ -12,7 +12,7 @@ pydantic validation (body, query...)   422     ``{"detail": [{loc, msg, type}...
 anything else                          500     ``{"detail": "Internal server error"}``
 =====================================  ======  =====================================
 
-The 500 comes from ``middleware.UnhandledErrorMiddleware``, which logs the traceback; the
+The 500 comes from ``middleware.ConveyorMiddleware``, which logs the traceback; the
 client never sees one. Routes under ``/api/`` (the QuDemo seed's) answer in the seed's
 shape instead:
 ``{"success": false, "message": "...", "detail": ...}`` (``detail`` kept so tools that

@@ -2,7 +2,8 @@
 
 Every app gets its own :class:`prometheus_client.CollectorRegistry` (never the global
 one), so tests and processes can build many apps. HTTP requests are timed by
-:class:`MetricsMiddleware`; the job figures are read from ``stats_source`` (the engine's
+:class:`~conveyor.api.middleware.ConveyorMiddleware` (:meth:`Metrics.observe_http`); the
+job figures are read from ``stats_source`` (the engine's
 ``client.queues``, one :class:`~conveyor.store.records.QueueStats` per queue) when
 ``GET /metrics`` is scraped, so they are as fresh as the store and cost nothing between
 scrapes. If the source fails or takes longer than ``stats_timeout_s`` (5 s), the scrape
@@ -52,7 +53,7 @@ Wiring (``app.py``)::
     from conveyor.api.metrics import Metrics
 
     metrics = Metrics(stats_source=client.queues)
-    install_middleware(app, settings, metrics=metrics)  # MetricsMiddleware, outermost
+    install_middleware(app, settings, metrics=metrics)  # times every request
     app.include_router(metrics.router())                # GET /metrics
 
 When the engine client only exists once the database answered (``ApiState.client``
@@ -67,7 +68,6 @@ raises ``StoreError`` until then), pass a callable that looks it up at scrape ti
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
 from fastapi import APIRouter
@@ -75,7 +75,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from conveyor.logs import get_logger
 from conveyor.store.records import QueueStats
@@ -83,7 +83,6 @@ from conveyor.store.records import QueueStats
 __all__ = [
     "HTTP_BUCKETS",
     "Metrics",
-    "MetricsMiddleware",
     "StatsSource",
     "route_template",
 ]
@@ -156,13 +155,25 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=self.registry,
         )
+        # The labelled child of each (method, route, status) seen: ``labels()`` validates
+        # and locks at every call, which costs more than the observation itself.
+        self._children: dict[tuple[str, str | None, int], Histogram] = {}
 
     def observe_http(self, method: str, route: str | None, status: int, seconds: float) -> None:
-        self.http_duration.labels(
-            method if method in _METHODS else "other",
-            route if route is not None else UNMATCHED_ROUTE,
-            str(status),
-        ).observe(seconds)
+        """Count one HTTP request (``route``: its template, None when none matched)."""
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self.http_duration.labels(
+                method if method in _METHODS else "other",
+                route if route is not None else UNMATCHED_ROUTE,
+                str(status),
+            )
+            if method in _METHODS:
+                # Other methods share the "other" child; their names are not cached, so a
+                # client cannot grow this dict with made-up methods.
+                self._children[key] = child
+        child.observe(seconds)
 
     async def render(self) -> bytes:
         """The Prometheus text exposition of everything, job figures read now."""
@@ -258,44 +269,3 @@ def _queue_families(stats: Sequence[QueueStats]) -> Iterator[Metric]:
         if q.run_time_p95_s is not None:
             run_time.add_metric([q.name, "0.95"], q.run_time_p95_s)
     yield from (jobs, due, scheduled, oldest, running, limit, paused, finished, run_time)
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware timing every HTTP request into ``metrics.http_duration``.
-
-    Put it outermost (``install_middleware(..., metrics=metrics)`` does) so that 413s,
-    429s and CORS preflights are counted too.
-    """
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-        recorded = False
-
-        def record() -> None:
-            nonlocal recorded
-            if not recorded:
-                recorded = True
-                self.metrics.observe_http(
-                    scope["method"], route_template(scope), status, time.perf_counter() - start
-                )
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                record()
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            record()

@@ -3,8 +3,8 @@
 Two limits apply to every request:
 
 - **per client address** (``CONVEYOR_RATE_LIMIT_PER_IP``, the seed's ``200/15minutes``),
-  enforced by :class:`RateLimitMiddleware` before routing, so even unauthenticated and
-  malformed requests count;
+  enforced by :class:`~conveyor.api.middleware.ConveyorMiddleware` before routing (with
+  :meth:`RateLimiter.hit_ip`), so even unauthenticated and malformed requests count;
 - **per caller** (``CONVEYOR_RATE_LIMIT_PER_CALLER``), enforced by :func:`limit_caller`,
   which the one authentication dependency calls once it knows the caller.
 
@@ -50,17 +50,14 @@ Wiring (``app.py`` / ``deps.py``)::
     from conveyor.api.ratelimit import RateLimiter, limit_caller
 
     # app.py: install_middleware builds RateLimiter.from_settings(settings) itself, stores
-    # it as app.state.rate_limiter and adds RateLimitMiddleware; it closes it (Redis pool)
-    # at lifespan shutdown. To own it instead (tests, a custom key prefix):
+    # it as app.state.rate_limiter and gives it to ConveyorMiddleware, which closes it
+    # (Redis pool) at lifespan shutdown. To own it instead (tests, a custom key prefix):
     limiter = RateLimiter.from_settings(settings)
     install_middleware(app, settings, rate_limiter=limiter)
     ...  # lifespan finally: await limiter.aclose()
 
-    # deps.py, inside the one authentication dependency:
-    async def current_caller(request: Request) -> Caller:
-        caller = Caller(tenant_id=DEFAULT_TENANT, caller_id="default")
-        await limit_caller(request, caller)  # 429 HTTPException when over the limit
-        return caller
+    # deps.py, once the caller is authenticated (deps.admit):
+    await limit_caller(request, caller)  # 429 HTTPException when over the limit
 """
 
 from __future__ import annotations
@@ -68,11 +65,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
-import orjson
 import redis.asyncio
 import redis.exceptions
 from fastapi import HTTPException, Request
@@ -81,8 +77,7 @@ from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from conveyor.config import Settings
 from conveyor.logs import get_logger
@@ -91,11 +86,12 @@ __all__ = [
     "DEFAULT_EXEMPT_PATHS",
     "CallerLike",
     "LimitStatus",
-    "RateLimitMiddleware",
     "RateLimiter",
     "caller_key",
     "client_address",
     "limit_caller",
+    "ratelimit_headers",
+    "record_limit",
 ]
 
 DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset({"/health", "/ready", "/metrics"})
@@ -169,6 +165,19 @@ class LimitStatus:
         }
         if not self.allowed:
             headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+    def raw_headers(self, refused: bool) -> list[tuple[bytes, bytes]]:
+        """The ``RateLimit-*`` headers as ASGI pairs, and ``Retry-After`` if ``refused``
+        (the response is a 429)."""
+        headers = [
+            (b"ratelimit-limit", b"%d" % self.limit),
+            (b"ratelimit-remaining", b"%d" % self.remaining),
+            (b"ratelimit-reset", b"%d" % max(0, math.ceil(self.reset_after_s))),
+            (b"ratelimit-policy", b"%d;w=%d" % (self.limit, self.window_s)),
+        ]
+        if refused:
+            headers.append((b"retry-after", b"%d" % self.retry_after))
         return headers
 
     def message(self) -> str:
@@ -333,7 +342,8 @@ class RateLimiter:
             timer.cancel()
 
 
-def _record(scope: Scope, status: LimitStatus) -> None:
+def record_limit(scope: Scope, status: LimitStatus) -> None:
+    """Keep ``status`` with the request, for :func:`ratelimit_headers`."""
     state: dict[str, Any] = scope.setdefault("state", {})
     statuses: list[LimitStatus] = state.setdefault(_STATE_KEY, [])
     statuses.append(status)
@@ -348,10 +358,15 @@ def _most_restrictive(statuses: Iterable[LimitStatus]) -> LimitStatus | None:
     )
 
 
-def _statuses(scope: Scope) -> list[LimitStatus]:
-    state: Mapping[str, Any] = scope.get("state") or {}
-    statuses: list[LimitStatus] = state.get(_STATE_KEY, [])
-    return statuses
+def ratelimit_headers(scope: Scope, status_code: int) -> list[tuple[bytes, bytes]]:
+    """The response headers of the limits this request was counted against (the most
+    restrictive one's, see the module docstring); none when it was not counted."""
+    state = scope.get("state")
+    statuses: list[LimitStatus] | None = state.get(_STATE_KEY) if state else None
+    chosen = _most_restrictive(statuses) if statuses else None
+    if chosen is None:
+        return []
+    return chosen.raw_headers(refused=status_code == 429)
 
 
 async def limit_caller(request: Request, caller: CallerLike) -> None:
@@ -372,81 +387,6 @@ async def limit_caller(request: Request, caller: CallerLike) -> None:
     status = await limiter.hit_caller(caller_key(caller))
     if status is None:
         return
-    _record(request.scope, status)
+    record_limit(request.scope, status)
     if not status.allowed:
         raise HTTPException(status_code=429, detail=status.message(), headers=status.headers())
-
-
-def _plain_error_body(scope: Scope, detail: str) -> dict[str, Any]:
-    return {"detail": detail}
-
-
-class RateLimitMiddleware:
-    """Pure ASGI middleware: the per-address limit, and ``RateLimit-*`` on responses.
-
-    ``owns_limiter``: close the limiter when the app's lifespan shuts down.
-    ``error_body``: builds the 429's JSON body from the scope and the message
-    (``install_middleware`` passes ``middleware.error_body``).
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        limiter: RateLimiter,
-        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
-        owns_limiter: bool = False,
-        error_body: Callable[[Scope, str], dict[str, Any]] | None = None,
-    ) -> None:
-        self.app = app
-        self.limiter = limiter
-        self.exempt_paths = frozenset(exempt_paths)
-        self.owns_limiter = owns_limiter
-        self.error_body = error_body if error_body is not None else _plain_error_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" and self.owns_limiter:
-            await self.app(scope, receive, self._closing_send(send))
-            return
-        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
-            await self.app(scope, receive, send)
-            return
-
-        status = await self.limiter.hit_ip(client_address(scope))
-        if status is not None:
-            _record(scope, status)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                chosen = _most_restrictive(_statuses(scope))
-                if chosen is not None:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in chosen.headers().items():
-                        if name == "Retry-After" and message["status"] != 429:
-                            continue
-                        headers[name] = value
-            await send(message)
-
-        if status is not None and not status.allowed:
-            body = orjson.dumps(self.error_body(scope, status.message()))
-            await send_with_headers(
-                {
-                    "type": "http.response.start",
-                    "status": 429,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send_with_headers({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send_with_headers)
-
-    def _closing_send(self, send: Send) -> Send:
-        async def closing_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await self.limiter.aclose()
-            await send(message)
-
-        return closing_send
