@@ -79,9 +79,13 @@ def _load_kinds(settings: Settings, extra: list[str] | None) -> None:
         raise CliError(str(exc)) from exc
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _run(
+    coro: Coroutine[Any, Any, T],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
     except JobNotFound as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
     except (ConveyorError, StoreError, ValueError) as exc:
@@ -211,7 +215,7 @@ def serve(
         config = WorkerConfig.from_settings(settings, spec, concurrency)
     except (ValueError, ConveyorError) as exc:
         raise CliError(f"--queues: {exc}") from exc
-    _run(serving.run(settings, registry, config))
+    _run(serving.run(settings, registry, config), serving.loop_factory())
 
 
 @app.command()
@@ -223,7 +227,7 @@ def api(host: HostOption = None, port: PortOption = None, import_: ImportOption 
     from conveyor.cli import serve as serving
     from conveyor.engine.kinds import registry
 
-    _run(serving.run(settings, registry, None))
+    _run(serving.run(settings, registry, None), serving.loop_factory())
 
 
 @app.command()

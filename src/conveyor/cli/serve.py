@@ -3,6 +3,10 @@
 Imported only by those two commands, so ``conveyor worker`` never loads FastAPI or uvicorn
 (an idle worker's memory budget is 80 MB).
 
+The event loop is uvloop's and the HTTP parser httptools' when they are installed (they are
+with ``uvicorn[standard]``, except on Windows): together they take about a third less CPU
+per request than asyncio's own loop and uvicorn's pure-Python parser.
+
 Shutdown: the first SIGTERM or SIGINT stops both together: uvicorn stops accepting
 connections and finishes the requests in flight, while the worker stops fetching and gives
 running jobs ``CONVEYOR_SHUTDOWN_GRACE`` seconds before handing them back to the queue. A
@@ -15,7 +19,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -41,6 +45,7 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         # uvicorn's own "running on" line goes to its unconfigured logger; say it here.
         for listener in self.servers:
             for sock in listener.sockets:
@@ -50,7 +55,17 @@ class _Server(uvicorn.Server):
                     "API listening",
                     url=f"http://{shown}:{port}",
                     docs=f"http://{shown}:{port}/docs",
+                    loop=loop,
                 )
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed; None: asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def default_queues(kinds: Registry, settings: Settings) -> list[str]:
