@@ -3,6 +3,7 @@ memory and in Redis shared by two API instances, failing open when Redis is down
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -33,10 +34,14 @@ class Caller:
 
 
 def make_settings(**overrides: Any) -> Settings:
+    # Hour windows: a sliding window counter counts a request made just before a window
+    # boundary at slightly less than one just after it, so a test crossing a boundary could
+    # see one request more allowed; with an hour that is 60 times less likely than with a
+    # minute.
     values: dict[str, Any] = {
         "redis_url": None,
-        "rate_limit_per_ip": "3/minute",
-        "rate_limit_per_caller": "1000/minute",
+        "rate_limit_per_ip": "3/hour",
+        "rate_limit_per_caller": "1000/hour",
         "cors_origins": [],
     }
     values.update(overrides)
@@ -92,7 +97,7 @@ async def apps() -> AsyncIterator[Callable[..., FastAPI]]:
 
 
 def assert_ratelimit_headers(
-    response: httpx.Response, *, limit: int, remaining: int, window: int = 60
+    response: httpx.Response, *, limit: int, remaining: int, window: int = 3600
 ) -> None:
     assert response.headers["RateLimit-Limit"] == str(limit)
     assert response.headers["RateLimit-Remaining"] == str(remaining)
@@ -115,10 +120,10 @@ async def test_per_ip_limit_429_with_retry_after_and_ratelimit_headers(
         refused = await client.get("/ping")
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/json"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
     assert_ratelimit_headers(refused, limit=3, remaining=0)
     body = refused.json()
-    assert body["detail"].startswith("Rate limit exceeded: 3 requests per 60 seconds")
+    assert body["detail"].startswith("Rate limit exceeded: 3 requests per 3600 seconds")
     assert body["request_id"] == refused.headers["X-Request-ID"]
     # Still a normal API response: security headers too.
     assert refused.headers["X-Content-Type-Options"] == "nosniff"
@@ -136,7 +141,7 @@ async def test_separate_buckets_per_ip(apps: Callable[..., FastAPI]) -> None:
 
 
 async def test_refused_requests_do_not_consume_quota(apps: Callable[..., FastAPI]) -> None:
-    app = apps(rate_limit_per_ip="2/minute")
+    app = apps(rate_limit_per_ip="2/hour")
     async with client_for(app) as client:
         statuses = [(await client.get("/ping")).status_code for _ in range(6)]
     assert statuses == [200, 200, 429, 429, 429, 429]
@@ -148,7 +153,7 @@ async def test_refused_requests_do_not_consume_quota(apps: Callable[..., FastAPI
 
 
 async def test_probes_are_not_limited(apps: Callable[..., FastAPI]) -> None:
-    async with client_for(apps(rate_limit_per_ip="1/minute")) as client:
+    async with client_for(apps(rate_limit_per_ip="1/hour")) as client:
         assert (await client.get("/ping")).status_code == 200
         for _ in range(5):
             response = await client.get("/health")
@@ -160,7 +165,7 @@ async def test_probes_are_not_limited(apps: Callable[..., FastAPI]) -> None:
 
 
 async def test_per_caller_limit_with_separate_buckets(apps: Callable[..., FastAPI]) -> None:
-    app = apps(rate_limit_per_ip="100/minute", rate_limit_per_caller="2/minute")
+    app = apps(rate_limit_per_ip="100/hour", rate_limit_per_caller="2/hour")
     async with client_for(app) as client:
         first = await client.get("/me", headers={"X-Caller": "alice"})
         assert first.status_code == 200
@@ -169,7 +174,7 @@ async def test_per_caller_limit_with_separate_buckets(apps: Callable[..., FastAP
         assert (await client.get("/me", headers={"X-Caller": "alice"})).status_code == 200
         refused = await client.get("/me", headers={"X-Caller": "alice"})
         assert refused.status_code == 429
-        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert 1 <= int(refused.headers["Retry-After"]) <= 3600
         assert_ratelimit_headers(refused, limit=2, remaining=0)
         assert "this caller" in refused.json()["detail"]
 
@@ -202,7 +207,7 @@ async def test_limit_caller_without_a_limiter_is_a_no_op() -> None:
 
 
 async def test_limit_caller_counts_once_per_request() -> None:
-    limiter = RateLimiter.in_memory(per_ip="100/minute", per_caller="2/minute")
+    limiter = RateLimiter.in_memory(per_ip="100/hour", per_caller="2/hour")
     app = FastAPI()
     app.state.rate_limiter = limiter
 
@@ -220,6 +225,31 @@ async def test_limit_caller_counts_once_per_request() -> None:
 
 
 # --- backends ----------------------------------------------------------------------------
+
+
+async def test_memory_counters_are_swept_at_most_once_a_second() -> None:
+    limiter = RateLimiter.in_memory(per_ip="100/hour", per_caller="100/hour")
+    storage = limiter._storage
+    assert isinstance(storage, MemoryStorage)
+    await limiter.hit_ip("10.0.0.1")
+    sweep = storage.timer
+    assert sweep is not None
+    await sweep
+    for i in range(50):
+        await limiter.hit_ip(f"10.0.1.{i}")
+        await asyncio.sleep(0)
+    # limits alone starts a sweep after each request once the last one has finished.
+    assert storage.timer is sweep
+    # Past the interval, the next request sweeps the expired counters away.
+    for key in storage.expirations:
+        storage.expirations[key] = 0.0
+    storage._next_sweep = 0.0  # type: ignore[attr-defined]
+    await limiter.hit_ip("10.0.0.2")
+    assert storage.timer is not sweep
+    await storage.timer
+    assert storage.expirations
+    assert all("10.0.0.2" in key for key in storage.expirations)
+    await limiter.aclose()
 
 
 async def test_from_settings_picks_the_backend() -> None:
@@ -255,7 +285,7 @@ async def test_redis_counters_are_shared_by_two_api_instances() -> None:
     prefix = f"conveyor-test:{uuid.uuid4().hex}"
     settings = make_settings(redis_url=url)
     limiters = [
-        RateLimiter.with_redis(url, per_ip="3/minute", per_caller="2/minute", key_prefix=prefix)
+        RateLimiter.with_redis(url, per_ip="3/hour", per_caller="2/hour", key_prefix=prefix)
         for _ in range(2)
     ]
     one, two = (make_app(settings, limiter) for limiter in limiters)
@@ -266,7 +296,7 @@ async def test_redis_counters_are_shared_by_two_api_instances() -> None:
             refused = await b.get("/ping")
             assert refused.status_code == 429
             assert_ratelimit_headers(refused, limit=3, remaining=0)
-            assert 1 <= int(refused.headers["Retry-After"]) <= 60
+            assert 1 <= int(refused.headers["Retry-After"]) <= 3600
             # Another address has its own bucket on both instances.
             async with client_for(two, "10.9.9.9") as other:
                 assert (await other.get("/ping")).status_code == 200
@@ -299,7 +329,7 @@ def closed_port() -> int:
 async def test_fails_open_with_one_warning_when_redis_is_unreachable() -> None:
     url = f"redis://127.0.0.1:{closed_port()}/0"
     limiter = RateLimiter.with_redis(
-        url, per_ip="1/minute", per_caller="1/minute", retry_after_failure_s=0.0
+        url, per_ip="1/hour", per_caller="1/hour", retry_after_failure_s=0.0
     )
     app = make_app(make_settings(redis_url=url), limiter)
     try:
@@ -332,9 +362,7 @@ class FlakyStorage(MemoryStorage):
 
 async def test_fails_open_then_recovers_and_skips_the_storage_meanwhile() -> None:
     storage = FlakyStorage()
-    limiter = RateLimiter(
-        storage, per_ip="2/minute", per_caller="2/minute", retry_after_failure_s=3600
-    )
+    limiter = RateLimiter(storage, per_ip="2/hour", per_caller="2/hour", retry_after_failure_s=3600)
     with capture_logs() as logs:
         assert await limiter.hit_ip("a") is not None
         storage.down = True
