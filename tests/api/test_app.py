@@ -35,7 +35,7 @@ async def test_the_request_id_reaches_the_job(http: httpx.AsyncClient, store: St
 
 
 async def test_per_address_limit_answers_429(app_client: AppClient) -> None:
-    async with app_client(rate_limit_per_ip="2/minute") as http:
+    async with app_client(rate_limit_per_ip="2/hour") as http:
         statuses = [(await http.get("/v1/queues")).status_code for _ in range(3)]
         assert statuses == [200, 200, 429]
         limited = await http.get("/v1/requests")
@@ -48,7 +48,7 @@ async def test_per_caller_limit_answers_429(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = create_app(
-        api_settings(tmp_path, rate_limit_per_caller="1/minute"), store=store, kinds=kinds
+        api_settings(tmp_path, rate_limit_per_caller="1/hour"), store=store, kinds=kinds
     )
 
     async def alice(request: Request) -> Caller:
@@ -70,7 +70,7 @@ async def test_per_caller_limit_answers_429(
 async def test_anonymous_clients_do_not_share_a_caller_limit(app_client: AppClient) -> None:
     # Every unauthenticated client is the one anonymous caller; only the per-address
     # limit applies to them.
-    async with app_client(rate_limit_per_caller="1/minute") as http:
+    async with app_client(rate_limit_per_caller="1/hour") as http:
         statuses = [(await http.get("/v1/jobs")).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
 

@@ -469,7 +469,7 @@ def test_one_middleware_layer(app_calls: tuple[FastAPI, Calls]) -> None:
 async def test_cors_wraps_the_rate_limit() -> None:
     # Preflights are answered before the rate limit (never refused by it), and a 429
     # still carries the CORS headers a browser needs to read it.
-    app, _ = make_app(make_settings(rate_limit_per_ip="1/minute"))
+    app, _ = make_app(make_settings(rate_limit_per_ip="1/hour"))
     origin = {"Origin": "https://app.example.com"}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
