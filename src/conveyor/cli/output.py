@@ -113,9 +113,10 @@ def queues_table(stats: Sequence[QueueStats]) -> str:
         "DUE",
         "SCHEDULED",
         "RUNNING/LIMIT",
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
+        # Finished jobs are counted over the last hour (FINISHED_WINDOW_S), not since ever.
+        "COMPLETED 1H",
+        "FAILED 1H",
+        "CANCELLED 1H",
         "OLDEST",
         "DONE/FAILED 1M",
         "P50",
