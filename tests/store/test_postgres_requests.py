@@ -121,3 +121,31 @@ async def test_a_repeat_with_input_the_database_cannot_hold_finds_the_first(
     again = await store.create_request(bad)
     assert not again.created
     assert again.request.id == first.request.id
+
+
+async def test_a_request_the_database_refuses_fails_alone_among_those_sent_with_it(
+    store: PostgresStore,
+) -> None:
+    new = _request()
+    bad = NewRequest("test.noop", {"a": "\u0000"}, "caller-1", new.job)
+    results = await asyncio.gather(
+        *(store.create_request(_request()) for _ in range(3)),
+        store.create_request(bad),
+        *(store.create_request(_request()) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[3], TypeError)
+    good = [r for i, r in enumerate(results) if i != 3]
+    assert all(not isinstance(r, BaseException) and r.created for r in good)
+    assert len(await store.list_jobs(JobFilter())) == 6
+
+
+async def test_plain_requests_that_arrive_together_share_a_statement(
+    store: PostgresStore,
+) -> None:
+    stored = await asyncio.gather(*(store.create_request(_request()) for _ in range(50)))
+    # created_at is the transaction's start (now()): requests that shared a statement share
+    # it. The first goes alone, the other 49 wait for it and go together.
+    statements = {s.request.created_at for s in stored}
+    assert len(statements) < 10
+    assert len(await store.list_jobs(JobFilter(limit=100))) == 50

@@ -103,6 +103,24 @@ async def test_a_request_returns_its_queue_position(store: Store, new_job: NewJo
     assert running.id == high.request.job.id
 
 
+async def test_requests_submitted_together_each_get_their_job_and_position(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    # Concurrent plain requests may share one statement (PostgreSQL); each must still get
+    # its own job, in submission order, and the position its job id implies.
+    stored = await asyncio.gather(*(store.create_request(_request(new_job)) for _ in range(30)))
+    jobs = [s.request.job for s in stored]
+    assert all(s.created for s in stored)
+    assert len({job.id for job in jobs}) == 30
+    assert [s.queue_position for s in sorted(stored, key=lambda s: s.request.job.id)] == list(
+        range(30)
+    )
+    for s in stored:
+        assert await store.get_request(s.request.id, "default") == s.request
+    listed = await store.list_jobs(JobFilter(limit=100))
+    assert sorted(j.id for j in listed) == sorted(job.id for job in jobs)
+
+
 async def test_a_repeat_of_a_started_request_has_no_position(
     store: Store, new_job: NewJobFactory
 ) -> None:

@@ -491,6 +491,64 @@ SELECT f.*,
        (SELECT count(*) FROM notified) AS notified
 FROM found f
 
+-- name: create_requests
+-- Plain requests (no Idempotency-Key, no job unique_key) that arrived together, in one
+-- statement: their jobs, their requests, one NOTIFY per queue and each one's queue
+-- position. The batch travels as one JSON document ($1) whose rows carry their ordinal;
+-- job ids are drawn in the materialised CTE, so once per row.
+--
+-- A position counts the due queued jobs ahead that this statement's snapshot sees (not
+-- the batch's own) plus the batch's due jobs ahead in the same queue.
+WITH src AS MATERIALIZED (
+    SELECT nextval('conveyor_jobs_id_seq'::regclass) AS job_id, s.*
+    FROM jsonb_to_recordset($1::jsonb) AS s(
+        ord int, tenant_id text, queue text, kind text, priority smallint, payload jsonb,
+        max_attempts int, run_at float8, delay_s float8, timeout_s float8, meta jsonb,
+        caller_id text, request_kind text, input jsonb, http_request_id text)
+),
+job AS (
+    INSERT INTO conveyor_jobs (
+        id, tenant_id, queue, kind, priority, state, payload, max_attempts, run_at,
+        timeout_s, meta, created_at
+    )
+    SELECT job_id, tenant_id, queue, kind, priority, 'queued', coalesce(payload, 'null'),
+           max_attempts, coalesce(to_timestamp(run_at), now() + make_interval(secs => delay_s)),
+           timeout_s, meta, now()
+    FROM src
+    RETURNING *
+),
+req AS (
+    INSERT INTO conveyor_requests (
+        tenant_id, caller_id, kind, input, job_id, http_request_id, created_at
+    )
+    SELECT tenant_id, caller_id, request_kind, coalesce(input, 'null'), job_id,
+           http_request_id, now()
+    FROM src
+    RETURNING *
+),
+notified AS (
+    SELECT pg_notify($2, 'q:' || queue) FROM (SELECT DISTINCT queue FROM src) AS q
+),
+ranked AS (
+    SELECT id, count(*) FILTER (WHERE run_at <= now()) OVER (
+               PARTITION BY queue ORDER BY priority, run_at, id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS ahead
+    FROM job
+)
+SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,
+       r.created_at, j.*,
+       k.ahead + (
+           SELECT count(*) FROM conveyor_jobs q
+           WHERE q.state = 'queued' AND q.queue = j.queue AND q.run_at <= now()
+             AND (q.priority, q.run_at, q.id) < (j.priority, j.run_at, j.id)
+       ) AS queue_position,
+       s.ord,
+       (SELECT count(*) FROM notified) AS notified
+FROM req r
+JOIN job j ON j.id = r.job_id
+JOIN ranked k ON k.id = j.id
+JOIN src s ON s.job_id = j.id
+
 -- name: get_request
 SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,
        r.created_at, j.*
