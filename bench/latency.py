@@ -25,11 +25,15 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import asyncpg
+
 from bench import kinds
 from bench.common import running_worker, wait_for_worker
 from bench.report import Case, Goal, Metric, Options, Row, percentile
 from bench.stores import BenchError, StoreConfig
 from conveyor import Client, Worker, WorkerConfig
+from conveyor.store import postgres
+from conveyor.store.sqlfile import load_queries
 
 SQLITE_P50 = Goal("<=", 10.0, "DESIGN.md: enqueue -> start on an idle worker p50 <= 10 ms (SQLite)")
 PG_P50 = Goal("<=", 2.0, "DESIGN.md: PostgreSQL enqueue -> start on an idle worker p50 <= 2 ms")
@@ -165,6 +169,45 @@ def fsync_probe(folder: str, samples: int = 200) -> dict[str, float]:
     return {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99)}
 
 
+async def postgres_floor(
+    store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
+) -> dict[str, float]:
+    """The same two durable round trips with no Conveyor code around them: on one bare
+    asyncpg connection the store's own ``insert_job`` statement (its NOTIFY included), a
+    second connection listening, and on the notification the store's own ``claim``
+    statement on a third; the sample ends when the claim returns. What is left above this
+    in the rows beside it is Conveyor's own cost."""
+    client = await Client.connect(store.settings(url))  # migrates the fresh database
+    await client.close()
+    queries = load_queries(postgres.__name__)
+    session = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
+    producer, listener, claimer = [
+        await asyncpg.connect(url, server_settings=session) for _ in range(3)
+    ]
+    woken = asyncio.Event()
+    await listener.add_listener(postgres.CHANNEL, lambda *_: woken.set())
+    latencies: list[float] = []
+    try:
+        for n in range(warmup + samples):
+            await asyncio.sleep(gap())
+            woken.clear()
+            t0 = time.perf_counter()
+            await producer.fetch(
+                queries["insert_job"], "default", kinds.LATENCY_QUEUE, kinds.LATENCY,
+                5, "{}", 1, None, 0.0, None, None, "{}", postgres.CHANNEL,
+            )  # fmt: skip
+            await asyncio.wait_for(woken.wait(), START_TIMEOUT_S)
+            rows = await claimer.fetch(queries["claim"], [kinds.LATENCY_QUEUE], [1], "floor", 30.0)
+            if n >= warmup:
+                latencies.append(time.perf_counter() - t0)
+            if len(rows) != 2:
+                raise BenchError(f"sample {n}: the claim took {len(rows) - 1} jobs, not 1")
+    finally:
+        for conn in (producer, listener, claimer):
+            await conn.close()
+    return _summary(latencies)
+
+
 def _metrics(goals: tuple[Goal | None, Goal | None], with_enqueue: bool) -> list[Metric]:
     metrics = [
         Metric("p50", "p50", "ms", goals[0]),
@@ -223,6 +266,28 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
         out.append(Case(row, run_same, opts.latency_runs))
         if not store.default:
             continue
+        if store.kind == "postgresql":
+            floor = Row(
+                bench="latency",
+                title="context: bare asyncpg, the same statements (the floor)",
+                store=store.label,
+                settings=settings,
+                metrics=_metrics((None, None), with_enqueue=False),
+                note="insert_job + NOTIFY, then on the notification the claim statement on "
+                "another connection; no Conveyor code",
+            )
+            floor_rng = random.Random(opts.seed + 2000 + index)
+
+            async def run_floor(
+                s: StoreConfig = store, r: random.Random = floor_rng
+            ) -> dict[str, float]:
+                async with s.fresh_database() as url:
+                    return await postgres_floor(
+                        s, url, opts.latency_samples, opts.latency_warmup,
+                        lambda: r.uniform(low, high),
+                    )  # fmt: skip
+
+            out.append(Case(floor, run_floor, opts.latency_runs))
         polls = store.backend.polls_across_processes
         gap = opts.cross_gap_ms if polls else opts.latency_gap_ms
         cross = Row(
