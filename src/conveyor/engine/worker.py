@@ -345,8 +345,11 @@ class Worker:
         if self._outcomes or self._progress:
             timeout = min(timeout, max(0.0, self._flush_at - now))
         if not self._wake.is_set() and timeout > 0:
+            # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own,
+            # and this wait ends on every notice and every finished job.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
         self._wake.clear()
         if time.monotonic() - now >= poll:
             self._maybe_due.update(self.config.queues)
