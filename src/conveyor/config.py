@@ -60,7 +60,10 @@ class Settings(BaseSettings):
         "answers submissions with 503 while its own is (0 disables both).",
     )
     memory_check_interval: float = Field(
-        default=1.0, gt=0, description="Seconds between RSS readings of the memory guard."
+        default=1.0,
+        gt=0,
+        description="Seconds between RSS readings of the memory guard (the worker's, and "
+        "the API's check of each submission).",
     )
     retention_seconds: float = Field(
         default=7 * 24 * 3600.0,

@@ -8,7 +8,8 @@ import pytest
 from api_support import AppClient, submit
 
 from conveyor.api.errors import Overloaded
-from conveyor.api.submit import check_backlog, estimate_wait
+from conveyor.api.submit import check_backlog, check_memory, estimate_wait
+from conveyor.engine import services
 from conveyor.store.base import Store
 from conveyor.store.records import JobFilter, NewJob, QueueStats, WorkerInfo
 
@@ -138,3 +139,22 @@ async def test_estimates_come_from_the_queue_statistics(
     assert first["estimated_wait_seconds"] == 0.0
     assert second["queue_position"] == 1
     assert second["estimated_wait_seconds"] is None  # no run time measured yet
+
+
+def test_the_memory_check_reads_rss_at_most_once_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readings: list[float] = []
+
+    def rss() -> float:
+        readings.append(100.0)
+        return 100.0
+
+    monkeypatch.setattr(services, "rss_mb", rss)
+    monkeypatch.setattr(services, "_last_rss", (float("-inf"), 0.0))
+    for _ in range(5):
+        check_memory(200, max_age=60)
+    assert len(readings) == 1
+    with pytest.raises(Overloaded, match="low on memory"):
+        check_memory(50, max_age=0)
+    assert len(readings) == 2

@@ -22,7 +22,7 @@ from conveyor.api.errors import Conflict, Overloaded
 from conveyor.api.schemas import RequestAccepted, at_utc, due
 from conveyor.api.state import ApiState
 from conveyor.engine.errors import InvalidJob
-from conveyor.engine.services import rss_mb
+from conveyor.engine.services import recent_rss_mb
 from conveyor.store.records import JSON, NewRequest, QueueStats, Request
 
 MEMORY_RETRY_AFTER_S = 10
@@ -70,7 +70,7 @@ async def submit(
     client = api.client
     # The request id rides in the job's meta so the worker's log lines for the job carry it.
     job = client.prepare(kind, payload, tenant_id=caller.tenant_id, meta={"request_id": request_id})
-    check_memory(api.settings.max_memory_mb)
+    check_memory(api.settings.max_memory_mb, api.settings.memory_check_interval)
     stats = (await api.stats.get(client)).get(job.queue)
     check_backlog(stats, api.settings.max_backlog)
     new = NewRequest(
@@ -97,11 +97,12 @@ async def submit(
     return Submission(request, stored.created, position, wait)
 
 
-def check_memory(max_memory_mb: float) -> None:
-    """Refuse work while this process's RSS is above the threshold (0 disables)."""
+def check_memory(max_memory_mb: float, max_age: float) -> None:
+    """Refuse work while this process's RSS, read at most ``max_age`` seconds ago, is
+    above the threshold (0 disables)."""
     if max_memory_mb <= 0:
         return
-    rss = rss_mb()
+    rss = recent_rss_mb(max_age)
     if rss > max_memory_mb:
         raise Overloaded(
             f"the server is low on memory ({rss:.0f} MB in use, limit {max_memory_mb:.0f} MB); "
