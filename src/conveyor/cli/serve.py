@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -57,15 +57,6 @@ class _Server(uvicorn.Server):
                     docs=f"http://{shown}:{port}/docs",
                     loop=loop,
                 )
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed; None: asyncio's default."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def default_queues(kinds: Registry, settings: Settings) -> list[str]:
