@@ -362,7 +362,7 @@ class _LoadConnection(asyncio.Protocol):
         if self._current >= 0:
             i, self._current = self._current, -1
             self._pool.answered(i, STATUS_ERROR)
-        self._pool.lost()
+        self._pool.lost(self)
 
     def _fail(self) -> None:
         if self._current >= 0:
@@ -391,7 +391,7 @@ class _LoadPool:
 
     def open(self) -> None:
         for _ in range(self.load.connections):
-            self.lost()
+            self._open_one()
 
     def submit(self, i: int) -> None:
         if self._idle:
@@ -410,8 +410,16 @@ class _LoadPool:
         self.samples.status[i] = status
         self._finished()
 
-    def lost(self) -> None:
-        """A connection closed (or is wanted): open one in its place."""
+    def lost(self, conn: _LoadConnection) -> None:
+        """A connection closed (the server's keep-alive timeout closes idle ones between
+        steps): forget it and open one in its place."""
+        if conn in self._idle:
+            self._idle.remove(conn)
+        if conn in self._connections:
+            self._connections.remove(conn)
+        self._open_one()
+
+    def _open_one(self) -> None:
         if self._closed:
             return
         loop = asyncio.get_running_loop()
@@ -427,7 +435,7 @@ class _LoadPool:
             )
         except OSError:
             await asyncio.sleep(0.1)
-            self.lost()
+            self._open_one()
             return
         self._connections.append(conn)
 
