@@ -3,7 +3,7 @@
 Not part of the bench suite and not run by `make bench`: pgqueuer is a peer, installed in a
 virtualenv of its own, never in the project's venv or lock (docs/benchmarks.md)::
 
-    python3 -m venv /tmp/pgq-venv && /tmp/pgq-venv/bin/pip install pgqueuer==1.6.0
+    python3 -m venv /tmp/pgq-venv && /tmp/pgq-venv/bin/pip install pgqueuer==1.6.0 asyncpg
     cd /work/main && /tmp/pgq-venv/bin/python docs/peers/pgqueuer_side_by_side.py [N] [ROUNDS]
 
 Each round, in interleaved order: pgqueuer with batch_size 10 (its default) and 100, and
