@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import asyncpg
 from bench import kinds
 from bench.common import running_worker, wait_for_worker
 from bench.report import Case, Goal, Metric, Options, Row, percentile
-from bench.stores import BenchError, StoreConfig
+from bench.stores import REPO_ROOT, BenchError, StoreConfig
 from conveyor import Client, Worker, WorkerConfig
 from conveyor.store import postgres
 from conveyor.store.sqlfile import load_queries
@@ -208,6 +209,57 @@ async def postgres_floor(
     return _summary(latencies)
 
 
+async def postgres_floor_cross(
+    store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
+) -> dict[str, float]:
+    """The floor across processes: the insert on a bare asyncpg connection here, the
+    listener and the claim in a bare-asyncpg subprocess (``bench.pg_floor_worker``) that
+    sends the wall time at which the claim returned. The same process wake-ups as the
+    worker subprocess row, none of Conveyor's code."""
+    client = await Client.connect(store.settings(url))  # migrates the fresh database
+    await client.close()
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _Datagrams, local_addr=("127.0.0.1", 0)
+    )
+    port = int(transport.get_extra_info("sockname")[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.pg_floor_worker", url, str(port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    producer = await asyncpg.connect(
+        url, server_settings={"plan_cache_mode": "force_generic_plan", "jit": "off"}
+    )
+    insert = load_queries(postgres.__name__)["insert_job"]
+    latencies: list[float] = []
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+        if line.strip() != b"ready":
+            raise BenchError(f"bench.pg_floor_worker did not start: {line!r}")
+        for n in range(warmup + samples):
+            await asyncio.sleep(gap())
+            started = protocol.waiting[n] = loop.create_future()
+            t0 = time.time()
+            await producer.fetch(
+                insert, "default", kinds.LATENCY_QUEUE, kinds.LATENCY, 5, f'{{"n": {n}}}',
+                1, None, 0.0, None, None, "{}", postgres.CHANNEL,
+            )  # fmt: skip
+            t_claimed = await asyncio.wait_for(started, START_TIMEOUT_S)
+            if n >= warmup:
+                latencies.append(t_claimed - t0)
+    finally:
+        transport.close()
+        await producer.close()
+        proc.terminate()
+        await proc.wait()
+    return _summary(latencies)
+
+
 def _metrics(goals: tuple[Goal | None, Goal | None], with_enqueue: bool) -> list[Metric]:
     metrics = [
         Metric("p50", "p50", "ms", goals[0]),
@@ -319,4 +371,26 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
                 )
 
         out.append(Case(cross, run_cross, opts.latency_runs))
+        if store.kind == "postgresql":
+            cross_floor = Row(
+                bench="latency",
+                title="context: bare asyncpg across processes (the floor of the row above)",
+                store=store.label,
+                settings=settings,
+                metrics=_metrics((None, None), with_enqueue=False),
+                note="insert_job + NOTIFY here; LISTEN and the claim statement in a "
+                "bare-asyncpg subprocess (bench.pg_floor_worker); no Conveyor code",
+            )
+            cross_floor_rng = random.Random(opts.seed + 3000 + index)
+
+            async def run_cross_floor(
+                s: StoreConfig = store, r: random.Random = cross_floor_rng
+            ) -> dict[str, float]:
+                async with s.fresh_database() as url:
+                    return await postgres_floor_cross(
+                        s, url, opts.latency_samples, opts.latency_warmup,
+                        lambda: r.uniform(low, high),
+                    )  # fmt: skip
+
+            out.append(Case(cross_floor, run_cross_floor, opts.latency_runs))
     return out
