@@ -221,12 +221,26 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return await self._call_raw(fn)
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {self.url!r}: {exc}") from exc
+        """Run ``fn`` (a whole transaction, or nothing that writes) on the thread.
+
+        SQLite answers "database is locked" without waiting out the busy timeout when
+        waiting could deadlock, and on a new file two processes starting at once met it
+        (seen in CI: a worker exited at start). ``fn`` left nothing behind (a transaction
+        rolls back on error), so it is run again until the busy timeout is up."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = 0.005
+        while True:
+            try:
+                return await self._call_raw(fn)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise StoreError(f"database {self.url!r}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.url!r}: {exc}") from exc
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
