@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from typing import Any
 
 import asyncpg
 import pytest
@@ -108,3 +110,28 @@ async def test_the_store_forgets_the_server_pids_of_connections_it_lost(pg: PgTe
         await admin.close()
         await store.close()
     assert store._own_backends == set()
+
+
+async def test_calls_that_find_the_stores_own_connection_busy_go_to_the_pool(
+    pg: PgTestServer,
+) -> None:
+    """The store keeps one connection of its own for calls that find it free (no pool
+    hop on the enqueue-to-start path); calls made meanwhile must not queue behind it."""
+    store = PostgresStore(pg.url, pool_size=2)
+    await store.open()
+    try:
+
+        async def slow(conn: Any) -> int:
+            await conn.execute("SELECT pg_sleep(0.3)")
+            pid: int = conn.get_server_pid()
+            return pid
+
+        started = time.monotonic()
+        pids = await asyncio.gather(*(store._run(slow) for _ in range(3)))
+        elapsed = time.monotonic() - started
+        assert len(set(pids)) == 3
+        assert elapsed < 0.6
+        # Alone, a call takes the store's own connection again.
+        assert await store._run(slow) == pids[0]
+    finally:
+        await store.close()

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
 import orjson
@@ -160,6 +160,8 @@ class PostgresStore:
         self._listen_task: asyncio.Task[None] | None = None
         self._limited: set[str] = set()
         self._plain_requests = Coalescer(self._create_plain_requests)
+        self._lane: asyncpg.Connection | None = None
+        self._lane_busy = False
         self._own_backends: set[int] = set()
         """Server pids of this store's pooled connections: their NOTIFYs come back on the
         LISTEN connection, but this store has already told its listeners."""
@@ -198,6 +200,12 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._plain_requests.close()
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            if self._lane_busy:
+                lane.terminate()
+            else:
+                await lane.close()
         if self._listen_task is not None:
             self._listen_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -208,21 +216,21 @@ class PostgresStore:
             await pool.close()
 
     async def _run(self, action: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run ``action`` on a pooled connection; database failures become StoreError."""
+        """Run ``action`` on the store's own connection when it is free, else on a pooled
+        one; database failures become StoreError.
+
+        The pool's acquire and release cost 0.13-0.19 ms a call when the process had been
+        idle (measured alternating the two with 5-25 ms gaps: an enqueue took 0.76-1.03 ms
+        on a plain connection and 0.89-1.22 ms through the pool), and an idle worker's
+        claim and the enqueue before it are both on the enqueue-to-start path. Calls that
+        find it busy go to the pool, so concurrency is unchanged."""
         if self._pool is None:
             raise StoreError(f"store {_safe(self.url)!r} is not open")
         try:
+            if not self._lane_busy:
+                return await self._on_lane(action)
             async with self._pool.acquire() as conn:
-                try:
-                    return await action(conn)
-                except asyncpg.InternalClientError:
-                    # The server ended the session while the connection sat in the pool
-                    # (pg_terminate_backend, a restart): asyncpg read the FATAL message out
-                    # of turn and the connection can run nothing more until it notices the
-                    # closed socket (MagicStack/asyncpg#1069). Drop it so the pool opens a
-                    # new one.
-                    conn.terminate()
-                    raise
+                return await _guarded(conn, action)
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(str(exc)) from exc
         except (
@@ -235,6 +243,41 @@ class PostgresStore:
             TimeoutError,
         ) as exc:
             raise StoreError(f"database {_safe(self.url)!r}: {type(exc).__name__}: {exc}") from exc
+
+    async def _on_lane(self, action: Callable[[Conn], Awaitable[T]]) -> T:
+        self._lane_busy = True
+        try:
+            if self._lane is None or self._lane.is_closed():
+                conn = await asyncpg.connect(
+                    self.url,
+                    timeout=self._connect_timeout,
+                    command_timeout=60,
+                    server_settings=_SESSION_SETTINGS if self.listen else {},
+                )
+                await self._init_connection(conn)
+                self._lane = conn
+            lane = self._lane
+            try:
+                # The lane is a plain connection; actions are written for the pool's proxy,
+                # which forwards to one.
+                return await _guarded(cast(Conn, lane), action)
+            except asyncpg.PostgresError:
+                # A statement the server refused leaves the connection usable, unless the
+                # session ended or a transaction was left open.
+                if lane.is_closed() or lane.is_in_transaction():
+                    self._drop_lane(lane)
+                raise
+            except BaseException:
+                # Broken, or cut off mid-way: the next call opens another.
+                self._drop_lane(lane)
+                raise
+        finally:
+            self._lane_busy = False
+
+    def _drop_lane(self, lane: asyncpg.Connection) -> None:
+        if self._lane is lane:
+            self._lane = None
+        lane.terminate()
 
     # -- schema --------------------------------------------------------------------
     async def migrate(self) -> list[int]:
@@ -781,6 +824,18 @@ def _split_exchange(
     if summary is None:
         raise StoreError("the exchange statement returned no summary row")
     return claimed, rescued, summary
+
+
+async def _guarded(conn: Conn, action: Callable[[Conn], Awaitable[T]]) -> T:
+    try:
+        return await action(conn)
+    except asyncpg.InternalClientError:
+        # The server ended the session while the connection sat idle (pg_terminate_backend,
+        # a restart): asyncpg read the FATAL message out of turn and the connection can run
+        # nothing more until it notices the closed socket (MagicStack/asyncpg#1069). Drop
+        # it so that a new one is opened.
+        conn.terminate()
+        raise
 
 
 async def _outcome(call: Awaitable[T]) -> T | Exception:
