@@ -103,7 +103,11 @@ class Settings(BaseSettings):
         "transaction mode, where LISTEN does not work; workers then rely on the safety poll.",
     )
     pool_size: int = Field(
-        default=10, ge=1, le=1000, description="PostgreSQL: connections per process at most."
+        default=10,
+        ge=1,
+        le=1000,
+        description="PostgreSQL: pooled connections per process at most; a process also "
+        "keeps one of its own for calls that find it free, and one for LISTEN.",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port of the HTTP API.")
