@@ -24,7 +24,8 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -272,6 +273,42 @@ def _metrics(goals: tuple[Goal | None, Goal | None], with_enqueue: bool) -> list
     return metrics
 
 
+Sampler = Callable[
+    [StoreConfig, str, int, int, Callable[[], float]], Coroutine[Any, Any, dict[str, float]]
+]
+
+
+def _floor_case(
+    store: StoreConfig,
+    opts: Options,
+    settings: dict[str, Any],
+    measure: Sampler,
+    seed: int,
+    title: str,
+    note: str,
+) -> Case:
+    """A floor row: ``measure`` on a fresh database, with the latency rows' gaps."""
+    row = Row(
+        bench="latency",
+        title=title,
+        store=store.label,
+        settings=settings,
+        metrics=_metrics((None, None), with_enqueue=False),
+        note=note,
+    )
+    rng = random.Random(seed)
+    low, high = (g / 1000 for g in opts.latency_gap_ms)
+
+    async def run() -> dict[str, float]:
+        async with store.fresh_database() as url:
+            return await measure(
+                store, url, opts.latency_samples, opts.latency_warmup,
+                lambda: rng.uniform(low, high),
+            )  # fmt: skip
+
+    return Case(row, run, opts.latency_runs)
+
+
 def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
     out: list[Case] = []
     settings = {
@@ -319,27 +356,14 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
         if not store.default:
             continue
         if store.kind == "postgresql":
-            floor = Row(
-                bench="latency",
-                title="context: bare asyncpg, the same statements (the floor)",
-                store=store.label,
-                settings=settings,
-                metrics=_metrics((None, None), with_enqueue=False),
-                note="insert_job + NOTIFY, then on the notification the claim statement on "
-                "another connection; no Conveyor code",
-            )
-            floor_rng = random.Random(opts.seed + 2000 + index)
-
-            async def run_floor(
-                s: StoreConfig = store, r: random.Random = floor_rng
-            ) -> dict[str, float]:
-                async with s.fresh_database() as url:
-                    return await postgres_floor(
-                        s, url, opts.latency_samples, opts.latency_warmup,
-                        lambda: r.uniform(low, high),
-                    )  # fmt: skip
-
-            out.append(Case(floor, run_floor, opts.latency_runs))
+            out.append(
+                _floor_case(
+                    store, opts, settings, postgres_floor, opts.seed + 2000 + index,
+                    "context: bare asyncpg, the same statements (the floor)",
+                    "insert_job + NOTIFY, then on the notification the claim statement on "
+                    "another connection; no Conveyor code",
+                )
+            )  # fmt: skip
         polls = store.backend.polls_across_processes
         gap = opts.cross_gap_ms if polls else opts.latency_gap_ms
         cross = Row(
@@ -372,25 +396,12 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
 
         out.append(Case(cross, run_cross, opts.latency_runs))
         if store.kind == "postgresql":
-            cross_floor = Row(
-                bench="latency",
-                title="context: bare asyncpg across processes (the floor of the row above)",
-                store=store.label,
-                settings=settings,
-                metrics=_metrics((None, None), with_enqueue=False),
-                note="insert_job + NOTIFY here; LISTEN and the claim statement in a "
-                "bare-asyncpg subprocess (bench.pg_floor_worker); no Conveyor code",
-            )
-            cross_floor_rng = random.Random(opts.seed + 3000 + index)
-
-            async def run_cross_floor(
-                s: StoreConfig = store, r: random.Random = cross_floor_rng
-            ) -> dict[str, float]:
-                async with s.fresh_database() as url:
-                    return await postgres_floor_cross(
-                        s, url, opts.latency_samples, opts.latency_warmup,
-                        lambda: r.uniform(low, high),
-                    )  # fmt: skip
-
-            out.append(Case(cross_floor, run_cross_floor, opts.latency_runs))
+            out.append(
+                _floor_case(
+                    store, opts, settings, postgres_floor_cross, opts.seed + 3000 + index,
+                    "context: bare asyncpg across processes (the floor of the row above)",
+                    "insert_job + NOTIFY here; LISTEN and the claim statement in a "
+                    "bare-asyncpg subprocess (bench.pg_floor_worker); no Conveyor code",
+                )
+            )  # fmt: skip
     return out

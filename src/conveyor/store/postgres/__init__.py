@@ -496,17 +496,7 @@ class PostgresStore:
         doc = _dumps(
             [
                 {
-                    "ord": i,
-                    "tenant_id": new.job.tenant_id,
-                    "queue": new.job.queue,
-                    "kind": new.job.kind,
-                    "priority": new.job.priority,
-                    "payload": new.job.payload,
-                    "max_attempts": new.job.max_attempts,
-                    "run_at": new.job.run_at,
-                    "delay_s": new.job.delay_s,
-                    "timeout_s": new.job.timeout_s,
-                    "meta": new.job.meta,
+                    **_job_fields(i, new.job),
                     "caller_id": new.caller_id,
                     "request_kind": new.kind,
                     "input": new.input,
@@ -530,17 +520,7 @@ class PostgresStore:
         """One request in its own statement, with its Idempotency-Key and unique_key."""
         job = new.job
         args = (
-            job.tenant_id,
-            job.queue,
-            job.kind,
-            job.priority,
-            _dumps(job.payload),
-            job.max_attempts,
-            job.run_at,
-            job.delay_s,
-            job.timeout_s,
-            job.unique_key,
-            _dumps(job.meta),
+            *_job_params(job),
             CHANNEL,
             new.caller_id,
             new.kind,
@@ -922,26 +902,47 @@ async def _copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     return [Enqueued(job_id, created=True) for job_id in ids]
 
 
+def _job_params(job: NewJob) -> tuple[Any, ...]:
+    """A job as the $1..$11 of insert_job and create_request."""
+    return (
+        job.tenant_id,
+        job.queue,
+        job.kind,
+        job.priority,
+        _dumps(job.payload),
+        job.max_attempts,
+        job.run_at,
+        job.delay_s,
+        job.timeout_s,
+        job.unique_key,
+        _dumps(job.meta),
+    )
+
+
+def _job_fields(ordinal: int, job: NewJob) -> dict[str, Any]:
+    """A job as a row of the JSON batches of insert_jobs and create_requests."""
+    return {
+        "ord": ordinal,
+        "tenant_id": job.tenant_id,
+        "queue": job.queue,
+        "kind": job.kind,
+        "priority": job.priority,
+        "payload": job.payload,
+        "max_attempts": job.max_attempts,
+        "run_at": job.run_at,
+        "delay_s": job.delay_s,
+        "timeout_s": job.timeout_s,
+        "unique_key": job.unique_key,
+        "meta": job.meta,
+    }
+
+
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     """Insert in the caller's transaction; unique_key duplicates resolve to the active job
     (an earlier one of the same call included)."""
     if len(jobs) == 1:
         job = jobs[0]
-        row = await conn.fetchrow(
-            _Q["insert_job"],
-            job.tenant_id,
-            job.queue,
-            job.kind,
-            job.priority,
-            _dumps(job.payload),
-            job.max_attempts,
-            job.run_at,
-            job.delay_s,
-            job.timeout_s,
-            job.unique_key,
-            _dumps(job.meta),
-            CHANNEL,
-        )
+        row = await conn.fetchrow(_Q["insert_job"], *_job_params(job), CHANNEL)
         if row is not None:
             return [Enqueued(row[0], created=True)]
     first_of_key: dict[tuple[str, str], int] = {}
@@ -954,22 +955,7 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
                 repeats[index] = first_of_key[key]
                 continue
             first_of_key[key] = index
-        batch.append(
-            {
-                "ord": index,
-                "tenant_id": job.tenant_id,
-                "queue": job.queue,
-                "kind": job.kind,
-                "priority": job.priority,
-                "payload": job.payload,
-                "max_attempts": job.max_attempts,
-                "run_at": job.run_at,
-                "delay_s": job.delay_s,
-                "timeout_s": job.timeout_s,
-                "unique_key": job.unique_key,
-                "meta": job.meta,
-            }
-        )
+        batch.append(_job_fields(index, job))
     row = await conn.fetchrow(_Q["insert_jobs"], _dumps(batch), CHANNEL)
     if row is None:
         raise StoreError("the insert statement returned no row")
