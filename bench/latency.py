@@ -14,6 +14,11 @@ are dropped.
   The handler sends ``time.time()`` taken at its start in a UDP datagram to the bench,
   and the sample is that minus ``time.time()`` just before the enqueue. The bench waits
   for the datagram, so it puts no load on the database while a sample is taken.
+
+On PostgreSQL an idle worker is handed each job by the enqueue itself (its offered slots):
+one durable commit, then the notice. The two floor rows run that path on bare asyncpg —
+the store's own ``insert_job`` against an offer made the way a worker makes it — so what
+a Conveyor row shows above its floor is Conveyor's own cost.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 import asyncpg
 
-from bench import kinds
+from bench import kinds, pg_floor_worker
 from bench.common import running_worker, wait_for_worker
 from bench.report import Case, Goal, Metric, Options, Row, percentile
 from bench.stores import REPO_ROOT, BenchError, StoreConfig
@@ -174,38 +179,34 @@ def fsync_probe(folder: str, samples: int = 200) -> dict[str, float]:
 async def postgres_floor(
     store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
 ) -> dict[str, float]:
-    """The same two durable round trips with no Conveyor code around them: on one bare
-    asyncpg connection the store's own ``insert_job`` statement (its NOTIFY included), a
-    second connection listening, and on the notification the store's own ``claim``
-    statement on a third; the sample ends when the claim returns. What is left above this
-    in the rows beside it is Conveyor's own cost."""
+    """The handoff path with no Conveyor code around it: a bare asyncpg connection
+    listening holds a key and offers slots (as ``bench.pg_floor_worker`` does), another
+    runs the store's own ``insert_job`` statement; the sample ends when the handoff notice
+    arrives. What is left above this in the rows beside it is Conveyor's own cost."""
     client = await Client.connect(store.settings(url))  # migrates the fresh database
     await client.close()
-    queries = load_queries(postgres.__name__)
+    insert = load_queries(postgres.__name__)["insert_job"]
     session = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
-    producer, listener, claimer = [
-        await asyncpg.connect(url, server_settings=session) for _ in range(3)
-    ]
-    woken = asyncio.Event()
-    await listener.add_listener(postgres.CHANNEL, lambda *_: woken.set())
+    producer, listener = [await asyncpg.connect(url, server_settings=session) for _ in range(2)]
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(postgres.CHANNEL, lambda *args: heard.put_nowait(str(args[3])))
+    await pg_floor_worker.offer(listener, "floor")
     latencies: list[float] = []
     try:
         for n in range(warmup + samples):
             await asyncio.sleep(gap())
-            woken.clear()
             t0 = time.perf_counter()
             await producer.fetch(
-                queries["insert_job"], "default", kinds.LATENCY_QUEUE, kinds.LATENCY,
-                5, "{}", 1, None, 0.0, None, None, "{}", postgres.CHANNEL,
+                insert, "default", kinds.LATENCY_QUEUE, kinds.LATENCY, 5, f'{{"n": {n}}}',
+                1, None, 0.0, None, None, "{}", postgres.CHANNEL,
             )  # fmt: skip
-            await asyncio.wait_for(woken.wait(), START_TIMEOUT_S)
-            rows = await claimer.fetch(queries["claim"], [kinds.LATENCY_QUEUE], [1], "floor", 30.0)
+            payload = await asyncio.wait_for(heard.get(), START_TIMEOUT_S)
             if n >= warmup:
                 latencies.append(time.perf_counter() - t0)
-            if len(rows) != 2:
-                raise BenchError(f"sample {n}: the claim took {len(rows) - 1} jobs, not 1")
+            if pg_floor_worker.handed_sample(payload) != n:
+                raise BenchError(f"sample {n}: the notice handed over another job")
     finally:
-        for conn in (producer, listener, claimer):
+        for conn in (producer, listener):
             await conn.close()
     return _summary(latencies)
 
@@ -214,9 +215,9 @@ async def postgres_floor_cross(
     store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
 ) -> dict[str, float]:
     """The floor across processes: the insert on a bare asyncpg connection here, the
-    listener and the claim in a bare-asyncpg subprocess (``bench.pg_floor_worker``) that
-    sends the wall time at which the claim returned. The same process wake-ups as the
-    worker subprocess row, none of Conveyor's code."""
+    offer and the listener in a bare-asyncpg subprocess (``bench.pg_floor_worker``) that
+    sends the wall time at which the handoff notice arrived. The same process wake-ups as
+    the worker subprocess row, none of Conveyor's code."""
     client = await Client.connect(store.settings(url))  # migrates the fresh database
     await client.close()
     loop = asyncio.get_running_loop()
@@ -250,9 +251,9 @@ async def postgres_floor_cross(
                 insert, "default", kinds.LATENCY_QUEUE, kinds.LATENCY, 5, f'{{"n": {n}}}',
                 1, None, 0.0, None, None, "{}", postgres.CHANNEL,
             )  # fmt: skip
-            t_claimed = await asyncio.wait_for(started, START_TIMEOUT_S)
+            t_heard = await asyncio.wait_for(started, START_TIMEOUT_S)
             if n >= warmup:
-                latencies.append(t_claimed - t0)
+                latencies.append(t_heard - t0)
     finally:
         transport.close()
         await producer.close()
@@ -360,8 +361,8 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
                 _floor_case(
                     store, opts, settings, postgres_floor, opts.seed + 2000 + index,
                     "context: bare asyncpg, the same statements (the floor)",
-                    "insert_job + NOTIFY, then on the notification the claim statement on "
-                    "another connection; no Conveyor code",
+                    "insert_job hands the job to a slot offered by another connection, "
+                    "until its notice arrives there; no Conveyor code",
                 )
             )  # fmt: skip
         polls = store.backend.polls_across_processes
@@ -400,8 +401,8 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
                 _floor_case(
                     store, opts, settings, postgres_floor_cross, opts.seed + 3000 + index,
                     "context: bare asyncpg across processes (the floor of the row above)",
-                    "insert_job + NOTIFY here; LISTEN and the claim statement in a "
-                    "bare-asyncpg subprocess (bench.pg_floor_worker); no Conveyor code",
+                    "insert_job here; the offer and LISTEN in a bare-asyncpg subprocess "
+                    "(bench.pg_floor_worker), until the handoff notice arrives; no Conveyor code",
                 )
             )  # fmt: skip
     return out

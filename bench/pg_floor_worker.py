@@ -1,16 +1,17 @@
 """The cross-process floor of the latency benchmark: a bare-asyncpg stand-in for a worker.
 
-``python -m bench.pg_floor_worker DATABASE_URL UDP_PORT`` listens on Conveyor's channel
-and, on each notification, runs the store's own ``claim`` statement on a second connection,
-then sends ``time.time()`` taken when the claim returned to ``127.0.0.1:UDP_PORT``. It
-prints ``ready`` once listening. No Conveyor code runs between the notification and the
-claim: what the worker subprocess row measures above this is Conveyor's own cost, with
-the same process wake-ups on both sides.
+``python -m bench.pg_floor_worker DATABASE_URL UDP_PORT`` does what a waiting Conveyor
+worker does to be handed jobs — LISTEN on Conveyor's channel, hold the advisory lock on a
+key and offer slots under it (:func:`offer`) — and on each handoff notice sends
+``time.time()`` taken when the notice arrived to ``127.0.0.1:UDP_PORT``. It prints
+``ready`` once listening. No Conveyor code runs: what the worker subprocess row measures
+above this is Conveyor's own cost, with the same process wake-ups on both sides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import sys
 import time
@@ -20,28 +21,43 @@ import orjson
 
 from bench import kinds
 from conveyor.store import postgres
-from conveyor.store.sqlfile import load_queries
 
 SESSION = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
 
 
+async def offer(listener: asyncpg.Connection, worker_id: str) -> None:
+    """On the LISTEN connection ``listener``: hold a fresh key and offer slots without end
+    in the latency queue, as a claim that came back short does."""
+    key = secrets.randbits(63)
+    await listener.execute("SELECT pg_advisory_lock($1)", key)
+    await listener.execute(
+        "INSERT INTO conveyor_offers (queue, worker_id, slots, lock_key, lease_s) "
+        "VALUES ($1, $2, 1000000000, $3, 30)",
+        kinds.LATENCY_QUEUE,
+        worker_id,
+        key,
+    )
+
+
+def handed_sample(payload: str) -> int:
+    """The sample number a handoff notice carries (the job's payload ``{"n": n}``)."""
+    if not payload.startswith("h:"):
+        raise RuntimeError(f"expected a handoff notice, got {payload[:40]!r}")
+    return int(orjson.loads(payload[2:])[7]["n"])
+
+
 async def serve(url: str, port: int) -> None:
-    claim = load_queries(postgres.__name__)["claim"]
     listener = await asyncpg.connect(url, server_settings=SESSION)
-    claimer = await asyncpg.connect(url, server_settings=SESSION)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    woken = asyncio.Event()
-    await listener.add_listener(postgres.CHANNEL, lambda *_: woken.set())
-    print("ready", flush=True)
-    while True:
-        await woken.wait()
-        woken.clear()
-        rows = await claimer.fetch(claim, [kinds.LATENCY_QUEUE], [10], "floor", 30.0)
+
+    def heard(_conn: object, _pid: int, _channel: str, payload: object) -> None:
         wall = time.time()
-        for row in rows:
-            if row[0] == "claimed":
-                n = int(orjson.loads(row["payload"])["n"])
-                udp.sendto(f"{n} {wall!r}".encode(), ("127.0.0.1", port))
+        udp.sendto(f"{handed_sample(str(payload))} {wall!r}".encode(), ("127.0.0.1", port))
+
+    await listener.add_listener(postgres.CHANNEL, heard)
+    await offer(listener, "floor")
+    print("ready", flush=True)
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -393,7 +394,8 @@ async def test_two_workers_never_share_a_job(
 # -- recording results -----------------------------------------------------------------------
 class RecordingStore:
     """The store, noting for each exchange how many results it recorded and how many
-    jobs it claimed."""
+    jobs it claimed. Its claims offer no slots, so new jobs are claimed, never handed
+    off (handoff has tests of its own)."""
 
     def __init__(self, inner: Store) -> None:
         self._inner = inner
@@ -402,8 +404,12 @@ class RecordingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def settle_and_claim(self, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
-        result = await self._inner.settle_and_claim(outcomes, *args, **kwargs)
+    async def settle_and_claim(
+        self, outcomes: Any, progress: Any, worker_id: str, claim: Any, **kwargs: Any
+    ) -> Any:
+        if claim is not None:
+            claim = dataclasses.replace(claim, offer=False)
+        result = await self._inner.settle_and_claim(outcomes, progress, worker_id, claim, **kwargs)
         self.exchanges.append((len(outcomes), len(result.claimed)))
         return result
 

@@ -10,10 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from conveyor.store.base import JobsAvailable, Notice
+from conveyor.store.base import JobsAvailable, Notice, NoticesLost
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import ClaimRequest, NewJob
 from pg_server import PgTestServer
+
+
+LISTENING = "(query ILIKE 'LISTEN%' OR query ILIKE 'SELECT pg_advisory_lock%')"
+"""A store's LISTEN connection, by the last statement it ran: LISTEN, then the lock on
+its key for handoff offers."""
 
 
 @pytest.fixture
@@ -100,14 +105,16 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(
     try:
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND query ILIKE 'LISTEN%'"
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND "
+            + LISTENING
         )
     finally:
         await admin.close()
     assert killed == 1
-    # Reconnected: the listeners are told that anything may have happened meanwhile...
+    # Reconnected: the listeners are told that anything may have happened meanwhile, and
+    # that notices may have been lost...
     await _wait_for(notices, lambda n: n == JobsAvailable(None))
+    await _wait_for(notices, lambda n: isinstance(n, NoticesLost))
     # ...and notices flow again.
     await client_side.enqueue([_job("after")])
     await _wait_for(notices, lambda n: n == JobsAvailable(frozenset({"after"})))
@@ -122,8 +129,8 @@ async def test_poll_only_mode_opens_no_listen_connection(
     admin = await asyncpg.connect(pg.url)
     try:
         listening = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+            + LISTENING
         )
     finally:
         await admin.close()

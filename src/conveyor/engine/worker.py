@@ -9,6 +9,12 @@ requests, lost leases), the rescuer, the pruner and the memory guard.
 A worker fetches only for free slots (no prefetch that would starve other workers), takes
 a new identity at every start, and never trusts its memory about a job's state: every
 change it asks for is guarded in the store on state, attempt and owner.
+
+Handoff (PostgreSQL): a claim that comes back short offers the slots it left free, and an
+enqueue may then hand its job straight to this worker in a notice, already running under
+it. The worker keeps its offers in step (slots its jobs free are added; all are taken
+back when it stops fetching), hands back a job it has no slot for, and after notices were
+lost adopts the jobs running under it that it never heard of.
 """
 
 from __future__ import annotations
@@ -34,10 +40,19 @@ from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
 from conveyor.engine.kinds import Registry, check_queue_name, registry
 from conveyor.engine.periodic import Scheduler
 from conveyor.logs import get_logger
-from conveyor.store.base import CancelRequested, JobsAvailable, Notice, Store, StoreError
+from conveyor.store.base import (
+    CancelRequested,
+    JobHandedOff,
+    JobsAvailable,
+    Notice,
+    NoticesLost,
+    Store,
+    StoreError,
+)
 from conveyor.store.records import (
     ClaimRequest,
     Job,
+    JobState,
     Outcome,
     OutcomeKind,
     Progress,
@@ -47,6 +62,10 @@ from conveyor.store.records import (
 )
 
 log = get_logger("worker")
+
+_ADOPTED_MEMORY_S = 60.0
+"""How long an adopted attempt is remembered, so that its late handoff notice (if it
+comes at all) does not start it twice."""
 
 
 def parse_queues(spec: list[str], concurrency: int) -> dict[str, int]:
@@ -169,6 +188,18 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._memory_high = False
+        self._offered: set[str] = set()
+        """Queues in which the store holds an offer of this worker's free slots."""
+        self._freed: dict[str, int] = {}
+        """Slots freed in offered queues since the last exchange: added to the offers."""
+        self._withdraw_due = False
+        """Take every offer back at the next exchange (stopping, memory high)."""
+        self._adopt_due = False
+        self._adopting: set[tuple[int, int]] | None = None
+        """While an adoption is in flight: the attempts started meanwhile."""
+        self._adopted: dict[tuple[int, int], float] = {}
+        """Attempts adopted lately (monotonic time): their handoff notice may still come."""
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._threads = ThreadPoolExecutor(
             max_workers=sum(self.config.queues.values()), thread_name_prefix="conveyor-job"
         )
@@ -215,7 +246,11 @@ class Worker:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            for task in self._side_tasks:
+                task.cancel()
             await self._abandon_running()
+            with contextlib.suppress(StoreError):
+                await self._hand_back_offers()
             with contextlib.suppress(StoreError):
                 await self.store.unregister_worker(self.id)
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -227,12 +262,18 @@ class Worker:
         while True:
             if self._stopping.is_set() and self._shutdown_task is None:
                 self._shutdown_task = asyncio.create_task(self._drain_running())
+                self._withdraw_due = True
             claim = self._claim_request()
             rescue = time.monotonic() >= self._next_rescue
-            if claim is not None or rescue or self._reports_due():
+            due = claim is not None or rescue or self._reports_due() or self._withdraw_due
+            if due or self._adopt_due:
                 try:
-                    claimed = await self._exchange(claim, rescue)
+                    if self._adopt_due:
+                        await self._adopt()
+                    claimed = await self._exchange(claim, rescue) if due else False
                 except StoreError as exc:
+                    # A claim whose answer was lost left jobs running under this worker.
+                    self._adopt_due = True
                     failures += 1
                     await self._wait_after_failure(exc, failures)
                     continue
@@ -250,14 +291,17 @@ class Worker:
         first of them has waited ``flush_interval``, or at once when stopping. Until then
         they wait for the next claim to carry them: each exchange is a round trip and a
         commit, and settling apart from the claims cost nearly two exchanges per job."""
-        if not self._outcomes and not self._progress:
+        if not self._holding():
             return False
         return self._stopping.is_set() or time.monotonic() >= self._flush_at
+
+    def _holding(self) -> bool:
+        return bool(self._outcomes or self._progress or self._freed)
 
     def _hold_reports(self) -> None:
         """Start the flush clock, if this is the first report held since the last
         exchange."""
-        if not self._outcomes and not self._progress:
+        if not self._holding():
             self._flush_at = time.monotonic() + self.config.flush_interval
 
     def _claim_request(self) -> ClaimRequest | None:
@@ -266,7 +310,7 @@ class Worker:
         slots = {q: n for q, n in self._free_slots().items() if q in self._maybe_due}
         if not slots:
             return None
-        return ClaimRequest(self.id, slots, self.config.lease_s)
+        return ClaimRequest(self.id, slots, self.config.lease_s, offer=True)
 
     def _free_slots(self) -> dict[str, int]:
         busy: dict[str, int] = {}
@@ -285,16 +329,27 @@ class Worker:
         outcomes, self._outcomes = self._outcomes, []
         progress = list(self._progress.values())
         self._progress.clear()
+        freed, self._freed = self._freed, {}
+        withdraw, self._withdraw_due = self._withdraw_due, False
+        if withdraw:
+            self._offered.clear()
+            freed = {}
         try:
             result = await self.store.settle_and_claim(
-                outcomes, progress, self.id, claim, rescue=rescue
+                outcomes, progress, self.id, claim, rescue=rescue, freed=freed, withdraw=withdraw
             )
         except BaseException:
             # Nothing was recorded: keep the reports for the next pass.
             self._outcomes[:0] = outcomes
             for p in progress:
                 self._progress.setdefault(p.job_id, p)
+            for queue, n in freed.items():
+                self._freed[queue] = self._freed.get(queue, 0) + n
+            self._withdraw_due = self._withdraw_due or withdraw
             raise
+        if claim is not None:
+            self._offered.difference_update(claim.slots)
+            self._offered.update(result.offered)
         for outcome, applied in zip(outcomes, result.applied, strict=True):
             if not applied:
                 log.warning(
@@ -310,7 +365,7 @@ class Worker:
             if result.rescued is not None and result.rescued.total:
                 _log_rescue(self.id, result.rescued)
         for job in result.claimed:
-            self._start(job)
+            self._accept(job)
         if claim is not None:
             self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
         return bool(result.claimed)
@@ -371,6 +426,8 @@ class Worker:
         request_id = job.meta.get("request_id")
         if request_id is not None:
             job_log = job_log.bind(request_id=request_id)
+        if self._adopting is not None:
+            self._adopting.add((job.id, job.attempt))
         if job.id in self._running:
             # The store handed the job out again: its lease expired and it was rescued
             # before the lease keeper noticed. The attempt still running here is not ours
@@ -400,6 +457,9 @@ class Worker:
         current = self._running.get(job.id)
         if current is not None and current.ctx is ctx:
             del self._running[job.id]
+            if job.queue in self._offered and not self._withdraw_due:
+                self._hold_reports()
+                self._freed[job.queue] = self._freed.get(job.queue, 0) + 1
         self._wake.set()
         if task.cancelled():
             if reason is None:
@@ -476,6 +536,96 @@ class Worker:
         elif isinstance(notice, CancelRequested):
             for job_id in notice.job_ids:
                 self._stop_job(job_id, StopReason.CANCELLED)
+        elif isinstance(notice, JobHandedOff):
+            if notice.worker_id == self.id:
+                self._take_handoff(notice)
+        elif isinstance(notice, NoticesLost):
+            self._adopt_due = True
+            self._wake.set()
+
+    # -- handoff -------------------------------------------------------------------------
+    def _take_handoff(self, notice: JobHandedOff) -> None:
+        key = (notice.job_id, notice.attempt)
+        running = self._running.get(notice.job_id)
+        if key in self._adopted or (running is not None and running.job.attempt == notice.attempt):
+            return  # adopted before its notice came
+        if notice.job is not None:
+            self._accept(notice.job)
+            return
+        task = asyncio.create_task(self._fetch_handoff(notice))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _fetch_handoff(self, notice: JobHandedOff) -> None:
+        """A job too large for its notice: read it, and take it if it is still ours."""
+        try:
+            job = await self.store.get_job(notice.job_id)
+        except StoreError as exc:
+            log.warning(
+                "could not read a job handed to this worker; it will be adopted",
+                worker_id=self.id,
+                job_id=notice.job_id,
+                error=str(exc),
+            )
+            self._adopt_due = True
+            return
+        if (
+            job is not None
+            and job.state is JobState.RUNNING
+            and job.locked_by == self.id
+            and job.attempt == notice.attempt
+            and notice.job_id not in self._running
+        ):
+            self._accept(job)
+
+    def _accept(self, job: Job) -> None:
+        """Start a job the store gave this worker, or hand it back when no slot is free
+        for it (an enqueue took an offer while a claim was filling the slot) or the worker
+        has stopped fetching since it asked."""
+        free = self._free_slots().get(job.queue, 0)
+        if free > 0 and not self._stopping.is_set() and not self._memory_high:
+            self._start(job)
+            return
+        self._hold_reports()
+        self._outcomes.append(Outcome(job.id, job.attempt, OutcomeKind.RELEASED, job.queue))
+        self._wake.set()
+
+    async def _adopt(self) -> None:
+        """Take up the jobs running under this worker that it never heard of."""
+        self._adopt_due = False
+        now = time.monotonic()
+        self._adopted = {k: t for k, t in self._adopted.items() if now - t < _ADOPTED_MEMORY_S}
+        known = [*self._running, *(o.job_id for o in self._outcomes)]
+        self._adopting = set()
+        try:
+            jobs = await self.store.adopt(self.id, known)
+        finally:
+            started, self._adopting = self._adopting, None
+        for job in jobs:
+            key = (job.id, job.attempt)
+            running = self._running.get(job.id)
+            if key in started or (running is not None and running.job.attempt == job.attempt):
+                continue
+            self._adopted[key] = now
+            log.warning(
+                "adopting a job running under this worker that it had not heard of",
+                worker_id=self.id,
+                job_id=job.id,
+                queue=job.queue,
+                attempt=job.attempt,
+            )
+            self._accept(job)
+
+    async def _hand_back_offers(self) -> None:
+        """On the way out: take the offers back, then hand back any job an enqueue handed
+        over before that and whose notice came too late to be heard."""
+        await self.store.settle_and_claim(self._outcomes, [], self.id, None, withdraw=True)
+        self._outcomes = []
+        self._offered.clear()
+        late = await self.store.adopt(self.id, ())
+        if late:
+            released = [Outcome(j.id, j.attempt, OutcomeKind.RELEASED, j.queue) for j in late]
+            await self.store.settle_and_claim(released, [], self.id, None)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("signal received", worker_id=self.id, signal=sig.name)
@@ -533,6 +683,8 @@ class Worker:
             return
         self._memory_high = high
         if high:
+            self._withdraw_due = True
+            self._wake.set()
             log.warning(
                 "memory above limit: not fetching jobs until it falls",
                 worker_id=self.id,

@@ -13,7 +13,7 @@ skewed clocks agree on when a job is due or a lease has expired.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,7 +51,25 @@ class CancelRequested:
     job_ids: frozenset[int]
 
 
-Notice = JobsAvailable | CancelRequested
+@dataclass(frozen=True, slots=True)
+class JobHandedOff:
+    """An enqueue handed a job to the worker ``worker_id``, which had offered a free slot:
+    the job is already running under it (attempt ``attempt``). ``job`` is None when the
+    job was too large for a notice; read it by id then."""
+
+    worker_id: str
+    job_id: int
+    attempt: int
+    job: Job | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoticesLost:
+    """Notices may have been lost (the LISTEN connection dropped and is back): a handoff
+    among them leaves a job running under a worker that never heard of it."""
+
+
+Notice = JobsAvailable | CancelRequested | JobHandedOff | NoticesLost
 Listener = Callable[[Notice], None]
 
 
@@ -99,6 +117,8 @@ class Store(Protocol):
         claim: ClaimRequest | None,
         *,
         rescue: bool = False,
+        freed: Mapping[str, int] | None = None,
+        withdraw: bool = False,
     ) -> SettleResult:
         """Record finished attempts and progress, then claim jobs, and with ``rescue`` do
         what :meth:`rescue` does too; as few round trips as the database allows.
@@ -106,6 +126,10 @@ class Store(Protocol):
         Claims take queued, due jobs of unpaused queues, strictly by priority (1 first),
         then ``run_at``, then id; each claimed job becomes ``running`` with its attempt
         incremented, ``locked_by`` the worker and a lease of ``claim.lease_s``.
+
+        Offers for handoff (see :attr:`ClaimRequest.offer`): ``freed`` adds slots the
+        worker's jobs freed to its offers in queues it is not claiming; ``withdraw`` takes
+        all its offers back.
         """
 
     async def heartbeat(
@@ -114,6 +138,10 @@ class Store(Protocol):
         """Report which of ``jobs`` (id -> attempt) still run under ``worker_id`` and
         which have a cancel request; with ``renew`` extend their leases and the worker's
         ``last_seen_at``."""
+
+    async def adopt(self, worker_id: str, known: Collection[int]) -> list[Job]:
+        """Jobs running under ``worker_id`` other than ``known``: handed to it in a notice
+        it never received, or claimed by a call whose answer it never got."""
 
     async def rescue(self, limit: int = 1000) -> RescueResult:
         """Return running jobs whose lease has expired to the queue (attempt counted,

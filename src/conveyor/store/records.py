@@ -232,6 +232,11 @@ class ClaimRequest:
     worker_id: str
     slots: dict[str, int]
     lease_s: float
+    offer: bool = False
+    """Offer the slots this claim leaves free for handoff: an enqueue may then insert a
+    new job of such a queue already running under this worker and hand it over in a
+    notice (:class:`conveyor.store.base.JobHandedOff`). Stores that cannot hand off
+    ignore it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +275,8 @@ class SettleResult:
     claims again at once then)."""
     rescued: RescueResult | None = None
     """What the rescue did, when one was asked for."""
+    offered: frozenset[str] = frozenset()
+    """The claimed queues in which free slots are now offered for handoff."""
 
 
 @dataclass(frozen=True, slots=True)

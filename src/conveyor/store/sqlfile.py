@@ -1,7 +1,8 @@
 """Named SQL queries kept in ``.sql`` files, one file per store, parsed once.
 
-A query starts at a line ``-- name: NAME`` and runs to the next such line. Keeping the SQL
-of each dialect in its own file makes the differences between stores easy to review.
+A query starts at a line ``-- name: NAME`` and runs to the next such line (or to a
+``-- part:``). Keeping the SQL of each dialect in its own file makes the differences
+between stores easy to review.
 """
 
 from __future__ import annotations
@@ -9,19 +10,30 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-_HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_HEADER = re.compile(r"^--\s*(name|part):\s*(\w+)\s*$", re.MULTILINE)
+_INCLUDE = re.compile(r"^--\s*include:\s*(\w+)\s*$", re.MULTILINE)
 
 
 def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
-    """Parse ``filename`` in ``package`` into ``{name: sql}``."""
+    """Parse ``filename`` in ``package`` into ``{name: sql}``.
+
+    A ``-- part: NAME`` section is not a query: a line ``-- include: NAME`` in a query
+    stands for it, so that statements sharing a piece of SQL hold one copy of it."""
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
-    parts = _HEADER.split(text)
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"{package}/{filename}: query {name!r} is defined twice")
-        queries[name] = body.strip()
-    return queries
+    pieces = _HEADER.split(text)
+    sections: dict[str, dict[str, str]] = {"name": {}, "part": {}}
+    for kind, name, body in zip(pieces[1::3], pieces[2::3], pieces[3::3], strict=True):
+        if name in sections[kind]:
+            raise ValueError(f"{package}/{filename}: {kind} {name!r} is defined twice")
+        sections[kind][name] = body.strip()
+    parts = sections["part"]
+
+    def include(match: re.Match[str]) -> str:
+        if match.group(1) not in parts:
+            raise ValueError(f"{package}/{filename}: no part {match.group(1)!r} to include")
+        return parts[match.group(1)]
+
+    return {name: _INCLUDE.sub(include, body) for name, body in sections["name"].items()}
 
 
 def load_migrations(package: str) -> list[tuple[int, str]]:

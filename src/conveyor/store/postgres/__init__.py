@@ -11,6 +11,11 @@ and API processes on any number of machines.
   they rely on the safety poll alone.
 - Cluster-wide queue limits: claims on a limited queue first lock its row in
   ``conveyor_queues``, so the running count the claim reads cannot be stale.
+- Handoff: a claim that comes back short offers the slots it left free
+  (``conveyor_offers``); a single enqueue that finds a live offer inserts its job running
+  under that worker and hands it over in its NOTIFY, so the job starts after one durable
+  commit instead of two. An offer is live while the LISTEN connection that will carry
+  the notice holds an advisory lock on the offer's key.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar, cast
@@ -31,9 +37,11 @@ from conveyor.logs import get_logger
 from conveyor.store.base import (
     CancelRequested,
     ConflictError,
+    JobHandedOff,
     JobsAvailable,
     Listener,
     Notice,
+    NoticesLost,
     StoreError,
 )
 from conveyor.store.coalesce import Coalescer
@@ -74,6 +82,8 @@ CHANNEL = "conveyor_v1"
 _MIGRATION_LOCK = 0x636F6E76  # "conv"
 
 _ENDING = frozenset({OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
+
+_NO_SLOTS: Mapping[str, int] = {}
 
 log = get_logger("store.postgres")
 
@@ -165,6 +175,10 @@ class PostgresStore:
         self._own_backends: set[int] = set()
         """Server pids of this store's pooled connections: their NOTIFYs come back on the
         LISTEN connection, but this store has already told its listeners."""
+        self._offer_key: int | None = None
+        """The advisory lock key the LISTEN connection holds, while it is up: offers for
+        handoff carry it (a new one per connection, so offers made before a drop are dead
+        at once, and a reconnect never waits for a lingering old session's lock)."""
 
     # -- connection ----------------------------------------------------------------
     async def open(self) -> None:
@@ -344,6 +358,13 @@ class PostgresStore:
         # with no explicit transaction: one round trip.
         bulk = len(jobs) >= _COPY_FROM and all(job.unique_key is None for job in jobs)
         try:
+            if len(jobs) == 1:
+                result, handed_off = await self._run(lambda conn: _insert_job(conn, jobs[0]))
+                if result is not None:
+                    # A job handed to a worker is heard of by that worker alone.
+                    if not handed_off:
+                        self._publish(JobsAvailable(frozenset({jobs[0].queue})))
+                    return [result]
             results = await self._run(
                 lambda conn: _copy_jobs(conn, jobs) if bulk else _insert_jobs(conn, jobs)
             )
@@ -378,8 +399,12 @@ class PostgresStore:
         claim: ClaimRequest | None,
         *,
         rescue: bool = False,
+        freed: Mapping[str, int] | None = None,
+        withdraw: bool = False,
     ) -> SettleResult:
-        return await self._exchange(outcomes, progress, worker_id, claim, 1000 if rescue else 0)
+        return await self._exchange(
+            outcomes, progress, worker_id, claim, 1000 if rescue else 0, freed or {}, withdraw
+        )
 
     async def _exchange(
         self,
@@ -388,17 +413,20 @@ class PostgresStore:
         worker_id: str,
         claim: ClaimRequest | None,
         rescue_limit: int,
+        freed: Mapping[str, int] = _NO_SLOTS,
+        withdraw: bool = False,
     ) -> SettleResult:
         """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue."""
         queues = list(claim.slots) if claim is not None else []
         finished = {o.job_id for o in outcomes}
         reports = [p for p in progress if p.job_id not in finished]
+        freed = {q: n for q, n in freed.items() if q not in queues}
         args = (
             queues,
             [claim.slots[q] for q in queues] if claim is not None else [],
             worker_id,
             claim.lease_s if claim is not None else 0.0,
-            rescue_limit > 0,
+            self._offer_key if claim is not None and claim.offer else None,
             [o.job_id for o in outcomes],
             [o.attempt for o in outcomes],
             [o.kind.value for o in outcomes],
@@ -411,19 +439,21 @@ class PostgresStore:
             [p.fraction for p in reports],
             [p.message for p in reports],
         )
+        tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw)
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
-        claim_only = not outcomes and not reports and rescue_limit == 0
+        claim_only = not outcomes and not reports and rescue_limit == 0 and not freed
+        claim_only = claim_only and not withdraw
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
                 if claim_only:
-                    return await conn.fetch(_Q["claim"], *args[:4])
-                return await conn.fetch(_Q["exchange"], *args, [])
+                    return await conn.fetch(_Q["claim"], *args[:5])
+                return await conn.fetch(_Q["exchange"], *args, [], *tail)
             async with conn.transaction():
                 locked = await conn.fetch(_Q["lock_limited_queues"], queues)
-                return await conn.fetch(_Q["exchange"], *args, [r[0] for r in locked])
+                return await conn.fetch(_Q["exchange"], *args, [r[0] for r in locked], *tail)
 
         claimed, rescued, summary = _split_exchange(await self._run(run))
         next_run_at = _ts(summary["next_run_at"])
@@ -455,7 +485,9 @@ class PostgresStore:
             if rescue_limit > 0
             else None
         )
-        return SettleResult(applied, tuple(claimed), next_run_at, rescue_result)
+        return SettleResult(
+            applied, tuple(claimed), next_run_at, rescue_result, frozenset(summary["offered_in"])
+        )
 
     async def heartbeat(
         self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
@@ -467,6 +499,10 @@ class PostgresStore:
             return LeaseStatus(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
 
         return await self._run(beat)
+
+    async def adopt(self, worker_id: str, known: Collection[int]) -> list[Job]:
+        rows = await self._run(lambda conn: conn.fetch(_Q["adopt"], worker_id, list(known)))
+        return [record_to_job(r) for r in rows]
 
     async def rescue(self, limit: int = 1000) -> RescueResult:
         result = await self._exchange((), (), "", None, limit)
@@ -663,7 +699,9 @@ class PostgresStore:
         async def tx(conn: Conn) -> None:
             async with conn.transaction():
                 await conn.execute(_Q["set_paused"], queue, paused)
-                if not paused:
+                if paused:
+                    await conn.execute(_Q["drop_offers"], queue)
+                else:
                     await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
 
         await self._run(tx)
@@ -674,6 +712,8 @@ class PostgresStore:
         async def tx(conn: Conn) -> None:
             async with conn.transaction():
                 await conn.execute(_Q["set_limit"], queue, limit)
+                if limit is not None:
+                    await conn.execute(_Q["drop_offers"], queue)
                 # 'l:' tells every store to reload its limits; 'q:' wakes the workers.
                 await conn.execute("SELECT pg_notify($1, 'l:' || $2::text)", CHANNEL, queue)
                 await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
@@ -740,9 +780,13 @@ class PostgresStore:
             listener(notice)
 
     def _on_notification(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
+        tag, _, value = str(payload).partition(":")
+        if tag == "h":
+            # Never this store's echo: no enqueue tells its own listeners of a handoff.
+            self._publish(_handoff(value))
+            return
         if pid in self._own_backends:
             return
-        tag, _, value = str(payload).partition(":")
         if tag == "q":
             self._publish(JobsAvailable(frozenset({value})))
         elif tag == "c":
@@ -761,6 +805,7 @@ class PostgresStore:
         """Hold a LISTEN connection; when it drops, reconnect with backoff and tell the
         listeners that anything may have happened meanwhile."""
         delay = 0.1
+        reconnected = False
         while True:
             lost = asyncio.Event()
             on_lost = functools.partial(_set_event, lost)
@@ -774,16 +819,57 @@ class PostgresStore:
             try:
                 conn.add_termination_listener(on_lost)
                 await conn.add_listener(CHANNEL, self._on_notification)
+                # After LISTEN, so that every handoff to an offer with this key is heard.
+                key = secrets.randbits(63)
+                await conn.execute("SELECT pg_advisory_lock($1)", key)
+                self._offer_key = key
                 delay = 0.1
                 self._publish(JobsAvailable(None))
+                if reconnected:
+                    self._publish(NoticesLost())
+                reconnected = True
                 await lost.wait()
                 log.warning("LISTEN connection lost; reconnecting")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("LISTEN connection failed; retrying", error=str(exc))
             finally:
+                self._offer_key = None
                 if not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(delay)
+
+
+def _handoff(value: str) -> JobHandedOff:
+    """Decode a handoff notice (see the part notify_or_hand_off in queries.sql)."""
+    f = orjson.loads(value)
+    if len(f) == 3:
+        return JobHandedOff(f[0], f[1], f[2], None)
+    job = Job(
+        id=f[1],
+        tenant_id=f[3],
+        queue=f[4],
+        kind=f[5],
+        priority=f[6],
+        state=JobState.RUNNING,
+        payload=f[7],
+        result=None,
+        attempt=f[2],
+        max_attempts=f[8],
+        run_at=float(f[9]),
+        timeout_s=f[10],
+        unique_key=f[11],
+        locked_by=f[0],
+        lease_expires_at=float(f[12]),
+        errors=(),
+        progress=None,
+        progress_message=None,
+        cancel_requested=False,
+        meta=f[13],
+        created_at=float(f[14]),
+        started_at=float(f[15]),
+        finished_at=None,
+    )
+    return JobHandedOff(f[0], job.id, job.attempt, job)
 
 
 def _split_exchange(
@@ -937,14 +1023,18 @@ def _job_fields(ordinal: int, job: NewJob) -> dict[str, Any]:
     }
 
 
+async def _insert_job(conn: Conn, job: NewJob) -> tuple[Enqueued | None, bool]:
+    """One job, handed to a waiting worker if one offers a slot; (None, False) when an
+    active job holds its unique_key. The flag: whether it was handed off."""
+    row = await conn.fetchrow(_Q["insert_job"], *_job_params(job), CHANNEL)
+    if row is None:
+        return None, False
+    return Enqueued(row[0], created=True), row[2]
+
+
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     """Insert in the caller's transaction; unique_key duplicates resolve to the active job
     (an earlier one of the same call included)."""
-    if len(jobs) == 1:
-        job = jobs[0]
-        row = await conn.fetchrow(_Q["insert_job"], *_job_params(job), CHANNEL)
-        if row is not None:
-            return [Enqueued(row[0], created=True)]
     first_of_key: dict[tuple[str, str], int] = {}
     batch: list[dict[str, Any]] = []
     repeats: dict[int, int] = {}  # input index -> index of the first job with its key

@@ -19,7 +19,7 @@ import contextlib
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -341,7 +341,11 @@ class SqliteStore:
         claim: ClaimRequest | None,
         *,
         rescue: bool = False,
+        freed: Mapping[str, int] | None = None,
+        withdraw: bool = False,
     ) -> SettleResult:
+        # No handoff here (a worker in this process is woken at once, others poll): offers
+        # (claim.offer, freed, withdraw) have nothing to change.
         def tx(conn: sqlite3.Connection, now: float) -> tuple[SettleResult, frozenset[str]]:
             applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
             wake = _queues_to_wake(conn, outcomes, applied)
@@ -482,6 +486,13 @@ class SqliteStore:
         return await self._read(lambda conn, now: _jobs_ahead(conn, now, job))
 
     # -- operating -------------------------------------------------------------------
+    async def adopt(self, worker_id: str, known: Collection[int]) -> list[Job]:
+        ids = orjson.dumps(list(known)).decode()
+        rows = await self._read(
+            lambda conn, now: conn.execute(_Q["adopt"], (worker_id, ids)).fetchall()
+        )
+        return [row_to_job(r) for r in rows]
+
     async def get_job(self, job_id: int) -> Job | None:
         return await self._read(lambda conn, now: _get_job(conn, job_id))
 

@@ -135,6 +135,11 @@ DELETE FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(?))
 -- name: get_job
 SELECT * FROM conveyor_jobs WHERE id = ?
 
+-- name: adopt
+-- Jobs running under this worker ($1) that it does not know of ($2: a JSON array of ids).
+SELECT * FROM conveyor_jobs
+WHERE state = 'running' AND locked_by = ?1 AND id NOT IN (SELECT value FROM json_each(?2))
+
 -- name: cancel
 UPDATE conveyor_jobs
 SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
