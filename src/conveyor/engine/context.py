@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ class JobContext:
             services so a retried attempt does not repeat a side effect.
     """
 
-    __slots__ = ("_cancelled", "_loop", "_report", "job", "log")
+    __slots__ = ("_base_log", "_cancelled", "_log", "_loop", "_report", "job")
 
     def __init__(
         self,
@@ -32,10 +31,29 @@ class JobContext:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.job = job
-        self.log = log
+        self._base_log = log
+        self._log: Any = None
         self._report = report
         self._loop = loop
-        self._cancelled = threading.Event()
+        # A plain flag, not a threading.Event: threads only read it, and a job's start is
+        # on the enqueue-to-start path, where every microsecond of set-up shows.
+        self._cancelled = False
+
+    @property
+    def log(self) -> Any:
+        """The logger of ``log`` (see the class), bound the first time it is used."""
+        if self._log is None:
+            job = self.job
+            bound = self._base_log.bind(
+                job_id=job.id,
+                queue=job.queue,
+                kind=job.kind,
+                tenant=job.tenant_id,
+                attempt=job.attempt,
+            )
+            request_id = job.meta.get("request_id")
+            self._log = bound if request_id is None else bound.bind(request_id=request_id)
+        return self._log
 
     @property
     def id(self) -> int:
@@ -73,7 +91,7 @@ class JobContext:
     def cancelled(self) -> bool:
         """True once the job was cancelled, timed out or lost its lease. Async handlers are
         also interrupted; sync handlers (in threads) should poll this and return."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress, 0.0 to 1.0, with an optional message. Safe to call from a sync
@@ -91,4 +109,4 @@ class JobContext:
             self._loop.call_soon_threadsafe(self._report, report)
 
     def _mark_cancelled(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True

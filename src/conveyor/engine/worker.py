@@ -420,12 +420,6 @@ class Worker:
 
     # -- running jobs ------------------------------------------------------------------
     def _start(self, job: Job) -> None:
-        job_log = log.bind(
-            job_id=job.id, queue=job.queue, kind=job.kind, tenant=job.tenant_id, attempt=job.attempt
-        )
-        request_id = job.meta.get("request_id")
-        if request_id is not None:
-            job_log = job_log.bind(request_id=request_id)
         if self._adopting is not None:
             self._adopting.add((job.id, job.attempt))
         if job.id in self._running:
@@ -433,7 +427,7 @@ class Worker:
             # before the lease keeper noticed. The attempt still running here is not ours
             # any more; it must stop, and its end must not touch the new attempt's entry.
             self._stop_job(job.id, StopReason.LEASE_LOST)
-        ctx = JobContext(job, job_log, self._report_progress, asyncio.get_running_loop())
+        ctx = JobContext(job, log, self._report_progress, asyncio.get_running_loop())
         task = asyncio.create_task(self._run_job(ctx), name=f"conveyor-job-{job.id}")
         # The bookkeeping is a done callback, not a finally in _run_job: a task cancelled
         # before its first step ends without running a line of its coroutine.
@@ -582,8 +576,9 @@ class Worker:
         """Start a job the store gave this worker, or hand it back when no slot is free
         for it (an enqueue took an offer while a claim was filling the slot) or the worker
         has stopped fetching since it asked."""
-        free = self._free_slots().get(job.queue, 0)
-        if free > 0 and not self._stopping.is_set() and not self._memory_high:
+        busy = sum(1 for r in self._running.values() if r.job.queue == job.queue)
+        room = busy < self.config.queues.get(job.queue, 0)
+        if room and not self._stopping.is_set() and not self._memory_high:
             self._start(job)
             return
         self._hold_reports()
