@@ -52,12 +52,17 @@ def worker_args(queue: str, concurrency: int, *, burst: bool) -> list[str]:
 
 
 async def spawn_worker(
-    store: StoreConfig, url: str, args: list[str], stderr: IO[bytes]
+    store: StoreConfig,
+    url: str,
+    args: list[str],
+    stderr: IO[bytes],
+    env: dict[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
+    """A ``conveyor worker`` subprocess; ``env``: settings beside the store's."""
     return await asyncio.create_subprocess_exec(
         *conveyor_command(),
         *args,
-        env=store.process_env(url),
+        env={**store.process_env(url), **(env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=stderr,
@@ -85,12 +90,18 @@ async def wait_for_worker(
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    store: StoreConfig, url: str, client: Client, queue: str, concurrency: int = 10
+    store: StoreConfig,
+    url: str,
+    client: Client,
+    queue: str,
+    concurrency: int = 10,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A ``conveyor worker`` subprocess, yielded once it has registered in the database;
     stopped with SIGTERM on exit."""
     with tempfile.TemporaryFile() as stderr:
-        proc = await spawn_worker(store, url, worker_args(queue, concurrency, burst=False), stderr)
+        args = worker_args(queue, concurrency, burst=False)
+        proc = await spawn_worker(store, url, args, stderr, env)
         try:
             if not await wait_for_worker(client, lambda: proc.returncode is None):
                 raise BenchError(f"worker did not start:\n{tail(stderr)}")

@@ -128,7 +128,12 @@ async def same_process(
 
 
 async def cross_process(
-    store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
+    store: StoreConfig,
+    url: str,
+    samples: int,
+    warmup: int,
+    gap: Callable[[], float],
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
@@ -138,7 +143,7 @@ async def cross_process(
     client = await Client.connect(store.settings(url))
     latencies: list[float] = []
     try:
-        async with client, running_worker(store, url, client, kinds.LATENCY_QUEUE):
+        async with client, running_worker(store, url, client, kinds.LATENCY_QUEUE, env=env):
             for n in range(warmup + samples):
                 await asyncio.sleep(gap())
                 started = protocol.waiting[n] = loop.create_future()
@@ -397,6 +402,27 @@ def cases(stores: list[StoreConfig], opts: Options) -> list[Case]:
 
         out.append(Case(cross, run_cross, opts.latency_runs))
         if store.kind == "postgresql":
+            claimed = Row(
+                bench="latency",
+                title="enqueue -> handler start, conveyor worker subprocess, every job claimed",
+                store=store.label,
+                settings={**settings, "CONVEYOR_HANDOFF": "false"},
+                metrics=_metrics((None, None), with_enqueue=False),
+                note="informational: without handoff the woken worker claims the job, a "
+                "second commit on the path",
+            )
+            claimed_rng = random.Random(opts.seed + 4000 + index)
+
+            async def run_claimed(
+                s: StoreConfig = store, r: random.Random = claimed_rng
+            ) -> dict[str, float]:
+                async with s.fresh_database() as url:
+                    return await cross_process(
+                        s, url, opts.latency_samples, opts.latency_warmup,
+                        lambda: r.uniform(low, high), env={"CONVEYOR_HANDOFF": "false"},
+                    )  # fmt: skip
+
+            out.append(Case(claimed, run_claimed, opts.latency_runs))
             out.append(
                 _floor_case(
                     store, opts, settings, postgres_floor_cross, opts.seed + 3000 + index,

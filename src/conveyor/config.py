@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         description="PostgreSQL: wake workers with LISTEN/NOTIFY. Set false behind PgBouncer in "
         "transaction mode, where LISTEN does not work; workers then rely on the safety poll.",
     )
+    handoff: bool = Field(
+        default=True,
+        description="PostgreSQL: an idle worker offers its free slots, and an enqueue of one "
+        "due job hands the job to it (one commit to start instead of two). False: every job "
+        "is claimed.",
+    )
     pool_size: int = Field(
         default=10,
         ge=1,

@@ -103,6 +103,8 @@ class WorkerConfig:
     flush_interval: float = 0.002
     safety_poll_interval: float = 5.0
     """Claim at least this often even without a notice (a missed notice costs no more)."""
+    handoff: bool = True
+    """Offer free slots for handoff (stores that can hand off: PostgreSQL with LISTEN)."""
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval >= self.lease_s:
@@ -133,6 +135,7 @@ class WorkerConfig:
             prune_interval=settings.prune_interval,
             flush_interval=settings.flush_interval,
             safety_poll_interval=settings.poll_interval,
+            handoff=settings.handoff,
         )
 
 
@@ -310,7 +313,7 @@ class Worker:
         slots = {q: n for q, n in self._free_slots().items() if q in self._maybe_due}
         if not slots:
             return None
-        return ClaimRequest(self.id, slots, self.config.lease_s, offer=True)
+        return ClaimRequest(self.id, slots, self.config.lease_s, offer=self.config.handoff)
 
     def _free_slots(self) -> dict[str, int]:
         busy: dict[str, int] = {}
