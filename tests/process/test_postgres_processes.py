@@ -15,6 +15,7 @@ import collections
 import functools
 import math
 import os
+import random
 import re
 import secrets
 import signal
@@ -26,6 +27,9 @@ from typing import Any
 import asyncpg
 import pytest
 from proc_harness import FAST_LEASES, Harness, WorkerProcess
+from proc_kinds import KINDS
+
+from conveyor import Client
 
 
 def is_warning_or_worse(entry: dict[str, Any]) -> bool:
@@ -63,10 +67,11 @@ def terminate_backends(harness: Harness) -> set[int]:
 
 
 def listen_backends(harness: Harness) -> set[int]:
-    """Backend pids of the connections to the test database whose last statement was a
-    LISTEN (the workers' notice connections, which run nothing else)."""
+    """Backend pids of the workers' notice connections, which run nothing but LISTEN and
+    then the lock on the key of their handoff offers."""
     rows = harness.query(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN %'",
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 "
+        "AND (query ILIKE 'LISTEN %' OR query ILIKE 'SELECT pg_advisory_lock%')",
         (database_name(harness),),
     )
     return {pid for (pid,) in rows}
@@ -411,3 +416,52 @@ def test_a_periodic_job_is_enqueued_once_per_tick_by_three_workers(pg_harness: H
     assert ticks == [(job["id"],)]
     for worker in workers:
         assert stop(worker) == 0
+
+
+# -- handoff: single enqueues to idle workers start in one commit, and run once --------------
+HANDOFF_JOBS = 600
+
+
+def test_single_enqueues_are_handed_to_idle_workers_and_run_once(pg_harness: Harness) -> None:
+    """Three idle worker processes offer their free slots; the test enqueues 600 jobs one
+    at a time, now and then after a short pause (so that workers are sometimes idle and
+    sometimes still busy or mid-exchange when the next job comes). Handed off or claimed,
+    every job must run exactly once, as attempt 1 (a handoff handed back undoes its
+    attempt), and some must have been handed off: inserted running, so started in the
+    statement that created them (``started_at = created_at``)."""
+    h = pg_harness
+    workers = [h.start_worker("--concurrency", "4") for _ in range(3)]
+    for worker in workers:
+        h.wait_started(worker)
+    h.wait_until(
+        lambda: h.query("SELECT count(DISTINCT worker_id) FROM conveyor_offers")[0][0] == 3,
+        10,
+        "the 3 workers to offer their slots",
+    )
+    pauses = random.Random(HANDOFF_JOBS)
+
+    async def enqueue_one_at_a_time() -> list[int]:
+        async with await Client.connect(h.url, kinds=KINDS) as client:
+            ids = []
+            for _ in range(HANDOFF_JOBS):
+                ids.append((await client.enqueue("proc.record")).id)
+                if pauses.random() < 0.3:
+                    await asyncio.sleep(pauses.uniform(0.0, 0.005))
+            return ids
+
+    ids = asyncio.run(enqueue_one_at_a_time())
+    h.wait_until(lambda: h.count("state = 'completed'") == HANDOFF_JOBS, 15, f"{HANDOFF_JOBS} jobs")
+    for worker in workers:
+        assert stop(worker) == 0
+
+    runs = handler_runs(h)
+    twice = sorted(job_id for job_id, n in runs.items() if n > 1)
+    assert not twice, f"{len(twice)} jobs ran more than once: {twice[:20]}"
+    assert sorted(runs) == sorted(ids), "some jobs never ran, or unknown ids ran"
+    assert h.count("attempt = 1") == HANDOFF_JOBS
+    handed_off = h.count("started_at = created_at")
+    print(f"handoff: {handed_off} of {HANDOFF_JOBS} jobs handed off, the rest claimed")
+    assert handed_off > 0
+    assert h.query("SELECT count(*) FROM conveyor_offers") == [(0,)]
+    for worker in workers:
+        assert not [e for e in worker.logs() if is_warning_or_worse(e)], str(h)

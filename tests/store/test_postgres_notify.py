@@ -15,7 +15,6 @@ from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import ClaimRequest, NewJob
 from pg_server import PgTestServer
 
-
 LISTENING = "(query ILIKE 'LISTEN%' OR query ILIKE 'SELECT pg_advisory_lock%')"
 """A store's LISTEN connection, by the last statement it ran: LISTEN, then the lock on
 its key for handoff offers."""
@@ -105,8 +104,7 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(
     try:
         killed = await admin.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND "
-            + LISTENING
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND " + LISTENING
         )
     finally:
         await admin.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import secrets
@@ -571,9 +572,10 @@ class Worker:
             and job.state is JobState.RUNNING
             and job.locked_by == self.id
             and job.attempt == notice.attempt
-            and notice.job_id not in self._running
         ):
-            self._accept(job)
+            # Checked again: the attempt may have been adopted (and even finished) while
+            # the read was in flight.
+            self._take_handoff(dataclasses.replace(notice, job=job))
 
     def _accept(self, job: Job) -> None:
         """Start a job the store gave this worker, or hand it back when no slot is free
