@@ -28,7 +28,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -368,8 +368,7 @@ class Worker:
             self._next_rescue = time.monotonic() + self.config.rescue_interval
             if result.rescued is not None and result.rescued.total:
                 _log_rescue(self.id, result.rescued)
-        for job in result.claimed:
-            self._accept(job)
+        self._accept(result.claimed)
         if claim is not None:
             self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
         return bool(result.claimed)
@@ -548,7 +547,7 @@ class Worker:
         if key in self._adopted or (running is not None and running.job.attempt == notice.attempt):
             return  # adopted before its notice came
         if notice.job is not None:
-            self._accept(notice.job)
+            self._accept((notice.job,))
             return
         task = asyncio.create_task(self._fetch_handoff(notice))
         self._side_tasks.add(task)
@@ -577,18 +576,19 @@ class Worker:
             # the read was in flight.
             self._take_handoff(dataclasses.replace(notice, job=job))
 
-    def _accept(self, job: Job) -> None:
-        """Start a job the store gave this worker, or hand it back when no slot is free
-        for it (an enqueue took an offer while a claim was filling the slot) or the worker
-        has stopped fetching since it asked."""
-        busy = sum(1 for r in self._running.values() if r.job.queue == job.queue)
-        room = busy < self.config.queues.get(job.queue, 0)
-        if room and not self._stopping.is_set() and not self._memory_high:
-            self._start(job)
-            return
-        self._hold_reports()
-        self._outcomes.append(Outcome(job.id, job.attempt, OutcomeKind.RELEASED, job.queue))
-        self._wake.set()
+    def _accept(self, jobs: Iterable[Job]) -> None:
+        """Start jobs the store gave this worker, or hand back those no slot is free for
+        (an enqueue took an offer while a claim was filling the slot) or that came after
+        the worker stopped fetching."""
+        free = {} if self._stopping.is_set() or self._memory_high else self._free_slots()
+        for job in jobs:
+            if free.get(job.queue, 0) > 0:
+                free[job.queue] -= 1
+                self._start(job)
+                continue
+            self._hold_reports()
+            self._outcomes.append(Outcome(job.id, job.attempt, OutcomeKind.RELEASED, job.queue))
+            self._wake.set()
 
     async def _adopt(self) -> None:
         """Take up the jobs running under this worker that it never heard of."""
@@ -601,12 +601,14 @@ class Worker:
             jobs = await self.store.adopt(self.id, known)
         finally:
             started, self._adopting = self._adopting, None
+        adopted: list[Job] = []
         for job in jobs:
             key = (job.id, job.attempt)
             running = self._running.get(job.id)
             if key in started or (running is not None and running.job.attempt == job.attempt):
                 continue
             self._adopted[key] = now
+            adopted.append(job)
             log.warning(
                 "adopting a job running under this worker that it had not heard of",
                 worker_id=self.id,
@@ -614,7 +616,7 @@ class Worker:
                 queue=job.queue,
                 attempt=job.attempt,
             )
-            self._accept(job)
+        self._accept(adopted)
 
     async def _hand_back_offers(self) -> None:
         """On the way out: take the offers back, then hand back any job an enqueue handed
