@@ -69,12 +69,14 @@ def terminate_backends(harness: Harness) -> set[int]:
 def listen_backends(harness: Harness) -> set[int]:
     """Backend pids of the workers' notice connections, which run nothing but LISTEN and
     then the lock on the key of their handoff offers."""
-    rows = harness.query(
-        "SELECT pid FROM pg_stat_activity WHERE datname = $1 "
-        "AND (query ILIKE 'LISTEN %' OR query ILIKE 'SELECT pg_advisory_lock%')",
-        (database_name(harness),),
-    )
+    rows = harness.query(LISTEN_BACKENDS, (database_name(harness),))
     return {pid for (pid,) in rows}
+
+
+LISTEN_BACKENDS = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = $1 "
+    "AND (query ILIKE 'LISTEN %' OR query ILIKE 'SELECT pg_advisory_lock%')"
+)
 
 
 def completed_at_least(harness: Harness, n: int) -> bool:
@@ -465,3 +467,55 @@ def test_single_enqueues_are_handed_to_idle_workers_and_run_once(pg_harness: Har
     assert h.query("SELECT count(*) FROM conveyor_offers") == [(0,)]
     for worker in workers:
         assert not [e for e in worker.logs() if is_warning_or_worse(e)], str(h)
+
+
+def test_handoffs_survive_the_loss_of_the_listen_connections(pg_harness: Harness) -> None:
+    """Single enqueues flow to three idle workers while their LISTEN connections are
+    terminated twice. A handoff whose notice dies with the connection leaves its job
+    running under a worker that never heard of it; the worker adopts it when the
+    connection is back. Leases are the default 30 s, so a job left to the rescuer would
+    not complete within the wait below; and as no claim's answer is lost (the pools are
+    not touched), every job runs exactly once, as attempt 1."""
+    h = pg_harness
+    workers = [h.start_worker("--concurrency", "4") for _ in range(3)]
+    for worker in workers:
+        h.wait_started(worker)
+    h.wait_until(
+        lambda: h.query("SELECT count(DISTINCT worker_id) FROM conveyor_offers")[0][0] == 3,
+        10,
+        "the 3 workers to offer their slots",
+    )
+    killed: list[int] = []
+
+    async def enqueue_while_killing_listeners() -> list[int]:
+        admin = await asyncpg.connect(h.url)
+        try:
+            async with await Client.connect(h.url, kinds=KINDS) as client:
+                ids = []
+                for n in range(HANDOFF_JOBS):
+                    ids.append((await client.enqueue("proc.record")).id)
+                    if n in (HANDOFF_JOBS // 3, 2 * HANDOFF_JOBS // 3):
+                        # Right after a handoff committed: its notice may be in flight.
+                        pids = [r[0] for r in await admin.fetch(LISTEN_BACKENDS, database_name(h))]
+                        await admin.execute(
+                            "SELECT pg_terminate_backend(p) FROM unnest($1::int[]) AS p", pids
+                        )
+                        killed.extend(pids)
+                return ids
+        finally:
+            await admin.close()
+
+    ids = asyncio.run(enqueue_while_killing_listeners())
+    assert len(killed) == 6, f"expected 3 LISTEN backends killed twice, got {killed}"
+    h.wait_until(lambda: h.count("state = 'completed'") == HANDOFF_JOBS, 15, f"{HANDOFF_JOBS} jobs")
+    for worker in workers:
+        assert stop(worker) == 0
+
+    runs = handler_runs(h)
+    twice = sorted(job_id for job_id, n in runs.items() if n > 1)
+    assert not twice, f"{len(twice)} jobs ran more than once: {twice[:20]}"
+    assert sorted(runs) == sorted(ids), "some jobs never ran, or unknown ids ran"
+    assert h.count("attempt = 1") == HANDOFF_JOBS
+    assert h.query("SELECT count(*) FROM conveyor_offers") == [(0,)]
+    adopted = [e for w in workers for e in w.logs() if "adopting" in str(e.get("event"))]
+    print(f"handoff: {len(adopted)} jobs adopted after their notice was lost")
