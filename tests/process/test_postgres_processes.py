@@ -51,6 +51,14 @@ def handler_runs(harness: Harness) -> collections.Counter[int]:
     return runs
 
 
+def assert_each_ran_once(harness: Harness, ids: list[int]) -> None:
+    """Every job of ``ids`` ran its handler exactly once, and no other job ran."""
+    runs = handler_runs(harness)
+    twice = sorted(job_id for job_id, n in runs.items() if n > 1)
+    assert not twice, f"{len(twice)} jobs ran more than once: {twice[:20]}"
+    assert sorted(runs) == sorted(ids), "some jobs never ran, or unknown ids ran"
+
+
 def database_name(harness: Harness) -> str:
     return harness.url.rsplit("/", 1)[-1].split("?", 1)[0]
 
@@ -109,10 +117,7 @@ def test_four_workers_complete_10000_jobs_exactly_once(pg_harness: Harness) -> N
     for worker in workers:
         assert stop(worker) == 0
 
-    runs = handler_runs(h)
-    twice = sorted(job_id for job_id, n in runs.items() if n > 1)
-    assert not twice, f"{len(twice)} jobs ran more than once: {twice[:20]}"
-    assert sorted(runs) == sorted(ids), "some jobs never ran, or unknown ids ran"
+    assert_each_ran_once(h, ids)
     assert h.count("state = 'completed' AND attempt = 1") == JOBS
     per_process = {
         w.pid: len((h.out / f"ran-{w.pid}.txt").read_text().split())
@@ -424,6 +429,21 @@ def test_a_periodic_job_is_enqueued_once_per_tick_by_three_workers(pg_harness: H
 HANDOFF_JOBS = 600
 
 
+def offering_workers(harness: Harness, count: int) -> list[WorkerProcess]:
+    """``count`` idle worker processes (concurrency 4), once each offers its free slots."""
+    workers = [harness.start_worker("--concurrency", "4") for _ in range(count)]
+    for worker in workers:
+        harness.wait_started(worker)
+    harness.wait_until(
+        lambda: (
+            harness.query("SELECT count(DISTINCT worker_id) FROM conveyor_offers")[0][0] == count
+        ),
+        10,
+        f"the {count} workers to offer their slots",
+    )
+    return workers
+
+
 def test_single_enqueues_are_handed_to_idle_workers_and_run_once(pg_harness: Harness) -> None:
     """Three idle worker processes offer their free slots; the test enqueues 600 jobs one
     at a time, now and then after a short pause (so that workers are sometimes idle and
@@ -432,14 +452,7 @@ def test_single_enqueues_are_handed_to_idle_workers_and_run_once(pg_harness: Har
     attempt), and some must have been handed off: inserted running, so started in the
     statement that created them (``started_at = created_at``)."""
     h = pg_harness
-    workers = [h.start_worker("--concurrency", "4") for _ in range(3)]
-    for worker in workers:
-        h.wait_started(worker)
-    h.wait_until(
-        lambda: h.query("SELECT count(DISTINCT worker_id) FROM conveyor_offers")[0][0] == 3,
-        10,
-        "the 3 workers to offer their slots",
-    )
+    workers = offering_workers(h, 3)
     pauses = random.Random(HANDOFF_JOBS)
 
     async def enqueue_one_at_a_time() -> list[int]:
@@ -456,10 +469,7 @@ def test_single_enqueues_are_handed_to_idle_workers_and_run_once(pg_harness: Har
     for worker in workers:
         assert stop(worker) == 0
 
-    runs = handler_runs(h)
-    twice = sorted(job_id for job_id, n in runs.items() if n > 1)
-    assert not twice, f"{len(twice)} jobs ran more than once: {twice[:20]}"
-    assert sorted(runs) == sorted(ids), "some jobs never ran, or unknown ids ran"
+    assert_each_ran_once(h, ids)
     assert h.count("attempt = 1") == HANDOFF_JOBS
     handed_off = h.count("started_at = created_at")
     print(f"handoff: {handed_off} of {HANDOFF_JOBS} jobs handed off, the rest claimed")
@@ -477,14 +487,7 @@ def test_handoffs_survive_the_loss_of_the_listen_connections(pg_harness: Harness
     not complete within the wait below; and as no claim's answer is lost (the pools are
     not touched), every job runs exactly once, as attempt 1."""
     h = pg_harness
-    workers = [h.start_worker("--concurrency", "4") for _ in range(3)]
-    for worker in workers:
-        h.wait_started(worker)
-    h.wait_until(
-        lambda: h.query("SELECT count(DISTINCT worker_id) FROM conveyor_offers")[0][0] == 3,
-        10,
-        "the 3 workers to offer their slots",
-    )
+    workers = offering_workers(h, 3)
     killed: list[int] = []
 
     async def enqueue_while_killing_listeners() -> list[int]:
@@ -511,10 +514,7 @@ def test_handoffs_survive_the_loss_of_the_listen_connections(pg_harness: Harness
     for worker in workers:
         assert stop(worker) == 0
 
-    runs = handler_runs(h)
-    twice = sorted(job_id for job_id, n in runs.items() if n > 1)
-    assert not twice, f"{len(twice)} jobs ran more than once: {twice[:20]}"
-    assert sorted(runs) == sorted(ids), "some jobs never ran, or unknown ids ran"
+    assert_each_ran_once(h, ids)
     assert h.count("attempt = 1") == HANDOFF_JOBS
     assert h.query("SELECT count(*) FROM conveyor_offers") == [(0,)]
     adopted = [e for w in workers for e in w.logs() if "adopting" in str(e.get("event"))]

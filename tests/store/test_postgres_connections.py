@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import asyncpg
-import pytest
 
 from conveyor.store.base import StoreError
 from conveyor.store.postgres import PostgresStore
@@ -19,12 +18,6 @@ TERMINATE = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
 )
-
-
-@pytest.fixture
-def pg(pg_server: PgTestServer) -> PgTestServer:
-    pg_server.empty()
-    return pg_server
 
 
 async def test_terminated_pooled_connections_fail_as_store_errors_then_recover(

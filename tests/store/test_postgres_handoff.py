@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -28,7 +28,9 @@ from conveyor.store.records import (
     OutcomeKind,
     SettleResult,
 )
-from pg_server import PgTestServer
+
+StoreFactory = Callable[..., Awaitable[PostgresStore]]
+"""The ``stores`` fixture (tests/store/conftest.py)."""
 
 W = "worker-1"
 W2 = "worker-2"
@@ -40,41 +42,6 @@ INSERT_QUEUED = (
     "now()) RETURNING id"
 )
 """A queued job of queue q, due in $1 seconds, written behind the stores' backs."""
-
-
-@pytest.fixture
-def pg(pg_server: PgTestServer) -> PgTestServer:
-    pg_server.empty()
-    return pg_server
-
-
-StoreFactory = Callable[..., Awaitable[PostgresStore]]
-
-
-@pytest.fixture
-async def stores(pg: PgTestServer) -> AsyncIterator[StoreFactory]:
-    opened: list[PostgresStore] = []
-
-    async def make(*, listen: bool = True) -> PostgresStore:
-        store = PostgresStore(pg.url, listen=listen)
-        await store.open()
-        await store.migrate()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def db(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection, to read and write the tables behind the stores' backs."""
-    conn = await asyncpg.connect(pg.url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def _job(queue: str = "q", **fields: Any) -> NewJob:

@@ -5,49 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 
 from conveyor.store.base import JobsAvailable, Notice, NoticesLost
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import ClaimRequest, NewJob
 from pg_server import PgTestServer
 
+StoreFactory = Callable[..., Awaitable[PostgresStore]]
+"""The ``stores`` fixture (tests/store/conftest.py)."""
+
 LISTENING = "(query ILIKE 'LISTEN%' OR query ILIKE 'SELECT pg_advisory_lock%')"
 """A store's LISTEN connection, by the last statement it ran: LISTEN, then the lock on
 its key for handoff offers."""
-
-
-@pytest.fixture
-def pg(pg_server: PgTestServer) -> PgTestServer:
-    pg_server.empty()
-    return pg_server
-
-
-async def _open(url: str, *, listen: bool = True) -> PostgresStore:
-    store = PostgresStore(url, listen=listen)
-    await store.open()
-    await store.migrate()
-    return store
-
-
-StoreFactory = Callable[..., Awaitable[PostgresStore]]
-
-
-@pytest.fixture
-async def stores(pg: PgTestServer) -> AsyncIterator[StoreFactory]:
-    opened: list[PostgresStore] = []
-
-    async def make(*, listen: bool = True) -> PostgresStore:
-        store = await _open(pg.url, listen=listen)
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
 
 
 def _job(queue: str = "default") -> NewJob:

@@ -28,12 +28,6 @@ INSERT_REQUEST = (
 
 
 @pytest.fixture
-def pg(pg_server: PgTestServer) -> PgTestServer:
-    pg_server.empty()
-    return pg_server
-
-
-@pytest.fixture
 async def store(pg: PgTestServer) -> AsyncIterator[PostgresStore]:
     opened = PostgresStore(pg.url)
     await opened.open()
@@ -44,15 +38,6 @@ async def store(pg: PgTestServer) -> AsyncIterator[PostgresStore]:
         await opened.close()
 
 
-@pytest.fixture
-async def other(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg.url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 def _request(key: str | None = None, unique_key: str | None = None) -> NewRequest:
     job = NewJob("test.noop", "default", {}, 2, 3, None, unique_key=unique_key)
     return NewRequest("test.noop", {}, "caller-1", job, idempotency_key=key)
@@ -60,15 +45,15 @@ def _request(key: str | None = None, unique_key: str | None = None) -> NewReques
 
 async def _blocked(task: asyncio.Task[object]) -> None:
     await asyncio.sleep(0.3)
-    assert not task.done(), "the statement did not wait for the other transaction"
+    assert not task.done(), "the statement did not wait for the db transaction"
 
 
 async def test_a_key_committed_while_the_statement_waits_returns_that_request(
-    store: PostgresStore, other: asyncpg.Connection
+    store: PostgresStore, db: asyncpg.Connection
 ) -> None:
-    async with other.transaction():
-        job_id = await other.fetchval(INSERT_JOB, None)
-        request_id = await other.fetchval(INSERT_REQUEST, job_id, "k")
+    async with db.transaction():
+        job_id = await db.fetchval(INSERT_JOB, None)
+        request_id = await db.fetchval(INSERT_REQUEST, job_id, "k")
         task = asyncio.create_task(store.create_request(_request(key="k")))
         await _blocked(task)
     stored = await task
@@ -79,12 +64,12 @@ async def test_a_key_committed_while_the_statement_waits_returns_that_request(
 
 
 async def test_a_key_rolled_back_while_the_statement_waits_is_free(
-    store: PostgresStore, other: asyncpg.Connection
+    store: PostgresStore, db: asyncpg.Connection
 ) -> None:
-    tx = other.transaction()
+    tx = db.transaction()
     await tx.start()
-    job_id = await other.fetchval(INSERT_JOB, None)
-    await other.fetchval(INSERT_REQUEST, job_id, "k")
+    job_id = await db.fetchval(INSERT_JOB, None)
+    await db.fetchval(INSERT_REQUEST, job_id, "k")
     task = asyncio.create_task(store.create_request(_request(key="k")))
     await _blocked(task)
     await tx.rollback()
@@ -94,10 +79,10 @@ async def test_a_key_rolled_back_while_the_statement_waits_is_free(
 
 
 async def test_a_unique_key_taken_while_the_statement_waits_joins_that_job(
-    store: PostgresStore, other: asyncpg.Connection
+    store: PostgresStore, db: asyncpg.Connection
 ) -> None:
-    async with other.transaction():
-        job_id = await other.fetchval(INSERT_JOB, "u")
+    async with db.transaction():
+        job_id = await db.fetchval(INSERT_JOB, "u")
         task = asyncio.create_task(store.create_request(_request(unique_key="u")))
         await _blocked(task)
     stored = await task
@@ -145,7 +130,7 @@ async def test_plain_requests_that_arrive_together_share_a_statement(
 ) -> None:
     stored = await asyncio.gather(*(store.create_request(_request()) for _ in range(50)))
     # created_at is the transaction's start (now()): requests that shared a statement share
-    # it. The first goes alone, the other 49 wait for it and go together.
+    # it. The first goes alone, the db 49 wait for it and go together.
     statements = {s.request.created_at for s in stored}
     assert len(statements) < 10
     assert len(await store.list_jobs(JobFilter(limit=100))) == 50

@@ -541,11 +541,15 @@ class Worker:
             self._wake.set()
 
     # -- handoff -------------------------------------------------------------------------
+    def _runs(self, job_id: int, attempt: int) -> bool:
+        running = self._running.get(job_id)
+        return running is not None and running.job.attempt == attempt
+
     def _take_handoff(self, notice: JobHandedOff) -> None:
-        key = (notice.job_id, notice.attempt)
-        running = self._running.get(notice.job_id)
-        if key in self._adopted or (running is not None and running.job.attempt == notice.attempt):
+        if (notice.job_id, notice.attempt) in self._adopted:
             return  # adopted before its notice came
+        if self._runs(notice.job_id, notice.attempt):
+            return
         if notice.job is not None:
             self._accept((notice.job,))
             return
@@ -604,8 +608,7 @@ class Worker:
         adopted: list[Job] = []
         for job in jobs:
             key = (job.id, job.attempt)
-            running = self._running.get(job.id)
-            if key in started or (running is not None and running.job.attempt == job.attempt):
+            if key in started or self._runs(job.id, job.attempt):
                 continue
             self._adopted[key] = now
             adopted.append(job)

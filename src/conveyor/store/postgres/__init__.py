@@ -83,8 +83,6 @@ _MIGRATION_LOCK = 0x636F6E76  # "conv"
 
 _ENDING = frozenset({OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
 
-_NO_SLOTS: Mapping[str, int] = {}
-
 log = get_logger("store.postgres")
 
 _SESSION_SETTINGS = {
@@ -405,7 +403,7 @@ class PostgresStore:
         withdraw: bool = False,
     ) -> SettleResult:
         return await self._exchange(
-            outcomes, progress, worker_id, claim, 1000 if rescue else 0, freed or {}, withdraw
+            outcomes, progress, worker_id, claim, 1000 if rescue else 0, freed, withdraw
         )
 
     async def _exchange(
@@ -415,14 +413,16 @@ class PostgresStore:
         worker_id: str,
         claim: ClaimRequest | None,
         rescue_limit: int,
-        freed: Mapping[str, int] = _NO_SLOTS,
+        freed: Mapping[str, int] | None = None,
         withdraw: bool = False,
     ) -> SettleResult:
         """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue."""
         queues = list(claim.slots) if claim is not None else []
         finished = {o.job_id for o in outcomes}
         reports = [p for p in progress if p.job_id not in finished]
-        freed = {q: n for q, n in freed.items() if q not in queues}
+        # Never a claimed queue's offer: the claim sets it, and one statement must not
+        # change a row twice.
+        freed = {q: n for q, n in (freed or {}).items() if q not in queues}
         args = (
             queues,
             [claim.slots[q] for q in queues] if claim is not None else [],
@@ -445,8 +445,7 @@ class PostgresStore:
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
-        claim_only = not outcomes and not reports and rescue_limit == 0 and not freed
-        claim_only = claim_only and not withdraw
+        claim_only = not (outcomes or reports or rescue_limit or freed or withdraw)
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:

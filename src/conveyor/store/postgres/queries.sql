@@ -182,31 +182,7 @@ wanted AS (
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
 ),
-picked AS (
-    SELECT c.id
-    FROM wanted w
-    CROSS JOIN LATERAL (
-        SELECT id FROM conveyor_jobs
-        WHERE state = 'queued' AND queue = w.queue AND run_at <= now()
-        ORDER BY priority, run_at, id
-        LIMIT greatest(w.n, 0)
-        FOR UPDATE SKIP LOCKED
-    ) c
-),
-claimed AS (
-    UPDATE conveyor_jobs j
-    SET state = 'running',
-        attempt = j.attempt + 1,
-        locked_by = $3,
-        lease_expires_at = now() + make_interval(secs => $4),
-        started_at = now(),
-        progress = NULL,
-        progress_message = NULL
-    -- = ANY(ARRAY(...)) rather than a join: the planner cannot size LIMIT n and would hash
-    -- the whole table (measured: 17 ms of a 19 ms claim at 30,000 rows).
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.*
-),
+-- include: claim_jobs
 expired AS (
     -- Never a row the outcomes update: one statement must not change a row twice.
     SELECT id FROM conveyor_jobs
@@ -291,29 +267,7 @@ WITH wanted AS (
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
 ),
-picked AS (
-    SELECT c.id
-    FROM wanted w
-    CROSS JOIN LATERAL (
-        SELECT id FROM conveyor_jobs
-        WHERE state = 'queued' AND queue = w.queue AND run_at <= now()
-        ORDER BY priority, run_at, id
-        LIMIT w.n
-        FOR UPDATE SKIP LOCKED
-    ) c
-),
-claimed AS (
-    UPDATE conveyor_jobs j
-    SET state = 'running',
-        attempt = j.attempt + 1,
-        locked_by = $3,
-        lease_expires_at = now() + make_interval(secs => $4),
-        started_at = now(),
-        progress = NULL,
-        progress_message = NULL
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING j.*
-),
+-- include: claim_jobs
 -- include: offers
 SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
        NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
@@ -669,3 +623,33 @@ notified AS (
             extract(epoch FROM ins.created_at), extract(epoch FROM ins.started_at))::text
     ) AS h(whole) ON ins.locked_by IS NOT NULL
 )
+
+-- part: claim_jobs
+-- The claim proper, shared by exchange and claim: per wanted queue (wanted: queue, n) the
+-- first n due jobs in priority, run_at, id order, skipping rows another claimer holds,
+-- made running under $3 with a lease of $4 seconds.
+picked AS (
+    SELECT c.id
+    FROM wanted w
+    CROSS JOIN LATERAL (
+        SELECT id FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = w.queue AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT greatest(w.n, 0)
+        FOR UPDATE SKIP LOCKED
+    ) c
+),
+claimed AS (
+    UPDATE conveyor_jobs j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        locked_by = $3,
+        lease_expires_at = now() + make_interval(secs => $4),
+        started_at = now(),
+        progress = NULL,
+        progress_message = NULL
+    -- = ANY(ARRAY(...)) rather than a join: the planner cannot size LIMIT n and would hash
+    -- the whole table (measured: 17 ms of a 19 ms claim at 30,000 rows).
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.*
+),
