@@ -314,19 +314,21 @@ async def test_a_stopping_worker_takes_its_offers_back_at_once(
     workers: Any,
     db: asyncpg.Connection,
     eventually: Wait,
-    wait_state: Wait,
 ) -> None:
     """Withdrawn when it stops fetching, not when its running jobs have finished: an
     enqueue meanwhile must not hand it a job."""
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     @conveyor.job("t.wait", registry=kinds)
     async def wait(ctx: conveyor.JobContext, payload: Any) -> None:
+        started.set()
         await release.wait()
 
     worker = await _idle_worker(store, workers, db, eventually, {"default": 2})
     running = await peer_client.enqueue("t.wait")
-    await wait_state(running.id, "running")
+    # Running in the database is not enough: a handoff whose notice reaches the worker
+    # after it stopped fetching is handed back to the queue, as it should be.
+    await asyncio.wait_for(started.wait(), 10)
     await _offering(db, worker, eventually, {"default": 1})
 
     worker.stop()
