@@ -158,18 +158,21 @@ async def test_cancelled_job_can_be_retried(
 
 # -- graceful stop ---------------------------------------------------------------------------
 async def test_stop_lets_a_running_job_finish(
-    kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
 ) -> None:
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     @conveyor.job("t.gated", registry=kinds)
     async def gated(ctx: conveyor.JobContext, payload: Any) -> str:
+        started.set()
         await release.wait()
         return "finished"
 
     enqueued = await client.enqueue("t.gated")
     worker = workers.start(shutdown_grace=10)
-    await wait_state(enqueued.id, "running")
+    # Its handler, not only its row: a claimed job the worker has not yet taken up when
+    # it stops fetching is handed back.
+    await asyncio.wait_for(started.wait(), 5)
 
     worker.stop()
     later = await client.enqueue("t.gated")
