@@ -51,3 +51,10 @@ def configure_logging(
 def get_logger(name: str) -> Any:
     """A structlog logger tagged with the component ``name``."""
     return structlog.get_logger(component=name)
+
+
+def is_enabled(logger: Any, level: int) -> bool:
+    """Whether ``logger`` writes lines of ``level``: True for a logger that cannot tell
+    (a wrapper class other than structlog's filtering one)."""
+    check = getattr(logger, "is_enabled_for", None)
+    return True if check is None else bool(check(level))

@@ -32,6 +32,9 @@ class StopReason(enum.Enum):
     """The grace period ran out: hand the job back without charging the attempt."""
     LEASE_LOST = "lease_lost"
     """Another party owns the job now (rescued): record nothing."""
+    TIMEOUT = "timeout"
+    """The attempt ran past the job's timeout: record a failed attempt (retried while
+    attempts remain)."""
 
 
 def error_entry(job: Job, exc: BaseException, *, with_traceback: bool = True) -> ErrorEntry:
@@ -66,36 +69,24 @@ async def execute(
     threads: Executor,
     stop_reasons: dict[tuple[int, int], StopReason],
 ) -> Outcome | None:
-    """Run ``ctx.job`` once under its timeout. Returns None when the job's lease was lost
-    (nothing may be recorded), else the outcome to record. ``stop_reasons`` says, by
-    (job id, attempt), why the worker cancelled an attempt."""
+    """Run ``ctx.job`` once. Returns None when the job's lease was lost (nothing may be
+    recorded), else the outcome to record. ``stop_reasons`` says, by (job id, attempt),
+    why the worker cancelled an attempt; the worker also enforces the job's timeout that
+    way (:attr:`StopReason.TIMEOUT`): one timer a job, where an ``asyncio.timeout``
+    context and the timer that raises ``ctx.cancelled`` with it cost a tenth of a no-op
+    job's time in the worker."""
     job = ctx.job
-    deadline = asyncio.timeout(job.timeout_s)
-    when = deadline.when()
-    # Raise ctx.cancelled in the same loop pass as the deadline, so the handler already
-    # sees it when the CancelledError reaches it (or, in a thread, the moment time is up).
-    warn = None if when is None else asyncio.get_running_loop().call_at(when, ctx._mark_cancelled)
     try:
-        async with deadline:
-            result = await _call(kind, ctx, threads)
+        result = await _call(kind, ctx, threads)
     except asyncio.CancelledError:
         ctx._mark_cancelled()
         reason = stop_reasons.pop((job.id, job.attempt), None)
         if reason is None:
             raise
-        return stopped(job, reason)
-    except TimeoutError as exc:
-        if not deadline.expired():
-            return failure(kind, job, error_entry(job, exc), retryable=True)
-        ctx._mark_cancelled()
-        timeout = TimeoutError(f"attempt exceeded its timeout of {job.timeout_s:g} s")
-        return failure(kind, job, error_entry(job, timeout, with_traceback=False), retryable=True)
+        return stopped(job, reason, kind)
     except Exception as exc:
         retryable = not isinstance(exc, (Discard, *kind.non_retryable))
         return failure(kind, job, error_entry(job, exc), retryable=retryable)
-    finally:
-        if warn is not None:
-            warn.cancel()
     # Checked apart from the handler, whose own encoding errors are ordinary failures.
     try:
         orjson.dumps(result)
@@ -115,10 +106,14 @@ async def _call(kind: Kind, ctx: JobContext, threads: Executor) -> Any:
     return await asyncio.get_running_loop().run_in_executor(threads, call)
 
 
-def stopped(job: Job, reason: StopReason) -> Outcome | None:
-    """What to record for an attempt the worker stopped."""
+def stopped(job: Job, reason: StopReason, kind: Kind | None = None) -> Outcome | None:
+    """What to record for an attempt the worker stopped (``kind``: the job's, if known,
+    for a timeout's retry policy)."""
     if reason is StopReason.CANCELLED:
         return Outcome(job.id, job.attempt, OutcomeKind.CANCELLED, job.queue)
     if reason is StopReason.SHUTDOWN:
         return Outcome(job.id, job.attempt, OutcomeKind.RELEASED, job.queue)
+    if reason is StopReason.TIMEOUT:
+        timeout = TimeoutError(f"attempt exceeded its timeout of {job.timeout_s:g} s")
+        return failure(kind, job, error_entry(job, timeout, with_traceback=False), retryable=True)
     return None

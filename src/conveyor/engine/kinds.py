@@ -161,6 +161,10 @@ class Registry:
         except KeyError:
             raise UnknownKind(name, self._kinds) from None
 
+    def find(self, name: str) -> Kind | None:
+        """The kind called ``name``, or None."""
+        return self._kinds.get(name)
+
     def names(self) -> list[str]:
         return sorted(self._kinds)
 
