@@ -16,7 +16,8 @@ class JobContext:
         job: the job row as claimed (read-only).
         id, attempt, max_attempts, kind, queue, tenant_id, payload: from the row;
             ``attempt`` is 1 on the first run.
-        log: a logger bound with the job's id, queue, kind, tenant and request id.
+        log: a logger bound with the worker's id and the job's id, queue, kind, tenant,
+            attempt and request id.
         idempotency_key: the same on every attempt of this job; pass it to external
             services so a retried attempt does not repeat a side effect.
     """
