@@ -150,9 +150,7 @@ async def test_serve_runs_a_submitted_request_and_stops_on_sigterm(served: Serve
     ]
     assert [e["request_id"] for e in job_lines] == ["e2e-request-1"]
     (worker_started,) = [e for e in logs if e.get("event") == "worker started"]
-    assert [(e["worker_id"], e["attempt"]) for e in job_lines] == [
-        (worker_started["worker_id"], 1)
-    ]
+    assert [(e["worker_id"], e["attempt"]) for e in job_lines] == [(worker_started["worker_id"], 1)]
     (listening,) = [e for e in logs if e.get("event") == "API listening"]
     assert listening["loop"] == "uvloop"  # installed with uvicorn[standard]
     assert any(e.get("event") == "worker stopped" for e in logs)
