@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from conveyor.store.base import Store
@@ -42,6 +43,17 @@ def pg_server() -> Iterator[PgTestServer]:
     finally:
         _PG = None
         server.drop()
+
+
+@pytest.fixture
+async def db(pg_server: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the session's PostgreSQL database, to read and write the
+    tables behind the stores' backs."""
+    conn = await asyncpg.connect(pg_server.url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 NewJobFactory = Callable[..., NewJob]

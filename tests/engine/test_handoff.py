@@ -10,7 +10,7 @@ would. A job handed off was inserted running, so its ``started_at`` equals its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -33,16 +33,6 @@ def store_kind(pg_server: PgTestServer) -> str:
     """Handoff exists on PostgreSQL alone: this module's stores are PostgreSQL's."""
     pg_server.empty()
     return "postgresql"
-
-
-@pytest.fixture
-async def db(pg_server: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection, to read and write the tables behind the stores' backs."""
-    conn = await asyncpg.connect(pg_server.url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def _offer_key(store: Store) -> int:

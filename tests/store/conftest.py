@@ -1,11 +1,10 @@
 """Fixtures of the PostgreSQL store tests: the test server emptied, stores opened on it
-(each standing for a process of its own) and a plain connection beside them."""
+(each standing for a process of its own); the plain connection ``db`` is in tests/conftest.py."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import asyncpg
 import pytest
 
 from conveyor.store.postgres import PostgresStore
@@ -35,13 +34,3 @@ async def stores(pg: PgTestServer) -> AsyncIterator[StoreFactory]:
     yield make
     for store in opened:
         await store.close()
-
-
-@pytest.fixture
-async def db(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection, to read and write the tables behind the stores' backs."""
-    conn = await asyncpg.connect(pg.url)
-    try:
-        yield conn
-    finally:
-        await conn.close()

@@ -14,7 +14,7 @@ PARAMS = {"since": 0.0, "now": 0.0, "queue": "default"}
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> sqlite3.Connection:
+async def sqlite_db(tmp_path: Path) -> sqlite3.Connection:
     path = tmp_path / "jobs.db"
     store = SqliteStore(f"sqlite:///{path}")
     await store.open()
@@ -24,14 +24,14 @@ async def db(tmp_path: Path) -> sqlite3.Connection:
 
 
 @pytest.mark.parametrize("query", ["stats_finished", "stats_recent", "stats_run_times"])
-def test_finished_job_statistics_read_an_index(db: sqlite3.Connection, query: str) -> None:
-    plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {_Q[query]}", PARAMS)]
+def test_finished_job_statistics_read_an_index(sqlite_db: sqlite3.Connection, query: str) -> None:
+    plan = [row[3] for row in sqlite_db.execute(f"EXPLAIN QUERY PLAN {_Q[query]}", PARAMS)]
     assert plan, query
     assert all("INDEX" in step for step in plan if "conveyor_jobs" in step), plan
 
 
-def test_the_statistics_index_holds_finished_jobs_only(db: sqlite3.Connection) -> None:
-    (sql,) = db.execute(
+def test_the_statistics_index_holds_finished_jobs_only(sqlite_db: sqlite3.Connection) -> None:
+    (sql,) = sqlite_db.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'conveyor_jobs_stats'"
     ).fetchone()
     assert sql.endswith("WHERE finished_at IS NOT NULL")
