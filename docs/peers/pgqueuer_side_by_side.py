@@ -1,34 +1,123 @@
-"""Side by side on one PostgreSQL server: pgqueuer and Conveyor draining no-op jobs.
+"""Side by side on one PostgreSQL server: pgqueuer and Conveyor, each at its defaults.
 
 Not part of the bench suite and not run by `make bench`: pgqueuer is a peer, installed in a
 virtualenv of its own, never in the project's venv or lock (docs/benchmarks.md)::
 
     python3 -m venv /tmp/pgq-venv && /tmp/pgq-venv/bin/pip install pgqueuer==1.6.0 asyncpg
-    cd /work/main && /tmp/pgq-venv/bin/python docs/peers/pgqueuer_side_by_side.py [N] [ROUNDS]
+    /tmp/pgq-venv/bin/python docs/peers/pgqueuer_side_by_side.py [--jobs N] [--rounds R]
 
-Each round, in interleaved order: pgqueuer with batch_size 10 (its default) and 100, and
-Conveyor with concurrency 100. Each one: a fresh database (conveyor_bench_peer_<random>,
-dropped after), N no-op jobs bulk-enqueued in batches of 10,000 (timed after connecting),
-ANALYZE, then one worker process that exits when the queue is empty (pgqueuer:
-QueueManager.run(mode=drain) in a `python -c` child of this interpreter; Conveyor:
-`conveyor worker --burst` from the project's .venv). Reported: first pick/claim to last
-completion from each one's own tables, spawn to exit, bulk enqueue; medians and ratios.
+Run from the repository root after `make install`. Every figure is no-op jobs on a fresh
+database (conveyor_bench_peer_<random>, dropped after), measured in interleaved order in one
+run, each worker in a process of its own:
+
+- throughput, one worker: N jobs bulk-enqueued (not timed), ANALYZE, then one worker that
+  exits when the queue is empty (pgqueuer: ``QueueManager.run(mode=drain)``; Conveyor:
+  ``conveyor worker --burst``). The rate is first pick/claim to last completion, from each
+  one's own tables.
+- throughput, two workers: the same with two worker processes started together.
+- single enqueue: M jobs enqueued one after another, one call each, in one process
+  (pgqueuer: ``Queries.enqueue``; Conveyor: ``Client.enqueue``); beside them the floor of
+  that path: the bare INSERT of one row into ``conveyor_jobs`` (with its NOTIFY in the same
+  statement, as Conveyor sends one) on one asyncpg connection in autocommit.
+- backlog: the rate of the first 10,000 completions with 10,000 queued and with B queued;
+  the ratio of the two is what a large backlog costs.
+
+"Defaults" means what a user gets: no setting changed but the queue to serve and the
+database URL (Conveyor's logs at their default level and format, written to a file). A
+tuned Conveyor row (``--concurrency 100``, ``CONVEYOR_LOG_LEVEL=WARNING``) is printed
+beside, for the record. Figures are medians over the rounds; ratios are of medians.
 """
 
+import argparse
 import asyncio
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN = os.environ.get("PEER_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = os.getcwd()  # run from the repository root
+CONVEYOR = f"{REPO}/.venv/bin/conveyor"
+CONVEYOR_PY = f"{REPO}/.venv/bin/python"
+FIRST = 10_000  # completions the backlog rate is measured over
+
+PGQ_WORKER = """
+import asyncio, asyncpg, sys
+from datetime import timedelta
+from pgqueuer.db import AsyncpgDriver
+from pgqueuer.qm import QueueManager
+from pgqueuer.queries import Queries
+from pgqueuer.types import QueueExecutionMode
+async def main():
+    conn = await asyncpg.connect(sys.argv[1])
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
+    @qm.entrypoint('noop')
+    async def noop(job):
+        pass
+    # dequeue_timeout only bounds the wait once the queue is empty (drain mode exits then).
+    await qm.run(mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=0.2))
+asyncio.run(main())
+"""
+
+CONVEYOR_FILL = """
+import asyncio, sys
+from bench import kinds
+from conveyor import Client, Settings
+async def main():
+    n = int(sys.argv[2])
+    async with await Client.connect(Settings(database_url=sys.argv[1])) as client:
+        for start in range(0, n, 10000):
+            k = min(10000, n - start)
+            await client.enqueue_many(client.prepare(kinds.NOOP) for _ in range(k))
+asyncio.run(main())
+"""
+
+CONVEYOR_SINGLES = """
+import asyncio, sys, time
+from bench import kinds
+from conveyor import Client, Settings
+async def main():
+    n = int(sys.argv[2])
+    async with await Client.connect(Settings(database_url=sys.argv[1])) as client:
+        for _ in range(50):
+            await client.enqueue(kinds.NOOP)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await client.enqueue(kinds.NOOP)
+        print(n / (time.perf_counter() - t0))
+asyncio.run(main())
+"""
+
+PGQ_SINGLES = """
+import asyncio, asyncpg, sys, time
+from pgqueuer.db import AsyncpgDriver
+from pgqueuer.queries import Queries
+async def main():
+    n = int(sys.argv[2])
+    q = Queries(AsyncpgDriver(await asyncpg.connect(sys.argv[1])))
+    for _ in range(50):
+        await q.enqueue('noop', None, 0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await q.enqueue('noop', None, 0)
+    print(n / (time.perf_counter() - t0))
+asyncio.run(main())
+"""
+
+FLOOR_SQL = (
+    "WITH ins AS (INSERT INTO conveyor_jobs (tenant_id, queue, kind, priority, payload,"
+    " max_attempts, timeout_s) VALUES ('default', 'bench', 'bench.noop', 3, '{}', 3, 300)"
+    " RETURNING id, queue) SELECT id, pg_notify('conveyor_floor', 'q:' || queue) FROM ins"
+)
 
 
 async def fresh_db() -> tuple[str, str]:
@@ -36,7 +125,7 @@ async def fresh_db() -> tuple[str, str]:
     admin = await asyncpg.connect(ADMIN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
+    return name, ADMIN.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def drop_db(name: str) -> None:
@@ -45,167 +134,216 @@ async def drop_db(name: str) -> None:
     await admin.close()
 
 
-async def pgqueuer_round(n: int, batch: int) -> dict[str, float]:
-    name, url = await fresh_db()
-    try:
-        conn = await asyncpg.connect(url)
-        q = Queries(AsyncpgDriver(conn))
-        await q.install()
-        t0 = time.perf_counter()
-        for start in range(0, n, 10_000):
-            k = min(10_000, n - start)
-            await q.enqueue(["noop"] * k, [None] * k, [0] * k)
-        enqueue_rate = n / (time.perf_counter() - t0)
-        await conn.execute("ANALYZE")
-        await conn.close()
-        # The worker in a process of its own, like conveyor's.
-        code = (
-            "import asyncio, asyncpg, time, sys\n"
-            "from datetime import timedelta\n"
-            "from pgqueuer.db import AsyncpgDriver\n"
-            "from pgqueuer.qm import QueueManager\n"
-            "from pgqueuer.queries import Queries\n"
-            "from pgqueuer.types import QueueExecutionMode\n"
-            "async def main():\n"
-            f"    conn = await asyncpg.connect({url!r})\n"
-            "    qm = QueueManager(Queries(AsyncpgDriver(conn)))\n"
-            "    @qm.entrypoint('noop')\n"
-            "    async def noop(job):\n"
-            "        pass\n"
-            "    t0 = time.perf_counter()\n"
-            f"    await qm.run(batch_size={batch}, mode=QueueExecutionMode.drain,"
-            " dequeue_timeout=timedelta(seconds=0.2))\n"
-            "    print(time.perf_counter() - t0)\n"
-            "asyncio.run(main())\n"
+def conveyor_env(url: str, tuned: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(CONVEYOR_DATABASE_URL=url, PYTHONPATH=REPO)
+    if tuned:
+        env["CONVEYOR_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def worker_cmd(tuned: bool) -> list[str]:
+    cmd = [CONVEYOR, "worker", "--import", "bench.kinds", "--queues", "bench", "--burst"]
+    return [*cmd, "--concurrency", "100"] if tuned else cmd
+
+
+# -- filling and draining -------------------------------------------------------------------
+async def pgq_fill(url: str, n: int) -> None:
+    conn = await asyncpg.connect(url)
+    q = Queries(AsyncpgDriver(conn))
+    await q.install()
+    for start in range(0, n, 10_000):
+        k = min(10_000, n - start)
+        await q.enqueue(["noop"] * k, [None] * k, [0] * k)
+    await conn.execute("ANALYZE")
+    await conn.close()
+
+
+async def conveyor_fill(url: str, n: int) -> None:
+    env = conveyor_env(url, tuned=False)
+    subprocess.run([CONVEYOR_PY, "-c", CONVEYOR_FILL, url, str(n)], env=env, check=True)
+    conn = await asyncpg.connect(url)
+    await conn.execute("ANALYZE")
+    await conn.close()
+
+
+async def run_workers(
+    cmds: list[list[str]], env: dict[str, str] | None, done: Callable[[], Awaitable[bool]] | None
+) -> None:
+    """Start the worker processes together; wait for them to exit, or stop them once
+    ``done()`` says enough has completed."""
+    with tempfile.TemporaryFile() as logs:
+        procs = [subprocess.Popen(c, env=env, stdout=logs, stderr=logs) for c in cmds]
+        try:
+            while any(p.poll() is None for p in procs):
+                if done is not None and await done():
+                    break
+                await asyncio.sleep(0.25)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=60)
+        bad = [p.returncode for p in procs if p.returncode not in (0, -signal.SIGTERM)]
+        if bad and done is None:
+            logs.seek(0)
+            raise RuntimeError(f"worker exited with {bad}: {logs.read()[-2000:]!r}")
+
+
+async def pgq_drain(url: str, processes: int, first: int | None) -> float:
+    """Jobs/s from the first pick to the last (or the ``first``-th) completion."""
+    conn = await asyncpg.connect(url)
+
+    async def done() -> bool:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) >= $1 FROM pgqueuer_log WHERE status = 'successful'", first
+            )
         )
-        t0 = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+
+    cmd = [sys.executable, "-c", PGQ_WORKER, url]
+    await run_workers([cmd] * processes, None, done if first else None)
+    n = first or await conn.fetchval("SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
+    span = await conn.fetchval(
+        "SELECT extract(epoch FROM (SELECT max(created) FROM (SELECT created FROM pgqueuer_log"
+        " WHERE status = 'successful' ORDER BY created LIMIT $1) s)"
+        " - (SELECT min(created) FROM pgqueuer_log WHERE status = 'picked'))::float8",
+        n,
+    )
+    if first is None and await conn.fetchval("SELECT count(*) FROM pgqueuer"):
+        raise RuntimeError("pgqueuer left jobs in its queue")
+    await conn.close()
+    return n / span
+
+
+async def conveyor_drain(url: str, processes: int, first: int | None, tuned: bool) -> float:
+    conn = await asyncpg.connect(url)
+
+    async def done() -> bool:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) >= $1 FROM conveyor_jobs WHERE state = 'completed'", first
+            )
         )
-        spawn_exit = time.perf_counter() - t0
-        run_s = float(out.stdout.strip().splitlines()[-1])
-        conn = await asyncpg.connect(url)
-        statuses = dict(
-            await conn.fetch("SELECT status::text, count(*) FROM pgqueuer_log GROUP BY 1")
-        )
-        span = await conn.fetchval(
-            "SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful')"
-            " - min(created) FILTER (WHERE status = 'picked'))::float8 FROM pgqueuer_log"
-        )
-        done = statuses.get("successful", 0)
-        left = await conn.fetchval("SELECT count(*) FROM pgqueuer")
-        await conn.close()
+
+    env = conveyor_env(url, tuned)
+    await run_workers([worker_cmd(tuned)] * processes, env, done if first else None)
+    n = first or await conn.fetchval("SELECT count(*) FROM conveyor_jobs")
+    span = await conn.fetchval(
+        "SELECT extract(epoch FROM (SELECT max(finished_at) FROM (SELECT finished_at"
+        " FROM conveyor_jobs WHERE state = 'completed' ORDER BY finished_at LIMIT $1) s)"
+        " - (SELECT min(started_at) FROM conveyor_jobs))::float8",
+        n,
+    )
+    if first is None:
+        left = await conn.fetchval("SELECT count(*) FROM conveyor_jobs WHERE state <> 'completed'")
         if left:
-            raise RuntimeError(f"pgqueuer left {left} jobs")
-        if done != n:
-            raise RuntimeError(f"pgqueuer logged {statuses}")
-        return {
-            "span_rate": n / span if span else float("nan"),
-            "run_rate": n / run_s,
-            "spawn_exit_rate": n / spawn_exit,
-            "enqueue_rate": enqueue_rate,
-        }
-    finally:
-        await drop_db(name)
+            raise RuntimeError(f"conveyor left {left} jobs not completed")
+    await conn.close()
+    return n / span
 
 
-async def conveyor_round(n: int, concurrency: int) -> dict[str, float]:
+# -- the measurements -----------------------------------------------------------------------
+async def with_db(fn: Callable[[str], Awaitable[float]]) -> float:
     name, url = await fresh_db()
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(CONVEYOR_DATABASE_URL=url, CONVEYOR_LOG_LEVEL="WARNING", PYTHONPATH=REPO)
-        py = f"{REPO}/.venv/bin/python"
-        fill = (
-            "import asyncio, time\n"
-            "from bench import kinds\n"
-            "from conveyor import Client, Settings\n"
-            "async def main():\n"
-            f"    client = await Client.connect(Settings(database_url={url!r}))\n"
-            "    async with client:\n"
-            "        t0 = time.perf_counter()\n"
-            f"        for start in range(0, {n}, 10000):\n"
-            f"            k = min(10000, {n} - start)\n"
-            "            await client.enqueue_many(client.prepare(kinds.NOOP) for _ in range(k))\n"
-            f"        print({n} / (time.perf_counter() - t0))\n"
-            "asyncio.run(main())\n"
-        )
-        out = subprocess.run([py, "-c", fill], env=env, capture_output=True, text=True, check=True)
-        enqueue_rate = float(out.stdout.strip().splitlines()[-1])
-        conn = await asyncpg.connect(url)
-        await conn.execute("ANALYZE conveyor_jobs")
-        t0 = time.perf_counter()
-        subprocess.run(
-            [
-                f"{REPO}/.venv/bin/conveyor",
-                "worker",
-                "--import",
-                "bench.kinds",
-                "--queues",
-                "bench",
-                "--concurrency",
-                str(concurrency),
-                "--burst",
-            ],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        spawn_exit = time.perf_counter() - t0
-        span = await conn.fetchval(
-            "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8 "
-            "FROM conveyor_jobs WHERE state = 'completed'"
-        )
-        done = await conn.fetchval("SELECT count(*) FROM conveyor_jobs WHERE state = 'completed'")
-        await conn.close()
-        if done != n:
-            raise RuntimeError(f"conveyor completed {done} of {n}")
-        return {
-            "span_rate": n / span,
-            "run_rate": float("nan"),
-            "spawn_exit_rate": n / spawn_exit,
-            "enqueue_rate": enqueue_rate,
-        }
+        return await fn(url)
     finally:
         await drop_db(name)
+
+
+def throughput(who: str, n: int, processes: int, first: int | None = None) -> Callable[[], Awaitable[float]]:
+    async def one(url: str) -> float:
+        if who == "pgqueuer":
+            await pgq_fill(url, n)
+            return await pgq_drain(url, processes, first)
+        await conveyor_fill(url, n)
+        return await conveyor_drain(url, processes, first, tuned=who == "conveyor tuned")
+
+    return lambda: with_db(one)
+
+
+def singles(who: str, m: int) -> Callable[[], Awaitable[float]]:
+    async def one(url: str) -> float:
+        if who == "pgqueuer":
+            await pgq_fill(url, 0)
+            out = subprocess.run(
+                [sys.executable, "-c", PGQ_SINGLES, url, str(m)],
+                capture_output=True, text=True, check=True,
+            )
+            return float(out.stdout.split()[-1])
+        if who == "floor":
+            await conveyor_fill(url, 0)
+            conn = await asyncpg.connect(url)
+            stmt = await conn.prepare(FLOOR_SQL)
+            for _ in range(50):
+                await stmt.fetchrow()
+            t0 = time.perf_counter()
+            for _ in range(m):
+                await stmt.fetchrow()
+            rate = m / (time.perf_counter() - t0)
+            await conn.close()
+            return rate
+        out = subprocess.run(
+            [CONVEYOR_PY, "-c", CONVEYOR_SINGLES, url, str(m)],
+            env=conveyor_env(url, tuned=False), capture_output=True, text=True, check=True,
+        )
+        return float(out.stdout.split()[-1])
+
+    return lambda: with_db(one)
 
 
 async def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    results: dict[str, list[dict[str, float]]] = {}
-    configs = [
-        ("pgqueuer batch_size=10", lambda: pgqueuer_round(n, 10)),
-        ("pgqueuer batch_size=100", lambda: pgqueuer_round(n, 100)),
-        ("conveyor concurrency=100", lambda: conveyor_round(n, 100)),
-    ]
-    for r in range(rounds):
-        for label, fn in configs:
-            res = await fn()
-            results.setdefault(label, []).append(res)
-            print(
-                f"round {r + 1} {label}: " + ", ".join(f"{k} {v:,.0f}" for k, v in res.items()),
-                flush=True,
-            )
-    print()
-    keys = ("span_rate", "run_rate", "spawn_exit_rate", "enqueue_rate")
-    med = {
-        label: {k: statistics.median(x[k] for x in runs) for k in keys}
-        for label, runs in results.items()
-    }
-    for label, m in med.items():
-        print(
-            f"{label:26s} first pick/claim -> last completion {m['span_rate']:8,.0f} jobs/s;"
-            f" spawn->exit {m['spawn_exit_rate']:,.0f}; run() call {m['run_rate']:,.0f};"
-            f" bulk enqueue {m['enqueue_rate']:,.0f} jobs/s"
-        )
-    c = med["conveyor concurrency=100"]
-    for label in ("pgqueuer batch_size=10", "pgqueuer batch_size=100"):
-        p = med[label]
-        print(
-            f"conveyor / {label}: span x{c['span_rate'] / p['span_rate']:.2f},"
-            f" spawn->exit x{c['spawn_exit_rate'] / p['spawn_exit_rate']:.2f},"
-            f" bulk enqueue x{c['enqueue_rate'] / p['enqueue_rate']:.2f}"
-        )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--singles", type=int, default=2_000, help="single enqueues per run")
+    parser.add_argument("--backlog", type=int, default=200_000, help="jobs queued, backlog run")
+    parser.add_argument(
+        "--only", nargs="*", default=["one", "two", "singles", "backlog"],
+        choices=["one", "two", "singles", "backlog"],
+    )
+    args = parser.parse_args()
+    n = args.jobs
+    configs: list[tuple[str, str, Callable[[], Awaitable[float]]]] = []
+    if "one" in args.only:
+        for who in ("pgqueuer", "conveyor", "conveyor tuned"):
+            configs.append(("one worker, jobs/s", who, throughput(who, n, 1)))
+    if "two" in args.only:
+        for who in ("pgqueuer", "conveyor", "conveyor tuned"):
+            configs.append(("two workers, jobs/s", who, throughput(who, n, 2)))
+    if "singles" in args.only:
+        for who in ("pgqueuer", "conveyor", "floor"):
+            configs.append(("single enqueue, jobs/s", who, singles(who, args.singles)))
+    if "backlog" in args.only:
+        for who in ("pgqueuer", "conveyor"):
+            configs.append((f"first {FIRST:,} of {FIRST:,} queued, jobs/s", who,
+                            throughput(who, FIRST, 1, FIRST)))
+            configs.append((f"first {FIRST:,} of {args.backlog:,} queued, jobs/s", who,
+                            throughput(who, args.backlog, 1, FIRST)))
+    results: dict[tuple[str, str], list[float]] = {}
+    for r in range(args.rounds):
+        for what, who, fn in configs:
+            value = await fn()
+            results.setdefault((what, who), []).append(value)
+            print(f"round {r + 1}: {what:38s} {who:15s} {value:10,.0f}", flush=True)
+    med = {key: statistics.median(values) for key, values in results.items()}
+    print(f"\nmedians of {args.rounds} rounds ({n:,} jobs a throughput run):")
+    for (what, who), value in med.items():
+        runs = " · ".join(f"{v:,.0f}" for v in results[(what, who)])
+        print(f"  {what:38s} {who:15s} {value:10,.0f}   ({runs})")
+    print("\nratios (median against median):")
+    for what in dict.fromkeys(w for w, _ in med):
+        peer = med.get((what, "pgqueuer"))
+        for who in ("conveyor", "conveyor tuned", "floor"):
+            if peer and (what, who) in med:
+                print(f"  {what:38s} {who} / pgqueuer  x{med[(what, who)] / peer:.2f}")
+    if "backlog" in args.only:
+        small = f"first {FIRST:,} of {FIRST:,} queued, jobs/s"
+        big = f"first {FIRST:,} of {args.backlog:,} queued, jobs/s"
+        for who in ("pgqueuer", "conveyor"):
+            print(f"  backlog ratio {who}: {med[(big, who)] / med[(small, who)]:.3f}")
 
 
 asyncio.run(main())

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         description="Queues a worker serves, comma-separated; NAME:N sets that queue's limit.",
     )
     concurrency: int = Field(
-        default=10, ge=1, le=10_000, description="Jobs a worker runs at once per queue."
+        default=100, ge=1, le=10_000, description="Jobs a worker runs at once per queue."
     )
     lease_seconds: float = Field(
         default=30.0,
@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between safety claims when no notice arrives (covers a missed "
         "notice; idle workers are woken by notices, not by this poll).",
+    )
+    slow_job_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="A completed job that ran at least this long is logged at INFO; quicker "
+        "ones at DEBUG. Failed attempts are always logged.",
     )
     flush_interval: float = Field(
         default=0.002,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from cli_runner import Cli, Result
 
@@ -267,11 +268,26 @@ def test_queues_rejects_a_bad_queue_name(cli: Cli) -> None:
 
 
 # -- worker -----------------------------------------------------------------------------
+def test_at_info_a_worker_logs_slow_completions_and_failures_not_every_job(cli: Cli) -> None:
+    quick = [cli.enqueue("demo.echo", "--payload", f'{{"n": {n}}}') for n in range(3)]
+    slow = cli.enqueue("demo.sleep", "--payload", '{"seconds": 0.3}')
+    failing = cli.enqueue("demo.discard")
+
+    result = cli.ok("worker", "--burst", env={"CONVEYOR_SLOW_JOB_SECONDS": "0.2"})
+
+    lines = [orjson.loads(line) for line in result.stderr_lines]
+    completed = [e["job_id"] for e in lines if e.get("event") == "job completed"]
+    assert completed == [slow]
+    assert [e["job_id"] for e in lines if e.get("event") == "job failed"] == [failing]
+    assert all(cli.show(job_id)["state"] == "completed" for job_id in [*quick, slow])
+
+
 def test_worker_burst_runs_the_queued_jobs_and_exits_0(cli: Cli) -> None:
+    """At DEBUG every completion is logged (at INFO only slow ones: see below)."""
     ids = [cli.enqueue("demo.echo", "--payload", f'{{"n": {n}}}') for n in range(5)]
     scheduled = cli.enqueue("demo.echo", "--delay", "3600")
 
-    result = cli.ok("worker", "--burst")
+    result = cli.ok("worker", "--burst", env={"CONVEYOR_LOG_LEVEL": "DEBUG"})
     assert result.stdout == ""
     assert result.stderr.count('"event":"job completed"') == 5
 

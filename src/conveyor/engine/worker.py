@@ -91,7 +91,7 @@ def parse_queues(spec: list[str], concurrency: int) -> dict[str, int]:
 class WorkerConfig:
     """How a worker behaves. :meth:`from_settings` reads the ``CONVEYOR_*`` settings."""
 
-    queues: dict[str, int] = field(default_factory=lambda: {"default": 10})
+    queues: dict[str, int] = field(default_factory=lambda: {"default": 100})
     """Concurrency limit per queue served."""
     lease_s: float = 30.0
     heartbeat_interval: float = 10.0
@@ -103,6 +103,9 @@ class WorkerConfig:
     retention_s: float = 7 * 24 * 3600.0
     prune_interval: float = 60.0
     flush_interval: float = 0.002
+    slow_job_s: float = 1.0
+    """A completed job that ran at least this long is logged at INFO, a quicker one at
+    DEBUG: a line for every job cost more than a no-op job's own work in the worker."""
     safety_poll_interval: float = 5.0
     """Claim at least this often even without a notice (a missed notice costs no more)."""
     handoff: bool = True
@@ -136,6 +139,7 @@ class WorkerConfig:
             retention_s=settings.retention_seconds,
             prune_interval=settings.prune_interval,
             flush_interval=settings.flush_interval,
+            slow_job_s=settings.slow_job_seconds,
             safety_poll_interval=settings.poll_interval,
             handoff=settings.handoff,
         )
@@ -177,6 +181,7 @@ class Worker:
         self.id = new_worker_id()
         self._job_log: Any = log
         self._log_info = True
+        self._log_debug = True
         self._running: dict[int, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._progress: dict[int, Progress] = {}
@@ -245,6 +250,7 @@ class Worker:
         # for that bind.
         self._job_log = log.bind(worker_id=self.id)
         self._log_info = is_enabled(self._job_log, logging.INFO)
+        self._log_debug = is_enabled(self._job_log, logging.DEBUG)
         if self.config.max_memory_mb > 0:
             # Before the first claim: the guard's own first pass would come after it.
             await self._check_memory()
@@ -495,8 +501,12 @@ class Worker:
         pending = self._progress.get(job.id)
         if pending is not None and pending.attempt == job.attempt:
             del self._progress[job.id]
-        if self._log_info or outcome.kind in _WARNED:
-            _log_outcome(ctx, outcome, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        if outcome.kind is not OutcomeKind.COMPLETED:
+            if self._log_info or outcome.kind in _WARNED:
+                _log_outcome(ctx, outcome, took)
+        elif self._log_debug or (self._log_info and took >= self.config.slow_job_s):
+            _log_completed(ctx, took, slow=took >= self.config.slow_job_s)
 
     def _report_progress(self, progress: Progress) -> None:
         running = self._running.get(progress.job_id)
@@ -744,11 +754,14 @@ _WARNED = frozenset({OutcomeKind.RETRY, OutcomeKind.FAILED})
 """Outcomes logged above INFO."""
 
 
+def _log_completed(ctx: JobContext, seconds: float, *, slow: bool) -> None:
+    (ctx.log.info if slow else ctx.log.debug)("job completed", took_s=round(seconds, 4))
+
+
 def _log_outcome(ctx: JobContext, outcome: Outcome, seconds: float) -> None:
+    """A job's end other than completion (see _log_completed)."""
     took = round(seconds, 4)
-    if outcome.kind is OutcomeKind.COMPLETED:
-        ctx.log.info("job completed", took_s=took)
-    elif outcome.kind is OutcomeKind.RETRY:
+    if outcome.kind is OutcomeKind.RETRY:
         error = outcome.error
         ctx.log.warning(
             "job attempt failed; will retry",
