@@ -45,9 +45,11 @@ def conveyor_command() -> list[str]:
     return [sys.executable, "-m", "conveyor.cli.main"]
 
 
-def worker_args(queue: str, concurrency: int, *, burst: bool) -> list[str]:
+def worker_args(queue: str, concurrency: int | None, *, burst: bool) -> list[str]:
+    """``conveyor worker`` arguments; ``concurrency`` None leaves it at its default."""
     args = ["worker", "--import", "bench.kinds", "--queues", queue]
-    args += ["--concurrency", str(concurrency)]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
     return [*args, "--burst"] if burst else args
 
 
