@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import conveyor
+from conveyor.engine.executor import RESULT_MAX_BYTES
 
 NO_WAIT = conveyor.Backoff(base=0)
 S = conveyor.JobState
@@ -348,6 +352,156 @@ async def test_handler_raising_timeout_error_itself_is_an_ordinary_failure(
     assert (job.state, job.result) == (S.COMPLETED, "ok")
     assert job.errors[0].message == "upstream API timed out"
     assert job.errors[0].traceback is not None
+
+
+# -- output no store can hold ---------------------------------------------------------------
+def _returns(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def _raises() -> Any:
+    raise ValueError("a\x00b\ud800c")
+
+
+def _fails() -> Any:
+    raise Flaky("once more")
+
+
+BAD_RESULTS = {
+    "NUL in a string": (_returns("a\x00b"), "ValueError", "NUL character"),
+    "NUL in a key": (_returns({"k\x00": 1}), "ValueError", "NUL character"),
+    "NaN": (_returns({"score": float("nan")}), "ValueError", "NaN or Infinity"),
+    "Infinity": (_returns([1.0, float("-inf")]), "ValueError", "NaN or Infinity"),
+    "lone surrogate": (_returns("\ud800"), "TypeError", "not JSON-serialisable"),
+    "too large": (_returns("x" * RESULT_MAX_BYTES), "ValueError", "RESULT_MAX_BYTES"),
+    "too deep": (_returns(functools.reduce(lambda v, _: [v], range(300), 0)), "TypeError", "JSON"),
+}
+
+GOOD_RESULT = "a\\u0000 is no NUL"
+"""A backslash and u0000: looks like a NUL once encoded, and is none."""
+
+
+async def _one_batch(
+    kinds: conveyor.Registry, client: conveyor.Client, bad: Callable[[], Any], **options: Any
+) -> tuple[int, list[int]]:
+    """Enqueue a job of kind t.bad (``bad()`` makes its result) and three of t.good, all
+    finishing together so that their outcomes share an exchange."""
+    started: list[int] = []
+    together = asyncio.Event()
+
+    async def gather(ctx: conveyor.JobContext) -> None:
+        started.append(ctx.id)
+        if len(started) >= 4:
+            together.set()
+        await asyncio.wait_for(together.wait(), 5)
+
+    @conveyor.job("t.bad", backoff=NO_WAIT, registry=kinds, **options)
+    async def bad_kind(ctx: conveyor.JobContext, payload: Any) -> Any:
+        await gather(ctx)
+        return bad()
+
+    @conveyor.job("t.good", registry=kinds)
+    async def good_kind(ctx: conveyor.JobContext, payload: Any) -> Any:
+        await gather(ctx)
+        return GOOD_RESULT
+
+    bad_id = (await client.enqueue("t.bad")).id
+    good = [(await client.enqueue("t.good")).id for _ in range(3)]
+    return bad_id, good
+
+
+async def _assert_alive(
+    worker: conveyor.Worker, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    """The worker still serves: a new job completes, and its run has not ended."""
+    later = await client.enqueue("t.good")
+    await wait_state(later.id, S.COMPLETED)
+    assert not workers.task(worker).done()
+
+
+@pytest.mark.parametrize("case", list(BAD_RESULTS))
+async def test_a_result_no_store_can_hold_fails_that_job_alone(
+    case: str, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    bad, error_type, says = BAD_RESULTS[case]
+    bad_id, good = await _one_batch(kinds, client, bad, max_attempts=3)
+    worker = workers.start()
+
+    job = await wait_state(bad_id, S.FAILED)
+    # Not retried: the same handler would return the same result.
+    assert (job.attempt, job.result) == (1, None)
+    [error] = job.errors
+    assert error.type == error_type
+    assert says in error.message
+    assert "t.bad" in error.message
+    for job_id in good:
+        done = await wait_state(job_id, S.COMPLETED)
+        assert done.result == GOOD_RESULT
+    await _assert_alive(worker, client, workers, wait_state)
+
+
+async def test_an_error_with_nul_and_surrogates_is_recorded_with_them_replaced(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    bad_id, good = await _one_batch(kinds, client, _raises, max_attempts=1)
+    worker = workers.start()
+
+    job = await wait_state(bad_id, S.FAILED)
+    [error] = job.errors
+    assert (error.type, error.message) == ("ValueError", "a\ufffdb\ufffdc")
+    assert error.traceback is not None
+    assert "ValueError: a\ufffdb\ufffdc" in error.traceback
+    for job_id in good:
+        await wait_state(job_id, S.COMPLETED)
+    await _assert_alive(worker, client, workers, wait_state)
+
+
+async def test_a_progress_message_with_nul_is_recorded_with_it_replaced(
+    kinds: conveyor.Registry,
+    client: conveyor.Client,
+    workers: Any,
+    wait_state: Any,
+    wait_job: Any,
+) -> None:
+    release = asyncio.Event()
+
+    @conveyor.job("t.reports", registry=kinds)
+    async def reports(ctx: conveyor.JobContext, payload: Any) -> str:
+        ctx.progress(0.5, "x\x00y\udc80")
+        await asyncio.wait_for(release.wait(), 5)
+        return "done"
+
+    batch = await _one_batch(kinds, client, _returns("fine"))
+    reporting = await client.enqueue("t.reports")
+    worker = workers.start()
+
+    job = await wait_job(reporting.id, lambda j: j.progress == 0.5)
+    assert job.progress_message == "x\ufffdy\ufffd"
+    release.set()
+    for job_id in [reporting.id, batch[0], *batch[1]]:
+        await wait_state(job_id, S.COMPLETED)
+    await _assert_alive(worker, client, workers, wait_state)
+
+
+async def test_an_outcome_the_database_refuses_fails_that_job_alone(
+    store: Any, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    """The fallback, for what no check catches: a retry due past PostgreSQL's dates."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite stores any run_at: there is no refusal to provoke")
+    forever = conveyor.Backoff(base=1e300, cap=float("inf"), jitter=False)
+    bad_id, good = await _one_batch(kinds, client, _fails, max_attempts=3)
+    kinds.register(dataclasses.replace(kinds.get("t.bad"), backoff=forever))
+    worker = workers.start()
+
+    job = await wait_state(bad_id, S.FAILED)
+    [error] = job.errors
+    assert error.type == "DataRejected"
+    assert "retry" in error.message
+    assert "out of range" in error.message
+    for job_id in good:
+        await wait_state(job_id, S.COMPLETED)
+    await _assert_alive(worker, client, workers, wait_state)
 
 
 # -- retry by hand ---------------------------------------------------------------------------

@@ -29,21 +29,22 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.config import Settings
 from conveyor.engine import services
-from conveyor.engine.context import JobContext
+from conveyor.engine.context import JobContext, storable_text
 from conveyor.engine.errors import UnknownKind
-from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
+from conveyor.engine.executor import StopReason, execute, failure, stopped, unknown_kind
 from conveyor.engine.kinds import Registry, check_queue_name, registry
 from conveyor.engine.periodic import Scheduler
 from conveyor.logs import get_logger, is_enabled
 from conveyor.store.base import (
     CancelRequested,
+    DataRejected,
     JobHandedOff,
     JobsAvailable,
     Notice,
@@ -53,6 +54,7 @@ from conveyor.store.base import (
 )
 from conveyor.store.records import (
     ClaimRequest,
+    ErrorEntry,
     Job,
     JobState,
     Outcome,
@@ -286,11 +288,31 @@ class Worker:
                     if self._adopt_due:
                         await self._adopt()
                     claimed = await self._exchange(claim, rescue) if due else False
+                except DataRejected as exc:
+                    # The statement failed whole: nothing was recorded or claimed.
+                    if self._outcomes or self._progress:
+                        try:
+                            await self._settle_apart(exc)
+                        except StoreError as again:
+                            failures += 1
+                            await self._wait_after_failure(again, failures)
+                        continue
+                    failures += 1
+                    await self._wait_after_failure(exc, failures)
+                    continue
                 except StoreError as exc:
                     # A claim whose answer was lost left jobs running under this worker.
                     self._adopt_due = True
                     failures += 1
                     await self._wait_after_failure(exc, failures)
+                    continue
+                except Exception:
+                    # A bug, not an outage: shown every time, but the jobs running here
+                    # must not die with the loop.
+                    log.exception("worker exchange failed unexpectedly", worker_id=self.id)
+                    self._adopt_due = True
+                    failures += 1
+                    await self._backoff(failures)
                     continue
                 failures = 0
                 if claimed:
@@ -365,6 +387,17 @@ class Worker:
         if claim is not None:
             self._offered.difference_update(claim.slots)
             self._offered.update(result.offered)
+        self._check_applied(outcomes, result)
+        if rescue:
+            self._next_rescue = time.monotonic() + self.config.rescue_interval
+            if result.rescued is not None and result.rescued.total:
+                _log_rescue(self.id, result.rescued)
+        self._accept(result.claimed)
+        if claim is not None:
+            self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
+        return bool(result.claimed)
+
+    def _check_applied(self, outcomes: Sequence[Outcome], result: SettleResult) -> None:
         for outcome, applied in zip(outcomes, result.applied, strict=True):
             if not applied:
                 log.warning(
@@ -375,14 +408,6 @@ class Worker:
                     attempt=outcome.attempt,
                     outcome=outcome.kind.value,
                 )
-        if rescue:
-            self._next_rescue = time.monotonic() + self.config.rescue_interval
-            if result.rescued is not None and result.rescued.total:
-                _log_rescue(self.id, result.rescued)
-        self._accept(result.claimed)
-        if claim is not None:
-            self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
-        return bool(result.claimed)
 
     def _learn_from_claim(
         self, claim: ClaimRequest, result: SettleResult, *, drained_valid: bool
@@ -425,12 +450,122 @@ class Worker:
             self._next_due = None
 
     async def _wait_after_failure(self, exc: StoreError, failures: int) -> None:
-        delay = min(5.0, 0.1 * 2 ** min(failures, 6))
         log.error(
-            "store unavailable, retrying", worker_id=self.id, error=str(exc), retry_in_s=delay
+            "store unavailable, retrying",
+            worker_id=self.id,
+            error=str(exc),
+            retry_in_s=_backoff_delay(failures),
         )
+        await self._backoff(failures)
+
+    async def _backoff(self, failures: int) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hard_stop.wait(), delay)
+            await asyncio.wait_for(self._hard_stop.wait(), _backoff_delay(failures))
+
+    async def _settle_apart(self, refused: DataRejected) -> None:
+        """Record the held reports one at a time, after the database refused a batch of
+        them: the good ones are recorded, a refused outcome becomes a failed attempt that
+        quotes the database, and a refused progress report is dropped. Rare, so simple: one
+        statement per report. A StoreError (the connection lost) keeps what is left for
+        the next pass."""
+        log.warning(
+            "the database refused a batch of job reports; recording them one by one",
+            worker_id=self.id,
+            error=str(refused),
+        )
+        outcomes, self._outcomes = self._outcomes, []
+        progress = list(self._progress.values())
+        self._progress.clear()
+        for i, outcome in enumerate(outcomes):
+            try:
+                await self._settle_one(outcome)
+            except StoreError:
+                self._outcomes[:0] = outcomes[i:]
+                for p in progress:
+                    self._progress.setdefault(p.job_id, p)
+                raise
+        for i, report in enumerate(progress):
+            try:
+                await self.store.settle_and_claim((), (report,), self.id, None)
+            except DataRejected as exc:
+                log.warning(
+                    "progress report dropped: the database refused it",
+                    worker_id=self.id,
+                    job_id=report.job_id,
+                    attempt=report.attempt,
+                    error=str(exc),
+                )
+            except StoreError:
+                for p in progress[i:]:
+                    self._progress.setdefault(p.job_id, p)
+                raise
+
+    async def _settle_one(self, outcome: Outcome) -> None:
+        try:
+            result = await self.store.settle_and_claim((outcome,), (), self.id, None)
+        except DataRejected as exc:
+            refused = exc
+        else:
+            self._check_applied((outcome,), result)
+            return
+        replacement = await self._refused(outcome, refused)
+        while replacement is not None:
+            try:
+                result = await self.store.settle_and_claim((replacement,), (), self.id, None)
+            except DataRejected as again:
+                refused = again
+            else:
+                self._check_applied((replacement,), result)
+                return
+            if replacement.kind is OutcomeKind.RETRY:
+                # The retry itself was refused (e.g. a backoff past the database's dates).
+                replacement = dataclasses.replace(replacement, kind=OutcomeKind.FAILED)
+                continue
+            # Nothing more to try: the lease runs out and the job is rescued.
+            log.error(
+                "job outcome dropped: the database refused it and its failure too",
+                worker_id=self.id,
+                job_id=outcome.job_id,
+                queue=outcome.queue,
+                attempt=outcome.attempt,
+                error=str(refused),
+            )
+            return
+
+    async def _refused(self, outcome: Outcome, exc: DataRejected) -> Outcome | None:
+        """The failed attempt to record in place of an outcome the database refused, or
+        None if the job is no longer this worker's to report on."""
+        job = await self.store.get_job(outcome.job_id)
+        if (
+            job is None
+            or job.state is not JobState.RUNNING
+            or job.attempt != outcome.attempt
+            or job.locked_by != self.id
+        ):
+            return None
+        error = ErrorEntry(
+            at=time.time(),
+            attempt=job.attempt,
+            type="DataRejected",
+            message=storable_text(
+                f"the database refused to record this attempt's {outcome.kind.value} outcome: {exc}"
+            ),
+        )
+        # Another attempt may return a result the database takes; a refused failure would
+        # only be refused again.
+        retryable = outcome.kind is OutcomeKind.COMPLETED
+        replacement = failure(self.kinds.find(job.kind), job, error, retryable=retryable)
+        log.error(
+            "job outcome refused by the database; recorded as a failed attempt",
+            worker_id=self.id,
+            job_id=job.id,
+            queue=job.queue,
+            attempt=job.attempt,
+            outcome=outcome.kind.value,
+            recorded=replacement.kind.value,
+            error=str(exc),
+        )
+        return replacement
 
     # -- running jobs ------------------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -728,6 +863,10 @@ class Worker:
             )
             self._maybe_due.update(self.config.queues)
             self._wake.set()
+
+
+def _backoff_delay(failures: int) -> float:
+    return min(5.0, 0.1 * 2.0 ** min(failures, 6))
 
 
 def _log_rescue(worker_id: str, result: RescueResult) -> None:
