@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -314,7 +315,7 @@ async def test_timeout_on_the_last_attempt_fails_the_job(
     assert (job.state, [e.type for e in job.errors]) == (S.FAILED, ["TimeoutError"])
 
 
-async def test_sync_handler_past_its_timeout_is_abandoned_and_told(
+async def test_sync_handler_past_its_timeout_is_told_and_fails_once_it_returns(
     kinds: conveyor.Registry, client: conveyor.Client, workers: Any, eventually: Any
 ) -> None:
     noticed: list[bool] = []
@@ -333,7 +334,75 @@ async def test_sync_handler_past_its_timeout_is_abandoned_and_told(
     job = await client.get(enqueued.id)
     assert (job.state, job.result) == (S.FAILED, None)
     assert [e.type for e in job.errors] == ["TimeoutError"]
-    await eventually(lambda: noticed == [True])
+    assert noticed == [True]  # recorded only once the thread had returned
+
+
+async def test_a_timed_out_sync_attempt_keeps_its_slot_and_lease_until_its_thread_returns(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_job: Any
+) -> None:
+    """Queue limit 1: neither the timed-out job's retry nor the next job starts while its
+    thread runs; the next job's clock starts with it."""
+    release = threading.Event()
+    timed_out = threading.Event()
+    lock = threading.Lock()
+    active: list[int] = []
+    overlaps: list[list[int]] = []
+    runs: list[tuple[int, int]] = []
+
+    def enter(ctx: conveyor.JobContext) -> None:
+        with lock:
+            active.append(ctx.id)
+            runs.append((ctx.id, ctx.attempt))
+            if len(active) > 1:
+                overlaps.append(list(active))
+
+    def leave(ctx: conveyor.JobContext) -> None:
+        with lock:
+            active.remove(ctx.id)
+
+    @conveyor.job(
+        "t.stuck", queue="one", timeout=0.2, max_attempts=2, backoff=NO_WAIT, registry=kinds
+    )
+    def stuck(ctx: conveyor.JobContext, payload: Any) -> str:
+        enter(ctx)
+        try:
+            if ctx.attempt == 1:
+                while not release.wait(0.01):
+                    if ctx.cancelled:
+                        timed_out.set()  # told, and runs on regardless
+            return f"attempt {ctx.attempt}"
+        finally:
+            leave(ctx)
+
+    @conveyor.job("t.next", queue="one", timeout=0.5, registry=kinds)
+    def next_job(ctx: conveyor.JobContext, payload: Any) -> str:
+        enter(ctx)
+        try:
+            time.sleep(0.3)  # within its own timeout, though the first job ran long before
+            return "on time"
+        finally:
+            leave(ctx)
+
+    first = await client.enqueue("t.stuck")
+    second = await client.enqueue("t.next")
+    workers.start(queues={"one": 1})
+
+    assert await asyncio.to_thread(timed_out.wait, 5)
+    running = await wait_job(first.id, lambda j: j.state == S.RUNNING)
+    assert running.lease_expires_at is not None
+    # The lease keeper renews the lease while the thread runs past its timeout.
+    await wait_job(first.id, lambda j: j.lease_expires_at > running.lease_expires_at + 0.2)
+    assert (await client.get(second.id)).state == S.QUEUED
+    assert runs == [(first.id, 1)]
+
+    release.set()
+    done = await wait_job(second.id, lambda j: j.state == S.COMPLETED)
+    assert done.result == "on time"
+    retried = await wait_job(first.id, lambda j: j.state == S.COMPLETED)
+    assert (retried.attempt, retried.result) == (2, "attempt 2")
+    assert [(e.attempt, e.type) for e in retried.errors] == [(1, "TimeoutError")]
+    assert overlaps == []
+    assert sorted(runs) == sorted([(first.id, 1), (second.id, 1), (first.id, 2)])
 
 
 async def test_handler_raising_timeout_error_itself_is_an_ordinary_failure(

@@ -36,6 +36,9 @@ class StopReason(enum.Enum):
     TIMEOUT = "timeout"
     """The attempt ran past the job's timeout: record a failed attempt (retried while
     attempts remain)."""
+    ABANDONED = "abandoned"
+    """The worker exits while a sync handler's thread still runs: record nothing (handing
+    the job back would let it run twice at once); its lease expires and it is rescued."""
 
 
 RESULT_MAX_BYTES = 16 * 1024 * 1024
@@ -155,6 +158,7 @@ async def execute(
     context and the timer that raises ``ctx.cancelled`` with it cost a tenth of a no-op
     job's time in the worker."""
     job = ctx.job
+    raised: Exception | None = None
     try:
         result = await _call(kind, ctx, threads)
     except asyncio.CancelledError:
@@ -164,8 +168,16 @@ async def execute(
             raise
         return stopped(job, reason, kind)
     except Exception as exc:
-        retryable = not isinstance(exc, (Discard, *kind.non_retryable))
-        return failure(kind, job, error_entry(job, exc), retryable=retryable)
+        raised = exc
+    if ctx._cancelled and not kind.is_async:
+        # A thread cannot be interrupted: the worker stopped the attempt by waiting for
+        # its thread to return, and why it stopped it decides what is recorded.
+        reason = stop_reasons.pop((job.id, job.attempt), None)
+        if reason is not None:
+            return stopped(job, reason, kind)
+    if raised is not None:
+        retryable = not isinstance(raised, (Discard, *kind.non_retryable))
+        return failure(kind, job, error_entry(job, raised), retryable=retryable)
     # Checked apart from the handler, whose own encoding errors are ordinary failures.
     encoded = encode_result(kind, result)
     if isinstance(encoded, Exception):

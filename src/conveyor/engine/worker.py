@@ -2,7 +2,7 @@
 
 One loop (:meth:`Worker._exchange_loop`) talks to the store: each pass records the attempts
 that finished since the last one and claims jobs for the slots that are free, in one
-transaction. Jobs run as asyncio tasks; sync handlers run in a thread pool. Beside the
+transaction. Jobs run as asyncio tasks; sync handlers run in threads. Beside the
 loop run small services, each a periodic task: the lease keeper (heartbeats, cancel
 requests, lost leases), the rescuer, the pruner and the memory guard.
 
@@ -30,7 +30,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +38,9 @@ from conveyor.engine import services
 from conveyor.engine.context import JobContext, storable_text
 from conveyor.engine.errors import UnknownKind
 from conveyor.engine.executor import StopReason, execute, failure, stopped, unknown_kind
-from conveyor.engine.kinds import Registry, check_queue_name, registry
+from conveyor.engine.kinds import Kind, Registry, check_queue_name, registry
 from conveyor.engine.periodic import Scheduler
+from conveyor.engine.threads import JobThreads
 from conveyor.logs import get_logger, is_enabled
 from conveyor.store.base import (
     CancelRequested,
@@ -154,8 +154,13 @@ class _Running:
     job: Job
     ctx: JobContext
     task: asyncio.Task[Outcome | None]
-    deadline: asyncio.TimerHandle | None
-    """Stops the attempt at the job's timeout."""
+    sync: bool
+    """Its handler runs in a thread, which cannot be interrupted: once started, the
+    attempt ends only when the thread returns, and keeps its slot and lease until then."""
+    started: bool = False
+    """The handler has started (its task took its first step)."""
+    deadline: asyncio.TimerHandle | None = None
+    """Stops the attempt at the job's timeout, counted from the handler's start."""
 
 
 class Worker:
@@ -211,9 +216,9 @@ class Worker:
         self._adopted: dict[tuple[int, int], float] = {}
         """Attempts adopted lately (monotonic time): their handoff notice may still come."""
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._threads = ThreadPoolExecutor(
-            max_workers=sum(self.config.queues.values()), thread_name_prefix="conveyor-job"
-        )
+        self._threads = JobThreads()
+        self._abandoned: set[JobContext] = set()
+        """Attempts whose thread still ran when the worker stopped: nothing is recorded."""
         self.max_seen_running = 0
         """Highest number of jobs this worker ran at once (for operators and tests)."""
 
@@ -578,22 +583,31 @@ class Worker:
             self._stop_job(job.id, StopReason.LEASE_LOST)
         loop = asyncio.get_running_loop()
         ctx = JobContext(job, self._job_log, self._report_progress, loop)
-        task = asyncio.create_task(self._run_job(ctx), name=f"conveyor-job-{job.id}")
+        kind = self.kinds.find(job.kind)
+        task = asyncio.create_task(self._run_job(ctx, kind), name=f"conveyor-job-{job.id}")
         # The bookkeeping is a done callback, not a finally in _run_job: a task cancelled
         # before its first step ends without running a line of its coroutine.
         task.add_done_callback(functools.partial(self._job_done, ctx, time.perf_counter()))
-        deadline = None
-        if job.timeout_s is not None:
-            deadline = loop.call_later(job.timeout_s, self._time_out, ctx)
-        self._running[job.id] = _Running(job, ctx, task, deadline)
+        sync = kind is not None and not kind.is_async
+        self._running[job.id] = _Running(job, ctx, task, sync)
         self.max_seen_running = max(self.max_seen_running, len(self._running))
 
-    async def _run_job(self, ctx: JobContext) -> Outcome | None:
+    async def _run_job(self, ctx: JobContext, kind: Kind | None) -> Outcome | None:
         """Run one attempt: its outcome, or None if its lease was lost."""
-        try:
-            kind = self.kinds.get(ctx.job.kind)
-        except UnknownKind as exc:
-            return unknown_kind(ctx.job, exc)
+        if kind is None:
+            try:
+                kind = self.kinds.get(ctx.job.kind)
+            except UnknownKind as exc:
+                return unknown_kind(ctx.job, exc)
+        running = self._running.get(ctx.job.id)
+        if running is not None and running.ctx is ctx:
+            running.started = True
+            # The clock starts with the handler, not at the claim: a sync handler's thread
+            # starts at once (JobThreads never makes a call wait).
+            if ctx.job.timeout_s is not None:
+                running.deadline = asyncio.get_running_loop().call_later(
+                    ctx.job.timeout_s, self._time_out, ctx
+                )
         return await execute(kind, ctx, self._threads, self._stop_reasons)
 
     def _job_done(
@@ -609,6 +623,10 @@ class Worker:
             if job.queue in self._offered and not self._withdraw_due:
                 self._hold_reports()
                 self._freed[job.queue] = self._freed.get(job.queue, 0) + 1
+        elif self._abandoned and ctx in self._abandoned:
+            # Its thread returned after the worker let go of it: the job is not ours.
+            self._abandoned.discard(ctx)
+            return
         self._wake.set()
         if task.cancelled():
             if reason is None:
@@ -649,9 +667,43 @@ class Worker:
         running = self._running.get(job_id)
         if running is None or running.task.done():
             return
-        self._stop_reasons[(job_id, running.job.attempt)] = reason
+        key = (job_id, running.job.attempt)
+        if not (running.sync and running.started):
+            self._stop_reasons[key] = reason
+            running.ctx._mark_cancelled()
+            running.task.cancel()
+            return
+        # A thread cannot be interrupted. The attempt keeps its slot and its lease until
+        # the thread returns, so that its retry (or the next job) never runs beside it.
+        if self._stop_reasons.get(key) is StopReason.LEASE_LOST:
+            return  # not ours any more, whatever else happens
+        self._stop_reasons[key] = reason
         running.ctx._mark_cancelled()
-        running.task.cancel()
+        if reason is StopReason.TIMEOUT:
+            running.ctx.log.warning(
+                "job past its timeout: its sync handler's thread cannot be interrupted and "
+                "still runs; the job keeps its slot and lease until it returns "
+                "(ctx.cancelled is set for it to poll)",
+                timeout_s=running.job.timeout_s,
+            )
+        elif reason is StopReason.SHUTDOWN:
+            self._abandon(running)
+
+    def _abandon(self, running: _Running) -> None:
+        """Let go of a sync attempt whose thread still runs as the worker exits. It is not
+        handed back: it would run again while this thread runs."""
+        job = running.job
+        self._stop_reasons[(job.id, job.attempt)] = StopReason.ABANDONED
+        del self._running[job.id]
+        if running.deadline is not None:
+            running.deadline.cancel()
+        self._abandoned.add(running.ctx)
+        running.ctx.log.warning(
+            "worker stopping while a sync handler's thread still runs: the job is not "
+            "handed back; its lease expires and it will be rescued",
+            lease_s=self.config.lease_s,
+        )
+        self._wake.set()
 
     async def _drain_running(self) -> None:
         """Give running jobs the grace period, then hand them back to the queue."""
@@ -785,7 +837,8 @@ class Worker:
         await self.store.settle_and_claim(self._outcomes, [], self.id, None, withdraw=True)
         self._outcomes = []
         self._offered.clear()
-        late = await self.store.adopt(self.id, ())
+        # Never a job whose thread still runs here (see _abandon).
+        late = await self.store.adopt(self.id, [ctx.job.id for ctx in self._abandoned])
         if late:
             released = [Outcome(j.id, j.attempt, OutcomeKind.RELEASED, j.queue) for j in late]
             await self.store.settle_and_claim(released, [], self.id, None)
