@@ -7,12 +7,13 @@ nothing; a job id that does not exist exits 1.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import orjson
 import pytest
-from cli_runner import Cli, Result
+from cli_runner import Cli, Result, conveyor_command
 
 DEMO_KINDS = "demo.discard, demo.echo, demo.flaky, demo.sleep"
 
@@ -390,3 +391,46 @@ def test_help_goes_to_stdout_and_exits_0(cli: Cli, args: list[str]) -> None:
 def test_usage_errors_exit_2_with_one_line(cli: Cli, args: list[str], fragment: str) -> None:
     assert_one_error_line(cli(*args), fragment)
     assert not cli.db_path.exists()
+
+
+# -- output is written whole ------------------------------------------------------------------
+def _slow_reader_env(cli: Cli) -> dict[str, str]:
+    # Unbuffered stdout through uvloop's loop is where the output was cut at 64 KiB.
+    return {**cli.env, "PYTHONUNBUFFERED": "1"}
+
+
+def test_large_json_output_reaches_a_slow_reader_whole(cli: Cli) -> None:
+    pytest.importorskip("uvloop")
+    text = "x" * 1000
+    for _ in range(3):
+        cli.enqueue("demo.echo", "--payload", orjson.dumps({"text": text * 100}).decode())
+    proc = subprocess.Popen(
+        [*conveyor_command(), "jobs", "list", "--json", "--limit", "1000"],
+        env=_slow_reader_env(cli),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # A reader that is not there yet: the pipe's 64 KiB fill up and the writer must wait.
+    time.sleep(0.5)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()
+    assert len(stdout) > 3 * 100_000
+    jobs = orjson.loads(stdout)
+    assert [j["payload"] for j in jobs] == [{"text": text * 100}] * 3
+
+
+def test_a_reader_that_went_away_fails_the_command_quietly(cli: Cli) -> None:
+    for _ in range(2):
+        cli.enqueue("demo.echo", "--payload", orjson.dumps({"text": "x" * 100_000}).decode())
+    proc = subprocess.Popen(
+        [*conveyor_command(), "jobs", "list", "--json"],
+        env=_slow_reader_env(cli),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # `| head` that already exited
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert b"Traceback" not in stderr
+    assert b"Exception ignored" not in stderr

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import conveyor
+from conveyor.engine.executor import RESULT_MAX_BYTES
 
 NO_WAIT = conveyor.Backoff(base=0)
 S = conveyor.JobState
@@ -310,7 +315,7 @@ async def test_timeout_on_the_last_attempt_fails_the_job(
     assert (job.state, [e.type for e in job.errors]) == (S.FAILED, ["TimeoutError"])
 
 
-async def test_sync_handler_past_its_timeout_is_abandoned_and_told(
+async def test_sync_handler_past_its_timeout_is_told_and_fails_once_it_returns(
     kinds: conveyor.Registry, client: conveyor.Client, workers: Any, eventually: Any
 ) -> None:
     noticed: list[bool] = []
@@ -329,7 +334,75 @@ async def test_sync_handler_past_its_timeout_is_abandoned_and_told(
     job = await client.get(enqueued.id)
     assert (job.state, job.result) == (S.FAILED, None)
     assert [e.type for e in job.errors] == ["TimeoutError"]
-    await eventually(lambda: noticed == [True])
+    assert noticed == [True]  # recorded only once the thread had returned
+
+
+async def test_a_timed_out_sync_attempt_keeps_its_slot_and_lease_until_its_thread_returns(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_job: Any
+) -> None:
+    """Queue limit 1: neither the timed-out job's retry nor the next job starts while its
+    thread runs; the next job's clock starts with it."""
+    release = threading.Event()
+    timed_out = threading.Event()
+    lock = threading.Lock()
+    active: list[int] = []
+    overlaps: list[list[int]] = []
+    runs: list[tuple[int, int]] = []
+
+    def enter(ctx: conveyor.JobContext) -> None:
+        with lock:
+            active.append(ctx.id)
+            runs.append((ctx.id, ctx.attempt))
+            if len(active) > 1:
+                overlaps.append(list(active))
+
+    def leave(ctx: conveyor.JobContext) -> None:
+        with lock:
+            active.remove(ctx.id)
+
+    @conveyor.job(
+        "t.stuck", queue="one", timeout=0.2, max_attempts=2, backoff=NO_WAIT, registry=kinds
+    )
+    def stuck(ctx: conveyor.JobContext, payload: Any) -> str:
+        enter(ctx)
+        try:
+            if ctx.attempt == 1:
+                while not release.wait(0.01):
+                    if ctx.cancelled:
+                        timed_out.set()  # told, and runs on regardless
+            return f"attempt {ctx.attempt}"
+        finally:
+            leave(ctx)
+
+    @conveyor.job("t.next", queue="one", timeout=0.5, registry=kinds)
+    def next_job(ctx: conveyor.JobContext, payload: Any) -> str:
+        enter(ctx)
+        try:
+            time.sleep(0.3)  # within its own timeout, though the first job ran long before
+            return "on time"
+        finally:
+            leave(ctx)
+
+    first = await client.enqueue("t.stuck")
+    second = await client.enqueue("t.next")
+    workers.start(queues={"one": 1})
+
+    assert await asyncio.to_thread(timed_out.wait, 5)
+    running = await wait_job(first.id, lambda j: j.state == S.RUNNING)
+    assert running.lease_expires_at is not None
+    # The lease keeper renews the lease while the thread runs past its timeout.
+    await wait_job(first.id, lambda j: j.lease_expires_at > running.lease_expires_at + 0.2)
+    assert (await client.get(second.id)).state == S.QUEUED
+    assert runs == [(first.id, 1)]
+
+    release.set()
+    done = await wait_job(second.id, lambda j: j.state == S.COMPLETED)
+    assert done.result == "on time"
+    retried = await wait_job(first.id, lambda j: j.state == S.COMPLETED)
+    assert (retried.attempt, retried.result) == (2, "attempt 2")
+    assert [(e.attempt, e.type) for e in retried.errors] == [(1, "TimeoutError")]
+    assert overlaps == []
+    assert sorted(runs) == sorted([(first.id, 1), (second.id, 1), (first.id, 2)])
 
 
 async def test_handler_raising_timeout_error_itself_is_an_ordinary_failure(
@@ -348,6 +421,156 @@ async def test_handler_raising_timeout_error_itself_is_an_ordinary_failure(
     assert (job.state, job.result) == (S.COMPLETED, "ok")
     assert job.errors[0].message == "upstream API timed out"
     assert job.errors[0].traceback is not None
+
+
+# -- output no store can hold ---------------------------------------------------------------
+def _returns(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def _raises() -> Any:
+    raise ValueError("a\x00b\ud800c")
+
+
+def _fails() -> Any:
+    raise Flaky("once more")
+
+
+BAD_RESULTS = {
+    "NUL in a string": (_returns("a\x00b"), "ValueError", "NUL character"),
+    "NUL in a key": (_returns({"k\x00": 1}), "ValueError", "NUL character"),
+    "NaN": (_returns({"score": float("nan")}), "ValueError", "NaN or Infinity"),
+    "Infinity": (_returns([1.0, float("-inf")]), "ValueError", "NaN or Infinity"),
+    "lone surrogate": (_returns("\ud800"), "TypeError", "not JSON-serialisable"),
+    "too large": (_returns("x" * RESULT_MAX_BYTES), "ValueError", "RESULT_MAX_BYTES"),
+    "too deep": (_returns(functools.reduce(lambda v, _: [v], range(300), 0)), "TypeError", "JSON"),
+}
+
+GOOD_RESULT = "a\\u0000 is no NUL"
+"""A backslash and u0000: looks like a NUL once encoded, and is none."""
+
+
+async def _one_batch(
+    kinds: conveyor.Registry, client: conveyor.Client, bad: Callable[[], Any], **options: Any
+) -> tuple[int, list[int]]:
+    """Enqueue a job of kind t.bad (``bad()`` makes its result) and three of t.good, all
+    finishing together so that their outcomes share an exchange."""
+    started: list[int] = []
+    together = asyncio.Event()
+
+    async def gather(ctx: conveyor.JobContext) -> None:
+        started.append(ctx.id)
+        if len(started) >= 4:
+            together.set()
+        await asyncio.wait_for(together.wait(), 5)
+
+    @conveyor.job("t.bad", backoff=NO_WAIT, registry=kinds, **options)
+    async def bad_kind(ctx: conveyor.JobContext, payload: Any) -> Any:
+        await gather(ctx)
+        return bad()
+
+    @conveyor.job("t.good", registry=kinds)
+    async def good_kind(ctx: conveyor.JobContext, payload: Any) -> Any:
+        await gather(ctx)
+        return GOOD_RESULT
+
+    bad_id = (await client.enqueue("t.bad")).id
+    good = [(await client.enqueue("t.good")).id for _ in range(3)]
+    return bad_id, good
+
+
+async def _assert_alive(
+    worker: conveyor.Worker, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    """The worker still serves: a new job completes, and its run has not ended."""
+    later = await client.enqueue("t.good")
+    await wait_state(later.id, S.COMPLETED)
+    assert not workers.task(worker).done()
+
+
+@pytest.mark.parametrize("case", list(BAD_RESULTS))
+async def test_a_result_no_store_can_hold_fails_that_job_alone(
+    case: str, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    bad, error_type, says = BAD_RESULTS[case]
+    bad_id, good = await _one_batch(kinds, client, bad, max_attempts=3)
+    worker = workers.start()
+
+    job = await wait_state(bad_id, S.FAILED)
+    # Not retried: the same handler would return the same result.
+    assert (job.attempt, job.result) == (1, None)
+    [error] = job.errors
+    assert error.type == error_type
+    assert says in error.message
+    assert "t.bad" in error.message
+    for job_id in good:
+        done = await wait_state(job_id, S.COMPLETED)
+        assert done.result == GOOD_RESULT
+    await _assert_alive(worker, client, workers, wait_state)
+
+
+async def test_an_error_with_nul_and_surrogates_is_recorded_with_them_replaced(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    bad_id, good = await _one_batch(kinds, client, _raises, max_attempts=1)
+    worker = workers.start()
+
+    job = await wait_state(bad_id, S.FAILED)
+    [error] = job.errors
+    assert (error.type, error.message) == ("ValueError", "a\ufffdb\ufffdc")
+    assert error.traceback is not None
+    assert "ValueError: a\ufffdb\ufffdc" in error.traceback
+    for job_id in good:
+        await wait_state(job_id, S.COMPLETED)
+    await _assert_alive(worker, client, workers, wait_state)
+
+
+async def test_a_progress_message_with_nul_is_recorded_with_it_replaced(
+    kinds: conveyor.Registry,
+    client: conveyor.Client,
+    workers: Any,
+    wait_state: Any,
+    wait_job: Any,
+) -> None:
+    release = asyncio.Event()
+
+    @conveyor.job("t.reports", registry=kinds)
+    async def reports(ctx: conveyor.JobContext, payload: Any) -> str:
+        ctx.progress(0.5, "x\x00y\udc80")
+        await asyncio.wait_for(release.wait(), 5)
+        return "done"
+
+    batch = await _one_batch(kinds, client, _returns("fine"))
+    reporting = await client.enqueue("t.reports")
+    worker = workers.start()
+
+    job = await wait_job(reporting.id, lambda j: j.progress == 0.5)
+    assert job.progress_message == "x\ufffdy\ufffd"
+    release.set()
+    for job_id in [reporting.id, batch[0], *batch[1]]:
+        await wait_state(job_id, S.COMPLETED)
+    await _assert_alive(worker, client, workers, wait_state)
+
+
+async def test_an_outcome_the_database_refuses_fails_that_job_alone(
+    store: Any, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, wait_state: Any
+) -> None:
+    """The fallback, for what no check catches: a retry due past PostgreSQL's dates."""
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite stores any run_at: there is no refusal to provoke")
+    forever = conveyor.Backoff(base=1e300, cap=float("inf"), jitter=False)
+    bad_id, good = await _one_batch(kinds, client, _fails, max_attempts=3)
+    kinds.register(dataclasses.replace(kinds.get("t.bad"), backoff=forever))
+    worker = workers.start()
+
+    job = await wait_state(bad_id, S.FAILED)
+    [error] = job.errors
+    assert error.type == "DataRejected"
+    assert "retry" in error.message
+    assert "out of range" in error.message
+    for job_id in good:
+        await wait_state(job_id, S.COMPLETED)
+    await _assert_alive(worker, client, workers, wait_state)
 
 
 # -- retry by hand ---------------------------------------------------------------------------

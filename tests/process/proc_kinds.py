@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -101,3 +102,11 @@ async def overlap(ctx: conveyor.JobContext, payload: Sleep) -> None:
 async def cron(ctx: conveyor.JobContext, payload: object) -> dict[str, object]:
     """Say which process ran which tick."""
     return {"pid": os.getpid(), "tick": ctx.job.meta.get("periodic_tick")}
+
+
+@conveyor.job("proc.sync_hang", registry=KINDS, timeout=0.5)
+def sync_hang(ctx: conveyor.JobContext, payload: object) -> None:
+    """A sync handler that ignores its timeout and ctx.cancelled: its thread never
+    returns while the process lives."""
+    mark_started(ctx)
+    threading.Event().wait()

@@ -127,6 +127,32 @@ def test_a_second_sigterm_hands_the_job_back_at_once(harness: Harness) -> None:
     assert (job["state"], job["attempt"], job["errors"]) == ("queued", 0, [])
 
 
+def test_a_hung_sync_handler_neither_blocks_the_exit_nor_is_handed_back(
+    harness: Harness,
+) -> None:
+    [job_id] = harness.enqueue("proc.sync_hang", None)
+    worker = harness.start_worker(env={"CONVEYOR_SHUTDOWN_GRACE": "0.5"})
+    harness.wait_until(lambda: harness.started_by(job_id, 1), 15, "the job to start")
+    harness.wait_until(
+        lambda: worker.find_log(lambda e: "past its timeout" in e.get("event", "")),
+        10,
+        "the timeout to fire",
+    )
+
+    signalled = time.monotonic()
+    assert stop(worker) == 0
+    assert time.monotonic() - signalled < 10
+    # Its thread still ran: handed back, the job would have run twice at once.
+    job = harness.job(job_id)
+    started = worker.find_log(lambda e: e.get("event") == "worker started")
+    assert started is not None, str(harness)
+    assert (job["state"], job["attempt"]) == ("running", 1)
+    assert job["locked_by"] == started["worker_id"]
+    let_go = worker.find_log(lambda e: "will be rescued" in e.get("event", ""))
+    assert let_go is not None, str(harness)
+    assert let_go["job_id"] == job_id
+
+
 def test_a_cancel_from_another_process_stops_the_running_job(harness: Harness) -> None:
     [job_id] = harness.enqueue("proc.sleep", {"seconds": 60})
     worker = harness.start_worker(env={"CONVEYOR_CANCEL_CHECK_INTERVAL": "0.1"})

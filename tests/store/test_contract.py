@@ -18,6 +18,7 @@ import pytest
 from conveyor.store.base import (
     CancelRequested,
     ConflictError,
+    DataRejected,
     JobsAvailable,
     Notice,
     Store,
@@ -670,6 +671,68 @@ async def test_progress_is_guarded(store: Store, new_job: NewJobFactory) -> None
     finished = await get(store, job_id)
     await store.settle_and_claim([], [Progress(job_id, job.attempt, 0.1, "late")], W1, None)
     assert await get(store, job_id) == finished
+
+
+# -- data the database refuses ----------------------------------------------------------------
+def _refused_reports(store: Store, job: Job) -> list[tuple[str, list[Outcome], list[Progress]]]:
+    """Reports of ``job`` that pass no engine check and that ``store``'s database refuses."""
+    surrogate = Outcome(
+        job.id, job.attempt, OutcomeKind.FAILED, job.queue, error=error(job.attempt, "\ud800")
+    )
+    cases = [
+        ("lone surrogate in an error", [surrogate], []),
+        ("lone surrogate in progress", [], [Progress(job.id, job.attempt, 0.5, "\udfff")]),
+    ]
+    if store.dialect == "postgresql":
+        nul = '{"k": "\\u0000"}'
+        cases += [
+            (
+                "NUL in result JSON",
+                [Outcome(job.id, job.attempt, OutcomeKind.COMPLETED, job.queue, result_json=nul)],
+                [],
+            ),
+            ("NUL in progress", [], [Progress(job.id, job.attempt, 0.5, "x\x00y")]),
+        ]
+    return cases
+
+
+async def test_refused_data_fails_the_whole_exchange_and_nothing_else(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job() for _ in range(2)])
+    good, bad = (await claim(store, W1, {"default": 2})).claimed
+    for case, outcomes, progress in _refused_reports(store, bad):
+        waiting = await enqueue_one(store, new_job())
+        with pytest.raises(DataRejected):
+            await store.settle_and_claim(
+                [completed(good, "fine"), *outcomes],
+                progress,
+                W1,
+                ClaimRequest(W1, {"default": 1}, 30.0),
+            )
+        # One statement: the good outcome was not recorded and nothing was claimed.
+        assert (await get(store, good.id)).state is JobState.RUNNING, case
+        assert (await get(store, waiting)).state is JobState.QUEUED, case
+        assert (await get(store, bad.id)).state is JobState.RUNNING, case
+        # The store is still usable, and the good outcome goes through alone.
+        claimed = await claim_ids(store, W2, {"default": 1})
+        assert claimed == [waiting], case
+        assert await settle(store, W2, completed(await get(store, waiting))) == (True,)
+    assert await settle(store, W1, completed(good, "fine"), failed(bad, "plain")) == (True, True)
+    assert (await get(store, good.id)).result == "fine"
+    assert (await get(store, bad.id)).state is JobState.FAILED
+
+
+async def test_a_result_encoded_by_the_engine_is_stored_as_given(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    job_id = await enqueue_one(store, new_job())
+    job = await claim_one(store)
+    outcome = Outcome(
+        job_id, job.attempt, OutcomeKind.COMPLETED, job.queue, {"a": 1}, result_json='{"a":1}'
+    )
+    assert await settle(store, W1, outcome) == (True,)
+    assert (await get(store, job_id)).result == {"a": 1}
 
 
 # -- heartbeat -------------------------------------------------------------------------------

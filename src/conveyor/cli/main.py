@@ -2,7 +2,8 @@
 
 The CLI is a contract other tools rely on: ``--json`` prints machine-readable output, bad
 input prints one line ``conveyor: error: ...`` naming what is wrong and exits with 2
-(nothing is written), a job id that does not exist exits with 1.
+(nothing is written), a job id that does not exist exits with 1. Output is written whole
+or the command fails: 141 when its reader went away (`| head`), 74 on other write errors.
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ def migrate(json: JsonFlag = False) -> None:
     if json:
         output.print_json({"applied": applied, "version": current})
     elif applied:
-        print(f"applied migrations {', '.join(map(str, applied))}; schema at version {current}")
+        versions = ", ".join(map(str, applied))
+        output.emit(f"applied migrations {versions}; schema at version {current}")
     else:
-        print(f"schema is current (version {current})")
+        output.emit(f"schema is current (version {current})")
 
 
 @app.command()
@@ -292,7 +294,7 @@ def enqueue(
             }
         )
     else:
-        print(result.id)
+        output.emit(str(result.id))
 
 
 @app.command()
@@ -332,9 +334,9 @@ def queues(
     if json:
         output.print_json([s.to_json() for s in stats])
     elif stats:
-        print(output.queues_table(stats))
+        output.emit(output.queues_table(stats))
     else:
-        print("no queues yet: enqueue a job or start a worker")
+        output.emit("no queues yet: enqueue a job or start a worker")
 
 
 @jobs_app.command("list")
@@ -357,7 +359,7 @@ def jobs_list(
     if json:
         output.print_json([j.to_json() for j in jobs])
     else:
-        print(output.jobs_table(jobs) if jobs else "no jobs")
+        output.emit(output.jobs_table(jobs) if jobs else "no jobs")
 
 
 JobId = Annotated[int, typer.Argument(help="The job id.")]
@@ -385,12 +387,13 @@ def _show(job: Any, json: bool) -> None:
     if json:
         output.print_json(job.to_json())
     else:
-        print(output.job_details(job))
+        output.emit(output.job_details(job))
 
 
 # -- entry point ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exit codes: 0 ok, 1 not found, 2 bad input."""
+    """Run the CLI; exit codes: 0 ok, 1 not found, 2 bad input, 74 the output could not
+    be written, 141 its reader went away."""
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="conveyor", standalone_mode=False)
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as exc:  # usage errors: unknown option, bad integer, ...
         if type(exc).__name__ == "NoArgsIsHelpError":
             # `conveyor` or `conveyor jobs` alone asks for the help page: not an error.
-            print(exc.format_message())
+            output.emit(exc.format_message())
             raise SystemExit(0) from None
         _fail(exc.format_message(), EXIT_BAD_INPUT)
 

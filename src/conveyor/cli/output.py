@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -11,9 +13,39 @@ import orjson
 
 from conveyor.store.records import Job, QueueStats
 
+EXIT_BROKEN_PIPE = 141
+"""The reader went away (``| head``): what a shell reports for a command SIGPIPE ended."""
+EXIT_WRITE_FAILED = 74
+"""Writing the output failed otherwise (EX_IOERR of sysexits.h)."""
+
+
+def emit(text: str) -> None:
+    """Write ``text`` and a newline to stdout whole, or exit non-zero.
+
+    Written to the file descriptor in blocking mode: an event loop (uvloop) may leave
+    fd 1 non-blocking, and with ``PYTHONUNBUFFERED`` a short write through ``sys.stdout``
+    to a slow reader lost the rest of the output, at exit code 0."""
+    data = (text + "\n").encode()
+    sys.stdout.flush()
+    fd = sys.stdout.fileno()
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        # Nothing more may reach stdout, not even Python's flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+        if exc.errno == errno.EPIPE:
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
+        sys.stderr.write(f"conveyor: error: cannot write the output: {exc.strerror or exc}\n")
+        raise SystemExit(EXIT_WRITE_FAILED) from None
+
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    emit(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def when(timestamp: float | None) -> str:

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
 from conveyor.store.records import JSON, Job, Progress
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what no store can hold replaced by U+FFFD: NUL (PostgreSQL refuses it
+    in text and JSON) and lone surrogates (not encodable as UTF-8). Only for diagnostics
+    (error messages, tracebacks, progress messages), where a replaced character beats a
+    lost report; a job's result is refused instead (see the executor)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 class JobContext:
@@ -99,6 +117,10 @@ class JobContext:
         handler's thread; the latest report is written with the next batch."""
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"progress fraction {fraction!r} must be between 0.0 and 1.0")
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"progress message {message!r} must be a str or None")
+            message = storable_text(message)
         report = Progress(self.job.id, self.job.attempt, float(fraction), message)
         try:
             running = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import enum
 import functools
+import math
 import time
 import traceback
 from concurrent.futures import Executor
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from conveyor.engine.context import JobContext
+from conveyor.engine.context import JobContext, storable_text
 from conveyor.engine.errors import Discard, UnknownKind
 from conveyor.engine.kinds import Kind
 from conveyor.store.records import ErrorEntry, Job, Outcome, OutcomeKind
@@ -35,17 +36,98 @@ class StopReason(enum.Enum):
     TIMEOUT = "timeout"
     """The attempt ran past the job's timeout: record a failed attempt (retried while
     attempts remain)."""
+    ABANDONED = "abandoned"
+    """The worker exits while a sync handler's thread still runs: record nothing (handing
+    the job back would let it run twice at once); its lease expires and it is rescued."""
+
+
+RESULT_MAX_BYTES = 16 * 1024 * 1024
+"""The largest result a job may return, as encoded JSON. A result is one field of one
+row, read back whole with the job; output larger than this belongs in a file or object
+store, with its address as the result."""
+
+_NUL_ESCAPE = b"\\u0000"
+"""How orjson writes a NUL character inside a string or key."""
 
 
 def error_entry(job: Job, exc: BaseException, *, with_traceback: bool = True) -> ErrorEntry:
     tb = "".join(traceback.format_exception(exc)) if with_traceback else None
+    name = storable_text(type(exc).__qualname__)
+    try:
+        message = str(exc)
+    except Exception as broken:  # an exception whose __str__ fails must still be recorded
+        message = f"<str() of the exception raised {type(broken).__name__}>"
     return ErrorEntry(
         at=time.time(),
         attempt=job.attempt,
-        type=type(exc).__qualname__,
-        message=str(exc) or type(exc).__qualname__,
-        traceback=tb,
+        type=name,
+        message=storable_text(message) or name,
+        traceback=None if tb is None else storable_text(tb),
     )
+
+
+def encode_result(kind: Kind, result: Any) -> bytes | Exception:
+    """The result as JSON, or the error that fails the attempt (never retried: the same
+    handler returns the same result again). Refused here, for every store alike, is what
+    one of them cannot store or read back: anything orjson cannot encode (other types,
+    lone surrogates, integers past 64 bits, nesting past 255 levels, which every store
+    reads back), a NUL character (PostgreSQL's jsonb refuses ``\\u0000``), NaN and
+    Infinity (JSON has no such numbers: orjson would write null), and results above
+    :data:`RESULT_MAX_BYTES`.
+
+    The common result costs two searches of the encoded bytes: NUL shows as an escape,
+    and a non-finite float as ``null``, so only a result holding a null is walked."""
+    try:
+        encoded = orjson.dumps(result)
+    except orjson.JSONEncodeError as exc:
+        return TypeError(f"result of kind {kind.name!r} is not JSON-serialisable: {exc}")
+    if len(encoded) > RESULT_MAX_BYTES:
+        return ValueError(
+            f"result of kind {kind.name!r} is {len(encoded):,} bytes as JSON, above the "
+            f"limit of {RESULT_MAX_BYTES:,} (RESULT_MAX_BYTES): store large output "
+            "elsewhere and return its address"
+        )
+    # find, not `in`: half the cost on short bytes (Python 3.11).
+    if encoded.find(_NUL_ESCAPE) >= 0 and _has_nul(encoded):
+        return ValueError(
+            f"result of kind {kind.name!r} contains a NUL character (\\x00), which "
+            "PostgreSQL cannot store in JSON: remove it or replace it (e.g. with U+FFFD)"
+        )
+    if result is not None and encoded.find(b"null") >= 0 and _has_non_finite(result):
+        return ValueError(
+            f"result of kind {kind.name!r} contains NaN or Infinity, which JSON cannot "
+            "represent: return None or a string in its place"
+        )
+    return encoded
+
+
+def _has_nul(encoded: bytes) -> bool:
+    """Whether an escape found in ``encoded`` is a NUL, not a string holding a backslash
+    and "u0000" (written ``\\\\u0000``): a NUL escape follows an even run of backslashes."""
+    at = encoded.find(_NUL_ESCAPE)
+    while at >= 0:
+        start = at
+        while start > 0 and encoded[start - 1] == 0x5C:
+            start -= 1
+        if (at - start) % 2 == 0:
+            return True
+        at = encoded.find(_NUL_ESCAPE, at + 1)
+    return False
+
+
+def _has_non_finite(value: Any) -> bool:
+    kind = type(value)
+    if kind is dict:
+        value = value.values()
+    elif kind is not list and kind is not tuple:
+        return isinstance(value, float) and not math.isfinite(value)
+    for item in value:
+        # The common leaves first, without a call each.
+        if item is None or type(item) is int or type(item) is str or type(item) is bool:
+            continue
+        if _has_non_finite(item):
+            return True
+    return False
 
 
 def failure(kind: Kind | None, job: Job, error: ErrorEntry, *, retryable: bool) -> Outcome:
@@ -76,6 +158,7 @@ async def execute(
     context and the timer that raises ``ctx.cancelled`` with it cost a tenth of a no-op
     job's time in the worker."""
     job = ctx.job
+    raised: Exception | None = None
     try:
         result = await _call(kind, ctx, threads)
     except asyncio.CancelledError:
@@ -85,15 +168,23 @@ async def execute(
             raise
         return stopped(job, reason, kind)
     except Exception as exc:
-        retryable = not isinstance(exc, (Discard, *kind.non_retryable))
-        return failure(kind, job, error_entry(job, exc), retryable=retryable)
+        raised = exc
+    if ctx._cancelled and not kind.is_async:
+        # A thread cannot be interrupted: the worker stopped the attempt by waiting for
+        # its thread to return, and why it stopped it decides what is recorded.
+        reason = stop_reasons.pop((job.id, job.attempt), None)
+        if reason is not None:
+            return stopped(job, reason, kind)
+    if raised is not None:
+        retryable = not isinstance(raised, (Discard, *kind.non_retryable))
+        return failure(kind, job, error_entry(job, raised), retryable=retryable)
     # Checked apart from the handler, whose own encoding errors are ordinary failures.
-    try:
-        orjson.dumps(result)
-    except orjson.JSONEncodeError as exc:
-        error = TypeError(f"result of kind {kind.name!r} is not JSON-serialisable: {exc}")
-        return failure(kind, job, error_entry(job, error, with_traceback=False), retryable=False)
-    return Outcome(job.id, job.attempt, OutcomeKind.COMPLETED, job.queue, result=result)
+    encoded = encode_result(kind, result)
+    if isinstance(encoded, Exception):
+        return failure(kind, job, error_entry(job, encoded, with_traceback=False), retryable=False)
+    return Outcome(
+        job.id, job.attempt, OutcomeKind.COMPLETED, job.queue, result, result_json=encoded.decode()
+    )
 
 
 async def _call(kind: Kind, ctx: JobContext, threads: Executor) -> Any:

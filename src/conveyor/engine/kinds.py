@@ -205,16 +205,21 @@ def job(
     """Register the decorated function as the handler of job kind ``name``.
 
     The function, async or sync, takes ``(ctx, payload)`` and returns a JSON-serialisable
-    result. Sync functions run in a thread pool so they never block the event loop; note
-    that a thread cannot be interrupted, so a sync handler past its timeout is abandoned
-    (the attempt fails) and should poll ``ctx.cancelled`` if it runs long.
+    result (no NUL characters, NaN or Infinity; at most 16 MiB as JSON), else the attempt
+    fails without retry. Sync functions run in threads so they never block the event
+    loop. A thread cannot be interrupted: when a sync handler's attempt is stopped (its
+    timeout, a cancel, a lost lease), ``ctx.cancelled`` turns true, and the job keeps its
+    slot and lease until the function returns, so that no other run of it starts
+    meanwhile; only then is the attempt recorded. Sync handlers that run long should
+    poll ``ctx.cancelled`` and return. One still running when the worker stops is not
+    handed back: its lease expires and it is rescued (its attempt counts).
 
     Args:
         queue: the queue its jobs go to unless the enqueue says otherwise.
         priority: 1 (first) to 10; jobs of a queue run strictly by priority, FIFO within one.
         max_attempts: attempts before the job fails for good (1 = no retry).
-        timeout: seconds an attempt may run before it is cancelled and counted as failed;
-            None for no limit.
+        timeout: seconds an attempt may run, from its handler's start, before it is
+            cancelled and counted as failed; None for no limit.
         backoff: delay between attempts; default ``Backoff()`` (5 s base, doubling, 1 h cap,
             full jitter).
         non_retryable: exception types that fail the job at once, like

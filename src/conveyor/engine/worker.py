@@ -2,7 +2,7 @@
 
 One loop (:meth:`Worker._exchange_loop`) talks to the store: each pass records the attempts
 that finished since the last one and claims jobs for the slots that are free, in one
-transaction. Jobs run as asyncio tasks; sync handlers run in a thread pool. Beside the
+transaction. Jobs run as asyncio tasks; sync handlers run in threads. Beside the
 loop run small services, each a periodic task: the lease keeper (heartbeats, cancel
 requests, lost leases), the rescuer, the pruner and the memory guard.
 
@@ -29,21 +29,22 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.config import Settings
 from conveyor.engine import services
-from conveyor.engine.context import JobContext
+from conveyor.engine.context import JobContext, storable_text
 from conveyor.engine.errors import UnknownKind
-from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
-from conveyor.engine.kinds import Registry, check_queue_name, registry
+from conveyor.engine.executor import StopReason, execute, failure, stopped, unknown_kind
+from conveyor.engine.kinds import Kind, Registry, check_queue_name, registry
 from conveyor.engine.periodic import Scheduler
+from conveyor.engine.threads import JobThreads
 from conveyor.logs import get_logger, is_enabled
 from conveyor.store.base import (
     CancelRequested,
+    DataRejected,
     JobHandedOff,
     JobsAvailable,
     Notice,
@@ -53,6 +54,7 @@ from conveyor.store.base import (
 )
 from conveyor.store.records import (
     ClaimRequest,
+    ErrorEntry,
     Job,
     JobState,
     Outcome,
@@ -156,8 +158,13 @@ class _Running:
     job: Job
     ctx: JobContext
     task: asyncio.Task[Outcome | None]
-    deadline: asyncio.TimerHandle | None
-    """Stops the attempt at the job's timeout."""
+    sync: bool
+    """Its handler runs in a thread, which cannot be interrupted: once started, the
+    attempt ends only when the thread returns, and keeps its slot and lease until then."""
+    started: bool = False
+    """The handler has started (its task took its first step)."""
+    deadline: asyncio.TimerHandle | None = None
+    """Stops the attempt at the job's timeout, counted from the handler's start."""
 
 
 class Worker:
@@ -214,9 +221,9 @@ class Worker:
         self._adopted: dict[tuple[int, int], float] = {}
         """Attempts adopted lately (monotonic time): their handoff notice may still come."""
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._threads = ThreadPoolExecutor(
-            max_workers=sum(self.config.queues.values()), thread_name_prefix="conveyor-job"
-        )
+        self._threads = JobThreads()
+        self._abandoned: set[JobContext] = set()
+        """Attempts whose thread still ran when the worker stopped: nothing is recorded."""
         self.max_seen_running = 0
         """Highest number of jobs this worker ran at once (for operators and tests)."""
 
@@ -292,11 +299,31 @@ class Worker:
                     if self._adopt_due:
                         await self._adopt()
                     claimed = await self._exchange(claim, rescue) if due else False
+                except DataRejected as exc:
+                    # The statement failed whole: nothing was recorded or claimed.
+                    if self._outcomes or self._progress:
+                        try:
+                            await self._settle_apart(exc)
+                        except StoreError as again:
+                            failures += 1
+                            await self._wait_after_failure(again, failures)
+                        continue
+                    failures += 1
+                    await self._wait_after_failure(exc, failures)
+                    continue
                 except StoreError as exc:
                     # A claim whose answer was lost left jobs running under this worker.
                     self._adopt_due = True
                     failures += 1
                     await self._wait_after_failure(exc, failures)
+                    continue
+                except Exception:
+                    # A bug, not an outage: shown every time, but the jobs running here
+                    # must not die with the loop.
+                    log.exception("worker exchange failed unexpectedly", worker_id=self.id)
+                    self._adopt_due = True
+                    failures += 1
+                    await self._backoff(failures)
                     continue
                 failures = 0
                 if claimed:
@@ -371,6 +398,17 @@ class Worker:
         if claim is not None:
             self._offered.difference_update(claim.slots)
             self._offered.update(result.offered)
+        self._check_applied(outcomes, result)
+        if rescue:
+            self._next_rescue = time.monotonic() + self.config.rescue_interval
+            if result.rescued is not None and result.rescued.total:
+                _log_rescue(self.id, result.rescued)
+        self._accept(result.claimed)
+        if claim is not None:
+            self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
+        return bool(result.claimed)
+
+    def _check_applied(self, outcomes: Sequence[Outcome], result: SettleResult) -> None:
         for outcome, applied in zip(outcomes, result.applied, strict=True):
             if not applied:
                 log.warning(
@@ -381,14 +419,6 @@ class Worker:
                     attempt=outcome.attempt,
                     outcome=outcome.kind.value,
                 )
-        if rescue:
-            self._next_rescue = time.monotonic() + self.config.rescue_interval
-            if result.rescued is not None and result.rescued.total:
-                _log_rescue(self.id, result.rescued)
-        self._accept(result.claimed)
-        if claim is not None:
-            self._learn_from_claim(claim, result, drained_valid=self._notices == notices_before)
-        return bool(result.claimed)
 
     def _learn_from_claim(
         self, claim: ClaimRequest, result: SettleResult, *, drained_valid: bool
@@ -431,12 +461,122 @@ class Worker:
             self._next_due = None
 
     async def _wait_after_failure(self, exc: StoreError, failures: int) -> None:
-        delay = min(5.0, 0.1 * 2 ** min(failures, 6))
         log.error(
-            "store unavailable, retrying", worker_id=self.id, error=str(exc), retry_in_s=delay
+            "store unavailable, retrying",
+            worker_id=self.id,
+            error=str(exc),
+            retry_in_s=_backoff_delay(failures),
         )
+        await self._backoff(failures)
+
+    async def _backoff(self, failures: int) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hard_stop.wait(), delay)
+            await asyncio.wait_for(self._hard_stop.wait(), _backoff_delay(failures))
+
+    async def _settle_apart(self, refused: DataRejected) -> None:
+        """Record the held reports one at a time, after the database refused a batch of
+        them: the good ones are recorded, a refused outcome becomes a failed attempt that
+        quotes the database, and a refused progress report is dropped. Rare, so simple: one
+        statement per report. A StoreError (the connection lost) keeps what is left for
+        the next pass."""
+        log.warning(
+            "the database refused a batch of job reports; recording them one by one",
+            worker_id=self.id,
+            error=str(refused),
+        )
+        outcomes, self._outcomes = self._outcomes, []
+        progress = list(self._progress.values())
+        self._progress.clear()
+        for i, outcome in enumerate(outcomes):
+            try:
+                await self._settle_one(outcome)
+            except StoreError:
+                self._outcomes[:0] = outcomes[i:]
+                for p in progress:
+                    self._progress.setdefault(p.job_id, p)
+                raise
+        for i, report in enumerate(progress):
+            try:
+                await self.store.settle_and_claim((), (report,), self.id, None)
+            except DataRejected as exc:
+                log.warning(
+                    "progress report dropped: the database refused it",
+                    worker_id=self.id,
+                    job_id=report.job_id,
+                    attempt=report.attempt,
+                    error=str(exc),
+                )
+            except StoreError:
+                for p in progress[i:]:
+                    self._progress.setdefault(p.job_id, p)
+                raise
+
+    async def _settle_one(self, outcome: Outcome) -> None:
+        try:
+            result = await self.store.settle_and_claim((outcome,), (), self.id, None)
+        except DataRejected as exc:
+            refused = exc
+        else:
+            self._check_applied((outcome,), result)
+            return
+        replacement = await self._refused(outcome, refused)
+        while replacement is not None:
+            try:
+                result = await self.store.settle_and_claim((replacement,), (), self.id, None)
+            except DataRejected as again:
+                refused = again
+            else:
+                self._check_applied((replacement,), result)
+                return
+            if replacement.kind is OutcomeKind.RETRY:
+                # The retry itself was refused (e.g. a backoff past the database's dates).
+                replacement = dataclasses.replace(replacement, kind=OutcomeKind.FAILED)
+                continue
+            # Nothing more to try: the lease runs out and the job is rescued.
+            log.error(
+                "job outcome dropped: the database refused it and its failure too",
+                worker_id=self.id,
+                job_id=outcome.job_id,
+                queue=outcome.queue,
+                attempt=outcome.attempt,
+                error=str(refused),
+            )
+            return
+
+    async def _refused(self, outcome: Outcome, exc: DataRejected) -> Outcome | None:
+        """The failed attempt to record in place of an outcome the database refused, or
+        None if the job is no longer this worker's to report on."""
+        job = await self.store.get_job(outcome.job_id)
+        if (
+            job is None
+            or job.state is not JobState.RUNNING
+            or job.attempt != outcome.attempt
+            or job.locked_by != self.id
+        ):
+            return None
+        error = ErrorEntry(
+            at=time.time(),
+            attempt=job.attempt,
+            type="DataRejected",
+            message=storable_text(
+                f"the database refused to record this attempt's {outcome.kind.value} outcome: {exc}"
+            ),
+        )
+        # Another attempt may return a result the database takes; a refused failure would
+        # only be refused again.
+        retryable = outcome.kind is OutcomeKind.COMPLETED
+        replacement = failure(self.kinds.find(job.kind), job, error, retryable=retryable)
+        log.error(
+            "job outcome refused by the database; recorded as a failed attempt",
+            worker_id=self.id,
+            job_id=job.id,
+            queue=job.queue,
+            attempt=job.attempt,
+            outcome=outcome.kind.value,
+            recorded=replacement.kind.value,
+            error=str(exc),
+        )
+        return replacement
 
     # -- running jobs ------------------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -449,22 +589,31 @@ class Worker:
             self._stop_job(job.id, StopReason.LEASE_LOST)
         loop = asyncio.get_running_loop()
         ctx = JobContext(job, self._job_log, self._report_progress, loop)
-        task = asyncio.create_task(self._run_job(ctx), name=f"conveyor-job-{job.id}")
+        kind = self.kinds.find(job.kind)
+        task = asyncio.create_task(self._run_job(ctx, kind), name=f"conveyor-job-{job.id}")
         # The bookkeeping is a done callback, not a finally in _run_job: a task cancelled
         # before its first step ends without running a line of its coroutine.
         task.add_done_callback(functools.partial(self._job_done, ctx, time.perf_counter()))
-        deadline = None
-        if job.timeout_s is not None:
-            deadline = loop.call_later(job.timeout_s, self._time_out, ctx)
-        self._running[job.id] = _Running(job, ctx, task, deadline)
+        sync = kind is not None and not kind.is_async
+        self._running[job.id] = _Running(job, ctx, task, sync)
         self.max_seen_running = max(self.max_seen_running, len(self._running))
 
-    async def _run_job(self, ctx: JobContext) -> Outcome | None:
+    async def _run_job(self, ctx: JobContext, kind: Kind | None) -> Outcome | None:
         """Run one attempt: its outcome, or None if its lease was lost."""
-        try:
-            kind = self.kinds.get(ctx.job.kind)
-        except UnknownKind as exc:
-            return unknown_kind(ctx.job, exc)
+        if kind is None:
+            try:
+                kind = self.kinds.get(ctx.job.kind)
+            except UnknownKind as exc:
+                return unknown_kind(ctx.job, exc)
+        running = self._running.get(ctx.job.id)
+        if running is not None and running.ctx is ctx:
+            running.started = True
+            # The clock starts with the handler, not at the claim: a sync handler's thread
+            # starts at once (JobThreads never makes a call wait).
+            if ctx.job.timeout_s is not None:
+                running.deadline = asyncio.get_running_loop().call_later(
+                    ctx.job.timeout_s, self._time_out, ctx
+                )
         return await execute(kind, ctx, self._threads, self._stop_reasons)
 
     def _job_done(
@@ -480,6 +629,10 @@ class Worker:
             if job.queue in self._offered and not self._withdraw_due:
                 self._hold_reports()
                 self._freed[job.queue] = self._freed.get(job.queue, 0) + 1
+        elif self._abandoned and ctx in self._abandoned:
+            # Its thread returned after the worker let go of it: the job is not ours.
+            self._abandoned.discard(ctx)
+            return
         self._wake.set()
         if task.cancelled():
             if reason is None:
@@ -524,9 +677,43 @@ class Worker:
         running = self._running.get(job_id)
         if running is None or running.task.done():
             return
-        self._stop_reasons[(job_id, running.job.attempt)] = reason
+        key = (job_id, running.job.attempt)
+        if not (running.sync and running.started):
+            self._stop_reasons[key] = reason
+            running.ctx._mark_cancelled()
+            running.task.cancel()
+            return
+        # A thread cannot be interrupted. The attempt keeps its slot and its lease until
+        # the thread returns, so that its retry (or the next job) never runs beside it.
+        if self._stop_reasons.get(key) is StopReason.LEASE_LOST:
+            return  # not ours any more, whatever else happens
+        self._stop_reasons[key] = reason
         running.ctx._mark_cancelled()
-        running.task.cancel()
+        if reason is StopReason.TIMEOUT:
+            running.ctx.log.warning(
+                "job past its timeout: its sync handler's thread cannot be interrupted and "
+                "still runs; the job keeps its slot and lease until it returns "
+                "(ctx.cancelled is set for it to poll)",
+                timeout_s=running.job.timeout_s,
+            )
+        elif reason is StopReason.SHUTDOWN:
+            self._abandon(running)
+
+    def _abandon(self, running: _Running) -> None:
+        """Let go of a sync attempt whose thread still runs as the worker exits. It is not
+        handed back: it would run again while this thread runs."""
+        job = running.job
+        self._stop_reasons[(job.id, job.attempt)] = StopReason.ABANDONED
+        del self._running[job.id]
+        if running.deadline is not None:
+            running.deadline.cancel()
+        self._abandoned.add(running.ctx)
+        running.ctx.log.warning(
+            "worker stopping while a sync handler's thread still runs: the job is not "
+            "handed back; its lease expires and it will be rescued",
+            lease_s=self.config.lease_s,
+        )
+        self._wake.set()
 
     async def _drain_running(self) -> None:
         """Give running jobs the grace period, then hand them back to the queue."""
@@ -660,7 +847,8 @@ class Worker:
         await self.store.settle_and_claim(self._outcomes, [], self.id, None, withdraw=True)
         self._outcomes = []
         self._offered.clear()
-        late = await self.store.adopt(self.id, ())
+        # Never a job whose thread still runs here (see _abandon).
+        late = await self.store.adopt(self.id, [ctx.job.id for ctx in self._abandoned])
         if late:
             released = [Outcome(j.id, j.attempt, OutcomeKind.RELEASED, j.queue) for j in late]
             await self.store.settle_and_claim(released, [], self.id, None)
@@ -738,6 +926,10 @@ class Worker:
             )
             self._maybe_due.update(self.config.queues)
             self._wake.set()
+
+
+def _backoff_delay(failures: int) -> float:
+    return min(5.0, 0.1 * 2.0 ** min(failures, 6))
 
 
 def _log_rescue(worker_id: str, result: RescueResult) -> None:

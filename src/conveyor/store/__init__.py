@@ -6,6 +6,7 @@ from conveyor.config import Settings
 from conveyor.store.base import (
     CancelRequested,
     ConflictError,
+    DataRejected,
     JobsAvailable,
     Listener,
     Notice,
@@ -40,6 +41,7 @@ def make_store(settings: Settings) -> Store:
 __all__ = [
     "CancelRequested",
     "ConflictError",
+    "DataRejected",
     "JobsAvailable",
     "Listener",
     "Notice",

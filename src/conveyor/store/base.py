@@ -81,6 +81,14 @@ class ConflictError(StoreError):
     """The change would break a uniqueness rule (e.g. two active jobs with one unique_key)."""
 
 
+class DataRejected(StoreError):
+    """The database refused the data of a call (PostgreSQL: a value it cannot hold, such as
+    a NUL character in JSON; SQLite: text that is not UTF-8, a string too big). Nothing of
+    the call was recorded; the connection is fine, and the same data will be refused
+    again. :meth:`Store.settle_and_claim` raises it so the worker can record the batch's
+    reports apart and fail the ones refused."""
+
+
 class Store(Protocol):
     """A job store. Implementations: ``conveyor.store.sqlite.SqliteStore``."""
 
@@ -130,6 +138,9 @@ class Store(Protocol):
         Offers for handoff (see :attr:`ClaimRequest.offer`): ``freed`` adds slots the
         worker's jobs freed to its offers in queues it is not claiming; ``withdraw`` takes
         all its offers back.
+
+        Raises :class:`DataRejected` when the database refuses the data of an outcome or
+        a progress report; nothing of the call is recorded then, and nothing is claimed.
         """
 
     async def heartbeat(

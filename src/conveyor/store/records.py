@@ -205,6 +205,9 @@ class Outcome:
     error: ErrorEntry | None = None
     retry_in_s: float = 0.0
     """For ``RETRY``: seconds from the store's clock until the job is due again."""
+    result_json: str | None = None
+    """For ``COMPLETED``: ``result`` already encoded as JSON by the executor (which checks
+    it there); stores write it instead of encoding ``result`` again."""
 
 
 @dataclass(slots=True)

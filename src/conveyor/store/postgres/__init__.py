@@ -38,6 +38,7 @@ from conveyor.logs import get_logger
 from conveyor.store.base import (
     CancelRequested,
     ConflictError,
+    DataRejected,
     JobHandedOff,
     JobsAvailable,
     Listener,
@@ -424,24 +425,10 @@ class PostgresStore:
         # Never a claimed queue's offer: the claim sets it, and one statement must not
         # change a row twice.
         freed = {q: n for q, n in (freed or {}).items() if q not in queues}
-        args = (
-            queues,
-            [claim.slots[q] for q in queues] if claim is not None else [],
-            worker_id,
-            claim.lease_s if claim is not None else 0.0,
-            self._offer_key if claim is not None and claim.offer else None,
-            [o.job_id for o in outcomes],
-            [o.attempt for o in outcomes],
-            [o.kind.value for o in outcomes],
-            [_dumps(o.result) if o.kind is OutcomeKind.COMPLETED else None for o in outcomes],
-            [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
-            [o.retry_in_s for o in outcomes],
-            rescue_limit,
-            [p.job_id for p in reports],
-            [p.attempt for p in reports],
-            [p.fraction for p in reports],
-            [p.message for p in reports],
-        )
+        try:
+            args = self._exchange_args(claim, queues, worker_id, outcomes, reports, rescue_limit)
+        except orjson.JSONEncodeError as exc:
+            raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
         tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw)
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
@@ -457,7 +444,16 @@ class PostgresStore:
                 locked = await conn.fetch(_Q["lock_limited_queues"], queues)
                 return await conn.fetch(_Q["exchange"], *args, [r[0] for r in locked], *tail)
 
-        claimed, rescued, summary = _split_exchange(await self._run(run))
+        try:
+            rows = await self._run(run)
+        except asyncpg.PostgresError as exc:
+            what = f"database {_safe(self.url)!r}: {type(exc).__name__}: {exc}"
+            if isinstance(exc, _DATA_ERRORS):
+                # One statement: nothing was recorded and nothing claimed.
+                raise DataRejected(what) from exc
+            # Any other refusal (a statement timeout, a deadlock) is retried by the worker.
+            raise StoreError(what) from exc
+        claimed, rescued, summary = _split_exchange(rows)
         next_run_at = _ts(summary["next_run_at"])
         unlocked = list(summary["unlocked_in"])
         if claim is not None and unlocked:
@@ -489,6 +485,35 @@ class PostgresStore:
         )
         return SettleResult(
             applied, tuple(claimed), next_run_at, rescue_result, frozenset(summary["offered_in"])
+        )
+
+    def _exchange_args(
+        self,
+        claim: ClaimRequest | None,
+        queues: list[str],
+        worker_id: str,
+        outcomes: Sequence[Outcome],
+        reports: Sequence[Progress],
+        rescue_limit: int,
+    ) -> tuple[Any, ...]:
+        """The exchange statement's parameters $1..$16."""
+        return (
+            queues,
+            [claim.slots[q] for q in queues] if claim is not None else [],
+            worker_id,
+            claim.lease_s if claim is not None else 0.0,
+            self._offer_key if claim is not None and claim.offer else None,
+            [o.job_id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.kind.value for o in outcomes],
+            [_result_text(o) for o in outcomes],
+            [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
+            [o.retry_in_s for o in outcomes],
+            rescue_limit,
+            [p.job_id for p in reports],
+            [p.attempt for p in reports],
+            [p.fraction for p in reports],
+            [p.message for p in reports],
         )
 
     async def heartbeat(
@@ -873,6 +898,21 @@ def _handoff(value: str) -> JobHandedOff:
         None,
     )
     return JobHandedOff(f[0], job.id, job.attempt, job)
+
+
+def _result_text(o: Outcome) -> str | None:
+    if o.kind is not OutcomeKind.COMPLETED:
+        return None
+    return o.result_json if o.result_json is not None else _dumps(o.result)
+
+
+_DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+"""Errors about the data of a statement (SQLSTATE classes 22, 54 and 23, and asyncpg's own
+"invalid input for query argument"): sending it again gets the same answer."""
 
 
 def _split_exchange(

@@ -30,6 +30,7 @@ import orjson
 from conveyor.store.base import (
     CancelRequested,
     ConflictError,
+    DataRejected,
     JobsAvailable,
     Listener,
     Notice,
@@ -72,6 +73,10 @@ _OUTCOME_QUERY = {
     OutcomeKind.RELEASED: _Q["release"],
 }
 
+
+_REFUSED_DATA = (sqlite3.IntegrityError, UnicodeEncodeError, TypeError, ValueError, OverflowError)
+"""Raised inside an exchange about its data: a constraint, or a value that could not be
+bound (text that is not UTF-8, an integer past 64 bits) or encoded."""
 
 _REQUEUEING = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED})
 
@@ -376,7 +381,17 @@ class SqliteStore:
             )
             return result, wake
 
-        result, wake = await self._write(tx)
+        try:
+            result, wake = await self._write(tx)
+        except StoreError as exc:
+            refused = exc.__cause__
+            if isinstance(refused, sqlite3.DataError) or (
+                isinstance(refused, sqlite3.OperationalError) and "malformed JSON" in str(refused)
+            ):
+                raise DataRejected(str(exc)) from refused
+            raise
+        except _REFUSED_DATA as exc:
+            raise DataRejected(f"database {self.url!r}: {type(exc).__name__}: {exc}") from exc
         if wake:
             self._publish(JobsAvailable(wake))
         return result
@@ -747,7 +762,7 @@ def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outc
     if o.kind is not OutcomeKind.RELEASED:
         params["now"] = now
     if o.kind is OutcomeKind.COMPLETED:
-        params["result"] = _dumps(o.result)
+        params["result"] = o.result_json if o.result_json is not None else _dumps(o.result)
     elif o.kind is OutcomeKind.RETRY or o.kind is OutcomeKind.FAILED:
         if o.error is None:
             raise ValueError(f"outcome {o.kind} of job {o.job_id} needs an error entry")
