@@ -87,7 +87,8 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
 
 @pytest.fixture
 def served(launch: Launch) -> Served:
-    return launch("serve", CONVEYOR_IMPORTS="conveyor.kinds.demo")
+    # The request's 0.2 s job counts as slow, so its completion is logged at INFO.
+    return launch("serve", CONVEYOR_IMPORTS="conveyor.kinds.demo", CONVEYOR_SLOW_JOB_SECONDS="0.1")
 
 
 async def _eventually(check: Any, timeout: float, what: str) -> Any:
