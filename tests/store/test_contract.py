@@ -44,6 +44,8 @@ NewJobFactory = Callable[..., NewJob]
 
 W1 = "worker-1"
 W2 = "worker-2"
+NOOP = "test.noop"
+"""The kind of the ``new_job`` fixture's jobs, which the claims below ask for."""
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -52,9 +54,12 @@ async def claim(
     worker_id: str = W1,
     slots: dict[str, int] | None = None,
     lease_s: float = 30.0,
+    kinds: tuple[str, ...] = (NOOP,),
 ) -> SettleResult:
-    """Claim only (no outcomes, no progress)."""
-    request = ClaimRequest(worker_id, {"default": 10} if slots is None else slots, lease_s)
+    """Claim only (no outcomes, no progress), jobs of ``kinds``."""
+    request = ClaimRequest(
+        worker_id, {"default": 10} if slots is None else slots, lease_s, kinds=kinds
+    )
     return await store.settle_and_claim([], [], worker_id, request)
 
 
@@ -128,8 +133,10 @@ def outcome_of(kind: OutcomeKind, job: Job) -> Outcome:
     return Outcome(job.id, job.attempt, kind, job.queue, result=result, error=err)
 
 
-async def claim_one(store: Store, worker_id: str = W1, lease_s: float = 30.0) -> Job:
-    result = await claim(store, worker_id, {"default": 1}, lease_s)
+async def claim_one(
+    store: Store, worker_id: str = W1, lease_s: float = 30.0, kinds: tuple[str, ...] = (NOOP,)
+) -> Job:
+    result = await claim(store, worker_id, {"default": 1}, lease_s, kinds)
     assert len(result.claimed) == 1
     return result.claimed[0]
 
@@ -532,7 +539,7 @@ async def test_settle_and_claim_in_one_call(store: Store, new_job: NewJobFactory
     job = await claim_one(store)
     assert job.id == a
     result = await store.settle_and_claim(
-        [completed(job, 1)], [], W1, ClaimRequest(W1, {"default": 5}, 30.0)
+        [completed(job, 1)], [], W1, ClaimRequest(W1, {"default": 5}, 30.0, kinds=(NOOP,))
     )
     assert result.applied == (True,)
     assert [j.id for j in result.claimed] == [b]
@@ -1131,7 +1138,7 @@ async def test_list_jobs_filters_and_pages(store: Store, new_job: NewJobFactory)
     page1 = await store.list_jobs(JobFilter(limit=3))
     page2 = await store.list_jobs(JobFilter(limit=3, before_id=page1[-1].id))
     assert [j.id for j in page1 + page2] == ids[::-1]
-    await claim(store, slots={"b": 1})
+    await claim(store, slots={"b": 1}, kinds=("k1",))
     running = await store.list_jobs(JobFilter(state=JobState.RUNNING))
     assert [j.id for j in running] == [ids[1]]
 
@@ -1255,7 +1262,7 @@ async def test_enqueue_periodic_is_not_blocked_by_a_finished_job_of_the_tick(
     tick = float(int(time.time()) // 60 * 60)
     first = await store.enqueue_periodic(new_job(kind="test.cron"), tick)
     assert first is not None
-    job = await claim_one(store)
+    job = await claim_one(store, kinds=("test.cron",))
     assert await settle(store, W1, completed(job)) == (True,)
     assert await store.enqueue_periodic(new_job(kind="test.cron"), tick) is None
     assert len(await store.list_jobs(JobFilter(kind="test.cron"))) == 1
@@ -1289,7 +1296,7 @@ async def test_prune_forgets_old_ticks_along_with_old_jobs(
     recent = await store.enqueue_periodic(new_job(kind="test.cron"), recent_tick)
     assert old is not None
     assert recent is not None
-    for job in (await claim(store, slots={"default": 2})).claimed:
+    for job in (await claim(store, slots={"default": 2}, kinds=("test.cron",))).claimed:
         assert await settle(store, W1, completed(job)) == (True,)
     await asyncio.sleep(0.02)
 

@@ -80,10 +80,14 @@ async def _listening(stores: StoreFactory) -> tuple[PostgresStore, list[Notice]]
 
 
 async def _claim(
-    store: PostgresStore, slots: dict[str, int], worker_id: str = W, **kwargs: Any
+    store: PostgresStore,
+    slots: dict[str, int],
+    worker_id: str = W,
+    kinds: tuple[str, ...] = ("t",),
+    **kwargs: Any,
 ) -> SettleResult:
-    """A claim that offers what it leaves free."""
-    request = ClaimRequest(worker_id, slots, 30.0, offer=True)
+    """A claim of jobs of ``kinds`` that offers what it leaves free."""
+    request = ClaimRequest(worker_id, slots, 30.0, offer=True, kinds=kinds)
     return await store.settle_and_claim([], [], worker_id, request, **kwargs)
 
 
@@ -139,6 +143,7 @@ async def test_a_short_claim_offers_the_slots_it_left_free(
         "slots": 2,
         "lock_key": store._offer_key,
         "lease_s": 30.0,
+        "kinds": ["t"],
     }
 
 
@@ -445,5 +450,5 @@ async def test_a_released_handoff_goes_back_to_the_queue_and_wakes_workers(
     assert (job.started_at, job.lease_expires_at, job.errors) == (None, None, ())
     await _wait_for(other_notices, lambda n: n == JobsAvailable(frozenset({"q"})))
     # Claimed afresh, it is the first attempt.
-    claimed = await other_side.settle_and_claim([], [], W2, ClaimRequest(W2, {"q": 1}, 30.0))
+    claimed = await other_side.settle_and_claim([], [], W2, ClaimRequest(W2, {"q": 1}, 30.0, kinds=("t",)))
     assert [(j.id, j.attempt) for j in claimed.claimed] == [(job_id, 1)]

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from conveyor.engine.context import JobContext
-from conveyor.engine.errors import Discard, UnknownKind
+from conveyor.engine.errors import Discard, InvalidJob
 from conveyor.engine.kinds import Kind
 from conveyor.store.records import ErrorEntry, Job, Outcome, OutcomeKind
 
@@ -58,11 +58,6 @@ def failure(kind: Kind | None, job: Job, error: ErrorEntry, *, retryable: bool) 
     return Outcome(job.id, job.attempt, OutcomeKind.FAILED, job.queue, error=error)
 
 
-def unknown_kind(job: Job, exc: UnknownKind) -> Outcome:
-    """A job no handler here can run: retried so a worker that has the kind may take it."""
-    return failure(None, job, error_entry(job, exc, with_traceback=False), retryable=True)
-
-
 async def execute(
     kind: Kind,
     ctx: JobContext,
@@ -77,7 +72,13 @@ async def execute(
     job's time in the worker."""
     job = ctx.job
     try:
-        result = await _call(kind, ctx, threads)
+        payload = kind.handler_input(job.payload)
+    except InvalidJob as exc:
+        # Enqueued by name where the kind is not registered, so never validated: no
+        # attempt can make it valid.
+        return failure(kind, job, error_entry(job, exc, with_traceback=False), retryable=False)
+    try:
+        result = await _call(kind, ctx, payload, threads)
     except asyncio.CancelledError:
         ctx._mark_cancelled()
         reason = stop_reasons.pop((job.id, job.attempt), None)
@@ -96,8 +97,7 @@ async def execute(
     return Outcome(job.id, job.attempt, OutcomeKind.COMPLETED, job.queue, result=result)
 
 
-async def _call(kind: Kind, ctx: JobContext, threads: Executor) -> Any:
-    payload = kind.handler_input(ctx.job.payload)
+async def _call(kind: Kind, ctx: JobContext, payload: Any, threads: Executor) -> Any:
     if kind.is_async:
         return await kind.handler(ctx, payload)
     # Run in the pool with the caller's context variables, so the job's log context

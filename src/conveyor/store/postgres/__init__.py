@@ -442,7 +442,8 @@ class PostgresStore:
             [p.fraction for p in reports],
             [p.message for p in reports],
         )
-        tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw)
+        kinds = list(claim.kinds) if claim is not None else []
+        tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw, kinds)
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
@@ -451,7 +452,7 @@ class PostgresStore:
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
                 if claim_only:
-                    return await conn.fetch(_Q["claim"], *args[:5])
+                    return await conn.fetch(_Q["claim"], *args[:5], kinds)
                 return await conn.fetch(_Q["exchange"], *args, [], *tail)
             async with conn.transaction():
                 locked = await conn.fetch(_Q["lock_limited_queues"], queues)
@@ -753,6 +754,7 @@ class PostgresStore:
                 info.pid,
                 _dumps(info.queues),
                 lease_s,
+                _dumps(list(info.kinds)),
             )
         )
 
@@ -1114,6 +1116,7 @@ def _worker(row: Row) -> WorkerInfo:
         started_at=row[4].timestamp(),
         last_seen_at=row[5].timestamp(),
         expires_at=row[6].timestamp(),
+        kinds=tuple(orjson.loads(row[7])),
     )
 
 
@@ -1127,7 +1130,7 @@ def _queue_stats(
     finished: bool,
 ) -> list[QueueStats]:
     return assemble_queue_stats(
-        [(q, state, n) for q, state, n in counts],
+        [(q, state, kind, n) for q, state, kind, n in counts],
         {q: (n, None if age is None else float(age)) for q, n, age in due},
         {(q, state): n for q, state, n in recent},
         {
