@@ -69,6 +69,14 @@ async def claim_ids(
     return [job.id for job in (await claim(store, worker_id, slots)).claimed]
 
 
+async def claim_ids_of(
+    store: Store, worker_id: str, kinds: tuple[str, ...], n: int = 5
+) -> list[int]:
+    """Claim up to ``n`` jobs of ``kinds`` from the default queue; their ids in order."""
+    result = await claim(store, worker_id, {"default": n}, kinds=kinds)
+    return [job.id for job in result.claimed]
+
+
 async def settle(store: Store, worker_id: str, *outcomes: Outcome) -> tuple[bool, ...]:
     """Report outcomes without claiming; returns the applied flags."""
     result = await store.settle_and_claim(outcomes, [], worker_id, None)
@@ -378,6 +386,115 @@ async def test_unique_key_is_free_once_the_job_finished(
     assert second.created
     assert second.id != first
     assert (await get(store, second.id)).state is JobState.QUEUED
+
+
+# -- claim by kind ---------------------------------------------------------------------------
+async def test_a_claim_takes_only_the_kinds_it_names(store: Store, new_job: NewJobFactory) -> None:
+    thumb = await enqueue_one(store, new_job(kind="media.thumbnail", priority=1))
+    report = await enqueue_one(store, new_job(kind="media.report", priority=2))
+
+    got = await claim(store, W1, slots={"default": 5}, kinds=("media.report",))
+
+    assert [j.id for j in got.claimed] == [report]
+    assert (await get(store, thumb)).state is JobState.QUEUED
+    assert (await get(store, thumb)).attempt == 0
+    assert await claim_ids_of(store, W2, ("media.thumbnail", "media.other")) == [thumb]
+    assert await claim_ids_of(store, W1, ("media.report",)) == []
+
+
+async def test_strict_priority_then_fifo_across_the_claimed_kinds(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    spec = [("a", 3), ("b", 1), ("c", 2), ("a", 1), ("b", 3), ("c", 1), ("a", 2), ("x", 1)]
+    ids = [await enqueue_one(store, new_job(kind=k, priority=p)) for k, p in spec]
+    expected = [
+        i
+        for (k, p), i in sorted(zip(spec, ids, strict=True), key=lambda t: (t[0][1], t[1]))
+        if k != "x"
+    ]
+
+    got: list[int] = []
+    for _ in range(4):
+        got += await claim_ids_of(store, W1, ("a", "b", "c"), n=2)
+
+    assert got == expected
+    assert [j.kind for j in await store.list_jobs(JobFilter(state=JobState.QUEUED))] == ["x"]
+
+
+async def test_a_claim_of_few_skips_candidates_of_other_kinds_in_order(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """Each kind offers up to n candidates; only the first n of all of them are taken, and
+    the rest stay queued for the next claim, none lost or locked for good."""
+    ids = {k: [await enqueue_one(store, new_job(kind=k)) for _ in range(3)] for k in "ab"}
+    first = await claim_ids_of(store, W1, ("a", "b"), n=3)
+    assert first == sorted([*ids["a"], *ids["b"]])[:3]
+    rest = await claim_ids_of(store, W2, ("a", "b"), n=10)
+    assert sorted(first + rest) == sorted([*ids["a"], *ids["b"]])
+
+
+async def test_a_pile_of_unserved_jobs_at_the_head_does_not_stop_a_claim(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job(kind="nobody.runs", priority=1) for _ in range(3000)])
+    served = await enqueue_one(store, new_job(kind="t.served", priority=5))
+
+    assert await claim_ids_of(store, W1, ("t.served",), n=10) == [served]
+    stats = await stats_of(store)
+    assert stats.counts[JobState.QUEUED] == 3000
+    assert stats.unserved_kinds == {"nobody.runs": 3000}
+
+
+async def test_a_claim_with_no_kinds_takes_nothing(store: Store, new_job: NewJobFactory) -> None:
+    await enqueue_one(store, new_job())
+    assert await claim_ids_of(store, W1, (), n=10) == []
+
+
+async def test_next_run_at_counts_only_the_claimed_kinds(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    soon = time.time() + 30
+    await enqueue_one(store, new_job(kind="other", run_at=soon))
+    later = time.time() + 300
+    await enqueue_one(store, new_job(kind="mine", run_at=later))
+
+    result = await claim(store, W1, slots={"default": 5}, kinds=("mine",))
+
+    assert result.claimed == ()
+    assert result.next_run_at == pytest.approx(later, abs=0.01)
+
+
+async def test_queue_stats_show_which_workers_serve_which_kinds(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue(
+        [
+            new_job(kind=k)
+            for k in ("media.thumbnail", "media.report", "video.process", "video.process")
+        ]
+    )
+    await store.register_worker(
+        WorkerInfo("wa", "h", 1, {"default": 4}, kinds=("media.thumbnail",)), 30
+    )
+    await store.register_worker(
+        WorkerInfo(
+            "wb", "h", 2, {"default": 1, "gpu": 1}, kinds=("media.report", "media.thumbnail")
+        ),
+        30,
+    )
+
+    stats = await stats_of(store)
+    assert stats.served_kinds == {"media.report": ("wb",), "media.thumbnail": ("wa", "wb")}
+    assert stats.unserved_kinds == {"video.process": 2}
+    assert stats.counts[JobState.QUEUED] == 4
+    gpu = await stats_of(store, "gpu")
+    assert gpu.served_kinds == {"media.report": ("wb",), "media.thumbnail": ("wb",)}
+    assert gpu.unserved_kinds == {}
+    assert stats.to_json()["unserved_kinds"] == {"video.process": 2}
+    assert stats.to_json()["served_kinds"] == {
+        "media.report": ["wb"],
+        "media.thumbnail": ["wa", "wb"],
+    }
 
 
 # -- claim order -----------------------------------------------------------------------------
@@ -1082,11 +1199,17 @@ async def test_queue_stats_ignores_expired_workers(store: Store, new_job: NewJob
 async def test_register_list_unregister_workers(store: Store) -> None:
     before = time.time()
     await store.register_worker(WorkerInfo("wa", "host-a", 11, {"default": 4}), lease_s=30)
-    await store.register_worker(WorkerInfo("wb", "host-b", 22, {"q": 1}), lease_s=30)
+    await store.register_worker(
+        WorkerInfo("wb", "host-b", 22, {"q": 1}, kinds=("a.b", "c")), lease_s=30
+    )
     workers = {w.id: w for w in await store.list_workers()}
+    assert workers["wb"].kinds == ("a.b", "c")
+    assert workers["wb"].serves("q", "c")
+    assert not workers["wb"].serves("q", "d")
+    assert not workers["wb"].serves("default", "c")
     assert set(workers) == {"wa", "wb"}
     wa = workers["wa"]
-    assert (wa.hostname, wa.pid, wa.queues) == ("host-a", 11, {"default": 4})
+    assert (wa.hostname, wa.pid, wa.queues, wa.kinds) == ("host-a", 11, {"default": 4}, ())
     assert before - 1 <= wa.started_at <= wa.last_seen_at <= time.time() + 1
     assert wa.expires_at == pytest.approx(wa.last_seen_at + 30)
 

@@ -53,19 +53,32 @@ FROM src LEFT JOIN ins ON ins.id = src.id
 WITH taker AS (
     SELECT o.worker_id, o.lease_s
     FROM conveyor_offers o
+    -- For each offer the filters on o leave, the head of the claim index per kind it
+    -- serves, in the index's own order, so that only the index can answer it. Written as
+    -- NOT EXISTS over kind = ANY(o.kinds), the generic plan read the jobs table
+    -- sequentially, past every queued job of the kinds the offer does not serve.
+    LEFT JOIN LATERAL (
+        SELECT true AS due
+        FROM unnest(o.kinds) AS ok(kind)
+        CROSS JOIN LATERAL (
+            SELECT FROM conveyor_jobs q
+            WHERE q.state = 'queued' AND q.queue = $2 AND q.kind = ok.kind
+              AND q.run_at <= now()
+            ORDER BY q.priority, q.run_at, q.id
+            LIMIT 1
+        ) head
+        LIMIT 1
+    ) ahead ON true
     WHERE o.queue = $2 AND o.slots > 0 AND $3 = ANY(o.kinds)
       AND $7::float8 IS NULL AND $8::float8 <= 0
-      AND NOT EXISTS (
-          SELECT FROM conveyor_jobs q
-          WHERE q.state = 'queued' AND q.queue = $2 AND q.kind = ANY(o.kinds)
-            AND q.run_at <= now())
+      AND ahead.due IS NULL
       AND NOT EXISTS (
           SELECT FROM conveyor_queues s
           WHERE s.name = $2 AND (s.paused OR s.concurrency_limit IS NOT NULL))
       AND NOT pg_try_advisory_xact_lock_shared(o.lock_key)
     ORDER BY o.slots DESC
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF o SKIP LOCKED
 ),
 ins AS (
     INSERT INTO conveyor_jobs (
@@ -246,9 +259,12 @@ SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
-            THEN (SELECT min(run_at) FROM conveyor_jobs
-                  WHERE state = 'queued' AND queue = ANY($1::text[]) AND kind = ANY($22::text[])
-                    AND run_at > now())
+            THEN (SELECT min(s.run_at) FROM unnest($1::text[]) AS q(name)
+                  CROSS JOIN unnest($22::text[]) AS k(kind)
+                  CROSS JOIN LATERAL (
+                      SELECT min(run_at) AS run_at FROM conveyor_jobs
+                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+                        AND run_at > now()) AS s)
        END,
        ARRAY(SELECT id FROM settled),
        ARRAY(SELECT attempt FROM settled),
@@ -283,9 +299,12 @@ FROM claimed c
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(n), 0) FROM wanted)
-            THEN (SELECT min(run_at) FROM conveyor_jobs
-                  WHERE state = 'queued' AND queue = ANY($1::text[]) AND kind = ANY($6::text[])
-                    AND run_at > now())
+            THEN (SELECT min(s.run_at) FROM unnest($1::text[]) AS q(name)
+                  CROSS JOIN unnest($6::text[]) AS k(kind)
+                  CROSS JOIN LATERAL (
+                      SELECT min(run_at) AS run_at FROM conveyor_jobs
+                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+                        AND run_at > now()) AS s)
        END,
        '{}', '{}', '{}',
        ARRAY(SELECT queue FROM wanted WHERE unlocked),

@@ -50,9 +50,11 @@ SELECT count(*) FROM conveyor_jobs WHERE state = 'running' AND queue = ?
 -- name: next_run_at
 -- Only asked after a claim drained the queue's due jobs of the worker's kinds, so it
 -- reads scheduled rows only.
-SELECT min(run_at) FROM conveyor_jobs
-WHERE state = 'queued' AND queue = :queue AND kind IN (SELECT value FROM json_each(:kinds))
-  AND run_at > :now
+SELECT min((
+    SELECT min(run_at) FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = :queue AND kind = k.value AND run_at > :now
+))
+FROM json_each(:kinds) AS k
 
 -- name: complete
 UPDATE conveyor_jobs
