@@ -49,9 +49,7 @@ registered in the enqueuing process."""
 
 def check_kind_name(name: str) -> str:
     if not KIND_NAME.fullmatch(name):
-        raise InvalidJob(
-            f"job kind name {name!r} is not valid: use 1-200 letters, digits or _.-:/"
-        )
+        raise InvalidJob(f"job kind name {name!r} is not valid: use 1-200 letters, digits or _.-:/")
     return name
 
 

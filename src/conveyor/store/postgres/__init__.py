@@ -70,6 +70,7 @@ from conveyor.store.records import (
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
 from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
+from conveyor.store.urls import redact as _safe
 
 T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -923,16 +924,6 @@ def _set_event(event: asyncio.Event, _conn: object) -> None:
 
 class _TickTaken(Exception):
     """Rolls back a periodic enqueue whose tick another worker enqueued first."""
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
 
 
 _CREATE_REQUEST_PASSES = 3
