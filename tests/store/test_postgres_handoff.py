@@ -490,5 +490,7 @@ async def test_a_released_handoff_goes_back_to_the_queue_and_wakes_workers(
     assert (job.started_at, job.lease_expires_at, job.errors) == (None, None, ())
     await _wait_for(other_notices, lambda n: n == JobsAvailable(frozenset({"q"})))
     # Claimed afresh, it is the first attempt.
-    claimed = await other_side.settle_and_claim([], [], W2, ClaimRequest(W2, {"q": 1}, 30.0, kinds=("t",)))
+    claimed = await other_side.settle_and_claim(
+        [], [], W2, ClaimRequest(W2, {"q": 1}, 30.0, kinds=("t",))
+    )
     assert [(j.id, j.attempt) for j in claimed.claimed] == [(job_id, 1)]
