@@ -48,10 +48,13 @@ class Cli:
             CONVEYOR_LOG_FORMAT="json",
         )
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Result:
         proc = subprocess.run(
             [*conveyor_command(), *args],
             env={**self.env, **(env or {})},
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=60,
@@ -59,9 +62,9 @@ class Cli:
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def ok(self, *args: str, env: dict[str, str] | None = None) -> Result:
+    def ok(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Result:
         """Run and insist on exit code 0."""
-        result = self(*args, env=env)
+        result = self(*args, env=env, cwd=cwd)
         assert result.code == 0, f"conveyor {' '.join(args)} exited {result.code}: {result}"
         return result
 

@@ -181,9 +181,46 @@ async def test_non_json_payload_is_rejected_and_nothing_stored(
     assert await client.list() == []
 
 
-async def test_unknown_kind_is_rejected(client: conveyor.Client) -> None:
-    with pytest.raises(conveyor.UnknownKind, match=r"t\.plain, t\.tuned"):
-        await client.enqueue("t.missing", {})
+async def test_a_kind_not_registered_here_is_enqueued_by_name_with_the_system_defaults(
+    client: conveyor.Client,
+) -> None:
+    """A producer that does not import the handler's module (Celery's send_task): the
+    payload is stored as given, for the worker that has the kind to validate."""
+    enqueued = await client.enqueue("video.process", {"url": "https://x/v.mp4", "extra": 1})
+
+    job = await client.get(enqueued.id)
+    assert (job.kind, job.state, job.attempt) == ("video.process", conveyor.JobState.QUEUED, 0)
+    assert (job.queue, job.priority, job.max_attempts, job.timeout_s) == ("default", 3, 3, 300.0)
+    assert job.payload == {"url": "https://x/v.mp4", "extra": 1}
+
+
+async def test_an_enqueue_by_name_takes_the_options_given(client: conveyor.Client) -> None:
+    enqueued = await client.enqueue(
+        "video.process", queue="video", priority=2, max_attempts=4, timeout=None, delay=60
+    )
+
+    job = await client.get(enqueued.id)
+    assert (job.queue, job.priority, job.max_attempts, job.timeout_s) == ("video", 2, 4, None)
+    assert job.payload == {}
+    assert job.run_at > time.time() + 50
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "options", "message"),
+    [
+        ("bad kind!", {}, {}, "job kind name 'bad kind!' is not valid"),
+        ("video.process", {}, {"priority": 11}, "priority 11 is not valid"),
+        ("video.process", {}, {"queue": "no spaces"}, "queue name 'no spaces' is not valid"),
+        ("video.process", {"x": object()}, {}, "JSON"),
+    ],
+)
+async def test_an_enqueue_by_name_still_checks_what_it_can(
+    client: conveyor.Client, kind: str, payload: Any, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(conveyor.InvalidJob, match=message):
+        await client.enqueue(kind, payload, **options)
+
+    assert await client.list() == []
 
 
 # -- enqueue_many ----------------------------------------------------------------------------

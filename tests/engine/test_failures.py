@@ -241,9 +241,12 @@ async def test_handler_errors_are_not_mistaken_for_a_bad_result(
     assert job.errors[0].traceback is not None
 
 
-async def test_unknown_kind_is_retried_then_failed(
+async def test_a_job_of_a_kind_the_worker_lacks_waits_uncharged(
     store: Any, kinds: conveyor.Registry, workers: Any
 ) -> None:
+    """Before, such a worker claimed the job and burned its attempts with UnknownKind.
+    Now it never claims it: the job stays queued, attempt 0, no error, until a worker
+    that has the kind runs it as its first attempt."""
     elsewhere = conveyor.Registry()
 
     @conveyor.job("t.ghost", max_attempts=2, registry=elsewhere)
@@ -259,17 +262,14 @@ async def test_unknown_kind_is_retried_then_failed(
     await workers.burst()  # this worker knows t.known only
 
     job = await producer.get(enqueued.id)
-    assert (job.state, job.attempt) == (S.FAILED, 2)
-    assert [e.type for e in job.errors] == ["UnknownKind", "UnknownKind"]
-    assert "t.ghost" in job.errors[0].message
-    assert "t.known" in job.errors[0].message
+    assert (job.state, job.attempt, job.errors, job.locked_by) == (S.QUEUED, 0, (), None)
+    [stats] = await producer.queues()
+    assert stats.unserved_kinds == {"t.ghost": 1}
 
-    # Once a worker that has the kind gets it, it runs.
-    await producer.retry(enqueued.id)
     knowing = conveyor.Worker(store, workers.make().config, kinds=elsewhere)
     await asyncio.wait_for(knowing.run(burst=True), 10)
     job = await producer.get(enqueued.id)
-    assert (job.state, job.attempt, job.result) == (S.COMPLETED, 3, "ran")
+    assert (job.state, job.attempt, job.result, job.errors) == (S.COMPLETED, 1, "ran", ())
 
 
 # -- timeouts --------------------------------------------------------------------------------

@@ -296,6 +296,41 @@ async def test_a_job_whose_notice_was_lost_is_adopted(
     assert runs == [(job_id, 1)]
 
 
+async def test_an_adopted_job_of_a_kind_the_worker_lacks_is_handed_back_uncharged(
+    store: Store,
+    kinds: conveyor.Registry,
+    workers: Any,
+    db: asyncpg.Connection,
+    eventually: Wait,
+    wait_job: Wait,
+) -> None:
+    """A job of another kind running under the worker (handed to it by a process of an
+    older release, whose enqueue did not read the offer's kinds, its notice lost) is
+    given back to the queue with the attempt not charged, and never claimed again by
+    this worker: no loop."""
+
+    @conveyor.job("t.mine", registry=kinds)
+    async def mine(ctx: conveyor.JobContext, payload: Any) -> None:
+        return None
+
+    worker = await _idle_worker(store, workers, db, eventually, {"default": 2})
+    job_id = await db.fetchval(
+        "INSERT INTO conveyor_jobs (tenant_id, queue, kind, priority, state, payload, "
+        "max_attempts, run_at, created_at, attempt, locked_by, lease_expires_at, started_at) "
+        "VALUES ('default', 'default', 't.theirs', 2, 'running', '{}', 3, now(), now(), 1, "
+        "$1, now() + interval '30 seconds', now()) RETURNING id",
+        worker.id,
+    )
+
+    await _kill_listen_connection(db, store)
+
+    job = await wait_job(job_id, lambda j: j.state == "queued")
+    assert (job.attempt, job.locked_by, job.errors) == (0, None, ())
+    # The hand-back woke the queue; the worker's claims ask for t.mine only.
+    await _offering(db, worker, eventually, {"default": 2})
+    assert (await store.get_job(job_id)) == job
+
+
 async def test_a_stopping_worker_takes_its_offers_back_at_once(
     store: Store,
     kinds: conveyor.Registry,

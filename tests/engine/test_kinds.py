@@ -304,13 +304,34 @@ def test_unknown_kind_in_an_empty_registry_says_so(kinds: conveyor.Registry) -> 
         kinds.get("x")
 
 
-async def test_enqueue_of_an_unknown_kind(
-    kinds: conveyor.Registry, client: conveyor.Client
+async def test_a_payload_enqueued_by_name_is_validated_where_the_kind_is_known(
+    store: Any, kinds: conveyor.Registry, workers: Any
 ) -> None:
-    with pytest.raises(conveyor.UnknownKind, match="nope"):
-        await client.enqueue("nope", {})
+    """Enqueued from a process without the kind, a payload is not validated at enqueue;
+    the worker that has the kind validates it, and a payload its model rejects fails the
+    job at once, naming the fields (no attempt could make it valid)."""
+    seen: list[Line] = []
 
-    assert await client.list() == []
+    @conveyor.job("t.line", max_attempts=5, registry=kinds)
+    async def line(ctx: conveyor.JobContext, payload: Line) -> None:
+        seen.append(payload)
+
+    producer = conveyor.Client(store, kinds=conveyor.Registry())
+    good = await producer.enqueue("t.line", {"sku": "A-1", "qty": "3"})
+    bad = await producer.enqueue("t.line", {"sku": "A-1", "qty": "many"})
+    await workers.burst()
+
+    assert seen == [Line(sku="A-1", qty=3)]
+    assert (await producer.get(good.id)).state is conveyor.JobState.COMPLETED
+    failed = await producer.get(bad.id)
+    assert (failed.state, failed.attempt) == (conveyor.JobState.FAILED, 1)
+    [error] = failed.errors
+    assert error.type == "InvalidJob"
+    assert "qty" in error.message
+    assert error.traceback is None
+    # Where the kind is registered, the same payload is refused at enqueue, as before.
+    with pytest.raises(conveyor.InvalidJob, match="qty"):
+        await conveyor.Client(store, kinds=kinds).enqueue("t.line", {"sku": "A", "qty": "x"})
 
 
 def test_import_modules_names_a_missing_module() -> None:

@@ -500,7 +500,7 @@ async def test_rescuer_requeues_the_job_of_a_dead_worker(
     enqueued = await client.enqueue("t.job")
     # A worker claims the job, then dies: nobody renews its short lease.
     claimed = await store.settle_and_claim(
-        [], [], "dead-worker", ClaimRequest("dead-worker", {"default": 1}, 0.2)
+        [], [], "dead-worker", ClaimRequest("dead-worker", {"default": 1}, 0.2, kinds=("t.job",))
     )
     assert [j.id for j in claimed.claimed] == [enqueued.id]
 
@@ -525,7 +525,7 @@ async def test_rescuer_is_not_blocked_by_a_full_worker(
 
     orphan = await client.enqueue("t.gated", queue="other")
     await store.settle_and_claim(
-        [], [], "dead-worker", ClaimRequest("dead-worker", {"other": 1}, 0.2)
+        [], [], "dead-worker", ClaimRequest("dead-worker", {"other": 1}, 0.2, kinds=("t.gated",))
     )
     busy = await client.enqueue("t.gated")
     workers.start(queues={"default": 1}, rescue_interval=0.1)
@@ -543,7 +543,7 @@ async def test_rescued_job_without_attempts_left_fails(
     register(kinds, "t.job", Sleeper(quick_from=1))
     enqueued = await client.enqueue("t.job", max_attempts=1)
     await store.settle_and_claim(
-        [], [], "dead-worker", ClaimRequest("dead-worker", {"default": 1}, 0.2)
+        [], [], "dead-worker", ClaimRequest("dead-worker", {"default": 1}, 0.2, kinds=("t.job",))
     )
 
     workers.start(rescue_interval=0.1)

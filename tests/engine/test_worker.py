@@ -653,3 +653,66 @@ def test_config_from_settings() -> None:
 def test_bad_queue_specs_are_rejected(spec: list[str]) -> None:
     with pytest.raises((ValueError, conveyor.InvalidJob)):
         conveyor.WorkerConfig.from_settings(conveyor.Settings(), queues=spec)
+
+
+# -- workers with different kinds ------------------------------------------------------------
+async def test_workers_with_different_kinds_share_a_queue_and_each_runs_only_its_own(
+    store: Any, peer_store: Any, workers: Any
+) -> None:
+    """The README's tour beside `make run`: one worker has media.thumbnail, another
+    media.report, both serve the default queue. Every job completes on its first attempt,
+    on the worker that has its kind; none fails."""
+    ran: dict[str, list[int]] = {"thumbs": [], "reports": []}
+    thumbs, reports = conveyor.Registry(), conveyor.Registry()
+
+    @conveyor.job("media.thumbnail", registry=thumbs)
+    async def thumbnail(ctx: conveyor.JobContext, payload: Any) -> str:
+        ran["thumbs"].append(ctx.id)
+        return "thumb"
+
+    @conveyor.job("media.report", registry=reports)
+    async def report(ctx: conveyor.JobContext, payload: Any) -> str:
+        ran["reports"].append(ctx.id)
+        return "report"
+
+    producer = conveyor.Client(store, kinds=conveyor.Registry())  # enqueues by name
+    ids = {
+        kind: [(await producer.enqueue(kind, {"n": i})).id for i in range(8)]
+        for kind in ("media.thumbnail", "media.report")
+    }
+    config = workers.make().config
+    both = [
+        conveyor.Worker(store, config, kinds=thumbs),
+        conveyor.Worker(peer_store, config, kinds=reports),
+    ]
+    await asyncio.wait_for(asyncio.gather(*(w.run(burst=True) for w in both)), 10)
+
+    assert sorted(ran["thumbs"]) == ids["media.thumbnail"]
+    assert sorted(ran["reports"]) == ids["media.report"]
+    for job in await producer.list(limit=100):
+        assert (job.state, job.attempt, job.errors) == (conveyor.JobState.COMPLETED, 1, ())
+
+
+async def test_queues_show_which_live_workers_serve_which_kinds(
+    store: Any, kinds: conveyor.Registry, client: conveyor.Client, workers: Any, eventually: Any
+) -> None:
+    @conveyor.job("t.here", registry=kinds)
+    async def here(ctx: conveyor.JobContext, payload: Any) -> None:
+        return None
+
+    ghost = await client.enqueue("t.elsewhere")
+    worker = workers.start(queues={"default": 2})
+
+    async def listed() -> Any:
+        for stats in await client.queues():
+            if stats.name == "default" and stats.served_kinds:
+                return stats
+        return None
+
+    stats = await eventually(listed)
+    assert stats.served_kinds == {"t.here": (worker.id,)}
+    assert stats.unserved_kinds == {"t.elsewhere": 1}
+    job = await client.get(ghost.id)
+    assert await client.serving(job) == []
+    [serving] = await client.serving(dataclasses.replace(job, kind="t.here"))
+    assert (serving.id, serving.kinds) == (worker.id, ("t.here",))

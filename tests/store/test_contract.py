@@ -45,6 +45,8 @@ NewJobFactory = Callable[..., NewJob]
 
 W1 = "worker-1"
 W2 = "worker-2"
+NOOP = "test.noop"
+"""The kind of the ``new_job`` fixture's jobs, which the claims below ask for."""
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -53,9 +55,12 @@ async def claim(
     worker_id: str = W1,
     slots: dict[str, int] | None = None,
     lease_s: float = 30.0,
+    kinds: tuple[str, ...] = (NOOP,),
 ) -> SettleResult:
-    """Claim only (no outcomes, no progress)."""
-    request = ClaimRequest(worker_id, {"default": 10} if slots is None else slots, lease_s)
+    """Claim only (no outcomes, no progress), jobs of ``kinds``."""
+    request = ClaimRequest(
+        worker_id, {"default": 10} if slots is None else slots, lease_s, kinds=kinds
+    )
     return await store.settle_and_claim([], [], worker_id, request)
 
 
@@ -63,6 +68,14 @@ async def claim_ids(
     store: Store, worker_id: str = W1, slots: dict[str, int] | None = None
 ) -> list[int]:
     return [job.id for job in (await claim(store, worker_id, slots)).claimed]
+
+
+async def claim_ids_of(
+    store: Store, worker_id: str, kinds: tuple[str, ...], n: int = 5
+) -> list[int]:
+    """Claim up to ``n`` jobs of ``kinds`` from the default queue; their ids in order."""
+    result = await claim(store, worker_id, {"default": n}, kinds=kinds)
+    return [job.id for job in result.claimed]
 
 
 async def settle(store: Store, worker_id: str, *outcomes: Outcome) -> tuple[bool, ...]:
@@ -129,8 +142,10 @@ def outcome_of(kind: OutcomeKind, job: Job) -> Outcome:
     return Outcome(job.id, job.attempt, kind, job.queue, result=result, error=err)
 
 
-async def claim_one(store: Store, worker_id: str = W1, lease_s: float = 30.0) -> Job:
-    result = await claim(store, worker_id, {"default": 1}, lease_s)
+async def claim_one(
+    store: Store, worker_id: str = W1, lease_s: float = 30.0, kinds: tuple[str, ...] = (NOOP,)
+) -> Job:
+    result = await claim(store, worker_id, {"default": 1}, lease_s, kinds)
     assert len(result.claimed) == 1
     return result.claimed[0]
 
@@ -374,6 +389,115 @@ async def test_unique_key_is_free_once_the_job_finished(
     assert (await get(store, second.id)).state is JobState.QUEUED
 
 
+# -- claim by kind ---------------------------------------------------------------------------
+async def test_a_claim_takes_only_the_kinds_it_names(store: Store, new_job: NewJobFactory) -> None:
+    thumb = await enqueue_one(store, new_job(kind="media.thumbnail", priority=1))
+    report = await enqueue_one(store, new_job(kind="media.report", priority=2))
+
+    got = await claim(store, W1, slots={"default": 5}, kinds=("media.report",))
+
+    assert [j.id for j in got.claimed] == [report]
+    assert (await get(store, thumb)).state is JobState.QUEUED
+    assert (await get(store, thumb)).attempt == 0
+    assert await claim_ids_of(store, W2, ("media.thumbnail", "media.other")) == [thumb]
+    assert await claim_ids_of(store, W1, ("media.report",)) == []
+
+
+async def test_strict_priority_then_fifo_across_the_claimed_kinds(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    spec = [("a", 3), ("b", 1), ("c", 2), ("a", 1), ("b", 3), ("c", 1), ("a", 2), ("x", 1)]
+    ids = [await enqueue_one(store, new_job(kind=k, priority=p)) for k, p in spec]
+    expected = [
+        i
+        for (k, p), i in sorted(zip(spec, ids, strict=True), key=lambda t: (t[0][1], t[1]))
+        if k != "x"
+    ]
+
+    got: list[int] = []
+    for _ in range(4):
+        got += await claim_ids_of(store, W1, ("a", "b", "c"), n=2)
+
+    assert got == expected
+    assert [j.kind for j in await store.list_jobs(JobFilter(state=JobState.QUEUED))] == ["x"]
+
+
+async def test_a_claim_of_few_skips_candidates_of_other_kinds_in_order(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """Each kind offers up to n candidates; only the first n of all of them are taken, and
+    the rest stay queued for the next claim, none lost or locked for good."""
+    ids = {k: [await enqueue_one(store, new_job(kind=k)) for _ in range(3)] for k in "ab"}
+    first = await claim_ids_of(store, W1, ("a", "b"), n=3)
+    assert first == sorted([*ids["a"], *ids["b"]])[:3]
+    rest = await claim_ids_of(store, W2, ("a", "b"), n=10)
+    assert sorted(first + rest) == sorted([*ids["a"], *ids["b"]])
+
+
+async def test_a_pile_of_unserved_jobs_at_the_head_does_not_stop_a_claim(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job(kind="nobody.runs", priority=1) for _ in range(3000)])
+    served = await enqueue_one(store, new_job(kind="t.served", priority=5))
+
+    assert await claim_ids_of(store, W1, ("t.served",), n=10) == [served]
+    stats = await stats_of(store)
+    assert stats.counts[JobState.QUEUED] == 3000
+    assert stats.unserved_kinds == {"nobody.runs": 3000}
+
+
+async def test_a_claim_with_no_kinds_takes_nothing(store: Store, new_job: NewJobFactory) -> None:
+    await enqueue_one(store, new_job())
+    assert await claim_ids_of(store, W1, (), n=10) == []
+
+
+async def test_next_run_at_counts_only_the_claimed_kinds(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    soon = time.time() + 30
+    await enqueue_one(store, new_job(kind="other", run_at=soon))
+    later = time.time() + 300
+    await enqueue_one(store, new_job(kind="mine", run_at=later))
+
+    result = await claim(store, W1, slots={"default": 5}, kinds=("mine",))
+
+    assert result.claimed == ()
+    assert result.next_run_at == pytest.approx(later, abs=0.01)
+
+
+async def test_queue_stats_show_which_workers_serve_which_kinds(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue(
+        [
+            new_job(kind=k)
+            for k in ("media.thumbnail", "media.report", "video.process", "video.process")
+        ]
+    )
+    await store.register_worker(
+        WorkerInfo("wa", "h", 1, {"default": 4}, kinds=("media.thumbnail",)), 30
+    )
+    await store.register_worker(
+        WorkerInfo(
+            "wb", "h", 2, {"default": 1, "gpu": 1}, kinds=("media.report", "media.thumbnail")
+        ),
+        30,
+    )
+
+    stats = await stats_of(store)
+    assert stats.served_kinds == {"media.report": ("wb",), "media.thumbnail": ("wa", "wb")}
+    assert stats.unserved_kinds == {"video.process": 2}
+    assert stats.counts[JobState.QUEUED] == 4
+    gpu = await stats_of(store, "gpu")
+    assert gpu.served_kinds == {"media.report": ("wb",), "media.thumbnail": ("wb",)}
+    assert gpu.unserved_kinds == {}
+    assert stats.to_json()["unserved_kinds"] == {"video.process": 2}
+    assert stats.to_json()["served_kinds"] == {
+        "media.report": ["wb"],
+        "media.thumbnail": ["wa", "wb"],
+    }
+
+
 # -- claim order -----------------------------------------------------------------------------
 async def test_strict_priority_then_fifo(store: Store, new_job: NewJobFactory) -> None:
     priorities = [3, 1, 2, 1, 3, 2, 1]
@@ -533,7 +657,7 @@ async def test_settle_and_claim_in_one_call(store: Store, new_job: NewJobFactory
     job = await claim_one(store)
     assert job.id == a
     result = await store.settle_and_claim(
-        [completed(job, 1)], [], W1, ClaimRequest(W1, {"default": 5}, 30.0)
+        [completed(job, 1)], [], W1, ClaimRequest(W1, {"default": 5}, 30.0, kinds=(NOOP,))
     )
     assert result.applied == (True,)
     assert [j.id for j in result.claimed] == [b]
@@ -708,7 +832,7 @@ async def test_refused_data_fails_the_whole_exchange_and_nothing_else(
                 [completed(good, "fine"), *outcomes],
                 progress,
                 W1,
-                ClaimRequest(W1, {"default": 1}, 30.0),
+                ClaimRequest(W1, {"default": 1}, 30.0, kinds=(NOOP,)),
             )
         # One statement: the good outcome was not recorded and nothing was claimed.
         assert (await get(store, good.id)).state is JobState.RUNNING, case
@@ -1138,11 +1262,17 @@ async def test_queue_stats_ignores_expired_workers(store: Store, new_job: NewJob
 async def test_register_list_unregister_workers(store: Store) -> None:
     before = time.time()
     await store.register_worker(WorkerInfo("wa", "host-a", 11, {"default": 4}), lease_s=30)
-    await store.register_worker(WorkerInfo("wb", "host-b", 22, {"q": 1}), lease_s=30)
+    await store.register_worker(
+        WorkerInfo("wb", "host-b", 22, {"q": 1}, kinds=("a.b", "c")), lease_s=30
+    )
     workers = {w.id: w for w in await store.list_workers()}
+    assert workers["wb"].kinds == ("a.b", "c")
+    assert workers["wb"].serves("q", "c")
+    assert not workers["wb"].serves("q", "d")
+    assert not workers["wb"].serves("default", "c")
     assert set(workers) == {"wa", "wb"}
     wa = workers["wa"]
-    assert (wa.hostname, wa.pid, wa.queues) == ("host-a", 11, {"default": 4})
+    assert (wa.hostname, wa.pid, wa.queues, wa.kinds) == ("host-a", 11, {"default": 4}, ())
     assert before - 1 <= wa.started_at <= wa.last_seen_at <= time.time() + 1
     assert wa.expires_at == pytest.approx(wa.last_seen_at + 30)
 
@@ -1194,7 +1324,7 @@ async def test_list_jobs_filters_and_pages(store: Store, new_job: NewJobFactory)
     page1 = await store.list_jobs(JobFilter(limit=3))
     page2 = await store.list_jobs(JobFilter(limit=3, before_id=page1[-1].id))
     assert [j.id for j in page1 + page2] == ids[::-1]
-    await claim(store, slots={"b": 1})
+    await claim(store, slots={"b": 1}, kinds=("k1",))
     running = await store.list_jobs(JobFilter(state=JobState.RUNNING))
     assert [j.id for j in running] == [ids[1]]
 
@@ -1318,7 +1448,7 @@ async def test_enqueue_periodic_is_not_blocked_by_a_finished_job_of_the_tick(
     tick = float(int(time.time()) // 60 * 60)
     first = await store.enqueue_periodic(new_job(kind="test.cron"), tick)
     assert first is not None
-    job = await claim_one(store)
+    job = await claim_one(store, kinds=("test.cron",))
     assert await settle(store, W1, completed(job)) == (True,)
     assert await store.enqueue_periodic(new_job(kind="test.cron"), tick) is None
     assert len(await store.list_jobs(JobFilter(kind="test.cron"))) == 1
@@ -1352,7 +1482,7 @@ async def test_prune_forgets_old_ticks_along_with_old_jobs(
     recent = await store.enqueue_periodic(new_job(kind="test.cron"), recent_tick)
     assert old is not None
     assert recent is not None
-    for job in (await claim(store, slots={"default": 2})).claimed:
+    for job in (await claim(store, slots={"default": 2}, kinds=("test.cron",))).claimed:
         assert await settle(store, W1, completed(job)) == (True,)
     await asyncio.sleep(0.02)
 

@@ -80,10 +80,14 @@ async def _listening(stores: StoreFactory) -> tuple[PostgresStore, list[Notice]]
 
 
 async def _claim(
-    store: PostgresStore, slots: dict[str, int], worker_id: str = W, **kwargs: Any
+    store: PostgresStore,
+    slots: dict[str, int],
+    worker_id: str = W,
+    kinds: tuple[str, ...] = ("t",),
+    **kwargs: Any,
 ) -> SettleResult:
-    """A claim that offers what it leaves free."""
-    request = ClaimRequest(worker_id, slots, 30.0, offer=True)
+    """A claim of jobs of ``kinds`` that offers what it leaves free."""
+    request = ClaimRequest(worker_id, slots, 30.0, offer=True, kinds=kinds)
     return await store.settle_and_claim([], [], worker_id, request, **kwargs)
 
 
@@ -139,6 +143,7 @@ async def test_a_short_claim_offers_the_slots_it_left_free(
         "slots": 2,
         "lock_key": store._offer_key,
         "lease_s": 30.0,
+        "kinds": ["t"],
     }
 
 
@@ -260,6 +265,46 @@ async def test_a_due_job_waiting_in_the_queue_is_never_overtaken(
     after_due = await _get(client_side, await _enqueue_one(client_side, _job(priority=1)))
     assert (after_due.state, after_due.attempt) == (JobState.QUEUED, 0)
     assert await _offers(db) == {("q", W): 1}
+
+
+async def test_a_job_is_handed_only_to_a_worker_that_runs_its_kind(
+    stores: StoreFactory, db: asyncpg.Connection
+) -> None:
+    thumbs, _ = await _listening(stores)
+    reports, _ = await _listening(stores)
+    client_side = await stores()
+    await _claim(thumbs, {"q": 3}, W, kinds=("media.thumbnail",))
+    await _claim(reports, {"q": 1}, W2, kinds=("media.report",))
+
+    report = await _get(client_side, await _enqueue_one(client_side, _job(kind="media.report")))
+    thumb = await _get(client_side, await _enqueue_one(client_side, _job(kind="media.thumbnail")))
+    other = await _get(client_side, await _enqueue_one(client_side, _job(kind="video.process")))
+
+    # The offer with the most slots (W's) does not run media.report: W2 gets it.
+    assert (report.state, report.locked_by) == (JobState.RUNNING, W2)
+    assert (thumb.state, thumb.locked_by) == (JobState.RUNNING, W)
+    # Nobody runs video.process: it waits, queued, uncharged.
+    assert (other.state, other.attempt, other.locked_by) == (JobState.QUEUED, 0, None)
+    assert await _offers(db) == {("q", W): 2, ("q", W2): 0}
+
+
+async def test_jobs_nobody_runs_do_not_stop_handoffs(
+    stores: StoreFactory, db: asyncpg.Connection
+) -> None:
+    """The queue holds due jobs, but of a kind the offering worker does not run: they
+    could never be claimed before the new job by it, so the job is handed off. A due job
+    of a kind it runs still comes first."""
+    worker_side, _ = await _listening(stores)
+    client_side = await stores()
+    await client_side.enqueue([_job(kind="nobody.runs", priority=1) for _ in range(100)])
+    await _claim(worker_side, {"q": 2}, kinds=("t",))
+
+    handed = await _get(client_side, await _enqueue_one(client_side, _job()))
+    assert (handed.state, handed.locked_by) == (JobState.RUNNING, W)
+
+    await db.fetchval(INSERT_QUEUED, 0.0)  # kind t, due
+    behind = await _get(client_side, await _enqueue_one(client_side, _job(priority=1)))
+    assert (behind.state, behind.attempt) == (JobState.QUEUED, 0)
 
 
 @pytest.mark.parametrize(
@@ -445,5 +490,7 @@ async def test_a_released_handoff_goes_back_to_the_queue_and_wakes_workers(
     assert (job.started_at, job.lease_expires_at, job.errors) == (None, None, ())
     await _wait_for(other_notices, lambda n: n == JobsAvailable(frozenset({"q"})))
     # Claimed afresh, it is the first attempt.
-    claimed = await other_side.settle_and_claim([], [], W2, ClaimRequest(W2, {"q": 1}, 30.0))
+    claimed = await other_side.settle_and_claim(
+        [], [], W2, ClaimRequest(W2, {"q": 1}, 30.0, kinds=("t",))
+    )
     assert [(j.id, j.attempt) for j in claimed.claimed] == [(job_id, 1)]

@@ -107,5 +107,7 @@ async def test_poll_only_mode_opens_no_listen_connection(
     assert listening == 0
     # It still works as a store: the safety poll is the worker's business.
     await store.enqueue([_job()])
-    result = await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 5}, 30))
+    result = await store.settle_and_claim(
+        [], [], "w", ClaimRequest("w", {"default": 5}, 30, kinds=("t",))
+    )
     assert len(result.claimed) == 1

@@ -96,7 +96,9 @@ async def test_a_request_returns_its_queue_position(store: Store, new_job: NewJo
     assert [s.queue_position for s in low] == [0, 1, 2]
     assert high.queue_position == 0
     assert later.queue_position == 4  # every due job runs before it
-    await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
+    await store.settle_and_claim(
+        [], [], "w", ClaimRequest("w", {"default": 1}, 30, kinds=("test.noop",))
+    )
     again = await store.create_request(_request(new_job, key="k", priority=3))
     assert again.queue_position == 3
     running = (await store.list_jobs(JobFilter(state=JobState.RUNNING)))[0]
@@ -125,7 +127,9 @@ async def test_a_repeat_of_a_started_request_has_no_position(
     store: Store, new_job: NewJobFactory
 ) -> None:
     first = await store.create_request(_request(new_job, key="k"))
-    await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
+    await store.settle_and_claim(
+        [], [], "w", ClaimRequest("w", {"default": 1}, 30, kinds=("test.noop",))
+    )
     again = await store.create_request(_request(new_job, key="k"))
     assert not again.created
     assert again.request.job.state is JobState.RUNNING
@@ -169,7 +173,9 @@ async def test_list_requests_filters_and_pages(store: Store, new_job: NewJobFact
     assert [r.id for r in nxt] == [made[-2].id, made[-3].id]
     by_kind = await store.list_requests(RequestFilter(tenant_id="default", kind="other.kind"))
     assert [r.id for r in by_kind] == [odd.id]
-    claimed = await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
+    claimed = await store.settle_and_claim(
+        [], [], "w", ClaimRequest("w", {"default": 1}, 30, kinds=("test.noop",))
+    )
     job = claimed.claimed[0]
     await store.settle_and_claim(
         [Outcome(job.id, job.attempt, OutcomeKind.COMPLETED, job.queue, result={"ok": 1})],
@@ -201,7 +207,9 @@ async def test_queue_position_counts_the_jobs_ahead(store: Store, new_job: NewJo
 
 async def test_pruning_a_job_prunes_its_request(store: Store, new_job: NewJobFactory) -> None:
     request = (await store.create_request(_request(new_job))).request
-    claimed = await store.settle_and_claim([], [], "w", ClaimRequest("w", {"default": 1}, 30))
+    claimed = await store.settle_and_claim(
+        [], [], "w", ClaimRequest("w", {"default": 1}, 30, kinds=("test.noop",))
+    )
     job = claimed.claimed[0]
     await store.settle_and_claim(
         [Outcome(job.id, job.attempt, OutcomeKind.COMPLETED, job.queue)], [], "w", None

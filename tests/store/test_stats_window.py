@@ -21,7 +21,7 @@ NewJobFactory = Callable[..., NewJob]
 
 async def _finish_one(store: Store, new_job: NewJobFactory, kind: OutcomeKind) -> int:
     await store.enqueue([new_job()])
-    claim = ClaimRequest("w", {"default": 1}, 30)
+    claim = ClaimRequest("w", {"default": 1}, 30, kinds=("test.noop",))
     job = (await store.settle_and_claim([], [], "w", claim)).claimed[0]
     error = ErrorEntry(0.0, job.attempt, "E", "boom") if kind is OutcomeKind.FAILED else None
     outcome = Outcome(job.id, job.attempt, kind, job.queue, error=error)

@@ -248,9 +248,15 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    served_by: list[str] | None = Field(
+        default=None,
+        description="Shown for a queued job by GET /v1/jobs/{id}: the ids of the live "
+        "workers that would run it (they serve its queue and its kind); empty: none does, "
+        "and it waits until one starts. Null elsewhere.",
+    )
 
     @classmethod
-    def of(cls, j: Job) -> JobOut:
+    def of(cls, j: Job, served_by: list[str] | None = None) -> JobOut:
         return cls(
             id=j.id,
             tenant_id=j.tenant_id,
@@ -275,6 +281,7 @@ class JobOut(BaseModel):
             created_at=at_utc(j.created_at),
             started_at=utc(j.started_at),
             finished_at=utc(j.finished_at),
+            served_by=served_by,
         )
 
 
@@ -303,6 +310,13 @@ class QueueOut(BaseModel):
     failed_last_minute: int
     run_time_p50_s: float | None
     run_time_p95_s: float | None
+    served_kinds: dict[str, list[str]] = Field(
+        description="Kind -> ids of the live workers that claim it in this queue."
+    )
+    unserved_kinds: dict[str, int] = Field(
+        description="Kind -> queued jobs that no live worker runs: they wait, queued, until "
+        "a worker that has the kind starts."
+    )
 
     @classmethod
     def of(cls, s: QueueStats) -> QueueOut:
@@ -320,6 +334,8 @@ class QueueOut(BaseModel):
             failed_last_minute=s.failed_last_minute,
             run_time_p50_s=s.run_time_p50_s,
             run_time_p95_s=s.run_time_p95_s,
+            served_kinds={kind: list(ids) for kind, ids in s.served_kinds.items()},
+            unserved_kinds=dict(s.unserved_kinds),
         )
 
 

@@ -68,6 +68,9 @@ async def submit(
     ``StoreError`` (503). Nothing is stored when it raises.
     """
     client = api.client
+    # The API serves registered kinds only (their input models are its schema): a kind
+    # this process does not know is refused, although a Client would enqueue it by name.
+    client.kinds.get(kind)
     # The request id rides in the job's meta so the worker's log lines for the job carry it.
     job = client.prepare(kind, payload, tenant_id=caller.tenant_id, meta={"request_id": request_id})
     check_memory(api.settings.max_memory_mb, api.settings.memory_check_interval)

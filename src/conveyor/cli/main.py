@@ -4,6 +4,11 @@ The CLI is a contract other tools rely on: ``--json`` prints machine-readable ou
 input prints one line ``conveyor: error: ...`` naming what is wrong and exits with 2
 (nothing is written), a job id that does not exist exits with 1. Output is written whole
 or the command fails: 141 when its reader went away (`| head`), 74 on other write errors.
+
+Every command takes ``--database-url``, which overrides ``CONVEYOR_DATABASE_URL``. The
+long-running ones (worker, serve, api) log the database they use at start, and warn when
+it is the default SQLite file because no URL was given: a worker left on that file while
+the others use PostgreSQL would otherwise sit idle without a word.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from conveyor.engine.client import Client
 from conveyor.engine.errors import ConveyorError, JobNotFound
 from conveyor.engine.kinds import import_modules
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.logs import configure_logging
+from conveyor.logs import configure_logging, get_logger
 from conveyor.store import StoreError, make_store
+from conveyor.store.records import Job, JobState
+from conveyor.store.urls import redact
 
 T = TypeVar("T")
 
@@ -43,6 +50,14 @@ jobs_app = typer.Typer(help="List, show, cancel and retry jobs.", no_args_is_hel
 app.add_typer(jobs_app, name="jobs")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="sqlite:///PATH or postgresql://... (overrides CONVEYOR_DATABASE_URL; "
+        "default sqlite:///./conveyor.db).",
+    ),
+]
 ImportOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -62,8 +77,11 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def _settings() -> Settings:
+def _settings(database_url: str | None = None) -> Settings:
+    """The ``CONVEYOR_*`` settings, with ``--database-url`` over the environment's."""
     try:
+        if database_url is not None:
+            return Settings(database_url=database_url)
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
@@ -71,6 +89,19 @@ def _settings() -> Settings:
             for e in exc.errors(include_url=False)
         )
         raise CliError(f"bad setting: {problems}") from exc
+
+
+def _log_database(settings: Settings) -> None:
+    """Say where a long-running command keeps its jobs, loudly when no URL was given."""
+    url = redact(settings.database_url)
+    if "database_url" in settings.model_fields_set:
+        get_logger("cli").info("database", database=url)
+        return
+    get_logger("cli").warning(
+        "no database URL given (--database-url or CONVEYOR_DATABASE_URL): using the "
+        "default SQLite file; processes on another database do not see these jobs",
+        database=url,
+    )
 
 
 def _load_kinds(settings: Settings, extra: list[str] | None) -> None:
@@ -112,9 +143,9 @@ async def _with_client(
 
 # -- commands ---------------------------------------------------------------------------
 @app.command()
-def migrate(json: JsonFlag = False) -> None:
+def migrate(json: JsonFlag = False, database_url: DatabaseUrlOption = None) -> None:
     """Create or upgrade the database schema (also done at every start-up)."""
-    settings = _settings()
+    settings = _settings(database_url)
 
     async def go() -> tuple[list[int], tuple[int, int]]:
         store = make_store(settings)
@@ -147,9 +178,11 @@ def worker(
     burst: Annotated[
         bool, typer.Option("--burst", help="Exit once no due job is left (scripts, CI).")
     ] = False,
+    database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Run jobs until SIGTERM or SIGINT (then finish or hand back running jobs)."""
-    settings = _settings()
+    """Run jobs of the registered kinds until SIGTERM or SIGINT (then finish or hand back
+    running jobs). It claims only the kinds it has; others wait for a worker that has them."""
+    settings = _settings(database_url)
     configure_logging(settings.log_level, settings.log_format)
     _load_kinds(settings, import_)
     try:
@@ -158,6 +191,8 @@ def worker(
         )
     except (ValueError, ConveyorError) as exc:
         raise CliError(f"--queues: {exc}") from exc
+
+    _log_database(settings)
 
     async def go() -> None:
         store = make_store(settings)
@@ -180,8 +215,8 @@ PortOption = Annotated[
 ]
 
 
-def _listen_settings(host: str | None, port: int | None) -> Settings:
-    settings = _settings()
+def _listen_settings(host: str | None, port: int | None, database_url: str | None) -> Settings:
+    settings = _settings(database_url)
     changes: dict[str, Any] = {}
     if host is not None:
         changes["host"] = host
@@ -205,9 +240,10 @@ def serve(
         int | None, typer.Option(min=1, help="Jobs run at once per queue (default 10).")
     ] = None,
     import_: ImportOption = None,
+    database_url: DatabaseUrlOption = None,
 ) -> None:
     """Run the HTTP API and a worker in one process until SIGTERM or SIGINT."""
-    settings = _listen_settings(host, port)
+    settings = _listen_settings(host, port, database_url)
     configure_logging(settings.log_level, settings.log_format)
     _load_kinds(settings, import_)
     # FastAPI and uvicorn load only for the commands that serve HTTP.
@@ -226,18 +262,25 @@ def serve(
         config = WorkerConfig.from_settings(settings, spec, concurrency)
     except (ValueError, ConveyorError) as exc:
         raise CliError(f"--queues: {exc}") from exc
+    _log_database(settings)
     _run(serving.run(settings, registry, config))
 
 
 @app.command()
-def api(host: HostOption = None, port: PortOption = None, import_: ImportOption = None) -> None:
+def api(
+    host: HostOption = None,
+    port: PortOption = None,
+    import_: ImportOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
     """Run the HTTP API alone (beside `conveyor worker` processes) until SIGTERM or SIGINT."""
-    settings = _listen_settings(host, port)
+    settings = _listen_settings(host, port, database_url)
     configure_logging(settings.log_level, settings.log_format)
     _load_kinds(settings, import_)
     from conveyor.cli import serve as serving
     from conveyor.engine.kinds import registry
 
+    _log_database(settings)
     _run(serving.run(settings, registry, None))
 
 
@@ -255,9 +298,14 @@ def enqueue(
     ] = None,
     import_: ImportOption = None,
     json: JsonFlag = False,
+    database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Enqueue a job and print its id."""
-    settings = _settings()
+    """Enqueue a job and print its id.
+
+    A kind registered here (--import, CONVEYOR_IMPORTS) takes its defaults and has its
+    payload validated now; any other kind is enqueued by name with the system defaults
+    (queue default, priority 3), its payload checked by the worker that runs it."""
+    settings = _settings(database_url)
     _load_kinds(settings, import_)
     try:
         data = orjson.loads(payload)
@@ -309,9 +357,11 @@ def queues(
     no_limit: Annotated[
         str | None, typer.Option(help="Remove the cluster-wide limit of this queue.")
     ] = None,
+    database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Show every queue's jobs by state, running against limit, age and run times."""
-    settings = _settings()
+    """Show every queue's jobs by state, running against limit, age and run times, which
+    kinds its live workers serve, and the queued jobs of kinds none of them runs."""
+    settings = _settings(database_url)
     cap: tuple[str, int] | None = None
     if limit is not None:
         name, _, n = limit.partition(":")
@@ -334,7 +384,7 @@ def queues(
     if json:
         output.print_json([s.to_json() for s in stats])
     elif stats:
-        output.emit(output.queues_table(stats))
+        output.emit(output.queues_table(stats) + "\n" + output.queues_kinds(stats))
     else:
         output.emit("no queues yet: enqueue a job or start a worker")
 
@@ -347,9 +397,10 @@ def jobs_list(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     before: Annotated[int | None, typer.Option(help="Page: ids below this one.")] = None,
     json: JsonFlag = False,
+    database_url: DatabaseUrlOption = None,
 ) -> None:
     """List jobs, newest first."""
-    settings = _settings()
+    settings = _settings(database_url)
     jobs = _run(
         _with_client(
             settings,
@@ -366,28 +417,47 @@ JobId = Annotated[int, typer.Argument(help="The job id.")]
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: JobId, json: JsonFlag = False) -> None:
-    """Show one job with its error history."""
-    _show(_run(_with_client(_settings(), lambda c: c.get(job_id))), json)
+def jobs_show(
+    job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
+) -> None:
+    """Show one job with its error history and, while it is queued, which live workers
+    would run it (none: it waits until a worker that has its kind starts)."""
+
+    async def show(client: Client) -> tuple[Job, list[str] | None]:
+        job = await client.get(job_id)
+        if job.state is JobState.QUEUED:
+            return job, [w.id for w in await client.serving(job)]
+        return job, None
+
+    job, serving = _run(_with_client(_settings(database_url), show))
+    _show(job, json, serving)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: JobId, json: JsonFlag = False) -> None:
+def jobs_cancel(
+    job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
+) -> None:
     """Cancel a queued job, or stop a running one."""
-    _show(_run(_with_client(_settings(), lambda c: c.cancel(job_id))), json)
+    _show(_run(_with_client(_settings(database_url), lambda c: c.cancel(job_id))), json)
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: JobId, json: JsonFlag = False) -> None:
+def jobs_retry(
+    job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
+) -> None:
     """Queue a failed or cancelled job again."""
-    _show(_run(_with_client(_settings(), lambda c: c.retry(job_id))), json)
+    _show(_run(_with_client(_settings(database_url), lambda c: c.retry(job_id))), json)
 
 
-def _show(job: Any, json: bool) -> None:
+def _show(job: Job, json: bool, serving: list[str] | None = None) -> None:
+    """One job; ``serving``: the live workers that would run it, for a queued job."""
     if json:
-        output.print_json(job.to_json())
+        data = job.to_json()
+        if serving is not None:
+            data["served_by"] = serving
+        output.print_json(data)
     else:
-        output.emit(output.job_details(job))
+        output.emit(output.job_details(job, serving))
 
 
 # -- entry point ------------------------------------------------------------------------

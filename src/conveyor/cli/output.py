@@ -88,7 +88,8 @@ def jobs_table(jobs: Sequence[Job]) -> str:
     return table(["ID", "KIND", "QUEUE", "PRI", "STATE", "ATTEMPT", "CREATED"], rows)
 
 
-def job_details(job: Job) -> str:
+def job_details(job: Job, serving: Sequence[str] | None = None) -> str:
+    """A job for people; ``serving``: for a queued job, the live workers that would run it."""
     payload = orjson.dumps(job.payload).decode()
     result = orjson.dumps(job.result).decode() if job.result is not None else "-"
     progress = "-"
@@ -112,6 +113,13 @@ def job_details(job: Job) -> str:
         f"  finished    {when(job.finished_at)}",
         f"  worker      {job.locked_by or '-'}",
     ]
+    if serving is not None:
+        lines.append(
+            f"  served by   {', '.join(serving)}"
+            if serving
+            else f"  served by   no live worker runs kind {job.kind!r} in queue {job.queue!r}; "
+            "the job waits until one starts"
+        )
     if job.cancel_requested and job.state.value == "running":
         lines.append("  cancel      requested")
     if job.errors:
@@ -120,6 +128,22 @@ def job_details(job: Job) -> str:
             lines.append(
                 f"    attempt {error.attempt} at {when(error.at)}: {error.type}: {error.message}"
             )
+    return "\n".join(lines)
+
+
+def queues_kinds(stats: Sequence[QueueStats]) -> str:
+    """Which kinds each queue's live workers serve (with how many workers), and the queued
+    jobs of kinds none of them runs: those wait, they are not failed."""
+    lines = ["", "KINDS SERVED (live workers)"]
+    for s in stats:
+        served = ", ".join(f"{kind} ({len(ids)})" for kind, ids in s.served_kinds.items())
+        lines.append(f"  {s.name}: {served or 'no live worker'}")
+    unserved = [s for s in stats if s.unserved_kinds]
+    if unserved:
+        lines.append("UNSERVED (queued jobs no live worker runs; they wait)")
+        for s in unserved:
+            waiting = ", ".join(f"{kind}: {n} waiting" for kind, n in s.unserved_kinds.items())
+            lines.append(f"  {s.name}: {waiting}")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from conveyor.engine.context import JobContext, storable_text
-from conveyor.engine.errors import Discard, UnknownKind
+from conveyor.engine.errors import Discard, InvalidJob
 from conveyor.engine.kinds import Kind
 from conveyor.store.records import ErrorEntry, Job, Outcome, OutcomeKind
 
@@ -140,11 +140,6 @@ def failure(kind: Kind | None, job: Job, error: ErrorEntry, *, retryable: bool) 
     return Outcome(job.id, job.attempt, OutcomeKind.FAILED, job.queue, error=error)
 
 
-def unknown_kind(job: Job, exc: UnknownKind) -> Outcome:
-    """A job no handler here can run: retried so a worker that has the kind may take it."""
-    return failure(None, job, error_entry(job, exc, with_traceback=False), retryable=True)
-
-
 async def execute(
     kind: Kind,
     ctx: JobContext,
@@ -160,7 +155,13 @@ async def execute(
     job = ctx.job
     raised: Exception | None = None
     try:
-        result = await _call(kind, ctx, threads)
+        payload = kind.handler_input(job.payload)
+    except InvalidJob as exc:
+        # Enqueued by name where the kind is not registered, so never validated: no
+        # attempt can make it valid.
+        return failure(kind, job, error_entry(job, exc, with_traceback=False), retryable=False)
+    try:
+        result = await _call(kind, ctx, payload, threads)
     except asyncio.CancelledError:
         ctx._mark_cancelled()
         reason = stop_reasons.pop((job.id, job.attempt), None)
@@ -187,8 +188,7 @@ async def execute(
     )
 
 
-async def _call(kind: Kind, ctx: JobContext, threads: Executor) -> Any:
-    payload = kind.handler_input(ctx.job.payload)
+async def _call(kind: Kind, ctx: JobContext, payload: Any, threads: Executor) -> Any:
     if kind.is_async:
         return await kind.handler(ctx, payload)
     # Run in the pool with the caller's context variables, so the job's log context

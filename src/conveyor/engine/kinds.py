@@ -9,7 +9,9 @@ A module registers kinds with :func:`job`; workers load such modules with ``--im
 
 If the payload parameter is annotated with a pydantic model, payloads are validated
 against it at enqueue (bad input never reaches the queue) and the handler receives the
-model; otherwise it receives the JSON value as stored.
+model; otherwise it receives the JSON value as stored. A job enqueued by name from a
+process where the kind is not registered is validated when a worker runs it instead: a
+payload the model rejects then fails the job at once, naming the fields.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 3
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 300.0
+"""The defaults of :func:`job`, and of an enqueue by name of a kind that is not
+registered in the enqueuing process."""
+
+
+def check_kind_name(name: str) -> str:
+    if not KIND_NAME.fullmatch(name):
+        raise InvalidJob(f"job kind name {name!r} is not valid: use 1-200 letters, digits or _.-:/")
+    return name
 
 
 def check_queue_name(queue: str) -> str:
@@ -99,10 +109,17 @@ class Kind:
             ) from exc
 
     def handler_input(self, payload: JSON) -> Any:
-        """What the handler receives for a stored payload."""
+        """What the handler receives for a stored payload; raises :class:`InvalidJob`
+        naming each field the kind's input model rejects (a job enqueued by name where
+        the kind is not registered was not validated before)."""
         if self.input_model is None:
             return payload
-        return self.input_model.model_validate(payload)
+        try:
+            return self.input_model.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidJob(
+                f"payload for kind {self.name!r} is not valid: {_describe(exc)}"
+            ) from exc
 
 
 def _describe(exc: ValidationError) -> str:

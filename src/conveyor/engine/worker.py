@@ -10,6 +10,11 @@ A worker fetches only for free slots (no prefetch that would starve other worker
 a new identity at every start, and never trusts its memory about a job's state: every
 change it asks for is guarded in the store on state, attempt and owner.
 
+A worker claims only jobs of the kinds in its registry, in every queue it serves: workers
+with different kinds (a web box, a video box, a GPU box) share queues, and a job no live
+worker can run waits, queued. A job of a kind it does not know that reaches it all the
+same (adopted, say) is handed back without charging the attempt.
+
 Handoff (PostgreSQL): a claim that comes back short offers the slots it left free, and an
 enqueue may then hand its job straight to this worker in a notice, already running under
 it. The worker keeps its offers in step (slots its jobs free are added; all are taken
@@ -36,8 +41,7 @@ from typing import Any
 from conveyor.config import Settings
 from conveyor.engine import services
 from conveyor.engine.context import JobContext, storable_text
-from conveyor.engine.errors import UnknownKind
-from conveyor.engine.executor import StopReason, execute, failure, stopped, unknown_kind
+from conveyor.engine.executor import StopReason, execute, failure, stopped
 from conveyor.engine.kinds import Kind, Registry, check_queue_name, registry
 from conveyor.engine.periodic import Scheduler
 from conveyor.engine.threads import JobThreads
@@ -185,6 +189,8 @@ class Worker:
         self.store = store
         self.config = config or WorkerConfig()
         self.kinds = kinds if kinds is not None else registry
+        self._kind_names = tuple(self.kinds.names())
+        """What its claims ask for: the kinds registered when it starts."""
         self.id = new_worker_id()
         self._job_log: Any = log
         self._log_info = True
@@ -245,12 +251,30 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        self._kind_names = tuple(self.kinds.names())
         remove_listener = self.store.add_listener(self._on_notice)
         await self.store.register_worker(
-            WorkerInfo(self.id, socket.gethostname(), os.getpid(), dict(self.config.queues)),
+            WorkerInfo(
+                self.id,
+                socket.gethostname(),
+                os.getpid(),
+                dict(self.config.queues),
+                kinds=self._kind_names,
+            ),
             self.config.lease_s,
         )
-        log.info("worker started", worker_id=self.id, queues=self.config.queues)
+        log.info(
+            "worker started",
+            worker_id=self.id,
+            queues=self.config.queues,
+            kinds=list(self._kind_names),
+        )
+        if not self._kind_names:
+            log.warning(
+                "worker has no job kinds registered, so it claims nothing; import the "
+                "modules that define them (--import or CONVEYOR_IMPORTS)",
+                worker_id=self.id,
+            )
         # Resolved once, under the configuration of the moment: a job's context bound to
         # the lazy module logger rebuilt the logger from the configuration for every job
         # (4.9 against 1.4 us a bind), and a completion logged below the level still paid
@@ -358,7 +382,9 @@ class Worker:
         slots = {q: n for q, n in self._free_slots().items() if q in self._maybe_due}
         if not slots:
             return None
-        return ClaimRequest(self.id, slots, self.config.lease_s, offer=self.config.handoff)
+        return ClaimRequest(
+            self.id, slots, self.config.lease_s, offer=self.config.handoff, kinds=self._kind_names
+        )
 
     def _free_slots(self) -> dict[str, int]:
         busy: dict[str, int] = {}
@@ -600,11 +626,18 @@ class Worker:
 
     async def _run_job(self, ctx: JobContext, kind: Kind | None) -> Outcome | None:
         """Run one attempt: its outcome, or None if its lease was lost."""
+        kind = self.kinds.find(ctx.job.kind)
         if kind is None:
-            try:
-                kind = self.kinds.get(ctx.job.kind)
-            except UnknownKind as exc:
-                return unknown_kind(ctx.job, exc)
+            # Claims ask only for this worker's kinds, and so do its offers; a job of
+            # another kind can still reach it in a handoff from a process of an older
+            # release (whose enqueue does not read the offer's kinds), or adopted after
+            # such a handoff's notice was lost. Handed back uncharged, it waits for a
+            # worker that runs it: this one's claims never take it again.
+            ctx.log.warning(
+                "job of a kind this worker does not run: handed back, attempt not charged",
+                kinds=list(self._kind_names),
+            )
+            return Outcome(ctx.job.id, ctx.job.attempt, OutcomeKind.RELEASED, ctx.job.queue)
         running = self._running.get(ctx.job.id)
         if running is not None and running.ctx is ctx:
             running.started = True
@@ -973,4 +1006,4 @@ def _log_outcome(ctx: JobContext, outcome: Outcome, seconds: float) -> None:
     elif outcome.kind is OutcomeKind.CANCELLED:
         ctx.log.info("job cancelled while running", took_s=took)
     else:
-        ctx.log.info("job handed back to the queue at shutdown", took_s=took)
+        ctx.log.info("job handed back to the queue, attempt not charged", took_s=took)

@@ -131,9 +131,11 @@ class Store(Protocol):
         """Record finished attempts and progress, then claim jobs, and with ``rescue`` do
         what :meth:`rescue` does too; as few round trips as the database allows.
 
-        Claims take queued, due jobs of unpaused queues, strictly by priority (1 first),
-        then ``run_at``, then id; each claimed job becomes ``running`` with its attempt
-        incremented, ``locked_by`` the worker and a lease of ``claim.lease_s``.
+        Claims take queued, due jobs of unpaused queues whose kind is one of
+        ``claim.kinds``, strictly by priority (1 first), then ``run_at``, then id, across
+        those kinds; each claimed job becomes ``running`` with its attempt incremented,
+        ``locked_by`` the worker and a lease of ``claim.lease_s``. Jobs of other kinds are
+        left queued, and cost the claim nothing however many there are.
 
         Offers for handoff (see :attr:`ClaimRequest.offer`): ``freed`` adds slots the
         worker's jobs freed to its offers in queues it is not claiming; ``withdraw`` takes
@@ -214,7 +216,8 @@ class Store(Protocol):
 
     async def unregister_worker(self, worker_id: str) -> None: ...
 
-    async def list_workers(self) -> list[WorkerInfo]: ...
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The live workers, with the queues and kinds each serves."""
 
     # -- notices ---------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:

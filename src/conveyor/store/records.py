@@ -233,7 +233,7 @@ class Enqueued(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """How many jobs a worker can take now, per queue."""
+    """How many jobs a worker can take now, per queue, and of which kinds."""
 
     worker_id: str
     slots: dict[str, int]
@@ -243,6 +243,9 @@ class ClaimRequest:
     new job of such a queue already running under this worker and hand it over in a
     notice (:class:`conveyor.store.base.JobHandedOff`). Stores that cannot hand off
     ignore it."""
+    kinds: tuple[str, ...] = field(kw_only=True)
+    """The kinds the worker can run: only jobs of these are claimed (in every queue of
+    ``slots``) or handed to its offers. Strict priority, then FIFO, holds across them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +309,12 @@ class WorkerInfo:
     started_at: float = 0.0
     last_seen_at: float = 0.0
     expires_at: float = 0.0
+    kinds: tuple[str, ...] = ()
+    """The job kinds it runs (its registry), sorted; it claims only these."""
+
+    def serves(self, queue: str, kind: str) -> bool:
+        """Whether this worker claims jobs of ``kind`` in ``queue``."""
+        return queue in self.queues and kind in self.kinds
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -313,6 +322,7 @@ class WorkerInfo:
             "hostname": self.hostname,
             "pid": self.pid,
             "queues": dict(self.queues),
+            "kinds": list(self.kinds),
             "started_at": self.started_at,
             "last_seen_at": self.last_seen_at,
             "expires_at": self.expires_at,
@@ -343,6 +353,11 @@ class QueueStats:
     failed_last_minute: int
     run_time_p50_s: float | None
     run_time_p95_s: float | None
+    served_kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Kind -> the ids of the live workers that claim it in this queue."""
+    unserved_kinds: dict[str, int] = field(default_factory=dict)
+    """Kind -> queued jobs of this queue that no live worker can run: they wait (never
+    fail) until a worker that has the kind starts."""
 
     def to_json(self) -> dict[str, JSON]:
         return {
@@ -358,6 +373,8 @@ class QueueStats:
             "failed_last_minute": self.failed_last_minute,
             "run_time_p50_s": self.run_time_p50_s,
             "run_time_p95_s": self.run_time_p95_s,
+            "served_kinds": {k: list(ids) for k, ids in self.served_kinds.items()},
+            "unserved_kinds": dict(self.unserved_kinds),
         }
 
 

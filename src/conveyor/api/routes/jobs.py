@@ -79,8 +79,12 @@ async def get_job(
     caller: Annotated[Caller, Depends(get_caller)],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> JobOut:
-    """One job with one error entry (and traceback) per failed attempt."""
-    return JobOut.of(await find_job(api, caller, job_id))
+    """One job with one error entry (and traceback) per failed attempt; for a queued job,
+    which live workers would run it (``served_by``)."""
+    job = await find_job(api, caller, job_id)
+    if job.state is not JobState.QUEUED:
+        return JobOut.of(job)
+    return JobOut.of(job, [w.id for w in await api.client.serving(job)])
 
 
 @router.post("/{job_id}/cancel", responses={**NOT_FOUND, **CONFLICT}, summary="Cancel a job")

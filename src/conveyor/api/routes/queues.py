@@ -36,7 +36,8 @@ async def list_queues(
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueList:
     """Every queue that has jobs, a live worker or a setting: jobs by state, due and
-    scheduled, running against its limit, oldest due age, and recent run times."""
+    scheduled, running against its limit, oldest due age, recent run times, which kinds
+    its live workers serve and the queued jobs of kinds none of them runs."""
     stats = await api.client.queues()
     return QueueList(queues=[QueueOut.of(s) for s in stats])
 

@@ -71,6 +71,7 @@ from conveyor.store.records import (
 )
 from conveyor.store.sqlfile import load_migrations, load_queries
 from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
+from conveyor.store.urls import redact as _safe
 
 T = TypeVar("T")
 Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -429,7 +430,8 @@ class PostgresStore:
             args = self._exchange_args(claim, queues, worker_id, outcomes, reports, rescue_limit)
         except orjson.JSONEncodeError as exc:
             raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
-        tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw)
+        kinds = list(claim.kinds) if claim is not None else []
+        tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw, kinds)
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
@@ -438,7 +440,7 @@ class PostgresStore:
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
                 if claim_only:
-                    return await conn.fetch(_Q["claim"], *args[:5])
+                    return await conn.fetch(_Q["claim"], *args[:5], kinds)
                 return await conn.fetch(_Q["exchange"], *args, [], *tail)
             async with conn.transaction():
                 locked = await conn.fetch(_Q["lock_limited_queues"], queues)
@@ -778,6 +780,7 @@ class PostgresStore:
                 info.pid,
                 _dumps(info.queues),
                 lease_s,
+                _dumps(list(info.kinds)),
             )
         )
 
@@ -963,16 +966,6 @@ class _TickTaken(Exception):
     """Rolls back a periodic enqueue whose tick another worker enqueued first."""
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
-
-
 _CREATE_REQUEST_PASSES = 3
 """A pass is repeated only after a racing call committed; two such races in a row are
 already unlikely."""
@@ -1154,6 +1147,7 @@ def _worker(row: Row) -> WorkerInfo:
         started_at=row[4].timestamp(),
         last_seen_at=row[5].timestamp(),
         expires_at=row[6].timestamp(),
+        kinds=tuple(orjson.loads(row[7])),
     )
 
 
@@ -1167,7 +1161,7 @@ def _queue_stats(
     finished: bool,
 ) -> list[QueueStats]:
     return assemble_queue_stats(
-        [(q, state, n) for q, state, n in counts],
+        [(q, state, kind, n) for q, state, kind, n in counts],
         {q: (n, None if age is None else float(age)) for q, n, age in due},
         {(q, state): n for q, state, n in recent},
         {

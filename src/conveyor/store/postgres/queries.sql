@@ -44,25 +44,41 @@ FROM src LEFT JOIN ins ON ins.id = src.id
 -- more than the insert). No row back means an active job holds its unique_key.
 --
 -- The job is handed to a waiting worker (see conveyor_offers) when it is due now, its
--- queue is neither paused nor limited and holds no due queued job (which would have to
--- run first), and a live worker offers a free slot there: it is inserted running under
--- that worker, attempt 1, and its NOTIFY carries it. Otherwise it is queued and the
--- NOTIFY wakes the workers to claim it. Of several offers the one with the most free
--- slots takes it; an offer another enqueue holds is skipped, not waited for.
+-- queue is neither paused nor limited, a live worker that runs its kind offers a free slot
+-- there, and the queue holds no due queued job of a kind that worker runs (which would
+-- have to run first; jobs of kinds it cannot run do not stop the handoff): it is inserted
+-- running under that worker, attempt 1, and its NOTIFY carries it. Otherwise it is queued
+-- and the NOTIFY wakes the workers to claim it. Of several offers the one with the most
+-- free slots takes it; an offer another enqueue holds is skipped, not waited for.
 WITH taker AS (
     SELECT o.worker_id, o.lease_s
     FROM conveyor_offers o
-    WHERE o.queue = $2 AND o.slots > 0 AND $7::float8 IS NULL AND $8::float8 <= 0
-      AND NOT EXISTS (
-          SELECT FROM conveyor_jobs q
-          WHERE q.state = 'queued' AND q.queue = $2 AND q.run_at <= now())
+    -- For each offer the filters on o leave, the head of the claim index per kind it
+    -- serves, in the index's own order, so that only the index can answer it. Written as
+    -- NOT EXISTS over kind = ANY(o.kinds), the generic plan read the jobs table
+    -- sequentially, past every queued job of the kinds the offer does not serve.
+    LEFT JOIN LATERAL (
+        SELECT true AS due
+        FROM unnest(o.kinds) AS ok(kind)
+        CROSS JOIN LATERAL (
+            SELECT FROM conveyor_jobs q
+            WHERE q.state = 'queued' AND q.queue = $2 AND q.kind = ok.kind
+              AND q.run_at <= now()
+            ORDER BY q.priority, q.run_at, q.id
+            LIMIT 1
+        ) head
+        LIMIT 1
+    ) ahead ON true
+    WHERE o.queue = $2 AND o.slots > 0 AND $3 = ANY(o.kinds)
+      AND $7::float8 IS NULL AND $8::float8 <= 0
+      AND ahead.due IS NULL
       AND NOT EXISTS (
           SELECT FROM conveyor_queues s
           WHERE s.name = $2 AND (s.paused OR s.concurrency_limit IS NOT NULL))
       AND NOT pg_try_advisory_xact_lock_shared(o.lock_key)
     ORDER BY o.slots DESC
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF o SKIP LOCKED
 ),
 ins AS (
     INSERT INTO conveyor_jobs (
@@ -119,14 +135,14 @@ FOR UPDATE
 
 -- name: exchange
 -- A worker's whole exchange in one statement and one commit: record finished attempts
--- ($6..$11) and progress ($13..$16), claim for free slots ($1, $2), update the worker's
--- offers ($5, $19..$21) and, when $18, rescue expired leases and forget expired workers
--- and dead offers. The parts touch disjoint rows — the
+-- ($6..$11) and progress ($13..$16), claim for free slots ($1, $2) jobs of the kinds the
+-- worker runs ($22), update the worker's offers ($5, $19..$21) and, when $18, rescue
+-- expired leases and forget expired workers and dead offers. The parts touch disjoint rows — the
 -- worker's reported running jobs, queued jobs, other running jobs — which is what lets
 -- them share a statement.
 --
--- Claims take, per queue, the first n due jobs in priority, run_at, id order, skipping
--- rows another claimer has locked; n is cut to the free slots where a cluster-wide limit
+-- Claims take, per queue, the first n due jobs of the worker's kinds in priority, run_at,
+-- id order, skipping rows another claimer has locked; n is cut to the free slots where a cluster-wide limit
 -- is set (the caller has locked those queues' rows first, so the count is exact). A
 -- limited queue the caller did not lock ($17 lists those it locked: its cache had not
 -- heard of the limit yet) claims nothing; the summary names it in unlocked_in, and the
@@ -177,7 +193,8 @@ wanted AS (
                     WHERE r.state = 'running' AND r.queue = w.queue))
            END AS n,
            q.concurrency_limit IS NOT NULL AND NOT w.queue = ANY($17::text[]) AS unlocked,
-           q.concurrency_limit IS NOT NULL AS limited
+           q.concurrency_limit IS NOT NULL AS limited,
+           $22::text[] AS kinds
     FROM unnest($1::text[], $2::int[]) AS w(queue, n)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
@@ -242,8 +259,12 @@ SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
-            THEN (SELECT min(run_at) FROM conveyor_jobs
-                  WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now())
+            THEN (SELECT min(s.run_at) FROM unnest($1::text[]) AS q(name)
+                  CROSS JOIN unnest($22::text[]) AS k(kind)
+                  CROSS JOIN LATERAL (
+                      SELECT min(run_at) AS run_at FROM conveyor_jobs
+                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+                        AND run_at > now()) AS s)
        END,
        ARRAY(SELECT id FROM settled),
        ARRAY(SELECT attempt FROM settled),
@@ -256,13 +277,15 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- due: the pass an idle worker makes when a notice wakes it, so the one on the
 -- enqueue-to-start path. Measured there, alternating the two, the full statement took
 -- 0.27 ms more at the median (1.60 against 1.33 ms), running the parts that had nothing
--- to do. Same parameters $1..$5, same rows back. Only for queues the caller holds no lock on: a limited queue claims nothing and
--- is named in unlocked_in, as in the exchange.
+-- to do. Same parameters $1..$5, then the kinds ($6, the exchange's $22); same rows back.
+-- Only for queues the caller holds no lock on: a limited queue claims nothing and is named
+-- in unlocked_in, as in the exchange.
 WITH wanted AS (
     SELECT w.queue,
            CASE WHEN q.concurrency_limit IS NULL THEN w.n ELSE 0 END AS n,
            q.concurrency_limit IS NOT NULL AS unlocked,
-           q.concurrency_limit IS NOT NULL AS limited
+           q.concurrency_limit IS NOT NULL AS limited,
+           $6::text[] AS kinds
     FROM unnest($1::text[], $2::int[]) AS w(queue, n)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
@@ -276,8 +299,12 @@ FROM claimed c
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(n), 0) FROM wanted)
-            THEN (SELECT min(run_at) FROM conveyor_jobs
-                  WHERE state = 'queued' AND queue = ANY($1::text[]) AND run_at > now())
+            THEN (SELECT min(s.run_at) FROM unnest($1::text[]) AS q(name)
+                  CROSS JOIN unnest($6::text[]) AS k(kind)
+                  CROSS JOIN LATERAL (
+                      SELECT min(run_at) AS run_at FROM conveyor_jobs
+                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+                        AND run_at > now()) AS s)
        END,
        '{}', '{}', '{}',
        ARRAY(SELECT queue FROM wanted WHERE unlocked),
@@ -361,15 +388,18 @@ RETURNING job_id
 
 -- name: stats_counts
 -- Active jobs only, each part off the partial index that holds its state: O(queued +
--- running), whatever the number of finished jobs kept.
-SELECT queue, 'queued', count(*) FROM conveyor_jobs WHERE state = 'queued' GROUP BY queue
+-- running), whatever the number of finished jobs kept. Queued jobs by kind too (the claim
+-- index's order), so that kinds no live worker runs can be shown.
+SELECT queue, 'queued', kind, count(*) FROM conveyor_jobs WHERE state = 'queued'
+GROUP BY queue, kind
 UNION ALL
-SELECT queue, 'running', count(*) FROM conveyor_jobs WHERE state = 'running' GROUP BY queue
+SELECT queue, 'running', NULL, count(*) FROM conveyor_jobs WHERE state = 'running'
+GROUP BY queue
 
 -- name: stats_finished
 -- Jobs that finished in the last $1 seconds, by queue and state: a range of the prune
 -- index, so the cost follows the rate of jobs, not the size of the table.
-SELECT queue, state, count(*) FROM conveyor_jobs
+SELECT queue, state, NULL, count(*) FROM conveyor_jobs
 WHERE finished_at >= now() - make_interval(secs => $1)
   AND state IN ('completed', 'failed', 'cancelled')
 GROUP BY queue, state
@@ -405,11 +435,14 @@ GROUP BY q.name
 SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
-INSERT INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)
-VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5))
+INSERT INTO conveyor_workers (
+    id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+)
+VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5), $6)
 ON CONFLICT (id) DO UPDATE
 SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
-    last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at
+    last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at,
+    kinds = excluded.kinds
 
 -- name: unregister_worker
 WITH offers AS (
@@ -428,7 +461,8 @@ DELETE FROM conveyor_offers WHERE queue = $1
 SELECT * FROM conveyor_jobs WHERE state = 'running' AND locked_by = $1 AND id <> ALL($2::bigint[])
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at FROM conveyor_workers
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+FROM conveyor_workers
 WHERE expires_at >= now() ORDER BY started_at
 
 -- name: schema_version
@@ -583,17 +617,19 @@ WHERE state = 'queued' AND queue = $1 AND run_at <= now()
 
 -- part: offers
 -- What the claim left free, per unlimited queue, is offered for handoff ($5: the key of
--- the caller's LISTEN connection; NULL offers nothing); the caller's other offers in the
--- claimed queues are taken back.
+-- the caller's LISTEN connection; NULL offers nothing), for jobs of the kinds the caller
+-- runs; the caller's other offers in the claimed queues are taken back.
 spare AS (
-    SELECT w.queue, w.n - (SELECT count(*) FROM claimed c WHERE c.queue = w.queue) AS slots
+    SELECT w.queue, w.kinds,
+           w.n - (SELECT count(*) FROM claimed c WHERE c.queue = w.queue) AS slots
     FROM wanted w WHERE $5::bigint IS NOT NULL AND NOT w.limited
 ),
 offered AS (
-    INSERT INTO conveyor_offers (queue, worker_id, slots, lock_key, lease_s)
-    SELECT queue, $3, slots, $5, $4 FROM spare WHERE slots > 0
+    INSERT INTO conveyor_offers (queue, worker_id, slots, lock_key, lease_s, kinds)
+    SELECT queue, $3, slots, $5, $4, kinds FROM spare WHERE slots > 0
     ON CONFLICT (queue, worker_id) DO UPDATE
-    SET slots = excluded.slots, lock_key = excluded.lock_key, lease_s = excluded.lease_s
+    SET slots = excluded.slots, lock_key = excluded.lock_key, lease_s = excluded.lease_s,
+        kinds = excluded.kinds
     RETURNING queue
 ),
 unoffered AS (
@@ -625,18 +661,32 @@ notified AS (
 )
 
 -- part: claim_jobs
--- The claim proper, shared by exchange and claim: per wanted queue (wanted: queue, n) the
--- first n due jobs in priority, run_at, id order, skipping rows another claimer holds,
--- made running under $3 with a lease of $4 seconds.
+-- The claim proper, shared by exchange and claim: per wanted queue (wanted: queue, n,
+-- kinds) the first n due jobs of those kinds in priority, run_at, id order, skipping rows
+-- another claimer holds, made running under $3 with a lease of $4 seconds.
+--
+-- One limited walk of the claim index per (queue, kind) — its first n due rows, locked —
+-- then the candidates of all kinds merged in claim order and the first n taken: strict
+-- priority and FIFO hold across the kinds, and jobs of kinds the worker lacks are never
+-- read, however many sit at the head of the queue. A filter on kind over one walk of the
+-- queue would read past all of them. Candidates locked but not taken in the merge (at
+-- most n per kind beyond the n taken) stay locked only until this statement commits;
+-- meanwhile other claimers skip them as they skip any row being claimed.
 picked AS (
     SELECT c.id
     FROM wanted w
     CROSS JOIN LATERAL (
-        SELECT id FROM conveyor_jobs
-        WHERE state = 'queued' AND queue = w.queue AND run_at <= now()
-        ORDER BY priority, run_at, id
+        SELECT k.id
+        FROM unnest(w.kinds) AS wk(kind)
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = w.queue AND kind = wk.kind AND run_at <= now()
+            ORDER BY priority, run_at, id
+            LIMIT greatest(w.n, 0)
+            FOR UPDATE SKIP LOCKED
+        ) k
+        ORDER BY k.priority, k.run_at, k.id
         LIMIT greatest(w.n, 0)
-        FOR UPDATE SKIP LOCKED
     ) c
 ),
 claimed AS (

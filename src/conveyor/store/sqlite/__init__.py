@@ -371,8 +371,9 @@ class SqliteStore:
             claimed: list[Job] = []
             next_run_at: float | None = None
             if claim is not None:
+                kinds = _dumps(claim.kinds)
                 for queue, limit in claim.slots.items():
-                    jobs, upcoming = _claim_queue(conn, now, claim, queue, limit)
+                    jobs, upcoming = _claim_queue(conn, now, claim, kinds, queue, limit)
                     claimed.extend(jobs)
                     if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
                         next_run_at = upcoming
@@ -605,6 +606,7 @@ class SqliteStore:
                     "hostname": info.hostname,
                     "pid": info.pid,
                     "queues": _dumps(info.queues),
+                    "kinds": _dumps(list(info.kinds)),
                     "now": now,
                     "lease_s": lease_s,
                 },
@@ -799,8 +801,15 @@ def _queues_to_wake(
 
 
 def _claim_queue(
-    conn: sqlite3.Connection, now: float, claim: ClaimRequest, queue: str, limit: int
+    conn: sqlite3.Connection,
+    now: float,
+    claim: ClaimRequest,
+    kinds: str,
+    queue: str,
+    limit: int,
 ) -> tuple[list[Job], float | None]:
+    """Claim up to ``limit`` due jobs of ``queue`` whose kind is in ``kinds`` (a JSON
+    array); also the next ``run_at`` of such a job when the claim came back short."""
     settings = conn.execute(_Q["queue_settings_for"], (queue,)).fetchone()
     if settings is not None:
         paused, cluster_limit = settings
@@ -819,13 +828,16 @@ def _claim_queue(
                 "now": now,
                 "lease_s": claim.lease_s,
                 "queue": queue,
+                "kinds": kinds,
                 "limit": limit,
             },
         ).fetchall()
         jobs = sorted((row_to_job(r) for r in rows), key=lambda j: (j.priority, j.run_at, j.id))
         if len(jobs) == limit:
             return jobs, None
-    upcoming = conn.execute(_Q["next_run_at"], {"queue": queue, "now": now}).fetchone()[0]
+    upcoming = conn.execute(
+        _Q["next_run_at"], {"queue": queue, "kinds": kinds, "now": now}
+    ).fetchone()[0]
     return jobs, upcoming
 
 
@@ -839,6 +851,7 @@ def _live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
             started_at=row[4],
             last_seen_at=row[5],
             expires_at=row[6],
+            kinds=tuple(orjson.loads(row[7])),
         )
         for row in conn.execute(_Q["list_workers"], {"now": now})
     ]

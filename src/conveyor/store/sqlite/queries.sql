@@ -15,7 +15,11 @@ SELECT id FROM conveyor_jobs
 WHERE tenant_id = ? AND unique_key = ? AND state IN ('queued', 'running')
 
 -- name: claim
--- RETURNING order is unspecified in SQLite: the store sorts the claimed rows itself.
+-- The first :limit due jobs of the queue whose kind is in :kinds (a JSON array), in
+-- priority, run_at, id order across those kinds. The correlated subquery walks the claim
+-- index once per kind, at most :limit rows each, and only those candidates are sorted:
+-- jobs of kinds the worker lacks are never read, however many sit at the head of the
+-- queue. RETURNING order is unspecified in SQLite: the store sorts the claimed rows itself.
 UPDATE conveyor_jobs
 SET state = 'running',
     attempt = attempt + 1,
@@ -25,9 +29,14 @@ SET state = 'running',
     progress = NULL,
     progress_message = NULL
 WHERE id IN (
-    SELECT id FROM conveyor_jobs
-    WHERE state = 'queued' AND queue = :queue AND run_at <= :now
-    ORDER BY priority, run_at, id
+    SELECT c.id FROM json_each(:kinds) AS k, conveyor_jobs AS c
+    WHERE c.id IN (
+        SELECT id FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = :queue AND kind = k.value AND run_at <= :now
+        ORDER BY priority, run_at, id
+        LIMIT :limit
+    )
+    ORDER BY c.priority, c.run_at, c.id
     LIMIT :limit
 )
 RETURNING *
@@ -39,8 +48,13 @@ SELECT paused, concurrency_limit FROM conveyor_queues WHERE name = ?
 SELECT count(*) FROM conveyor_jobs WHERE state = 'running' AND queue = ?
 
 -- name: next_run_at
--- Only asked after a claim drained the queue's due jobs, so it reads scheduled rows only.
-SELECT min(run_at) FROM conveyor_jobs WHERE state = 'queued' AND queue = :queue AND run_at > :now
+-- Only asked after a claim drained the queue's due jobs of the worker's kinds, so it
+-- reads scheduled rows only.
+SELECT min((
+    SELECT min(run_at) FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = :queue AND kind = k.value AND run_at > :now
+))
+FROM json_each(:kinds) AS k
 
 -- name: complete
 UPDATE conveyor_jobs
@@ -175,15 +189,18 @@ DELETE FROM conveyor_periodic_ticks WHERE tick < :before
 
 -- name: stats_counts
 -- Active jobs only, each part off the partial index that holds its state: O(queued +
--- running), whatever the number of finished jobs kept.
-SELECT queue, 'queued', count(*) FROM conveyor_jobs WHERE state = 'queued' GROUP BY queue
+-- running), whatever the number of finished jobs kept. Queued jobs by kind too (the claim
+-- index's order), so that kinds no live worker runs can be shown.
+SELECT queue, 'queued', kind, count(*) FROM conveyor_jobs WHERE state = 'queued'
+GROUP BY queue, kind
 UNION ALL
-SELECT queue, 'running', count(*) FROM conveyor_jobs WHERE state = 'running' GROUP BY queue
+SELECT queue, 'running', NULL, count(*) FROM conveyor_jobs WHERE state = 'running'
+GROUP BY queue
 
 -- name: stats_finished
 -- Jobs that finished since :since, by queue and state: a range of the prune index, so
 -- the cost follows the rate of jobs, not the size of the table.
-SELECT queue, state, count(*) FROM conveyor_jobs
+SELECT queue, state, NULL, count(*) FROM conveyor_jobs
 WHERE finished_at >= :since AND finished_at IS NOT NULL
   AND state IN ('completed', 'failed', 'cancelled')
 GROUP BY queue, state
@@ -205,14 +222,17 @@ ORDER BY finished_at DESC LIMIT 1000
 SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
-INSERT OR REPLACE INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)
-VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s)
+INSERT OR REPLACE INTO conveyor_workers (
+    id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+)
+VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s, :kinds)
 
 -- name: unregister_worker
 DELETE FROM conveyor_workers WHERE id = ?
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at FROM conveyor_workers
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+FROM conveyor_workers
 WHERE expires_at >= :now ORDER BY started_at
 
 -- name: schema_version
