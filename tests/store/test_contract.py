@@ -672,6 +672,36 @@ async def test_progress_is_guarded(store: Store, new_job: NewJobFactory) -> None
     assert await get(store, job_id) == finished
 
 
+@pytest.mark.parametrize(
+    "kind", [OutcomeKind.COMPLETED, OutcomeKind.RETRY, OutcomeKind.FAILED, OutcomeKind.CANCELLED]
+)
+async def test_a_report_that_rides_with_its_outcome_is_recorded(
+    store: Store, new_job: NewJobFactory, kind: OutcomeKind
+) -> None:
+    job_id = await enqueue_one(store, new_job())
+    job = await claim_one(store)
+    await store.settle_and_claim([], [Progress(job_id, job.attempt, 0.5, "half")], W1, None)
+    last = Progress(job_id, job.attempt, 0.75, "last words")
+    result = await store.settle_and_claim([outcome_of(kind, job)], [last], W1, None)
+    assert result.applied == (True,)
+    finished = await get(store, job_id)
+    assert finished.progress_message == "last words"
+    assert finished.progress == (1.0 if kind is OutcomeKind.COMPLETED else 0.75)
+
+
+async def test_a_released_job_forgets_its_progress(store: Store, new_job: NewJobFactory) -> None:
+    job_id = await enqueue_one(store, new_job())
+    job = await claim_one(store)
+    report = Progress(job_id, job.attempt, 0.5, "half")
+    await store.settle_and_claim([outcome_of(OutcomeKind.RELEASED, job)], [report], W1, None)
+    released = await get(store, job_id)
+    assert (released.state, released.progress, released.progress_message) == (
+        JobState.QUEUED,
+        None,
+        None,
+    )
+
+
 # -- heartbeat -------------------------------------------------------------------------------
 async def test_heartbeat_reports_held_jobs(store: Store, new_job: NewJobFactory) -> None:
     await store.enqueue([new_job() for _ in range(3)])

@@ -491,10 +491,8 @@ class Worker:
             ctx.log.warning("job stopped: its lease was lost (rescued by another worker)")
             return
         self._hold_reports()
+        # A progress report still held here goes with the outcome: it is the last one.
         self._outcomes.append(outcome)
-        pending = self._progress.get(job.id)
-        if pending is not None and pending.attempt == job.attempt:
-            del self._progress[job.id]
         if self._log_info or outcome.kind in _WARNED:
             _log_outcome(ctx, outcome, time.perf_counter() - started)
 

@@ -419,8 +419,6 @@ class PostgresStore:
     ) -> SettleResult:
         """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue."""
         queues = list(claim.slots) if claim is not None else []
-        finished = {o.job_id for o in outcomes}
-        reports = [p for p in progress if p.job_id not in finished]
         # Never a claimed queue's offer: the claim sets it, and one statement must not
         # change a row twice.
         freed = {q: n for q, n in (freed or {}).items() if q not in queues}
@@ -437,16 +435,16 @@ class PostgresStore:
             [_dumps(o.error.to_json()) if o.error is not None else None for o in outcomes],
             [o.retry_in_s for o in outcomes],
             rescue_limit,
-            [p.job_id for p in reports],
-            [p.attempt for p in reports],
-            [p.fraction for p in reports],
-            [p.message for p in reports],
+            [p.job_id for p in progress],
+            [p.attempt for p in progress],
+            [p.fraction for p in progress],
+            [p.message for p in progress],
         )
         tail = (rescue_limit > 0, list(freed), list(freed.values()), withdraw)
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
-        claim_only = not (outcomes or reports or rescue_limit or freed or withdraw)
+        claim_only = not (outcomes or progress or rescue_limit or freed or withdraw)
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:

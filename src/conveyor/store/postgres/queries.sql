@@ -153,11 +153,19 @@ WITH settled AS (
         attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
         locked_by = CASE WHEN o.kind IN ('retry', 'released') THEN NULL ELSE j.locked_by END,
         started_at = CASE WHEN o.kind = 'released' THEN NULL ELSE j.started_at END,
+        -- A report that rides with its job's outcome is the job's last one: it is
+        -- recorded here, since the reported CTE must not change the same row.
         progress = CASE WHEN o.kind = 'completed' THEN 1.0
-                        WHEN o.kind = 'released' THEN NULL ELSE j.progress END,
+                        WHEN o.kind = 'released' THEN NULL
+                        WHEN p.id IS NOT NULL THEN p.fraction ELSE j.progress END,
+        progress_message = CASE WHEN o.kind = 'released' THEN NULL
+                                WHEN p.id IS NOT NULL THEN p.message
+                                ELSE j.progress_message END,
         lease_expires_at = NULL
     FROM unnest($6::bigint[], $7::int[], $8::text[], $9::text[], $10::text[], $11::float8[])
          AS o(id, attempt, kind, result, error, delay_s)
+    LEFT JOIN unnest($13::bigint[], $14::int[], $15::float8[], $16::text[])
+         AS p(id, attempt, fraction, message) ON p.id = o.id AND p.attempt = o.attempt
     WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = $3
     RETURNING o.id, o.attempt, j.queue, o.kind
 ),
@@ -167,6 +175,7 @@ reported AS (
     FROM unnest($13::bigint[], $14::int[], $15::float8[], $16::text[])
          AS p(id, attempt, fraction, message)
     WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = $3
+      AND p.id <> ALL($6::bigint[])
 ),
 wanted AS (
     SELECT w.queue,

@@ -347,11 +347,8 @@ class SqliteStore:
         # No handoff here (a worker in this process is woken at once, others poll): offers
         # (claim.offer, freed, withdraw) have nothing to change.
         def tx(conn: sqlite3.Connection, now: float) -> tuple[SettleResult, frozenset[str]]:
-            applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
-            wake = _queues_to_wake(conn, outcomes, applied)
-            rescued = _rescue(conn, now, 1000) if rescue else None
-            if rescued is not None:
-                wake |= rescued[1]
+            # Progress first: a job's last report may ride with its outcome, and must be
+            # recorded while the job is still running.
             for p in progress:
                 conn.execute(
                     _Q["progress"],
@@ -363,6 +360,11 @@ class SqliteStore:
                         "message": p.message,
                     },
                 )
+            applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
+            wake = _queues_to_wake(conn, outcomes, applied)
+            rescued = _rescue(conn, now, 1000) if rescue else None
+            if rescued is not None:
+                wake |= rescued[1]
             claimed: list[Job] = []
             next_run_at: float | None = None
             if claim is not None:
