@@ -261,6 +261,16 @@ def test_queues_table_json_pause_and_resume(cli: Cli) -> None:
     assert cli.show(other_job)["state"] == "completed"
 
 
+@pytest.mark.parametrize(
+    "option",
+    [["--pause", "nope"], ["--resume", "nope"], ["--limit", "nope:2"], ["--no-limit", "nope"]],
+)
+def test_changing_a_queue_that_does_not_exist_exits_1(cli: Cli, option: list[str]) -> None:
+    cli.enqueue("demo.echo")
+    assert_one_error_line(cli("queues", *option), "no queue named 'nope'", code=1)
+    assert [q["name"] for q in cli.ok("queues", "--json").json()] == ["default"]
+
+
 def test_queues_rejects_a_bad_queue_name(cli: Cli) -> None:
     cli.ok("migrate")
     assert_one_error_line(cli("queues", "--pause", "no spaces"), "no spaces")

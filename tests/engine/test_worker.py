@@ -577,8 +577,8 @@ async def test_paused_queue_is_not_served_until_resumed(
     async def noop(ctx: conveyor.JobContext, payload: Any) -> None:
         return None
 
-    await client.pause("default")
     enqueued = await client.enqueue("t.noop")
+    await client.pause("default")  # no worker runs yet: the job cannot start before this
     await workers.burst()
     assert (await client.get(enqueued.id)).state == conveyor.JobState.QUEUED
 

@@ -1003,8 +1003,43 @@ async def test_paused_queue_is_not_claimed(store: Store, new_job: NewJobFactory)
     assert await claim_ids(store) == [job_id]
 
 
-async def test_pausing_an_empty_queue_lists_it(store: Store) -> None:
-    await store.set_paused("quiet", True)
+async def test_a_queue_that_does_not_exist_is_neither_paused_nor_limited(store: Store) -> None:
+    # Changed by issue 10: pausing or limiting an unknown name used to create the queue.
+    assert await store.set_paused("typo", True) is False
+    assert await store.set_paused("typo", False) is False
+    assert await store.set_queue_limit("typo", 2) is False
+    assert await store.set_queue_limit("typo", None) is False
+    assert [s.name for s in await store.queue_stats()] == []
+
+
+async def test_a_queue_exists_with_a_job_a_setting_or_a_live_worker(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    # Any job, whatever its state, makes its queue exist.
+    for queue, outcome in [("queued", None), ("running", None), ("done", OutcomeKind.COMPLETED)]:
+        job_id = await enqueue_one(store, new_job(queue=queue))
+        if queue != "queued":
+            job = (await claim(store, W1, {queue: 1})).claimed[0]
+            assert job.id == job_id
+            if outcome is not None:
+                assert await settle(store, W1, outcome_of(outcome, job)) == (True,)
+        assert await store.set_paused(queue, True) is True
+        assert (await stats_of(store, queue)).paused
+    # A setting keeps it after its last job is gone.
+    assert await store.set_queue_limit("done", 3) is True
+    assert await store.prune(0) >= 1
+    assert await store.set_paused("done", False) is True
+    # A live worker serving it.
+    await store.register_worker(WorkerInfo(W2, "host", 1, {"served": 2}), 30.0)
+    assert await store.set_paused("served", True) is True
+    assert (await stats_of(store, "served")).paused
+    await store.register_worker(WorkerInfo(W1, "host", 2, {"gone": 2}), -1.0)
+    assert await store.set_queue_limit("gone", 1) is False
+
+
+async def test_pausing_an_empty_queue_lists_it(store: Store, new_job: NewJobFactory) -> None:
+    await store.register_worker(WorkerInfo(W1, "host", 1, {"quiet": 1}), 30.0)
+    assert await store.set_paused("quiet", True) is True
     stats = await stats_of(store, "quiet")
     assert stats.paused
     assert sum(stats.counts.values()) == 0
@@ -1392,11 +1427,9 @@ async def test_queue_stats_show_the_cluster_limit(store: Store, new_job: NewJobF
     await store.set_queue_limit("default", 2)
     stats = await stats_of(store)
     assert (stats.limit, stats.cluster_limit) == (2, 2)
-    # A limit on a queue without jobs or workers lists the queue.
-    await store.set_queue_limit("video", 3)
-    video = await stats_of(store, "video")
-    assert (video.limit, video.cluster_limit, video.paused) == (3, 3, False)
-    assert sum(video.counts.values()) == 0
+    # A queue without jobs or workers is not created by a limit (changed by issue 10).
+    assert await store.set_queue_limit("video", 3) is False
+    assert "video" not in {s.name for s in await store.queue_stats()}
 
     await store.set_queue_limit("default", None)
     stats = await stats_of(store)

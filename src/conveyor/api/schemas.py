@@ -323,6 +323,18 @@ class QueueOut(BaseModel):
         )
 
 
+class QueueLimitIn(BaseModel):
+    """A queue's cluster-wide limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(
+        ge=1,
+        le=1_000_000,
+        description="Jobs of the queue that may run at once across all workers; null: no cap.",
+    )
+
+
 def due(stats: QueueStats) -> int:
     """Queued jobs that may start now."""
     return max(0, stats.counts.get(JobState.QUEUED.value, 0) - stats.scheduled)

@@ -695,35 +695,45 @@ class PostgresStore:
             self._publish(JobsAvailable(frozenset({job.queue})))
         return job
 
-    async def set_paused(self, queue: str, paused: bool) -> None:
-        async def tx(conn: Conn) -> None:
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        async def tx(conn: Conn) -> bool:
             async with conn.transaction():
+                if not await conn.fetchval(_Q["queue_exists"], queue):
+                    return False
                 await conn.execute(_Q["set_paused"], queue, paused)
                 if paused:
                     await conn.execute(_Q["drop_offers"], queue)
                 else:
                     await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
+                return True
 
-        await self._run(tx)
+        if not await self._run(tx):
+            return False
         if not paused:
             self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
-    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
-        async def tx(conn: Conn) -> None:
+    async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
+        async def tx(conn: Conn) -> bool:
             async with conn.transaction():
+                if not await conn.fetchval(_Q["queue_exists"], queue):
+                    return False
                 await conn.execute(_Q["set_limit"], queue, limit)
                 if limit is not None:
                     await conn.execute(_Q["drop_offers"], queue)
                 # 'l:' tells every store to reload its limits; 'q:' wakes the workers.
                 await conn.execute("SELECT pg_notify($1, 'l:' || $2::text)", CHANNEL, queue)
                 await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
+                return True
 
-        await self._run(tx)
+        if not await self._run(tx):
+            return False
         if limit is None:
             self._limited.discard(queue)
         else:
             self._limited.add(queue)
         self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
     async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
         async def read(conn: Conn) -> list[QueueStats]:

@@ -354,6 +354,15 @@ SET state = 'queued', run_at = now(), result = NULL, finished_at = NULL, started
 WHERE id = $1 AND state IN ('failed', 'cancelled')
 RETURNING *
 
+-- name: queue_exists
+-- A queue exists once it has a setting, any job (each state read off its partial index,
+-- whose first column is the queue) or a live worker serving it.
+SELECT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'queued' AND queue = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'running' AND queue = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE finished_at IS NOT NULL AND queue = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_workers WHERE expires_at >= now() AND queues ? $1)
+
 -- name: set_paused
 INSERT INTO conveyor_queues (name, paused, updated_at) VALUES ($1, $2, now())
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at

@@ -550,20 +550,30 @@ class SqliteStore:
             self._publish(JobsAvailable(frozenset({queue})))
         return job
 
-    async def set_paused(self, queue: str, paused: bool) -> None:
-        def tx(conn: sqlite3.Connection, now: float) -> None:
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        def tx(conn: sqlite3.Connection, now: float) -> bool:
+            if not _queue_exists(conn, now, queue):
+                return False
             conn.execute(_Q["set_paused"], {"queue": queue, "paused": int(paused), "now": now})
+            return True
 
-        await self._write(tx)
+        if not await self._write(tx):
+            return False
         if not paused:
             self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
-    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
-        def tx(conn: sqlite3.Connection, now: float) -> None:
+    async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
+        def tx(conn: sqlite3.Connection, now: float) -> bool:
+            if not _queue_exists(conn, now, queue):
+                return False
             conn.execute(_Q["set_limit"], {"queue": queue, "limit": limit, "now": now})
+            return True
 
-        await self._write(tx)
+        if not await self._write(tx):
+            return False
         self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
     async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
         def tx(conn: sqlite3.Connection, now: float) -> Enqueued | None:
@@ -757,6 +767,10 @@ def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outc
         if o.kind is OutcomeKind.RETRY:
             params["delay"] = o.retry_in_s
     return conn.execute(_OUTCOME_QUERY[o.kind], params).rowcount == 1
+
+
+def _queue_exists(conn: sqlite3.Connection, now: float, queue: str) -> bool:
+    return bool(conn.execute(_Q["queue_exists"], {"queue": queue, "now": now}).fetchone()[0])
 
 
 def _rescue(

@@ -157,6 +157,18 @@ SET state = 'queued', run_at = :now, result = NULL, finished_at = NULL, started_
 WHERE id = :id AND state IN ('failed', 'cancelled')
 RETURNING queue
 
+-- name: queue_exists
+-- A queue exists once it has a setting, any job (each state read off its partial index,
+-- whose first column is the queue) or a live worker serving it.
+SELECT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = :queue)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'queued' AND queue = :queue)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'running' AND queue = :queue)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE finished_at IS NOT NULL AND queue = :queue)
+    OR EXISTS (
+        SELECT 1 FROM conveyor_workers AS w, json_each(w.queues) AS q
+        WHERE w.expires_at >= :now AND q.key = :queue
+    )
+
 -- name: set_paused
 INSERT INTO conveyor_queues (name, paused, updated_at) VALUES (:queue, :paused, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
