@@ -8,6 +8,7 @@ nothing; a job id that does not exist exits 1.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,12 @@ def test_every_enqueue_option_lands_on_the_job(cli: Cli) -> None:
     assert job["unique_key"] == "month-2026-10"
     assert job["state"] == "queued"
     assert job["attempt"] == 0
-    assert before - 1 <= job["created_at"] <= after + 1
-    assert job["run_at"] - job["created_at"] == pytest.approx(60, abs=0.01)
+    # Times are ISO 8601 with the UTC offset (changed by issue 10: were Unix seconds).
+    created = datetime.fromisoformat(job["created_at"])
+    assert job["created_at"].endswith("+00:00")
+    assert before - 1 <= created.timestamp() <= after + 1
+    run_at = datetime.fromisoformat(job["run_at"])
+    assert (run_at - created).total_seconds() == pytest.approx(60, abs=0.01)
 
 
 def test_enqueue_defaults_come_from_the_kind(cli: Cli) -> None:
@@ -204,7 +209,8 @@ def test_jobs_cancel_and_retry_change_state(cli: Cli) -> None:
     retried = cli.ok("jobs", "retry", str(job_id), "--json").json()
     assert retried["id"] == job_id
     assert retried["state"] == "queued"
-    assert retried["run_at"] <= time.time() + 1  # due now, not at the old delay
+    # due now, not at the old delay
+    assert datetime.fromisoformat(retried["run_at"]).timestamp() <= time.time() + 1
 
     cancelled = cli.ok("jobs", "cancel", str(job_id), "--json").json()
     assert cancelled["state"] == "cancelled"

@@ -703,6 +703,22 @@ async def test_a_released_job_forgets_its_progress(store: Store, new_job: NewJob
 
 
 # -- heartbeat -------------------------------------------------------------------------------
+async def test_a_renewing_heartbeat_records_the_workers_memory(store: Store) -> None:
+    await store.register_worker(WorkerInfo(W1, "host", 1, {"default": 1}, memory_mb=10.5), 30.0)
+
+    async def memory() -> float | None:
+        [info] = await store.list_workers()
+        return info.memory_mb
+
+    assert await memory() == 10.5
+    await store.heartbeat(W1, {}, 30.0, True, 42.25)
+    assert await memory() == 42.25
+    await store.heartbeat(W1, {}, 30.0, True)  # none measured: the last value stays
+    assert await memory() == 42.25
+    await store.heartbeat(W1, {}, 30.0, False, 99.0)  # no renewal: nothing written
+    assert await memory() == 42.25
+
+
 async def test_heartbeat_reports_held_jobs(store: Store, new_job: NewJobFactory) -> None:
     await store.enqueue([new_job() for _ in range(3)])
     a, b = (await claim(store, W1, {"default": 2})).claimed

@@ -235,7 +235,13 @@ class Worker:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         remove_listener = self.store.add_listener(self._on_notice)
         await self.store.register_worker(
-            WorkerInfo(self.id, socket.gethostname(), os.getpid(), dict(self.config.queues)),
+            WorkerInfo(
+                self.id,
+                socket.gethostname(),
+                os.getpid(),
+                dict(self.config.queues),
+                memory_mb=round(services.rss_mb(), 1),
+            ),
             self.config.lease_s,
         )
         log.info("worker started", worker_id=self.id, queues=self.config.queues)
@@ -680,7 +686,10 @@ class Worker:
         if not self._running and not renew:
             return
         jobs = {job_id: r.job.attempt for job_id, r in self._running.items()}
-        status = await self.store.heartbeat(self.id, jobs, self.config.lease_s, renew)
+        # The RSS rides on the renewal (every heartbeat_interval, not every check) for
+        # GET /health: one /proc read.
+        memory = round(services.rss_mb(), 1) if renew else None
+        status = await self.store.heartbeat(self.id, jobs, self.config.lease_s, renew, memory)
         if renew:
             self._last_renew = now
         for job_id, attempt in jobs.items():

@@ -133,11 +133,16 @@ class Store(Protocol):
         """
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         """Report which of ``jobs`` (id -> attempt) still run under ``worker_id`` and
         which have a cancel request; with ``renew`` extend their leases and the worker's
-        ``last_seen_at``."""
+        ``last_seen_at``, and record its ``memory_mb`` (kept as it was when None)."""
 
     async def adopt(self, worker_id: str, known: Collection[int]) -> list[Job]:
         """Jobs running under ``worker_id`` other than ``known``: handed to it in a notice

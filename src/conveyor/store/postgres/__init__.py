@@ -490,11 +490,22 @@ class PostgresStore:
         )
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         async def beat(conn: Conn) -> LeaseStatus:
             rows = await conn.fetch(
-                _Q["heartbeat"], worker_id, list(jobs), list(jobs.values()), lease_s, renew
+                _Q["heartbeat"],
+                worker_id,
+                list(jobs),
+                list(jobs.values()),
+                lease_s,
+                renew,
+                memory_mb,
             )
             return LeaseStatus(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
 
@@ -761,6 +772,7 @@ class PostgresStore:
                 info.pid,
                 _dumps(info.queues),
                 lease_s,
+                info.memory_mb,
             )
         )
 
@@ -1122,6 +1134,7 @@ def _worker(row: Row) -> WorkerInfo:
         started_at=row[4].timestamp(),
         last_seen_at=row[5].timestamp(),
         expires_at=row[6].timestamp(),
+        memory_mb=row[7],
     )
 
 

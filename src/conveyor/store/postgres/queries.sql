@@ -310,7 +310,8 @@ renewed AS (
 ),
 worker AS (
     UPDATE conveyor_workers
-    SET last_seen_at = now(), expires_at = now() + make_interval(secs => $4)
+    SET last_seen_at = now(), expires_at = now() + make_interval(secs => $4),
+        memory_mb = coalesce($6::float8, memory_mb)
     WHERE id = $1 AND $5::boolean
 )
 SELECT id, cancel_requested FROM held
@@ -423,11 +424,13 @@ GROUP BY q.name
 SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
-INSERT INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)
-VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5))
+INSERT INTO conveyor_workers (
+    id, hostname, pid, queues, started_at, last_seen_at, expires_at, memory_mb
+) VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5), $6)
 ON CONFLICT (id) DO UPDATE
 SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
-    last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at
+    last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at,
+    memory_mb = excluded.memory_mb
 
 -- name: unregister_worker
 WITH offers AS (
@@ -446,7 +449,8 @@ DELETE FROM conveyor_offers WHERE queue = $1
 SELECT * FROM conveyor_jobs WHERE state = 'running' AND locked_by = $1 AND id <> ALL($2::bigint[])
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at FROM conveyor_workers
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, memory_mb
+FROM conveyor_workers
 WHERE expires_at >= now() ORDER BY started_at
 
 -- name: schema_version

@@ -384,10 +384,20 @@ class SqliteStore:
         return result
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         def check(conn: sqlite3.Connection, now: float) -> LeaseStatus:
-            params = {"worker_id": worker_id, "now": now, "lease_s": lease_s}
+            params = {
+                "worker_id": worker_id,
+                "now": now,
+                "lease_s": lease_s,
+                "memory_mb": memory_mb,
+            }
             held: set[int] = set()
             cancel: set[int] = set()
             for job_id, attempt, cancel_requested in conn.execute(_Q["leases_held"], params):
@@ -604,6 +614,7 @@ class SqliteStore:
                     "queues": _dumps(info.queues),
                     "now": now,
                     "lease_s": lease_s,
+                    "memory_mb": info.memory_mb,
                 },
             )
 
@@ -840,6 +851,7 @@ def _live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
             started_at=row[4],
             last_seen_at=row[5],
             expires_at=row[6],
+            memory_mb=row[7],
         )
         for row in conn.execute(_Q["list_workers"], {"now": now})
     ]

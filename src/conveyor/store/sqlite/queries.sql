@@ -89,7 +89,9 @@ UPDATE conveyor_jobs SET lease_expires_at = :now + :lease_s
 WHERE state = 'running' AND locked_by = :worker_id AND id IN (SELECT value FROM json_each(:ids))
 
 -- name: renew_worker
-UPDATE conveyor_workers SET last_seen_at = :now, expires_at = :now + :lease_s WHERE id = :worker_id
+UPDATE conveyor_workers
+SET last_seen_at = :now, expires_at = :now + :lease_s, memory_mb = coalesce(:memory_mb, memory_mb)
+WHERE id = :worker_id
 
 -- name: rescue
 -- A job whose lease expired lost its worker: its attempt counts. It is cancelled if a
@@ -217,14 +219,16 @@ ORDER BY finished_at DESC LIMIT 1000
 SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
-INSERT OR REPLACE INTO conveyor_workers (id, hostname, pid, queues, started_at, last_seen_at, expires_at)
-VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s)
+INSERT OR REPLACE INTO conveyor_workers (
+    id, hostname, pid, queues, started_at, last_seen_at, expires_at, memory_mb
+) VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s, :memory_mb)
 
 -- name: unregister_worker
 DELETE FROM conveyor_workers WHERE id = ?
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at FROM conveyor_workers
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, memory_mb
+FROM conveyor_workers
 WHERE expires_at >= :now ORDER BY started_at
 
 -- name: schema_version
