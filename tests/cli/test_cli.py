@@ -7,6 +7,7 @@ nothing; a job id that does not exist exits 1.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -390,3 +391,18 @@ def test_help_goes_to_stdout_and_exits_0(cli: Cli, args: list[str]) -> None:
 def test_usage_errors_exit_2_with_one_line(cli: Cli, args: list[str], fragment: str) -> None:
     assert_one_error_line(cli(*args), fragment)
     assert not cli.db_path.exists()
+
+
+def test_times_are_iso_8601_with_the_utc_offset_in_text_and_json(cli: Cli) -> None:
+    # Changed by issue 10: the text said "2026-12-02 06:44:07.123Z", the JSON Unix seconds.
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"
+    job_id = cli.enqueue("demo.echo")
+    cli.ok("worker", "--burst")
+    shown = cli.ok("jobs", "show", str(job_id)).stdout
+    for label in ("created", "run at", "started", "finished"):
+        assert re.search(rf"^  {label} +{iso}$", shown, re.MULTILINE), (label, shown)
+    listed = cli.ok("jobs", "list").stdout.splitlines()
+    assert re.search(rf"  {iso}$", listed[1]), listed
+    job = cli.show(job_id)
+    for key in ("created_at", "run_at", "started_at", "finished_at"):
+        assert re.fullmatch(iso, job[key]), (key, job[key])
