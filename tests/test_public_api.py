@@ -12,6 +12,7 @@ EXPECTED = {
     "JobContext",
     "JobNotFound",
     "JobState",
+    "QueueNotFound",
     "Registry",
     "Settings",
     "UnknownKind",

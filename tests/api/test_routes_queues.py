@@ -1,4 +1,4 @@
-"""``/v1/queues``: statistics, pause and resume."""
+"""``/v1/queues``: statistics, pause, resume and limits."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ async def test_queue_statistics(http: httpx.AsyncClient) -> None:
 
 
 async def test_pause_and_resume(http: httpx.AsyncClient) -> None:
+    await submit(http, "video.process", {"video_url": "https://v.example/1", "company_name": "a"})
     paused = await http.post("/v1/queues/video/pause")
     assert paused.status_code == 200
     assert paused.json()["name"] == "video"
@@ -34,3 +35,23 @@ async def test_a_bad_queue_name_is_422(http: httpx.AsyncClient) -> None:
     response = await http.post("/v1/queues/no%20spaces/pause")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "name"]
+
+
+async def test_a_cluster_wide_limit_is_set_and_removed(http: httpx.AsyncClient) -> None:
+    await submit(http, "test.echo")
+    limited = await http.post("/v1/queues/default/limit", json={"limit": 3})
+    assert limited.status_code == 200
+    assert (limited.json()["cluster_limit"], limited.json()["limit"]) == (3, 3)
+    removed = await http.post("/v1/queues/default/limit", json={"limit": None})
+    assert removed.json()["cluster_limit"] is None
+    bad = await http.post("/v1/queues/default/limit", json={"limit": 0})
+    assert bad.status_code == 422
+
+
+async def test_an_unknown_queue_is_404_and_not_created(http: httpx.AsyncClient) -> None:
+    # Changed by issue 10: these used to create the queue.
+    for path, body in [("pause", None), ("resume", None), ("limit", {"limit": 2})]:
+        response = await http.post(f"/v1/queues/typo/{path}", json=body)
+        assert response.status_code == 404, path
+        assert "no queue named 'typo'" in response.json()["detail"]
+    assert (await http.get("/v1/queues")).json()["queues"] == []

@@ -7,8 +7,10 @@ nothing; a job id that does not exist exits 1.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -98,8 +100,12 @@ def test_every_enqueue_option_lands_on_the_job(cli: Cli) -> None:
     assert job["unique_key"] == "month-2026-10"
     assert job["state"] == "queued"
     assert job["attempt"] == 0
-    assert before - 1 <= job["created_at"] <= after + 1
-    assert job["run_at"] - job["created_at"] == pytest.approx(60, abs=0.01)
+    # Times are ISO 8601 with the UTC offset (changed by issue 10: were Unix seconds).
+    created = datetime.fromisoformat(job["created_at"])
+    assert job["created_at"].endswith("+00:00")
+    assert before - 1 <= created.timestamp() <= after + 1
+    run_at = datetime.fromisoformat(job["run_at"])
+    assert (run_at - created).total_seconds() == pytest.approx(60, abs=0.01)
 
 
 def test_enqueue_defaults_come_from_the_kind(cli: Cli) -> None:
@@ -239,7 +245,8 @@ def test_jobs_cancel_and_retry_change_state(cli: Cli) -> None:
     retried = cli.ok("jobs", "retry", str(job_id), "--json").json()
     assert retried["id"] == job_id
     assert retried["state"] == "queued"
-    assert retried["run_at"] <= time.time() + 1  # due now, not at the old delay
+    # due now, not at the old delay
+    assert datetime.fromisoformat(retried["run_at"]).timestamp() <= time.time() + 1
 
     cancelled = cli.ok("jobs", "cancel", str(job_id), "--json").json()
     assert cancelled["state"] == "cancelled"
@@ -307,6 +314,16 @@ def test_queues_table_json_pause_and_resume(cli: Cli) -> None:
     assert "(paused)" not in cli.ok("queues").stdout
     cli.ok("worker", "--burst", "--queues", "default,other")
     assert cli.show(other_job)["state"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--pause", "nope"], ["--resume", "nope"], ["--limit", "nope:2"], ["--no-limit", "nope"]],
+)
+def test_changing_a_queue_that_does_not_exist_exits_1(cli: Cli, option: list[str]) -> None:
+    cli.enqueue("demo.echo")
+    assert_one_error_line(cli("queues", *option), "no queue named 'nope'", code=1)
+    assert [q["name"] for q in cli.ok("queues", "--json").json()] == ["default"]
 
 
 def test_queues_rejects_a_bad_queue_name(cli: Cli) -> None:
@@ -543,3 +560,18 @@ def test_a_worker_on_the_default_file_warns_that_no_url_was_given(cli: Cli, tmp_
     assert line["database"] == "sqlite:///./conveyor.db"
     assert "no database URL given" in line["event"]
     assert (tmp_path / "conveyor.db").exists()
+
+
+def test_times_are_iso_8601_with_the_utc_offset_in_text_and_json(cli: Cli) -> None:
+    # Changed by issue 10: the text said "2026-12-02 06:44:07.123Z", the JSON Unix seconds.
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"
+    job_id = cli.enqueue("demo.echo")
+    cli.ok("worker", "--burst")
+    shown = cli.ok("jobs", "show", str(job_id)).stdout
+    for label in ("created", "run at", "started", "finished"):
+        assert re.search(rf"^  {label} +{iso}$", shown, re.MULTILINE), (label, shown)
+    listed = cli.ok("jobs", "list").stdout.splitlines()
+    assert re.search(rf"  {iso}$", listed[1]), listed
+    job = cli.show(job_id)
+    for key in ("created_at", "run_at", "started_at", "finished_at"):
+        assert re.fullmatch(iso, job[key]), (key, job[key])

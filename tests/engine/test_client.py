@@ -423,11 +423,17 @@ async def test_pause_and_resume(client: conveyor.Client) -> None:
     assert resumed == {"default": False}
 
 
-async def test_pause_an_empty_queue_lists_it(client: conveyor.Client) -> None:
-    await client.pause("later")
-
-    [stats] = await client.queues()
-    assert (stats.name, stats.paused, stats.counts["queued"]) == ("later", True, 0)
+async def test_pause_or_limit_an_unknown_queue_raises(client: conveyor.Client) -> None:
+    # Changed by issue 10: this used to create the queue "later" (most often a typo).
+    for change in (
+        client.pause("later"),
+        client.resume("later"),
+        client.set_limit("later", 2),
+        client.set_limit("later", None),
+    ):
+        with pytest.raises(conveyor.QueueNotFound, match="no queue named 'later'"):
+            await change
+    assert await client.queues() == []
 
 
 async def test_pause_rejects_a_bad_queue_name(client: conveyor.Client) -> None:

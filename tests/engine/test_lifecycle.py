@@ -265,9 +265,14 @@ class MuffledHeartbeats:
         return getattr(self._inner, name)
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
-        return await self._inner.heartbeat(worker_id, jobs, lease_s, False)
+        return await self._inner.heartbeat(worker_id, jobs, lease_s, False, memory_mb)
 
 
 class SlowHeartbeats:
@@ -281,11 +286,16 @@ class SlowHeartbeats:
         return getattr(self._inner, name)
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         await asyncio.sleep(0.2)
         renew = renew and 1 not in jobs.values()
-        return await self._inner.heartbeat(worker_id, jobs, lease_s, renew)
+        return await self._inner.heartbeat(worker_id, jobs, lease_s, renew, memory_mb)
 
 
 class CancelBeforeStart:

@@ -231,6 +231,36 @@ async def test_latest_progress_wins(
     release.set()
 
 
+async def test_a_finished_job_keeps_its_last_report(
+    kinds: conveyor.Registry, client: conveyor.Client, workers: Any
+) -> None:
+    @conveyor.job("t.progress", registry=kinds)
+    async def steps(ctx: conveyor.JobContext, payload: Any) -> str:
+        for step in range(1, 5):
+            ctx.progress(step / 4, f"tile {step} of 4")
+            await asyncio.sleep(0)
+        return "done"
+
+    @conveyor.job("t.sync_progress", registry=kinds)
+    def sync_steps(ctx: conveyor.JobContext, payload: Any) -> None:
+        ctx.progress(0.5, "first")
+        ctx.progress(0.9, "second")
+        raise conveyor.Discard("no")
+
+    done = await client.enqueue("t.progress")
+    discarded = await client.enqueue("t.sync_progress")
+    await workers.burst()
+
+    job = await client.get(done.id)
+    assert (job.state, job.progress, job.progress_message) == (Done, 1.0, "tile 4 of 4")
+    job = await client.get(discarded.id)
+    assert (job.state, job.progress, job.progress_message) == (
+        conveyor.JobState.FAILED,
+        0.9,
+        "second",
+    )
+
+
 # -- order -----------------------------------------------------------------------------------
 async def test_strict_priority_then_fifo(
     kinds: conveyor.Registry, client: conveyor.Client, workers: Any
@@ -547,8 +577,8 @@ async def test_paused_queue_is_not_served_until_resumed(
     async def noop(ctx: conveyor.JobContext, payload: Any) -> None:
         return None
 
-    await client.pause("default")
     enqueued = await client.enqueue("t.noop")
+    await client.pause("default")  # no worker runs yet: the job cannot start before this
     await workers.burst()
     assert (await client.get(enqueued.id)).state == conveyor.JobState.QUEUED
 

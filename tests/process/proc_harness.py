@@ -219,7 +219,7 @@ class Harness:
 
         async def go() -> None:
             async with await Client.connect(self.url, kinds=KINDS) as client:
-                await client.store.set_queue_limit(queue, limit)
+                await client.set_limit(queue, limit)
 
         asyncio.run(go())
 

@@ -356,10 +356,12 @@ def test_an_idle_worker_sends_at_most_3_statements_in_10_seconds(pg_harness: Har
 # -- the cluster-wide limit holds across 4 processes -----------------------------------------
 def test_a_cluster_wide_limit_holds_across_four_workers(pg_harness: Harness) -> None:
     h = pg_harness
-    h.set_queue_limit("video", 2)
     workers = [h.start_worker("--queues", "video:5") for _ in range(4)]
     for worker in workers:
         h.wait_started(worker)
+    # Set once the workers serve the queue: a queue nobody serves and no job names
+    # cannot take a setting.
+    h.set_queue_limit("video", 2)
     # One statement, one notice: the 4 workers race for the 20 jobs at once.
     ids = h.enqueue("proc.overlap", {"seconds": 0.2}, queue="video", count=20)
 

@@ -859,7 +859,53 @@ async def test_a_result_encoded_by_the_engine_is_stored_as_given(
     assert (await get(store, job_id)).result == {"a": 1}
 
 
+@pytest.mark.parametrize(
+    "kind", [OutcomeKind.COMPLETED, OutcomeKind.RETRY, OutcomeKind.FAILED, OutcomeKind.CANCELLED]
+)
+async def test_a_report_that_rides_with_its_outcome_is_recorded(
+    store: Store, new_job: NewJobFactory, kind: OutcomeKind
+) -> None:
+    job_id = await enqueue_one(store, new_job())
+    job = await claim_one(store)
+    await store.settle_and_claim([], [Progress(job_id, job.attempt, 0.5, "half")], W1, None)
+    last = Progress(job_id, job.attempt, 0.75, "last words")
+    result = await store.settle_and_claim([outcome_of(kind, job)], [last], W1, None)
+    assert result.applied == (True,)
+    finished = await get(store, job_id)
+    assert finished.progress_message == "last words"
+    assert finished.progress == (1.0 if kind is OutcomeKind.COMPLETED else 0.75)
+
+
+async def test_a_released_job_forgets_its_progress(store: Store, new_job: NewJobFactory) -> None:
+    job_id = await enqueue_one(store, new_job())
+    job = await claim_one(store)
+    report = Progress(job_id, job.attempt, 0.5, "half")
+    await store.settle_and_claim([outcome_of(OutcomeKind.RELEASED, job)], [report], W1, None)
+    released = await get(store, job_id)
+    assert (released.state, released.progress, released.progress_message) == (
+        JobState.QUEUED,
+        None,
+        None,
+    )
+
+
 # -- heartbeat -------------------------------------------------------------------------------
+async def test_a_renewing_heartbeat_records_the_workers_memory(store: Store) -> None:
+    await store.register_worker(WorkerInfo(W1, "host", 1, {"default": 1}, memory_mb=10.5), 30.0)
+
+    async def memory() -> float | None:
+        [info] = await store.list_workers()
+        return info.memory_mb
+
+    assert await memory() == 10.5
+    await store.heartbeat(W1, {}, 30.0, True, 42.25)
+    assert await memory() == 42.25
+    await store.heartbeat(W1, {}, 30.0, True)  # none measured: the last value stays
+    assert await memory() == 42.25
+    await store.heartbeat(W1, {}, 30.0, False, 99.0)  # no renewal: nothing written
+    assert await memory() == 42.25
+
+
 async def test_heartbeat_reports_held_jobs(store: Store, new_job: NewJobFactory) -> None:
     await store.enqueue([new_job() for _ in range(3)])
     a, b = (await claim(store, W1, {"default": 2})).claimed
@@ -1160,8 +1206,43 @@ async def test_paused_queue_is_not_claimed(store: Store, new_job: NewJobFactory)
     assert await claim_ids(store) == [job_id]
 
 
-async def test_pausing_an_empty_queue_lists_it(store: Store) -> None:
-    await store.set_paused("quiet", True)
+async def test_a_queue_that_does_not_exist_is_neither_paused_nor_limited(store: Store) -> None:
+    # Changed by issue 10: pausing or limiting an unknown name used to create the queue.
+    assert await store.set_paused("typo", True) is False
+    assert await store.set_paused("typo", False) is False
+    assert await store.set_queue_limit("typo", 2) is False
+    assert await store.set_queue_limit("typo", None) is False
+    assert [s.name for s in await store.queue_stats()] == []
+
+
+async def test_a_queue_exists_with_a_job_a_setting_or_a_live_worker(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    # Any job, whatever its state, makes its queue exist.
+    for queue, outcome in [("queued", None), ("running", None), ("done", OutcomeKind.COMPLETED)]:
+        job_id = await enqueue_one(store, new_job(queue=queue))
+        if queue != "queued":
+            job = (await claim(store, W1, {queue: 1})).claimed[0]
+            assert job.id == job_id
+            if outcome is not None:
+                assert await settle(store, W1, outcome_of(outcome, job)) == (True,)
+        assert await store.set_paused(queue, True) is True
+        assert (await stats_of(store, queue)).paused
+    # A setting keeps it after its last job is gone.
+    assert await store.set_queue_limit("done", 3) is True
+    assert await store.prune(0) >= 1
+    assert await store.set_paused("done", False) is True
+    # A live worker serving it.
+    await store.register_worker(WorkerInfo(W2, "host", 1, {"served": 2}), 30.0)
+    assert await store.set_paused("served", True) is True
+    assert (await stats_of(store, "served")).paused
+    await store.register_worker(WorkerInfo(W1, "host", 2, {"gone": 2}), -1.0)
+    assert await store.set_queue_limit("gone", 1) is False
+
+
+async def test_pausing_an_empty_queue_lists_it(store: Store, new_job: NewJobFactory) -> None:
+    await store.register_worker(WorkerInfo(W1, "host", 1, {"quiet": 1}), 30.0)
+    assert await store.set_paused("quiet", True) is True
     stats = await stats_of(store, "quiet")
     assert stats.paused
     assert sum(stats.counts.values()) == 0
@@ -1555,11 +1636,9 @@ async def test_queue_stats_show_the_cluster_limit(store: Store, new_job: NewJobF
     await store.set_queue_limit("default", 2)
     stats = await stats_of(store)
     assert (stats.limit, stats.cluster_limit) == (2, 2)
-    # A limit on a queue without jobs or workers lists the queue.
-    await store.set_queue_limit("video", 3)
-    video = await stats_of(store, "video")
-    assert (video.limit, video.cluster_limit, video.paused) == (3, 3, False)
-    assert sum(video.counts.values()) == 0
+    # A queue without jobs or workers is not created by a limit (changed by issue 10).
+    assert await store.set_queue_limit("video", 3) is False
+    assert "video" not in {s.name for s in await store.queue_stats()}
 
     await store.set_queue_limit("default", None)
     stats = await stats_of(store)

@@ -27,6 +27,7 @@ from conveyor.store.records import (
     Outcome,
     OutcomeKind,
     SettleResult,
+    WorkerInfo,
 )
 
 StoreFactory = Callable[..., Awaitable[PostgresStore]]
@@ -186,10 +187,12 @@ async def test_no_offer_in_a_paused_or_limited_queue(
     stores: StoreFactory, db: asyncpg.Connection, setting: str
 ) -> None:
     store, _ = await _listening(stores)
+    # The queue must exist to take a setting: the worker about to claim serves it.
+    await store.register_worker(WorkerInfo(W, "host", 1, {"q": 3, "r": 3}), 30.0)
     if setting == "paused":
-        await store.set_paused("q", True)
+        assert await store.set_paused("q", True)
     else:
-        await store.set_queue_limit("q", 5)
+        assert await store.set_queue_limit("q", 5)
 
     result = await _claim(store, {"q": 3, "r": 3})
 
@@ -447,11 +450,12 @@ async def test_pausing_or_limiting_a_queue_deletes_its_offers(
     store, _ = await _listening(stores)
     await _claim(store, {"q": 2, "r": 1})
     await _claim(store, {"q": 1, "r": 1}, worker_id=W2)
+    await store.register_worker(WorkerInfo(W, "host", 1, {"q": 2, "r": 1}), 30.0)
 
     if setting == "paused":
-        await store.set_paused("q", True)
+        assert await store.set_paused("q", True)
     else:
-        await store.set_queue_limit("q", 3)
+        assert await store.set_queue_limit("q", 3)
 
     assert await _offers(db) == {("r", W): 1, ("r", W2): 1}
 

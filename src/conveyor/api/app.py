@@ -20,6 +20,7 @@ from importlib import metadata
 
 from fastapi import FastAPI
 
+from conveyor.api.docs import install_docs
 from conveyor.api.errors import install_error_handlers
 from conveyor.api.metrics import Metrics
 from conveyor.api.middleware import install_middleware
@@ -40,7 +41,8 @@ Submit work and get an answer at once (202); workers run it in the background.
 * **Requests** (`/v1/requests`): what a user asked for, with its status, progress,
   result, errors and asset URLs. Send `Idempotency-Key` to repeat a submission safely.
 * **Jobs and queues** (`/v1/jobs`, `/v1/queues`): for operators.
-* **Health**: `/health` (the QuDemo seed's shape), `/ready`, `/metrics` (Prometheus).
+* **Health**: `/health` (the QuDemo seed's shape), `/ready`, `/metrics` (Prometheus);
+  each answers `HEAD` too. These and the documentation are not rate-limited.
 * **QuDemo seed** (`/api/...`): the seed backend's routes on the same engine.
 
 No authentication yet: every call acts as the default tenant's anonymous caller until
@@ -106,7 +108,11 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's pages load Swagger UI and Redoc from a CDN; install_docs serves them.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.conveyor = api
     app.state.kind_names = kinds.names()
     install_error_handlers(app)

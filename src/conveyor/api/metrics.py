@@ -181,20 +181,21 @@ class Metrics:
         return generate_latest(_Scrape(self.registry, families))
 
     def router(self, path: str = "/metrics") -> APIRouter:
-        """A router serving ``GET {path}`` in the Prometheus text format."""
+        """A router serving ``GET {path}`` (and ``HEAD``) in the Prometheus text format."""
         router = APIRouter()
 
         async def metrics_endpoint() -> Response:
             return Response(await self.render(), media_type=CONTENT_TYPE_LATEST)
 
-        router.add_api_route(
-            path,
-            metrics_endpoint,
-            methods=["GET"],
-            include_in_schema=False,
-            response_class=Response,
-            name="metrics",
-        )
+        for method in ("GET", "HEAD"):
+            router.add_api_route(
+                path,
+                metrics_endpoint,
+                methods=[method],
+                include_in_schema=False,
+                response_class=Response,
+                name="metrics",
+            )
         return router
 
     async def _job_families(self) -> list[Metric]:

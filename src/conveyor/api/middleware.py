@@ -54,16 +54,17 @@ Content-Security-Policy
 API responses (JSON): ``default-src 'none'; frame-ancestors 'none'; base-uri 'none';
 form-action 'none'`` — a JSON document needs nothing, and may not be framed.
 
-FastAPI's ``/docs`` (Swagger UI) and ``/redoc`` load their JS/CSS from
-``https://cdn.jsdelivr.net`` and start with one inline ``<script>``. Their pages (and the
-OAuth2 redirect page) get :func:`docs_csp`: scripts from ``'self'`` and that CDN plus the
-SHA-256 hash of each inline script of *that* response (computed here, so no
-``'unsafe-inline'`` for scripts), styles from ``'self'``, the CDN and Google Fonts with
-``'unsafe-inline'`` (Swagger UI and Redoc set inline styles), images ``'self' data:`` and
-the favicon's host, fonts from Google Fonts, ``connect-src 'self'`` (the schema and "Try
-it out"), ``worker-src blob:`` (Redoc), and still ``frame-ancestors 'none'``. When the
-dashboard issue vendors the Swagger UI assets, point ``swagger_js_url``/``swagger_css_url``
-at them and drop the CDN from :data:`DOCS_CDN_SOURCES`.
+The docs pages (``/docs``, Swagger UI; ``/redoc``; the OAuth2 redirect page) load their
+JS/CSS from the app itself (:mod:`conveyor.api.docs`) and start with an inline
+``<script>``. They get :func:`docs_csp`: scripts from ``'self'`` plus the SHA-256 hash of
+each inline script of *that* response (computed here, so no ``'unsafe-inline'`` for
+scripts), styles from ``'self'`` with ``'unsafe-inline'`` (Swagger UI and Redoc set inline
+styles), images ``'self' data:``, fonts ``'self'``, ``connect-src 'self'`` (the schema and
+"Try it out"), ``worker-src blob:`` (Redoc), and still ``frame-ancestors 'none'``: no
+other host, so a page that tried to reach one would be refused by the browser.
+
+A ``HEAD`` request is answered as its ``GET`` would be, headers included, without the
+body (the probes: ``HEAD /health``).
 
 Wiring (``app.py``), once, after the routes' app is built and before it serves::
 
@@ -103,6 +104,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.api.metrics import Metrics, route_template
 from conveyor.api.ratelimit import (
     DEFAULT_EXEMPT_PATHS,
+    DEFAULT_EXEMPT_PREFIXES,
     RateLimiter,
     client_address,
     ratelimit_headers,
@@ -113,7 +115,6 @@ from conveyor.logs import get_logger
 
 __all__ = [
     "API_CSP",
-    "DOCS_CDN_SOURCES",
     "REQUEST_ID_HEADER",
     "ConveyorMiddleware",
     "docs_csp",
@@ -128,9 +129,6 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 """The Content-Security-Policy of every response but the docs pages."""
-
-DOCS_CDN_SOURCES = ("https://cdn.jsdelivr.net",)
-"""Where FastAPI's docs pages load Swagger UI and Redoc from by default."""
 
 HSTS = "max-age=31536000"
 """Strict-Transport-Security over HTTPS: one year, this host only (no includeSubDomains:
@@ -227,14 +225,13 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
 
 def docs_csp(inline_script_hashes: Iterable[str] = ()) -> str:
     """The Content-Security-Policy of the docs pages (see the module docstring)."""
-    cdn = " ".join(DOCS_CDN_SOURCES)
     hashes = "".join(f" 'sha256-{h}'" for h in inline_script_hashes)
     return (
         "default-src 'none'; "
-        f"script-src 'self' {cdn}{hashes}; "
-        f"style-src 'self' {cdn} https://fonts.googleapis.com 'unsafe-inline'; "
-        "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-        "font-src 'self' https://fonts.gstatic.com; "
+        f"script-src 'self'{hashes}; "
+        "style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; "
+        "font-src 'self'; "
         "connect-src 'self'; "
         "worker-src 'self' blob:; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -328,6 +325,7 @@ class ConveyorMiddleware:
         exception_handlers: Mapping[Any, Any] | None = None,
         quiet_paths: Iterable[str] = QUIET_PATHS,
         exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        exempt_prefixes: Iterable[str] = DEFAULT_EXEMPT_PREFIXES,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -338,6 +336,7 @@ class ConveyorMiddleware:
         self.exception_handlers = exception_handlers if exception_handlers is not None else {}
         self.quiet_paths = frozenset(quiet_paths)
         self.exempt_paths = frozenset(exempt_paths)
+        self.exempt_prefixes = tuple(exempt_prefixes)
         self._too_large = f"Request body too large: the limit is {max_body_bytes} bytes."
         self._guarded: ASGIApp = self._limited
         if cors_origins:
@@ -384,10 +383,14 @@ class ConveyorMiddleware:
         scope[_EXCHANGE_KEY] = exchange
         tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         try:
-            if _route_path(scope) in self.docs_paths:
-                await self._guarded(scope, receive, self._docs_page_send(exchange))
-            else:
-                await self._guarded(scope, receive, exchange.send)
+            send_on = (
+                self._docs_page_send(exchange)
+                if _route_path(scope) in self.docs_paths
+                else exchange.send
+            )
+            if scope["method"] == "HEAD":
+                send_on = _without_body(send_on)
+            await self._guarded(scope, receive, send_on)
         finally:
             exchange.observe()
             self._access_log(scope, exchange)
@@ -457,7 +460,12 @@ class ConveyorMiddleware:
 
     # -- stages 6-8: rate limit, body size, unhandled errors ------------------------------
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.limiter is not None and scope["path"] not in self.exempt_paths:
+        path: str = scope["path"]
+        if (
+            self.limiter is not None
+            and path not in self.exempt_paths
+            and not path.startswith(self.exempt_prefixes)
+        ):
             status = await self.limiter.hit_ip(client_address(scope))
             if status is not None:
                 record_limit(scope, status)
@@ -566,12 +574,24 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _without_body(send: Send) -> Send:
+    """``send`` for a HEAD request: the response's headers, and an empty body."""
+
+    async def head_send(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
+
+
 def _docs_paths(app: FastAPI) -> set[str]:
-    return {
-        p
-        for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-        if p is not None
-    }
+    """FastAPI's own docs pages, if on, and those :func:`conveyor.api.docs.install_docs`
+    added."""
+    own = {app.docs_url, app.redoc_url}
+    if app.docs_url is not None:
+        own.add(app.swagger_ui_oauth2_redirect_url)
+    return {p for p in own if p is not None} | set(getattr(app.state, "docs_paths", ()))
 
 
 def install_middleware(

@@ -31,8 +31,8 @@ Responses: every response to a limited request carries ``RateLimit-Limit``,
 the one with fewer requests remaining. A refused request gets **429** with
 ``Retry-After`` (seconds) and a JSON body: ``{"detail", "request_id"}`` from the
 middleware, or whatever the app's ``HTTPException`` handler renders for the per-caller
-limit. ``/health``, ``/ready`` and ``/metrics``
-are not limited.
+limit. The probes (``/health``, ``/ready``, ``/metrics``) and the documentation
+(``/docs``, ``/redoc``, ``/openapi.json`` and the pages' assets) are not limited.
 
 Client address: the ASGI ``client`` of the connection. Behind a proxy, run uvicorn with
 ``--proxy-headers --forwarded-allow-ips=<proxy>`` so that it is the real client's;
@@ -79,11 +79,13 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from starlette.types import Scope
 
+from conveyor.api import docs
 from conveyor.config import Settings
 from conveyor.logs import get_logger
 
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",
+    "DEFAULT_EXEMPT_PREFIXES",
     "CallerLike",
     "LimitStatus",
     "RateLimiter",
@@ -94,8 +96,14 @@ __all__ = [
     "record_limit",
 ]
 
-DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset({"/health", "/ready", "/metrics"})
-"""Paths never limited per address: probes and scrapes must not be refused."""
+DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset(
+    {"/health", "/ready", "/metrics", "/openapi.json", *docs.PAGE_PATHS}
+)
+"""Paths never limited per address: probes and scrapes must not be refused, and the
+documentation pages are static (a page load alone fetches several files)."""
+
+DEFAULT_EXEMPT_PREFIXES: tuple[str, ...] = (docs.ASSETS_PATH + "/",)
+"""Path prefixes never limited per address: the documentation's assets."""
 
 DEFAULT_KEY_PREFIX = "conveyor:ratelimit"
 """Prefix of every Redis key the limiter writes."""

@@ -1,8 +1,10 @@
 """The API's request and response bodies, and their construction from store records.
 
-Times are ISO 8601 in UTC. ``status`` is the job's state (``queued``, ``running``,
-``completed``, ``failed``, ``cancelled``); a queued job whose start was pushed back (a
-retry's backoff) is still ``queued``.
+Times are ISO 8601 in UTC with the offset and microseconds
+(``2026-12-02T06:44:07.123456+00:00``, :data:`Timestamp`). A job's ``state`` is one of
+``queued``, ``running``, ``completed``, ``failed``, ``cancelled`` (a queued job whose start
+was pushed back, a retry's backoff, is still ``queued``); a request's ``status``, the
+seed's word, is its job's state.
 """
 
 from __future__ import annotations
@@ -11,10 +13,24 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
 
 from conveyor.engine.kinds import Registry
 from conveyor.store.records import JSON, ErrorEntry, Job, JobState, QueueStats, Request
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(_iso, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]
+"""A time in a response: ISO 8601 in UTC with its offset and microseconds,
+``2026-12-02T06:44:07.123456+00:00``, as the CLI prints times
+(:func:`conveyor.store.records.iso_time`)."""
 
 
 def utc(ts: float | None) -> datetime | None:
@@ -76,7 +92,7 @@ def create_request_body(kinds: Registry) -> Any:
 class AttemptError(BaseModel):
     """One failed attempt."""
 
-    at: datetime
+    at: Timestamp
     attempt: int
     type: str
     message: str
@@ -161,7 +177,7 @@ class RequestAccepted(BaseModel):
         "over recent jobs and its free slots; null when unknown (no run history, no "
         "worker serving the queue, the queue paused) or no longer queued."
     )
-    created_at: datetime
+    created_at: Timestamp
 
 
 class RequestOut(BaseModel):
@@ -185,9 +201,9 @@ class RequestOut(BaseModel):
     max_attempts: int
     cancel_requested: bool
     http_request_id: str | None = Field(description="X-Request-ID of the submitting call.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
     @classmethod
     def of(cls, r: Request) -> RequestOut:
@@ -230,24 +246,24 @@ class JobOut(BaseModel):
     queue: str
     kind: str
     priority: int
-    status: JobState
+    state: JobState
     payload: JSON
     result: JSON
     attempt: int
     max_attempts: int
-    run_at: datetime
+    run_at: Timestamp
     timeout_s: float | None
     unique_key: str | None
     locked_by: str | None
-    lease_expires_at: datetime | None
+    lease_expires_at: Timestamp | None
     errors: list[JobAttemptError]
     progress: float | None
     progress_message: str | None
     cancel_requested: bool
     meta: dict[str, JSON]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     served_by: list[str] | None = Field(
         default=None,
         description="Shown for a queued job by GET /v1/jobs/{id}: the ids of the live "
@@ -263,7 +279,7 @@ class JobOut(BaseModel):
             queue=j.queue,
             kind=j.kind,
             priority=j.priority,
-            status=j.state,
+            state=j.state,
             payload=j.payload,
             result=j.result,
             attempt=j.attempt,
@@ -339,6 +355,18 @@ class QueueOut(BaseModel):
         )
 
 
+class QueueLimitIn(BaseModel):
+    """A queue's cluster-wide limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(
+        ge=1,
+        le=1_000_000,
+        description="Jobs of the queue that may run at once across all workers; null: no cap.",
+    )
+
+
 def due(stats: QueueStats) -> int:
     """Queued jobs that may start now."""
     return max(0, stats.counts.get(JobState.QUEUED.value, 0) - stats.scheduled)
@@ -350,7 +378,8 @@ class QueueList(BaseModel):
 
 # -- health ------------------------------------------------------------------------------
 class MemoryOut(BaseModel):
-    """This process's memory in MiB (the seed's ``memory.node``)."""
+    """The API process's memory in MiB (the seed's ``memory.node``: the seed's API ran on
+    Node.js)."""
 
     rss: float = Field(description="Resident set size.")
     heapUsed: float = Field(
@@ -362,16 +391,45 @@ class MemoryOut(BaseModel):
     )
 
 
+class WorkerMemory(BaseModel):
+    id: str = Field(description="The worker's identity, host:pid:random.")
+    memory_mb: float | None = Field(description="Its RSS in MiB; null: not reported yet.")
+
+
+class WorkersMemory(BaseModel):
+    """The workers' memory (the seed's ``memory.python``: its workers ran in Python), as
+    each live worker last wrote it with its heartbeat (every
+    ``CONVEYOR_HEARTBEAT_INTERVAL`` seconds)."""
+
+    memory_mb: float | None = Field(
+        description="RSS in MiB of the live worker using the most (each worker's limit is "
+        "its own); null: no live worker has reported."
+    )
+    status: Literal["ok", "high", "unknown"] = Field(
+        description="high: a worker is above CONVEYOR_MAX_MEMORY_MB (it stops fetching "
+        "jobs until it falls); unknown: no live worker has reported."
+    )
+    workers: list[WorkerMemory]
+
+
+class HealthMemory(BaseModel):
+    node: MemoryOut
+    python: WorkersMemory
+
+
 class QueueHealth(BaseModel):
-    waiting: int = Field(description="Due jobs waiting for a worker.")
-    activeJobs: int
-    scheduled: int
+    waiting: int = Field(description="Queued jobs: due ones and scheduled ones.")
+    activeJobs: int = Field(description="Running jobs.")
+    due: int = Field(description="Queued jobs that may start now.")
+    scheduled: int = Field(description="Queued jobs whose start lies in the future.")
     paused: bool
 
 
 class HealthDetail(BaseModel):
-    memory: MemoryOut
-    queues: dict[str, QueueHealth]
+    memory: HealthMemory
+    queues: dict[str, QueueHealth] = Field(
+        description="Per queue (the seed's job types are its queues: video, qa, ...)."
+    )
     database: Literal["ok", "unreachable"]
 
 
@@ -379,9 +437,10 @@ class HealthOut(BaseModel):
     """The seed's ``GET /health`` shape."""
 
     status: Literal["healthy", "degraded"] = Field(
-        description="degraded: the database is unreachable or memory is above its threshold."
+        description="degraded: the database is unreachable, or the API's or a worker's "
+        "memory is above its threshold."
     )
-    timestamp: datetime
+    timestamp: Timestamp
     health: HealthDetail
 
 

@@ -2,7 +2,7 @@
 
 The CLI is a contract other tools rely on: ``--json`` prints machine-readable output, bad
 input prints one line ``conveyor: error: ...`` naming what is wrong and exits with 2
-(nothing is written), a job id that does not exist exits with 1. Output is written whole
+(nothing is written), a job id or a queue that does not exist exits with 1. Output is written whole
 or the command fails: 141 when its reader went away (`| head`), 74 on other write errors.
 
 Every command takes ``--database-url``, which overrides ``CONVEYOR_DATABASE_URL``. The
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from conveyor.cli import output
 from conveyor.config import Settings
 from conveyor.engine.client import Client
-from conveyor.engine.errors import ConveyorError, JobNotFound
+from conveyor.engine.errors import ConveyorError, NotFound
 from conveyor.engine.kinds import import_modules
 from conveyor.engine.worker import Worker, WorkerConfig
 from conveyor.logs import configure_logging, get_logger
@@ -127,7 +127,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(coro)
-    except JobNotFound as exc:
+    except NotFound as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
     except (ConveyorError, StoreError, ValueError) as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
@@ -462,8 +462,8 @@ def _show(job: Job, json: bool, serving: list[str] | None = None) -> None:
 
 # -- entry point ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exit codes: 0 ok, 1 not found, 2 bad input, 74 the output could not
-    be written, 141 its reader went away."""
+    """Run the CLI; exit codes: 0 ok, 1 no such job or queue, 2 bad input, 74 the output
+    could not be written, 141 its reader went away."""
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="conveyor", standalone_mode=False)

@@ -1,4 +1,5 @@
-"""How the CLI prints: JSON for programs (``--json``), aligned text for people."""
+"""How the CLI prints: JSON for programs (``--json``), aligned text for people; times in
+both as ISO 8601 in UTC with the offset (``2026-12-02T06:44:07.123456+00:00``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import errno
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from conveyor.store.records import Job, QueueStats
+from conveyor.store.records import Job, QueueStats, iso_time
 
 EXIT_BROKEN_PIPE = 141
 """The reader went away (``| head``): what a shell reports for a command SIGPIPE ended."""
@@ -49,9 +49,8 @@ def print_json(data: Any) -> None:
 
 
 def when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    """A time as everywhere else (:func:`iso_time`); ``-`` for none."""
+    return "-" if timestamp is None else iso_time(timestamp)
 
 
 def seconds(value: float | None) -> str:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Final
 
 from conveyor.config import Settings
-from conveyor.engine.errors import InvalidJob, JobNotFound
+from conveyor.engine.errors import InvalidJob, JobNotFound, QueueNotFound
 from conveyor.engine.kinds import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
@@ -293,18 +293,25 @@ class Client:
         return job
 
     async def pause(self, queue: str) -> None:
-        """Stop workers from claiming jobs of ``queue``; running jobs finish."""
-        await self.store.set_paused(check_queue_name(queue), True)
+        """Stop workers from claiming jobs of ``queue``; running jobs finish. Raises
+        :class:`QueueNotFound` if the queue has no jobs, no setting and no live worker."""
+        if not await self.store.set_paused(check_queue_name(queue), True):
+            raise QueueNotFound(queue)
 
     async def resume(self, queue: str) -> None:
-        await self.store.set_paused(check_queue_name(queue), False)
+        """Let workers claim jobs of ``queue`` again (:class:`QueueNotFound` as for
+        :meth:`pause`)."""
+        if not await self.store.set_paused(check_queue_name(queue), False):
+            raise QueueNotFound(queue)
 
     async def set_limit(self, queue: str, limit: int | None) -> None:
         """Let at most ``limit`` jobs of ``queue`` run at once across all workers (None:
-        no cluster-wide limit; each worker's own limit still holds)."""
+        no cluster-wide limit; each worker's own limit still holds). Raises
+        :class:`QueueNotFound` as :meth:`pause` does."""
         if limit is not None and (isinstance(limit, bool) or limit < 1):
             raise InvalidJob(f"limit {limit!r} is not valid: use an integer >= 1, or None")
-        await self.store.set_queue_limit(check_queue_name(queue), limit)
+        if not await self.store.set_queue_limit(check_queue_name(queue), limit):
+            raise QueueNotFound(queue)
 
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs that finished more than ``older_than_s`` seconds ago."""

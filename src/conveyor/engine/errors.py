@@ -5,7 +5,9 @@
     ConveyorError
     ├── UnknownKind        enqueue of a kind no module registered
     ├── InvalidJob         bad options or a payload the kind's model rejects
-    ├── JobNotFound        an id that names no job
+    ├── NotFound           no such thing
+    │   ├── JobNotFound    an id that names no job
+    │   └── QueueNotFound  a queue with no setting, job or live worker
     └── Discard            raised by a handler: fail the job now, no retry
 """
 
@@ -31,12 +33,29 @@ class InvalidJob(ConveyorError):
     """An enqueue whose options or payload are not acceptable; nothing was stored."""
 
 
-class JobNotFound(ConveyorError):
+class NotFound(ConveyorError):
+    """What was named does not exist (the CLI exits 1, the API answers 404)."""
+
+
+class JobNotFound(NotFound):
     """No job has that id."""
 
     def __init__(self, job_id: int) -> None:
         super().__init__(f"no job with id {job_id}")
         self.job_id = job_id
+
+
+class QueueNotFound(NotFound):
+    """No queue of that name exists: none has a setting, a job or a live worker serving
+    it. Pausing or limiting such a queue would only create a new one, which is most often
+    a typo."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(
+            f"no queue named {queue!r}: it has no jobs, no setting and no live worker "
+            "(see `conveyor queues` for the queues there are)"
+        )
+        self.queue = queue
 
 
 class Discard(ConveyorError):

@@ -260,6 +260,7 @@ class Worker:
                 os.getpid(),
                 dict(self.config.queues),
                 kinds=self._kind_names,
+                memory_mb=round(services.rss_mb(), 1),
             ),
             self.config.lease_s,
         )
@@ -683,10 +684,8 @@ class Worker:
             ctx.log.warning("job stopped: its lease was lost (rescued by another worker)")
             return
         self._hold_reports()
+        # A progress report still held here goes with the outcome: it is the last one.
         self._outcomes.append(outcome)
-        pending = self._progress.get(job.id)
-        if pending is not None and pending.attempt == job.attempt:
-            del self._progress[job.id]
         took = time.perf_counter() - started
         if outcome.kind is not OutcomeKind.COMPLETED:
             if self._log_info or outcome.kind in _WARNED:
@@ -913,7 +912,10 @@ class Worker:
         if not self._running and not renew:
             return
         jobs = {job_id: r.job.attempt for job_id, r in self._running.items()}
-        status = await self.store.heartbeat(self.id, jobs, self.config.lease_s, renew)
+        # The RSS rides on the renewal (every heartbeat_interval, not every check) for
+        # GET /health: one /proc read.
+        memory = round(services.rss_mb(), 1) if renew else None
+        status = await self.store.heartbeat(self.id, jobs, self.config.lease_s, renew, memory)
         if renew:
             self._last_renew = now
         for job_id, attempt in jobs.items():

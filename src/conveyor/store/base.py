@@ -146,11 +146,16 @@ class Store(Protocol):
         """
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         """Report which of ``jobs`` (id -> attempt) still run under ``worker_id`` and
         which have a cancel request; with ``renew`` extend their leases and the worker's
-        ``last_seen_at``."""
+        ``last_seen_at``, and record its ``memory_mb`` (kept as it was when None)."""
 
     async def adopt(self, worker_id: str, known: Collection[int]) -> list[Job]:
         """Jobs running under ``worker_id`` other than ``known``: handed to it in a notice
@@ -193,12 +198,15 @@ class Store(Protocol):
         """Queue a failed or cancelled job again, due now, with one more attempt if it had
         none left. Other states are returned unchanged."""
 
-    async def set_paused(self, queue: str, paused: bool) -> None: ...
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        """Pause or resume ``queue``; False, and nothing written, if no such queue
+        exists: one with a setting, any job or a live worker serving it."""
 
-    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
+    async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
         """Cap how many jobs of ``queue`` run at once across all workers (None: no cap).
         Claims enforce it, serialised per limited queue so two workers cannot both take
-        the last slot."""
+        the last slot. False, and nothing written, if no such queue exists (as for
+        :meth:`set_paused`)."""
 
     async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
         """Enqueue ``job`` for periodic tick ``tick`` of its kind, once cluster-wide:

@@ -13,7 +13,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+
+def iso_time(ts: float) -> str:
+    """Unix seconds as the one time format Conveyor shows (the API, the CLI's text and
+    JSON): ISO 8601 in UTC with its offset and microseconds,
+    ``2026-12-02T06:44:07.123456+00:00``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+def iso_or_none(ts: float | None) -> str | None:
+    """:func:`iso_time`, with None kept."""
+    return None if ts is None else iso_time(ts)
+
 
 DEFAULT_TENANT = "default"
 """Tenant of every job until the accounts issue brings real tenants."""
@@ -150,7 +164,7 @@ class Job:
     finished_at: float | None
 
     def to_json(self) -> dict[str, JSON]:
-        """The job as JSON-ready data (CLI ``--json``, later the HTTP API)."""
+        """The job as JSON-ready data (CLI ``--json``), times as :func:`iso_time`."""
         return {
             "id": self.id,
             "tenant_id": self.tenant_id,
@@ -162,19 +176,19 @@ class Job:
             "result": self.result,
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
-            "run_at": self.run_at,
+            "run_at": iso_time(self.run_at),
             "timeout_s": self.timeout_s,
             "unique_key": self.unique_key,
             "locked_by": self.locked_by,
-            "lease_expires_at": self.lease_expires_at,
-            "errors": [e.to_json() for e in self.errors],
+            "lease_expires_at": iso_or_none(self.lease_expires_at),
+            "errors": [{**e.to_json(), "at": iso_time(e.at)} for e in self.errors],
             "progress": self.progress,
             "progress_message": self.progress_message,
             "cancel_requested": self.cancel_requested,
             "meta": self.meta,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
+            "created_at": iso_time(self.created_at),
+            "started_at": iso_or_none(self.started_at),
+            "finished_at": iso_or_none(self.finished_at),
         }
 
 
@@ -309,6 +323,9 @@ class WorkerInfo:
     started_at: float = 0.0
     last_seen_at: float = 0.0
     expires_at: float = 0.0
+    memory_mb: float | None = None
+    """Resident memory (MiB) as of the last heartbeat that renewed the worker; None:
+    not reported."""
     kinds: tuple[str, ...] = ()
     """The job kinds it runs (its registry), sorted; it claims only these."""
 
@@ -323,9 +340,10 @@ class WorkerInfo:
             "pid": self.pid,
             "queues": dict(self.queues),
             "kinds": list(self.kinds),
-            "started_at": self.started_at,
-            "last_seen_at": self.last_seen_at,
-            "expires_at": self.expires_at,
+            "started_at": iso_time(self.started_at),
+            "last_seen_at": iso_time(self.last_seen_at),
+            "expires_at": iso_time(self.expires_at),
+            "memory_mb": self.memory_mb,
         }
 
 

@@ -52,6 +52,11 @@ Cursor = Annotated[
     str | None, Query(max_length=200, description="next_cursor of the previous page.")
 ]
 StatusFilter = Annotated[JobState | None, Query(description="Only this status.")]
+StateFilter = Annotated[JobState | None, Query(description="Only jobs in this state.")]
+StateAlias = Annotated[
+    JobState | None,
+    Query(alias="status", description="The same as state (kept for earlier clients)."),
+]
 KindFilter = Annotated[str | None, Query(max_length=200, description="Only this kind.")]
 CreatedAfter = Annotated[
     datetime | None,

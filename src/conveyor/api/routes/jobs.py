@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 
 from conveyor.api.deps import Caller, get_api, get_caller
-from conveyor.api.errors import Conflict
+from conveyor.api.errors import Conflict, validation_detail
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
 from conveyor.api.routes.common import (
     CONFLICT,
@@ -22,7 +23,8 @@ from conveyor.api.routes.common import (
     KindFilter,
     Limit,
     ResourceId,
-    StatusFilter,
+    StateAlias,
+    StateFilter,
     epoch,
 )
 from conveyor.api.schemas import JobOut, JobPage
@@ -48,16 +50,25 @@ async def list_jobs(
     api: Annotated[ApiState, Depends(get_api)],
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
-    status: StatusFilter = None,
+    state: StateFilter = None,
+    status: StateAlias = None,
     kind: KindFilter = None,
     queue: QueueFilter = None,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
 ) -> JobPage:
-    """The tenant's jobs, newest first; follow ``next_cursor`` for more."""
+    """The tenant's jobs, newest first; follow ``next_cursor`` for more. ``state``
+    filters by the job's state (``status`` is accepted as its alias)."""
+    if state is not None and status is not None and state != status:
+        raise RequestValidationError(
+            validation_detail(
+                f"state={state.value} and status={status.value} disagree: give one",
+                loc=("query", "status"),
+            )
+        )
     rows = await api.client.store.list_jobs(
         JobFilter(
-            state=status,
+            state=state if state is not None else status,
             queue=queue,
             kind=kind,
             tenant_id=caller.tenant_id,

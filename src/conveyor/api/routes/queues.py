@@ -1,4 +1,4 @@
-"""``/v1/queues``: the engine's queue statistics; pause and resume.
+"""``/v1/queues``: the engine's queue statistics; pause, resume and cluster-wide limits.
 
 Queues are shared by every tenant (a queue is where workers take jobs from), so these are
 operator routes; they still take their caller from :func:`get_caller`, so the accounts
@@ -7,14 +7,16 @@ issue can restrict them to operators in one place.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, HTTPException, Path
 
 from conveyor.api.deps import Caller, get_api, get_caller
-from conveyor.api.routes.common import READ_ERRORS
-from conveyor.api.schemas import QueueList, QueueOut
+from conveyor.api.routes.common import NOT_FOUND, READ_ERRORS
+from conveyor.api.schemas import QueueLimitIn, QueueList, QueueOut
 from conveyor.api.state import ApiState
+from conveyor.engine.errors import QueueNotFound
 from conveyor.engine.kinds import QUEUE_NAME
 
 router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=READ_ERRORS)
@@ -42,11 +44,11 @@ async def list_queues(
     return QueueList(queues=[QueueOut.of(s) for s in stats])
 
 
-async def _set_paused(api: ApiState, name: str, paused: bool) -> QueueOut:
-    if paused:
-        await api.client.pause(name)
-    else:
-        await api.client.resume(name)
+async def _change(api: ApiState, name: str, change: Awaitable[None]) -> QueueOut:
+    try:
+        await change
+    except QueueNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     api.stats.invalidate()
     for stats in await api.client.queues():
         if stats.name == name:
@@ -54,22 +56,35 @@ async def _set_paused(api: ApiState, name: str, paused: bool) -> QueueOut:
     raise AssertionError(f"queue {name!r} has a setting, so it is listed")
 
 
-@router.post("/{name}/pause", summary="Pause a queue")
+@router.post("/{name}/pause", responses=NOT_FOUND, summary="Pause a queue")
 async def pause_queue(
     name: QueueName,
     caller: Annotated[Caller, Depends(get_caller)],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueOut:
     """Workers stop claiming the queue's jobs; running jobs finish; submissions are
-    still accepted. Pausing a paused queue changes nothing."""
-    return await _set_paused(api, name, True)
+    still accepted. Pausing a paused queue changes nothing. A queue with no jobs, no
+    setting and no live worker: 404."""
+    return await _change(api, name, api.client.pause(name))
 
 
-@router.post("/{name}/resume", summary="Resume a queue")
+@router.post("/{name}/resume", responses=NOT_FOUND, summary="Resume a queue")
 async def resume_queue(
     name: QueueName,
     caller: Annotated[Caller, Depends(get_caller)],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueOut:
-    """Workers claim the queue's jobs again."""
-    return await _set_paused(api, name, False)
+    """Workers claim the queue's jobs again. An unknown queue: 404."""
+    return await _change(api, name, api.client.resume(name))
+
+
+@router.post("/{name}/limit", responses=NOT_FOUND, summary="Set a queue's cluster-wide limit")
+async def limit_queue(
+    name: QueueName,
+    body: QueueLimitIn,
+    caller: Annotated[Caller, Depends(get_caller)],
+    api: Annotated[ApiState, Depends(get_api)],
+) -> QueueOut:
+    """At most ``limit`` jobs of the queue run at once across all workers; ``null``
+    removes the cap (each worker's own limit still holds). An unknown queue: 404."""
+    return await _change(api, name, api.client.set_limit(name, body.limit))

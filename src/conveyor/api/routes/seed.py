@@ -21,7 +21,6 @@ from when it should start to when it should finish, by the queue's median run ti
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
@@ -37,7 +36,7 @@ from conveyor.api.routes.common import (
     IdempotencyKey,
 )
 from conveyor.api.routes.health import memory
-from conveyor.api.schemas import MemoryOut, at_utc, due, utc
+from conveyor.api.schemas import MemoryOut, Timestamp, at_utc, due, utc
 from conveyor.api.state import ApiState
 from conveyor.api.submit import Submission, submit
 from conveyor.kinds import qa, video
@@ -113,9 +112,9 @@ class SeedJob(BaseModel):
     error: str | None = Field(description="The last failed attempt's message.")
     attempts: int
     maxAttempts: int
-    createdAt: datetime
-    startedAt: datetime | None
-    completedAt: datetime | None
+    createdAt: Timestamp
+    startedAt: Timestamp | None
+    completedAt: Timestamp | None
 
 
 class SeedJobOut(BaseModel):

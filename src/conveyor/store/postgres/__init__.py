@@ -421,13 +421,11 @@ class PostgresStore:
     ) -> SettleResult:
         """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue."""
         queues = list(claim.slots) if claim is not None else []
-        finished = {o.job_id for o in outcomes}
-        reports = [p for p in progress if p.job_id not in finished]
         # Never a claimed queue's offer: the claim sets it, and one statement must not
         # change a row twice.
         freed = {q: n for q, n in (freed or {}).items() if q not in queues}
         try:
-            args = self._exchange_args(claim, queues, worker_id, outcomes, reports, rescue_limit)
+            args = self._exchange_args(claim, queues, worker_id, outcomes, progress, rescue_limit)
         except orjson.JSONEncodeError as exc:
             raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
         kinds = list(claim.kinds) if claim is not None else []
@@ -435,7 +433,7 @@ class PostgresStore:
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limited.intersection(queues)) or bool(queues and not self.listen)
 
-        claim_only = not (outcomes or reports or rescue_limit or freed or withdraw)
+        claim_only = not (outcomes or progress or rescue_limit or freed or withdraw)
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
@@ -519,11 +517,22 @@ class PostgresStore:
         )
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         async def beat(conn: Conn) -> LeaseStatus:
             rows = await conn.fetch(
-                _Q["heartbeat"], worker_id, list(jobs), list(jobs.values()), lease_s, renew
+                _Q["heartbeat"],
+                worker_id,
+                list(jobs),
+                list(jobs.values()),
+                lease_s,
+                renew,
+                memory_mb,
             )
             return LeaseStatus(frozenset(r[0] for r in rows), frozenset(r[0] for r in rows if r[1]))
 
@@ -724,35 +733,45 @@ class PostgresStore:
             self._publish(JobsAvailable(frozenset({job.queue})))
         return job
 
-    async def set_paused(self, queue: str, paused: bool) -> None:
-        async def tx(conn: Conn) -> None:
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        async def tx(conn: Conn) -> bool:
             async with conn.transaction():
+                if not await conn.fetchval(_Q["queue_exists"], queue):
+                    return False
                 await conn.execute(_Q["set_paused"], queue, paused)
                 if paused:
                     await conn.execute(_Q["drop_offers"], queue)
                 else:
                     await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
+                return True
 
-        await self._run(tx)
+        if not await self._run(tx):
+            return False
         if not paused:
             self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
-    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
-        async def tx(conn: Conn) -> None:
+    async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
+        async def tx(conn: Conn) -> bool:
             async with conn.transaction():
+                if not await conn.fetchval(_Q["queue_exists"], queue):
+                    return False
                 await conn.execute(_Q["set_limit"], queue, limit)
                 if limit is not None:
                     await conn.execute(_Q["drop_offers"], queue)
                 # 'l:' tells every store to reload its limits; 'q:' wakes the workers.
                 await conn.execute("SELECT pg_notify($1, 'l:' || $2::text)", CHANNEL, queue)
                 await conn.execute(_Q["notify_queues"], CHANNEL, [queue])
+                return True
 
-        await self._run(tx)
+        if not await self._run(tx):
+            return False
         if limit is None:
             self._limited.discard(queue)
         else:
             self._limited.add(queue)
         self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
     async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
         async def read(conn: Conn) -> list[QueueStats]:
@@ -781,6 +800,7 @@ class PostgresStore:
                 _dumps(info.queues),
                 lease_s,
                 _dumps(list(info.kinds)),
+                info.memory_mb,
             )
         )
 
@@ -1148,6 +1168,7 @@ def _worker(row: Row) -> WorkerInfo:
         last_seen_at=row[5].timestamp(),
         expires_at=row[6].timestamp(),
         kinds=tuple(orjson.loads(row[7])),
+        memory_mb=row[8],
     )
 
 

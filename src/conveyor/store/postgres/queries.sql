@@ -169,11 +169,19 @@ WITH settled AS (
         attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
         locked_by = CASE WHEN o.kind IN ('retry', 'released') THEN NULL ELSE j.locked_by END,
         started_at = CASE WHEN o.kind = 'released' THEN NULL ELSE j.started_at END,
+        -- A report that rides with its job's outcome is the job's last one: it is
+        -- recorded here, since the reported CTE must not change the same row.
         progress = CASE WHEN o.kind = 'completed' THEN 1.0
-                        WHEN o.kind = 'released' THEN NULL ELSE j.progress END,
+                        WHEN o.kind = 'released' THEN NULL
+                        WHEN p.id IS NOT NULL THEN p.fraction ELSE j.progress END,
+        progress_message = CASE WHEN o.kind = 'released' THEN NULL
+                                WHEN p.id IS NOT NULL THEN p.message
+                                ELSE j.progress_message END,
         lease_expires_at = NULL
     FROM unnest($6::bigint[], $7::int[], $8::text[], $9::text[], $10::text[], $11::float8[])
          AS o(id, attempt, kind, result, error, delay_s)
+    LEFT JOIN unnest($13::bigint[], $14::int[], $15::float8[], $16::text[])
+         AS p(id, attempt, fraction, message) ON p.id = o.id AND p.attempt = o.attempt
     WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = $3
     RETURNING o.id, o.attempt, j.queue, o.kind
 ),
@@ -183,6 +191,7 @@ reported AS (
     FROM unnest($13::bigint[], $14::int[], $15::float8[], $16::text[])
          AS p(id, attempt, fraction, message)
     WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = $3
+      AND p.id <> ALL($6::bigint[])
 ),
 wanted AS (
     SELECT w.queue,
@@ -328,7 +337,8 @@ renewed AS (
 ),
 worker AS (
     UPDATE conveyor_workers
-    SET last_seen_at = now(), expires_at = now() + make_interval(secs => $4)
+    SET last_seen_at = now(), expires_at = now() + make_interval(secs => $4),
+        memory_mb = coalesce($6::float8, memory_mb)
     WHERE id = $1 AND $5::boolean
 )
 SELECT id, cancel_requested FROM held
@@ -371,6 +381,15 @@ SET state = 'queued', run_at = now(), result = NULL, finished_at = NULL, started
     max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
 WHERE id = $1 AND state IN ('failed', 'cancelled')
 RETURNING *
+
+-- name: queue_exists
+-- A queue exists once it has a setting, any job (each state read off its partial index,
+-- whose first column is the queue) or a live worker serving it.
+SELECT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'queued' AND queue = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'running' AND queue = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE finished_at IS NOT NULL AND queue = $1)
+    OR EXISTS (SELECT 1 FROM conveyor_workers WHERE expires_at >= now() AND queues ? $1)
 
 -- name: set_paused
 INSERT INTO conveyor_queues (name, paused, updated_at) VALUES ($1, $2, now())
@@ -436,13 +455,13 @@ SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
 INSERT INTO conveyor_workers (
-    id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+    id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds, memory_mb
 )
-VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5), $6)
+VALUES ($1, $2, $3, $4, now(), now(), now() + make_interval(secs => $5), $6, $7)
 ON CONFLICT (id) DO UPDATE
 SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
     last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at,
-    kinds = excluded.kinds
+    kinds = excluded.kinds, memory_mb = excluded.memory_mb
 
 -- name: unregister_worker
 WITH offers AS (
@@ -461,7 +480,7 @@ DELETE FROM conveyor_offers WHERE queue = $1
 SELECT * FROM conveyor_jobs WHERE state = 'running' AND locked_by = $1 AND id <> ALL($2::bigint[])
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds, memory_mb
 FROM conveyor_workers
 WHERE expires_at >= now() ORDER BY started_at
 

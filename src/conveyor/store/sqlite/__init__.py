@@ -352,11 +352,8 @@ class SqliteStore:
         # No handoff here (a worker in this process is woken at once, others poll): offers
         # (claim.offer, freed, withdraw) have nothing to change.
         def tx(conn: sqlite3.Connection, now: float) -> tuple[SettleResult, frozenset[str]]:
-            applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
-            wake = _queues_to_wake(conn, outcomes, applied)
-            rescued = _rescue(conn, now, 1000) if rescue else None
-            if rescued is not None:
-                wake |= rescued[1]
+            # Progress first: a job's last report may ride with its outcome, and must be
+            # recorded while the job is still running.
             for p in progress:
                 conn.execute(
                     _Q["progress"],
@@ -368,6 +365,11 @@ class SqliteStore:
                         "message": p.message,
                     },
                 )
+            applied = tuple(_apply_outcome(conn, now, worker_id, o) for o in outcomes)
+            wake = _queues_to_wake(conn, outcomes, applied)
+            rescued = _rescue(conn, now, 1000) if rescue else None
+            if rescued is not None:
+                wake |= rescued[1]
             claimed: list[Job] = []
             next_run_at: float | None = None
             if claim is not None:
@@ -398,10 +400,20 @@ class SqliteStore:
         return result
 
     async def heartbeat(
-        self, worker_id: str, jobs: dict[int, int], lease_s: float, renew: bool
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
     ) -> LeaseStatus:
         def check(conn: sqlite3.Connection, now: float) -> LeaseStatus:
-            params = {"worker_id": worker_id, "now": now, "lease_s": lease_s}
+            params = {
+                "worker_id": worker_id,
+                "now": now,
+                "lease_s": lease_s,
+                "memory_mb": memory_mb,
+            }
             held: set[int] = set()
             cancel: set[int] = set()
             for job_id, attempt, cancel_requested in conn.execute(_Q["leases_held"], params):
@@ -564,20 +576,30 @@ class SqliteStore:
             self._publish(JobsAvailable(frozenset({queue})))
         return job
 
-    async def set_paused(self, queue: str, paused: bool) -> None:
-        def tx(conn: sqlite3.Connection, now: float) -> None:
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        def tx(conn: sqlite3.Connection, now: float) -> bool:
+            if not _queue_exists(conn, now, queue):
+                return False
             conn.execute(_Q["set_paused"], {"queue": queue, "paused": int(paused), "now": now})
+            return True
 
-        await self._write(tx)
+        if not await self._write(tx):
+            return False
         if not paused:
             self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
-    async def set_queue_limit(self, queue: str, limit: int | None) -> None:
-        def tx(conn: sqlite3.Connection, now: float) -> None:
+    async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
+        def tx(conn: sqlite3.Connection, now: float) -> bool:
+            if not _queue_exists(conn, now, queue):
+                return False
             conn.execute(_Q["set_limit"], {"queue": queue, "limit": limit, "now": now})
+            return True
 
-        await self._write(tx)
+        if not await self._write(tx):
+            return False
         self._publish(JobsAvailable(frozenset({queue})))
+        return True
 
     async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
         def tx(conn: sqlite3.Connection, now: float) -> Enqueued | None:
@@ -609,6 +631,7 @@ class SqliteStore:
                     "kinds": _dumps(list(info.kinds)),
                     "now": now,
                     "lease_s": lease_s,
+                    "memory_mb": info.memory_mb,
                 },
             )
 
@@ -774,6 +797,10 @@ def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outc
     return conn.execute(_OUTCOME_QUERY[o.kind], params).rowcount == 1
 
 
+def _queue_exists(conn: sqlite3.Connection, now: float, queue: str) -> bool:
+    return bool(conn.execute(_Q["queue_exists"], {"queue": queue, "now": now}).fetchone()[0])
+
+
 def _rescue(
     conn: sqlite3.Connection, now: float, limit: int
 ) -> tuple[RescueResult, frozenset[str]]:
@@ -852,6 +879,7 @@ def _live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
             last_seen_at=row[5],
             expires_at=row[6],
             kinds=tuple(orjson.loads(row[7])),
+            memory_mb=row[8],
         )
         for row in conn.execute(_Q["list_workers"], {"now": now})
     ]

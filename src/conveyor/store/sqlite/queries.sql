@@ -103,7 +103,9 @@ UPDATE conveyor_jobs SET lease_expires_at = :now + :lease_s
 WHERE state = 'running' AND locked_by = :worker_id AND id IN (SELECT value FROM json_each(:ids))
 
 -- name: renew_worker
-UPDATE conveyor_workers SET last_seen_at = :now, expires_at = :now + :lease_s WHERE id = :worker_id
+UPDATE conveyor_workers
+SET last_seen_at = :now, expires_at = :now + :lease_s, memory_mb = coalesce(:memory_mb, memory_mb)
+WHERE id = :worker_id
 
 -- name: rescue
 -- A job whose lease expired lost its worker: its attempt counts. It is cancelled if a
@@ -171,6 +173,18 @@ SET state = 'queued', run_at = :now, result = NULL, finished_at = NULL, started_
 WHERE id = :id AND state IN ('failed', 'cancelled')
 RETURNING queue
 
+-- name: queue_exists
+-- A queue exists once it has a setting, any job (each state read off its partial index,
+-- whose first column is the queue) or a live worker serving it.
+SELECT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = :queue)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'queued' AND queue = :queue)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE state = 'running' AND queue = :queue)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs WHERE finished_at IS NOT NULL AND queue = :queue)
+    OR EXISTS (
+        SELECT 1 FROM conveyor_workers AS w, json_each(w.queues) AS q
+        WHERE w.expires_at >= :now AND q.key = :queue
+    )
+
 -- name: set_paused
 INSERT INTO conveyor_queues (name, paused, updated_at) VALUES (:queue, :paused, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
@@ -223,15 +237,15 @@ SELECT name, paused, concurrency_limit FROM conveyor_queues
 
 -- name: register_worker
 INSERT OR REPLACE INTO conveyor_workers (
-    id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+    id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds, memory_mb
 )
-VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s, :kinds)
+VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s, :kinds, :memory_mb)
 
 -- name: unregister_worker
 DELETE FROM conveyor_workers WHERE id = ?
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds
+SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds, memory_mb
 FROM conveyor_workers
 WHERE expires_at >= :now ORDER BY started_at
 
