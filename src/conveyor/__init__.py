@@ -6,7 +6,14 @@ The public API is what this module exports; everything else is internal.
 from conveyor.config import Settings
 from conveyor.engine.client import Client
 from conveyor.engine.context import JobContext
-from conveyor.engine.errors import ConveyorError, Discard, InvalidJob, JobNotFound, UnknownKind
+from conveyor.engine.errors import (
+    ConveyorError,
+    Discard,
+    InvalidJob,
+    JobConflict,
+    JobNotFound,
+    UnknownKind,
+)
 from conveyor.engine.kinds import Registry, job, registry
 from conveyor.engine.periodic import periodic
 from conveyor.engine.retry import Backoff
@@ -20,6 +27,7 @@ __all__ = [
     "Discard",
     "InvalidJob",
     "Job",
+    "JobConflict",
     "JobContext",
     "JobNotFound",
     "JobState",

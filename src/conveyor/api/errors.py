@@ -6,7 +6,8 @@ raised                                 status  body
 pydantic validation (body, query...)   422     ``{"detail": [{loc, msg, type}...]}``
 ``UnknownKind`` / ``InvalidJob``       422     same shape, one entry
 ``JobNotFound``, unknown route         404     ``{"detail": "..."}``
-:class:`Conflict`, ``ConflictError``   409     ``{"detail": "..."}``
+:class:`Conflict`, ``ConflictError``,  409     ``{"detail": "..."}``
+``JobConflict``
 :class:`Overloaded` (backpressure)     503     ``{"detail": "..."}`` + ``Retry-After``
 ``StoreError`` (database unreachable)  503     ``{"detail": "..."}`` + ``Retry-After``
 anything else                          500     ``{"detail": "Internal server error"}``
@@ -31,7 +32,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.api.deps import request_id
-from conveyor.engine.errors import ConveyorError, InvalidJob, JobNotFound, UnknownKind
+from conveyor.engine.errors import (
+    ConveyorError,
+    InvalidJob,
+    JobConflict,
+    JobNotFound,
+    UnknownKind,
+)
 from conveyor.logs import get_logger
 from conveyor.store.base import ConflictError, StoreError
 
@@ -133,6 +140,8 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 async def _on_conveyor(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, JobNotFound):
         return error_response(request, 404, str(exc))
+    if isinstance(exc, JobConflict):
+        return error_response(request, 409, str(exc))
     if isinstance(exc, UnknownKind):
         detail = validation_detail(str(exc), loc=("body", "kind"), type_="unknown_kind")
         return error_response(request, 422, detail, message=str(exc))

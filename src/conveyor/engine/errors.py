@@ -5,7 +5,9 @@
     ConveyorError
     ├── UnknownKind        enqueue of a kind no module registered
     ├── InvalidJob         bad options or a payload the kind's model rejects
+    │   └── LimitError     a value outside conveyor.engine.limits (``loc`` says where)
     ├── JobNotFound        an id that names no job
+    ├── JobConflict        cancel or retry of a job whose state does not allow it
     └── Discard            raised by a handler: fail the job now, no retry
 """
 
@@ -37,6 +39,17 @@ class JobNotFound(ConveyorError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"no job with id {job_id}")
         self.job_id = job_id
+
+
+class JobConflict(ConveyorError):
+    """The job's state does not allow the operation (cancel a finished job, retry one
+    that has not failed or been cancelled); nothing was changed. The API answers 409."""
+
+    def __init__(self, message: str, job_id: int, state: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+        """The job's state (``completed``...) when it was refused."""
 
 
 class Discard(ConveyorError):

@@ -39,7 +39,8 @@ from conveyor.engine import services
 from conveyor.engine.context import JobContext
 from conveyor.engine.errors import UnknownKind
 from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
-from conveyor.engine.kinds import Registry, check_queue_name, registry
+from conveyor.engine.kinds import Registry, registry
+from conveyor.engine.limits import check_queue_name
 from conveyor.engine.periodic import Scheduler
 from conveyor.logs import get_logger, is_enabled
 from conveyor.store.base import (

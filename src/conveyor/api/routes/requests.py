@@ -36,8 +36,9 @@ from conveyor.api.routes.common import (
 from conveyor.api.schemas import RequestAccepted, RequestOut, RequestPage, create_request_body
 from conveyor.api.state import ApiState
 from conveyor.api.submit import submit
-from conveyor.store.records import JobState, RequestFilter
+from conveyor.engine.errors import JobConflict
 from conveyor.store.records import Request as StoredRequest
+from conveyor.store.records import RequestFilter
 
 
 async def find_request(api: ApiState, caller: Caller, request_id_: int) -> StoredRequest:
@@ -140,9 +141,10 @@ def build_router(api: ApiState) -> APIRouter:
         meanwhile). Cancelling a cancelled request changes nothing; a completed or failed
         one: 409."""
         found = await find_request(api, caller, request_id)
-        job = await api.client.cancel(found.job.id)
-        if job.state in (JobState.COMPLETED, JobState.FAILED):
-            raise Conflict(f"request {request_id} has already {job.state.value}")
+        try:
+            await api.client.cancel(found.job.id)
+        except JobConflict:
+            raise Conflict(f"request {request_id} has already {found.job.state.value}") from None
         return RequestOut.of(await find_request(api, caller, request_id))
 
     @router.post(
@@ -157,12 +159,13 @@ def build_router(api: ApiState) -> APIRouter:
         """Queue a failed or cancelled request's job again now, with one more attempt if
         it had used them all. Any other status: 409."""
         found = await find_request(api, caller, request_id)
-        if found.job.state not in (JobState.FAILED, JobState.CANCELLED):
+        try:
+            await api.client.retry(found.job.id)
+        except JobConflict as exc:
             raise Conflict(
-                f"request {request_id} is {found.job.state.value}; only failed or cancelled "
+                f"request {request_id} is {exc.state}; only failed or cancelled "
                 "requests can be retried"
-            )
-        await api.client.retry(found.job.id)
+            ) from None
         return RequestOut.of(await find_request(api, caller, request_id))
 
     return router
