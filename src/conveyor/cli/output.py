@@ -19,7 +19,12 @@ def print_json(data: Any) -> None:
 def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, ValueError, OSError):
+        # Stored before the limits refused such times; the listing must still print.
+        return f"{timestamp!r} (out of range)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def seconds(value: float | None) -> str:

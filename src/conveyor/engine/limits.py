@@ -243,10 +243,12 @@ def check_filter(value: str | None, field: str) -> str | None:
 
 
 # -- JSON values ---------------------------------------------------------------------------
-def check_json(value: Any, field: str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+def check_json(
+    value: Any, field: str, *, max_bytes: int = MAX_PAYLOAD_BYTES, max_depth: int = MAX_DEPTH
+) -> Any:
     """``value`` if it is JSON within the limits (depth, size, finite numbers, clean
     strings and keys); raises :class:`LimitError` naming the first place that is not."""
-    budget = _walk(value, [field], 0)
+    budget = _walk(value, [field], MAX_DEPTH - max_depth)
     # The walk's count bounds the encoded size from below cheaply; encode only when it is
     # close enough to the limit that escapes could push it over.
     if budget * 6 > max_bytes:
@@ -277,6 +279,8 @@ def _walk(value: Any, path: list[str | int], depth: int) -> int:
             _refuse(path, f"{value!r}: JSON has no NaN or infinity")
         return 8
     if depth >= MAX_DEPTH:
+        # A document allowed to nest deeper than a payload (a body around its input)
+        # starts below 0, so the payload inside it is held to MAX_DEPTH.
         _refuse(path, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         return _walk_object(value, path, depth)
@@ -309,7 +313,7 @@ def _refuse(path: Sequence[str | int], what: str) -> None:
     raise LimitError(f"{where(loc)} is not valid: {what}", loc)
 
 
-def loads(body: bytes | str, field: str = "body") -> Any:
+def loads(body: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse JSON text strictly: invalid JSON, NaN or infinity (``1e400`` too), lone
     surrogates, NUL in strings and nesting past :data:`MAX_DEPTH` raise
     :class:`LimitError`, with ``loc`` naming the place when it can be found.
@@ -322,11 +326,11 @@ def loads(body: bytes | str, field: str = "body") -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson refuses NaN, infinity and lone surrogates but does not say where in the
         # document's structure: the lenient stdlib parser finds the place, if it parses.
-        _locate(body, field)
+        _locate(body, field, max_depth)
         raise LimitError(f"{field} is not valid JSON: {exc}", (field,)) from None
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-    if b"\\u0000" in raw or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
-        check_json(value, field, max_bytes=max(len(raw), MAX_PAYLOAD_BYTES))
+    if b"\\u0000" in raw or raw.count(b"[") + raw.count(b"{") > max_depth:
+        check_json(value, field, max_bytes=max(len(raw), MAX_PAYLOAD_BYTES), max_depth=max_depth)
     return value
 
 
@@ -334,13 +338,13 @@ class _NonFinite(float):
     """A NaN or infinity as the stdlib parser read it (``NaN``, ``Infinity``)."""
 
 
-def _locate(body: bytes | str, field: str) -> None:
+def _locate(body: bytes | str, field: str, max_depth: int) -> None:
     try:
         value = json.loads(body, parse_constant=lambda name: _NonFinite(name.replace("-", "")))
     except RecursionError:
         raise LimitError(
-            f"{field} is not valid: nested deeper than {MAX_DEPTH} levels", (field,)
+            f"{field} is not valid: nested deeper than {max_depth} levels", (field,)
         ) from None
     except (ValueError, TypeError):
         return
-    check_json(value, field, max_bytes=2**62)
+    check_json(value, field, max_bytes=2**62, max_depth=max_depth)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_api, get_caller
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
 from conveyor.api.routes.common import (
@@ -28,7 +29,9 @@ from conveyor.api.schemas import JobOut, JobPage
 from conveyor.api.state import ApiState
 from conveyor.store.records import Job, JobFilter
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=READ_ERRORS)
+router = APIRouter(
+    route_class=StrictJsonRoute, prefix="/v1/jobs", tags=["jobs"], responses=READ_ERRORS
+)
 
 QueueFilter = Annotated[str | None, Query(max_length=100, description="Only this queue.")]
 

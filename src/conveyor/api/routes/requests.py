@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_caller, request_id
 from conveyor.api.errors import Conflict
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
@@ -51,7 +52,9 @@ async def find_request(api: ApiState, caller: Caller, request_id_: int) -> Store
 
 def build_router(api: ApiState) -> APIRouter:
     """The ``/v1/requests`` routes of ``api``, for the kinds in ``api.kinds``."""
-    router = APIRouter(prefix="/v1/requests", tags=["requests"], responses=READ_ERRORS)
+    router = APIRouter(
+        route_class=StrictJsonRoute, prefix="/v1/requests", tags=["requests"], responses=READ_ERRORS
+    )
     body_type: Any = create_request_body(api.kinds)
 
     @router.post(
