@@ -209,11 +209,13 @@ def test_jobs_cancel_and_retry_change_state(cli: Cli) -> None:
     cancelled = cli.ok("jobs", "cancel", str(job_id), "--json").json()
     assert cancelled["state"] == "cancelled"
 
-    # A finished job is left as it is.
+    # A finished job is left as it is, and the command says so with exit code 3 (the
+    # API's 409).
     done = cli.enqueue("demo.echo")
     cli.ok("worker", "--burst")
-    assert cli.ok("jobs", "cancel", str(done), "--json").json()["state"] == "completed"
-    assert cli.ok("jobs", "retry", str(done), "--json").json()["state"] == "completed"
+    assert_one_error_line(cli("jobs", "cancel", str(done)), "already completed", code=3)
+    assert_one_error_line(cli("jobs", "retry", str(done)), "is completed", code=3)
+    assert cli.show(done)["state"] == "completed"
 
 
 @pytest.mark.parametrize("command", ["show", "cancel", "retry"])

@@ -48,9 +48,6 @@ KIND_DEFAULT: Final = _KindDefault()
 """Marks an option left to the kind's default (``timeout=None`` means no timeout)."""
 
 MAX_PAGE = 1000
-MAX_QUEUE_LIMIT = 1_000_000
-"""The largest cluster-wide concurrency limit of a queue."""
-
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
 """The states a retry applies to; a retry of any other is a :class:`JobConflict`."""
 FINISHED = frozenset({JobState.COMPLETED, JobState.FAILED})
@@ -293,7 +290,7 @@ class Client:
         """Let at most ``limit`` jobs of ``queue`` run at once across all workers (None:
         no cluster-wide limit; each worker's own limit still holds)."""
         if limit is not None:
-            limits.check_int(limit, "limit", 1, MAX_QUEUE_LIMIT)
+            limits.check_int(limit, "limit", 1, limits.MAX_CONCURRENCY)
         await self.store.set_queue_limit(check_queue_name(queue), limit)
 
     async def prune(self, older_than_s: float) -> int:

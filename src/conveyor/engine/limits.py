@@ -11,6 +11,7 @@ ids                integers 1 .. 2**63-1 (a signed 64-bit ``bigint``)
 priority           1 (highest) .. 10
 max_attempts       1 .. 1000
 timeout            seconds, > 0 and <= 7 days, or None for no limit
+concurrency        1 .. 10,000 jobs of a queue at once (a worker's, or cluster-wide)
 delay              seconds, 0 .. 10 years
 run_at             from 1970-01-01 UTC to 10 years from now
 payload, meta      JSON: nested at most 64 deep, at most 1 MiB encoded; no NaN or
@@ -57,6 +58,8 @@ MAX_PAYLOAD_BYTES = 1_048_576
 """Matches the API's default CONVEYOR_MAX_BODY_BYTES."""
 MIN_JSON_INT = -(2**63)
 MAX_JSON_INT = 2**64 - 1
+MAX_CONCURRENCY = 10_000
+"""The most jobs of one queue a worker runs at once, and a cluster-wide queue limit."""
 MAX_FILTER_LENGTH = 200
 MAX_UNIQUE_KEY_LENGTH = 200
 MAX_TENANT_LENGTH = 100

@@ -40,7 +40,7 @@ from conveyor.engine.context import JobContext
 from conveyor.engine.errors import UnknownKind
 from conveyor.engine.executor import StopReason, execute, stopped, unknown_kind
 from conveyor.engine.kinds import Registry, registry
-from conveyor.engine.limits import check_queue_name
+from conveyor.engine.limits import MAX_CONCURRENCY, check_queue_name, excerpt
 from conveyor.engine.periodic import Scheduler
 from conveyor.logs import get_logger, is_enabled
 from conveyor.store.base import (
@@ -78,9 +78,13 @@ def parse_queues(spec: list[str], concurrency: int) -> dict[str, int]:
         name, _, limit = item.partition(":")
         name = check_queue_name(name.strip())
         if limit:
-            if not limit.strip().isdigit() or int(limit) < 1:
-                raise ValueError(f"queue {item!r}: the limit after ':' must be an integer >= 1")
-            queues[name] = int(limit)
+            digits = limit.strip()
+            if not (digits.isdigit() and len(digits) <= 6 and 1 <= int(digits) <= MAX_CONCURRENCY):
+                raise ValueError(
+                    f"queue {excerpt(item)}: the limit after ':' must be an integer from 1 to "
+                    f"{MAX_CONCURRENCY}"
+                )
+            queues[name] = int(digits)
         else:
             queues[name] = concurrency
     if not queues:
