@@ -41,7 +41,7 @@ def api_schema(request: pytest.FixtureRequest, tmp_path: Path, kinds: Registry) 
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     # JSON Schema's strings may hold NUL, but Conveyor refuses it everywhere (PostgreSQL
     # cannot store it; see conveyor.engine.limits): a valid case must not contain one.
-    # The hostile-input suite (test_hostile.py) sends it on purpose.
+    # The hostile-input suite (test_hostile_http.py) sends it on purpose.
     schema.config.generation.update(allow_x00=False)
     return schema
 
