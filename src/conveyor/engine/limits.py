@@ -251,22 +251,35 @@ def check_json(
 ) -> Any:
     """``value`` if it is JSON within the limits (depth, size, finite numbers, clean
     strings and keys); raises :class:`LimitError` naming the first place that is not."""
-    budget = _walk(value, [field], MAX_DEPTH - max_depth)
-    # The walk's count bounds the encoded size from below cheaply; encode only when it is
-    # close enough to the limit that escapes could push it over.
-    if budget * 6 > max_bytes:
-        size = len(orjson.dumps(value))
-        if size > max_bytes:
-            raise LimitError(
-                f"{field} is {size} bytes encoded as JSON: the limit is {max_bytes}",
-                (field,),
-            )
+    # Encoding is the fast check (orjson refuses lone surrogates, keys that are not
+    # strings, integers past 64 bits and other types, and gives the exact size); what it
+    # lets through (NaN and infinity as null, NUL as \u0000, any depth up to 254) is
+    # looked for in its output, and only a suspect payload pays for the walk, which
+    # finds the place and raises.
+    try:
+        encoded: bytes | None = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        encoded = None
+    if (
+        encoded is None
+        or b"null" in encoded
+        or b"\\u0000" in encoded
+        or encoded.count(b"[") + encoded.count(b"{") > max_depth
+    ):
+        _walk(value, [field], MAX_DEPTH - max_depth)
+        if encoded is None:
+            raise LimitError(f"{field} is not valid: it cannot be encoded as JSON", (field,))
+    if len(encoded) > max_bytes:
+        raise LimitError(
+            f"{field} is {len(encoded)} bytes encoded as JSON: the limit is {max_bytes}",
+            (field,),
+        )
     return value
 
 
 def _walk(value: Any, path: list[str | int], depth: int) -> int:
-    """Check ``value`` at ``path``; the number of characters its strings and scalars
-    hold (a lower bound of its encoded size)."""
+    """Check ``value`` at ``path``, raising at the first place that breaks a limit; the
+    number of characters its strings and scalars hold."""
     if isinstance(value, str):
         if value and not _clean_text(value):
             _refuse(path, "a string holding NUL or a lone surrogate")
