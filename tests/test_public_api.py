@@ -10,6 +10,7 @@ EXPECTED = {
     "InvalidJob",
     "Job",
     "JobContext",
+    "JobConflict",
     "JobNotFound",
     "JobState",
     "QueueNotFound",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -208,7 +209,7 @@ async def test_an_enqueue_by_name_takes_the_options_given(client: conveyor.Clien
 @pytest.mark.parametrize(
     ("kind", "payload", "options", "message"),
     [
-        ("bad kind!", {}, {}, "job kind name 'bad kind!' is not valid"),
+        ("bad kind!", {}, {}, "kind name 'bad kind!' is not valid"),
         ("video.process", {}, {"priority": 11}, "priority 11 is not valid"),
         ("video.process", {}, {"queue": "no spaces"}, "queue name 'no spaces' is not valid"),
         ("video.process", {"x": object()}, {}, "JSON"),
@@ -244,11 +245,10 @@ async def test_enqueue_many_returns_ids_in_order(client: conveyor.Client) -> Non
 
 
 async def test_enqueue_many_is_all_or_nothing(client: conveyor.Client) -> None:
-    batch = [
-        client.prepare("t.plain", {"n": 0}),
-        client.prepare("t.plain", {"bad": object()}),
-        client.prepare("t.plain", {"n": 2}),
-    ]
+    # prepare() refuses such a payload now; built behind its back, the store's encoding
+    # fails in the middle of the batch.
+    bad = dataclasses.replace(client.prepare("t.plain", {"n": 1}), payload={"bad": object()})
+    batch = [client.prepare("t.plain", {"n": 0}), bad, client.prepare("t.plain", {"n": 2})]
 
     with pytest.raises(conveyor.InvalidJob):
         await client.enqueue_many(batch)
@@ -381,12 +381,17 @@ async def test_cancel_a_queued_job(client: conveyor.Client) -> None:
     assert (await client.get(enqueued.id)).state == conveyor.JobState.CANCELLED
 
 
-async def test_cancel_leaves_a_finished_job_alone(client: conveyor.Client, workers: Any) -> None:
+async def test_cancel_of_a_finished_job_is_a_conflict(
+    client: conveyor.Client, workers: Any
+) -> None:
     enqueued = await client.enqueue("t.plain", {"v": 1})
     await workers.burst()
 
-    job = await client.cancel(enqueued.id)
+    with pytest.raises(conveyor.JobConflict, match="completed") as caught:
+        await client.cancel(enqueued.id)
 
+    assert caught.value.job_id == enqueued.id
+    job = await client.get(enqueued.id)
     assert job.state == conveyor.JobState.COMPLETED
     assert job.result == {"v": 1}
 
@@ -402,13 +407,14 @@ async def test_retry_a_cancelled_job(client: conveyor.Client) -> None:
     assert not job.cancel_requested
 
 
-async def test_retry_leaves_a_queued_job_alone(client: conveyor.Client) -> None:
+async def test_retry_of_a_queued_job_is_a_conflict(client: conveyor.Client) -> None:
     enqueued = await client.enqueue("t.plain", delay=60)
     before = await client.get(enqueued.id)
 
-    after = await client.retry(enqueued.id)
+    with pytest.raises(conveyor.JobConflict, match="queued; only failed or cancelled"):
+        await client.retry(enqueued.id)
 
-    assert after == before
+    assert await client.get(enqueued.id) == before
 
 
 async def test_pause_and_resume(client: conveyor.Client) -> None:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import conveyor
+from conveyor.engine.limits import MAX_DELAY_S
 
 
 def test_defaults() -> None:
@@ -96,7 +97,7 @@ def test_without_jitter_the_delay_is_the_ceiling() -> None:
 @given(
     base=st.floats(0, 1e6),
     factor=st.floats(1, 1e3),
-    cap=st.floats(0, 1e9),
+    cap=st.floats(0, MAX_DELAY_S),  # larger caps are refused (limits.MAX_DELAY_S)
     attempt=st.integers(-5, 10**6),
 )
 def test_delay_is_always_within_bounds(
@@ -132,3 +133,9 @@ def test_backoff_is_immutable() -> None:
 
     with pytest.raises(AttributeError):
         backoff.base = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("cap", [MAX_DELAY_S * 2, float("inf"), float("nan")])
+def test_a_cap_past_the_longest_delay_is_refused(cap: float) -> None:
+    with pytest.raises(ValueError, match="10 years"):
+        conveyor.Backoff(cap=cap)

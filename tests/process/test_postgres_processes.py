@@ -481,6 +481,16 @@ def test_single_enqueues_are_handed_to_idle_workers_and_run_once(pg_harness: Har
         assert not [e for e in worker.logs() if is_warning_or_worse(e)], str(h)
 
 
+async def _listen_backends(admin: asyncpg.Connection, database: str, n: int) -> list[int]:
+    """The pids of the ``n`` workers' LISTEN connections, once all ``n`` are connected."""
+    deadline = time.monotonic() + 20
+    while True:
+        pids = [r[0] for r in await admin.fetch(LISTEN_BACKENDS, database)]
+        if len(pids) >= n or time.monotonic() > deadline:
+            return pids
+        await asyncio.sleep(0.05)
+
+
 def test_handoffs_survive_the_loss_of_the_listen_connections(pg_harness: Harness) -> None:
     """Single enqueues flow to three idle workers while their LISTEN connections are
     terminated twice. A handoff whose notice dies with the connection leaves its job
@@ -500,8 +510,10 @@ def test_handoffs_survive_the_loss_of_the_listen_connections(pg_harness: Harness
                 for n in range(HANDOFF_JOBS):
                     ids.append((await client.enqueue("proc.record")).id)
                     if n in (HANDOFF_JOBS // 3, 2 * HANDOFF_JOBS // 3):
-                        # Right after a handoff committed: its notice may be in flight.
-                        pids = [r[0] for r in await admin.fetch(LISTEN_BACKENDS, database_name(h))]
+                        # Right after a handoff committed: its notice may be in flight. The
+                        # second time, the workers must have reconnected first: on a fast
+                        # machine the enqueues between the kills take less than that.
+                        pids = await _listen_backends(admin, database_name(h), len(workers))
                         await admin.execute(
                             "SELECT pg_terminate_backend(p) FROM unnest($1::int[]) AS p", pids
                         )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.engine import limits
 from conveyor.store.base import (
     CancelRequested,
     ConflictError,
@@ -225,6 +226,39 @@ async def test_payload_may_be_any_json_value(store: Store, new_job: NewJobFactor
     payloads: list[object] = [[1, "two"], "text", 3, None]
     results = await store.enqueue([new_job(payload=p) for p in payloads])
     assert [(await get(store, r.id)).payload for r in results] == payloads
+
+
+async def test_every_value_the_limits_accept_is_stored_and_read_back(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """The edges of conveyor.engine.limits: what the Client lets through, each store keeps
+    and returns as it was, and lists."""
+    payload = {
+        "deep": nested_lists(limits.MAX_DEPTH - 1),
+        "ints": [limits.MIN_JSON_INT, limits.MAX_JSON_INT, 0],
+        "floats": [5e-324, 1.7976931348623157e308, -0.5],
+        "text": "é\u2028\U0001f680\x01",
+    }
+    latest = time.time() + limits.MAX_DELAY_S
+    ids = [
+        await enqueue_one(store, new_job(payload=payload, run_at=latest)),
+        await enqueue_one(store, new_job(run_at=limits.MIN_RUN_AT)),
+        await enqueue_one(store, new_job(delay_s=limits.MAX_DELAY_S)),
+        await enqueue_one(store, new_job(max_attempts=limits.MAX_ATTEMPTS)),
+    ]
+    first = await get(store, ids[0])
+    assert first.payload == payload
+    assert first.run_at == pytest.approx(latest)
+    assert (await get(store, ids[1])).run_at == limits.MIN_RUN_AT
+    assert (await get(store, ids[2])).run_at == pytest.approx(latest, abs=5)
+    assert sorted(j.id for j in await store.list_jobs(JobFilter())) == sorted(ids)
+
+
+def nested_lists(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 async def test_bulk_enqueue_5000(store: Store, new_job: NewJobFactory) -> None:

@@ -6,7 +6,8 @@ raised                                 status  body
 pydantic validation (body, query...)   422     ``{"detail": [{loc, msg, type}...]}``
 ``UnknownKind`` / ``InvalidJob``       422     same shape, one entry
 ``JobNotFound``, unknown route         404     ``{"detail": "..."}``
-:class:`Conflict`, ``ConflictError``   409     ``{"detail": "..."}``
+:class:`Conflict`, ``ConflictError``,  409     ``{"detail": "..."}``
+``JobConflict``
 :class:`Overloaded` (backpressure)     503     ``{"detail": "..."}`` + ``Retry-After``
 ``StoreError`` (database unreachable)  503     ``{"detail": "..."}`` + ``Retry-After``
 anything else                          500     ``{"detail": "Internal server error"}``
@@ -21,6 +22,7 @@ read FastAPI's shape still work). Every error body carries the ``request_id``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +33,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.api.deps import request_id
-from conveyor.engine.errors import ConveyorError, InvalidJob, JobNotFound, UnknownKind
+from conveyor.engine.errors import (
+    ConveyorError,
+    InvalidJob,
+    JobConflict,
+    JobNotFound,
+    UnknownKind,
+)
+from conveyor.engine.limits import LimitError, excerpt
 from conveyor.logs import get_logger
 from conveyor.store.base import ConflictError, StoreError
 
@@ -102,7 +111,7 @@ def _clean_errors(request: Request, errors: list[dict[str, Any]]) -> list[dict[s
             tag = (error.get("ctx") or {}).get("tag")
             listed = ", ".join(kinds)
             msg = (
-                f"unknown kind {tag!r}; registered kinds: {listed}"
+                f"unknown kind {excerpt(tag)}; registered kinds: {listed}"
                 if kind == "union_tag_invalid"
                 else f"Field required: give the job kind, one of: {listed}"
             )
@@ -118,9 +127,58 @@ def _clean_errors(request: Request, errors: list[dict[str, Any]]) -> list[dict[s
     return cleaned
 
 
+ECHO_CHARS = 100
+"""The most of an input value a 422 quotes back."""
+
+
+def safe_echo(value: Any) -> Any:
+    """``value`` as a 422 may quote it: at most about :data:`ECHO_CHARS` characters of
+    it, and only what JSON can carry (a lone surrogate, NaN or a huge number as text)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else excerpt(value, ECHO_CHARS)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return _safe_text(value, ECHO_CHARS)
+    text = excerpt(value, ECHO_CHARS)
+    if len(text) >= ECHO_CHARS or not isinstance(value, list | tuple | dict):
+        return safe_echo(text)
+    if isinstance(value, dict):
+        return {safe_echo(str(k)): safe_echo(v) for k, v in value.items()}
+    return [safe_echo(v) for v in value]
+
+
+def _safe_text(text: str, limit: int) -> str:
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_loc(loc: Any) -> list[str | int]:
+    return [p if isinstance(p, int) else _safe_text(str(p), ECHO_CHARS) for p in loc]
+
+
+def _safe_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error whose every part JSON can carry, quoting little of the input."""
+    safe = {
+        **error,
+        "loc": _safe_loc(error.get("loc", ())),
+        "msg": _safe_text(str(error.get("msg", "")), 1000),
+    }
+    if "input" in error:
+        safe["input"] = safe_echo(error["input"])
+    if error.get("ctx"):
+        safe["ctx"] = {str(k): safe_echo(v) for k, v in error["ctx"].items()}
+    return safe
+
+
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _clean_errors(request, [dict(e) for e in exc.errors()])
+    # Nothing of the input reaches the answer unsanitised: echoing a lone surrogate or
+    # NaN made the 422 itself fail, and echoing a megabyte of input helps no one.
+    errors = [_safe_error(e) for e in _clean_errors(request, [dict(e) for e in exc.errors()])]
     first = errors[0]["msg"] if errors else "invalid request"
     return error_response(request, 422, errors, message=f"invalid request: {first}")
 
@@ -133,8 +191,14 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 async def _on_conveyor(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, JobNotFound):
         return error_response(request, 404, str(exc))
+    if isinstance(exc, JobConflict):
+        return error_response(request, 409, str(exc))
     if isinstance(exc, UnknownKind):
         detail = validation_detail(str(exc), loc=("body", "kind"), type_="unknown_kind")
+        return error_response(request, 422, detail, message=str(exc))
+    if isinstance(exc, LimitError):
+        loc = ("body", "input", *exc.loc[1:]) if exc.loc[0] == "payload" else ("body", *exc.loc)
+        detail = validation_detail(str(exc), loc=tuple(_safe_loc(loc)), type_="invalid_job")
         return error_response(request, 422, detail, message=str(exc))
     if isinstance(exc, InvalidJob):
         detail = validation_detail(str(exc), type_="invalid_job")

@@ -29,7 +29,9 @@
 6. **Rate limit** per client address (:mod:`conveyor.api.ratelimit`), and the
    ``RateLimit-*`` headers of the limits checked (the per-caller one included) on the
    response.
-7. **Body size**: 413 when ``Content-Length`` exceeds ``settings.max_body_bytes``; a body
+7. **NUL** in the path or a query parameter (``%00``): 422 naming the parameter, before
+   any route (PostgreSQL cannot compare text holding one; SQLite refuses it the same).
+   **Body size**: 413 when ``Content-Length`` exceeds ``settings.max_body_bytes``; a body
    without ``Content-Length`` (chunked) is read here first, counting, and answered 413 as
    soon as it passes the limit. In both cases the app is never called, so nothing reaches
    a route.
@@ -89,6 +91,7 @@ import hashlib
 import inspect
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -472,6 +475,10 @@ class ConveyorMiddleware:
                 if not status.allowed:
                     await _send_json(send, 429, error_body(scope, status.message()))
                     return
+        query: bytes = scope.get("query_string", b"")
+        if b"%00" in query or b"\x00" in query or "\x00" in scope["path"]:
+            await _send_json(send, 422, _nul_refused(scope))
+            return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is None:
             body = await self._read_undeclared(scope, receive, send)
@@ -551,6 +558,22 @@ class ConveyorMiddleware:
             else:
                 response = await run_in_threadpool(handler, request, exc)
             await response(scope, receive, send)
+
+
+def _nul_refused(scope: Scope) -> dict[str, Any]:
+    """The 422 for a NUL in the path or a query parameter, naming where: PostgreSQL
+    cannot compare text holding one, so no route may pass it on (neither store takes it,
+    for the same answers on both)."""
+    loc: list[str] = ["path"]
+    if "\x00" not in scope["path"]:
+        text = scope.get("query_string", b"").decode("latin-1")
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True)
+        name = next((k for k, v in pairs if "\x00" in k or "\x00" in v), "")
+        loc = ["query", name.replace("\x00", "\\x00")[:100]]
+    msg = "NUL (\\x00) is not allowed in the path or a query parameter"
+    body = error_body(scope, msg)
+    body["detail"] = [{"loc": loc, "msg": msg, "type": "value_error"}]
+    return body
 
 
 def _accepted_request_id(offered: bytes | None) -> str:

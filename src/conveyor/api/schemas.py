@@ -16,7 +16,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, create_model
 
 from conveyor.engine.kinds import Registry
+from conveyor.engine.limits import MAX_CONCURRENCY
 from conveyor.store.records import JSON, ErrorEntry, Job, JobState, QueueStats, Request
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 def _iso(value: datetime) -> str:
@@ -34,13 +38,19 @@ Timestamp = Annotated[
 
 
 def utc(ts: float | None) -> datetime | None:
-    """Unix seconds as an aware UTC datetime (None stays None)."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+    """Unix seconds as an aware UTC datetime (None stays None); see :func:`at_utc`."""
+    return None if ts is None else at_utc(ts)
 
 
 def at_utc(ts: float) -> datetime:
-    """Unix seconds as an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, UTC)
+    """Unix seconds as an aware UTC datetime. A time past what a datetime can hold
+    (stored before the limits of :mod:`conveyor.engine.limits` refused it, such as a
+    ``--delay 1e30``) shows as the latest or earliest datetime, so that the page holding
+    it still renders."""
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, ValueError, OSError):
+        return _LATEST if ts > 0 else _EARLIEST
 
 
 # -- POST /v1/requests body --------------------------------------------------------------
@@ -66,10 +76,12 @@ def create_request_body(kinds: Registry) -> Any:
     members: list[Any] = []
     for kind in sorted(kinds, key=lambda k: k.name):
         doc = (kind.handler.__doc__ or "").strip().splitlines()
-        input_type: Any = kind.input_model if kind.input_model is not None else dict[str, Any]
+        # The kind's model with unknown fields forbidden (additionalProperties: false).
+        model = kind.payload_model
+        input_type: Any = model if model is not None else dict[str, Any]
         input_field: Any = (
             (input_type, ...)
-            if kind.input_model is not None
+            if model is not None
             else (input_type, Field(default_factory=dict, description="Any JSON object."))
         )
         tag: Any = Literal[kind.name]
@@ -362,7 +374,7 @@ class QueueLimitIn(BaseModel):
 
     limit: int | None = Field(
         ge=1,
-        le=1_000_000,
+        le=MAX_CONCURRENCY,
         description="Jobs of the queue that may run at once across all workers; null: no cap.",
     )
 

@@ -2,8 +2,12 @@
 
 The CLI is a contract other tools rely on: ``--json`` prints machine-readable output, bad
 input prints one line ``conveyor: error: ...`` naming what is wrong and exits with 2
-(nothing is written), a job id or a queue that does not exist exits with 1. Output is written whole
-or the command fails: 141 when its reader went away (`| head`), 74 on other write errors.
+(nothing is written), a job id or a queue that does not exist exits with 1, and an
+operation the job's state does not allow (cancel a finished job, retry one that has
+not failed or been cancelled: the API's 409) exits with 3. Numbers and text are held
+to the limits of :mod:`conveyor.engine.limits`, the API's and the Client's. Output is
+written whole or the command fails: 141 when its reader went away (`| head`), 74 on
+other write errors.
 
 Every command takes ``--database-url``, which overrides ``CONVEYOR_DATABASE_URL``. The
 long-running ones (worker, serve, api) log the database they use at start, and warn when
@@ -18,15 +22,15 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import orjson
 import typer
 from pydantic import ValidationError
 
 from conveyor.cli import output
 from conveyor.config import Settings
 from conveyor.engine.client import Client
-from conveyor.engine.errors import ConveyorError, NotFound
+from conveyor.engine.errors import ConveyorError, JobConflict, NotFound
 from conveyor.engine.kinds import import_modules
+from conveyor.engine.limits import MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_ID, excerpt, loads
 from conveyor.engine.worker import Worker, WorkerConfig
 from conveyor.logs import configure_logging, get_logger
 from conveyor.store import StoreError, make_store
@@ -37,6 +41,7 @@ T = TypeVar("T")
 
 EXIT_NOT_FOUND = 1
 EXIT_BAD_INPUT = 2
+EXIT_CONFLICT = 3
 
 app = typer.Typer(
     name="conveyor",
@@ -73,7 +78,10 @@ class CliError(Exception):
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"conveyor: error: {message}\n")
+    # One line, whatever the message holds (click's usage errors span several; a value
+    # quoted back may hold a newline or a lone surrogate).
+    line = " ".join(message.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    sys.stderr.write(f"conveyor: error: {line}\n")
     raise SystemExit(code)
 
 
@@ -129,6 +137,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
             return runner.run(coro)
     except NotFound as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
+    except JobConflict as exc:
+        _fail(str(exc), EXIT_CONFLICT)
     except (ConveyorError, StoreError, ValueError) as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
 
@@ -172,7 +182,8 @@ def worker(
         typer.Option(help="Queues to serve, comma-separated; NAME:N sets a queue's limit."),
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Jobs run at once per queue (default 10).")
+        int | None,
+        typer.Option(min=1, max=MAX_CONCURRENCY, help="Jobs run at once per queue (default 10)."),
     ] = None,
     import_: ImportOption = None,
     burst: Annotated[
@@ -237,7 +248,8 @@ def serve(
         ),
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Jobs run at once per queue (default 10).")
+        int | None,
+        typer.Option(min=1, max=MAX_CONCURRENCY, help="Jobs run at once per queue (default 10)."),
     ] = None,
     import_: ImportOption = None,
     database_url: DatabaseUrlOption = None,
@@ -291,7 +303,9 @@ def enqueue(
     queue: Annotated[str | None, typer.Option(help="Queue (default: the kind's).")] = None,
     priority: Annotated[int | None, typer.Option(help="1 (first) to 10.")] = None,
     delay: Annotated[float | None, typer.Option(help="Seconds before it may run.")] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Attempts before it fails.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help=f"Attempts before it fails (1 to {MAX_ATTEMPTS}).")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds an attempt may run.")] = None,
     unique_key: Annotated[
         str | None, typer.Option(help="While a job with this key is active, return it.")
@@ -308,9 +322,9 @@ def enqueue(
     settings = _settings(database_url)
     _load_kinds(settings, import_)
     try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise CliError(f"--payload is not valid JSON ({exc}): {payload!r}") from exc
+        data = loads(payload, "--payload")
+    except ConveyorError as exc:
+        raise CliError(f"{exc} (given: {excerpt(payload)})") from exc
     # Validate before opening the database, so bad input writes nothing.
     try:
         store = make_store(settings)
@@ -365,8 +379,11 @@ def queues(
     cap: tuple[str, int] | None = None
     if limit is not None:
         name, _, n = limit.partition(":")
-        if not n.isdigit() or int(n) < 1:
-            raise CliError(f"--limit {limit!r}: write QUEUE:N with N an integer >= 1")
+        if not (n.isdigit() and len(n) <= 6 and 1 <= int(n) <= MAX_CONCURRENCY):
+            raise CliError(
+                f"--limit {excerpt(limit)}: write QUEUE:N with N an integer from 1 to "
+                f"{MAX_CONCURRENCY}"
+            )
         cap = (name, int(n))
 
     async def go(client: Client) -> list[Any]:
@@ -395,7 +412,9 @@ def jobs_list(
     queue: Annotated[str | None, typer.Option()] = None,
     kind: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-    before: Annotated[int | None, typer.Option(help="Page: ids below this one.")] = None,
+    before: Annotated[
+        int | None, typer.Option(min=1, max=MAX_ID, help="Page: ids below this one.")
+    ] = None,
     json: JsonFlag = False,
     database_url: DatabaseUrlOption = None,
 ) -> None:
@@ -413,7 +432,7 @@ def jobs_list(
         output.emit(output.jobs_table(jobs) if jobs else "no jobs")
 
 
-JobId = Annotated[int, typer.Argument(help="The job id.")]
+JobId = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="The job id.")]
 
 
 @jobs_app.command("show")
@@ -437,7 +456,7 @@ def jobs_show(
 def jobs_cancel(
     job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
 ) -> None:
-    """Cancel a queued job, or stop a running one."""
+    """Cancel a queued job, or stop a running one (a finished one: exit code 3)."""
     _show(_run(_with_client(_settings(database_url), lambda c: c.cancel(job_id))), json)
 
 
@@ -445,7 +464,7 @@ def jobs_cancel(
 def jobs_retry(
     job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
 ) -> None:
-    """Queue a failed or cancelled job again."""
+    """Queue a failed or cancelled job again (any other: exit code 3)."""
     _show(_run(_with_client(_settings(database_url), lambda c: c.retry(job_id))), json)
 
 
@@ -462,8 +481,8 @@ def _show(job: Job, json: bool, serving: list[str] | None = None) -> None:
 
 # -- entry point ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exit codes: 0 ok, 1 no such job or queue, 2 bad input, 74 the output
-    could not be written, 141 its reader went away."""
+    """Run the CLI; exit codes: 0 ok, 1 no such job or queue, 2 bad input, 3 conflict, 74
+    the output could not be written, 141 its reader went away."""
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="conveyor", standalone_mode=False)

@@ -4,6 +4,7 @@ both as ISO 8601 in UTC with the offset (``2026-12-02T06:44:07.123456+00:00``)."
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -25,9 +26,14 @@ def emit(text: str) -> None:
     Written to the file descriptor in blocking mode: an event loop (uvloop) may leave
     fd 1 non-blocking, and with ``PYTHONUNBUFFERED`` a short write through ``sys.stdout``
     to a slow reader lost the rest of the output, at exit code 0."""
-    data = (text + "\n").encode()
     sys.stdout.flush()
-    fd = sys.stdout.fileno()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        # Not a file (the CLI called in-process, its output captured): nothing to cut.
+        sys.stdout.write(text + "\n")
+        return
+    data = (text + "\n").encode()
     try:
         os.set_blocking(fd, True)
         view = memoryview(data)

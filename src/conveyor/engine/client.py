@@ -13,26 +13,28 @@ not registered in this process is stored as given (see :class:`Client`).
 from __future__ import annotations
 
 import builtins
-import math
 from collections.abc import Iterable
 from datetime import datetime
 from types import TracebackType
 from typing import Final
 
 from conveyor.config import Settings
-from conveyor.engine.errors import InvalidJob, JobNotFound, QueueNotFound
+from conveyor.engine import limits
+from conveyor.engine.errors import InvalidJob, JobConflict, JobNotFound, QueueNotFound
 from conveyor.engine.kinds import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
     DEFAULT_QUEUE,
     DEFAULT_TIMEOUT,
     Registry,
+    registry,
+)
+from conveyor.engine.limits import (
     check_kind_name,
     check_max_attempts,
     check_priority,
     check_queue_name,
     check_timeout,
-    registry,
 )
 from conveyor.store import Store, make_store
 from conveyor.store.records import (
@@ -57,6 +59,27 @@ KIND_DEFAULT: Final = _KindDefault()
 """Marks an option left to the kind's default (``timeout=None`` means no timeout)."""
 
 MAX_PAGE = 1000
+RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
+"""The states a retry applies to; a retry of any other is a :class:`JobConflict`."""
+FINISHED = frozenset({JobState.COMPLETED, JobState.FAILED})
+"""The states a cancel cannot change (a :class:`JobConflict`); cancelling a cancelled job
+returns it as it is."""
+
+
+def check_can_retry(job: Job) -> None:
+    """Raise :class:`JobConflict` unless ``job`` is failed or cancelled."""
+    if job.state not in RETRYABLE:
+        raise JobConflict(
+            f"job {job.id} is {job.state.value}; only failed or cancelled jobs can be retried",
+            job.id,
+            job.state.value,
+        )
+
+
+def check_can_cancel(job: Job) -> None:
+    """Raise :class:`JobConflict` if ``job`` has completed or failed."""
+    if job.state in FINISHED:
+        raise JobConflict(f"job {job.id} has already {job.state.value}", job.id, job.state.value)
 
 
 class Client:
@@ -154,15 +177,12 @@ class Client:
         spec = self.kinds.find(kind)
         if delay is not None and run_at is not None:
             raise InvalidJob("give either delay or run_at, not both")
-        if delay is not None and not (math.isfinite(delay) and delay >= 0):
-            raise InvalidJob(f"delay {delay!r} is not valid: use seconds >= 0")
-        if unique_key is not None and not unique_key:
-            raise InvalidJob("unique_key must not be empty; leave it out for no uniqueness")
         if payload is None:
             payload = {}
         defaults: tuple[str, int, int, float | None]
         if spec is None:
             check_kind_name(kind)
+            payload = limits.check_json(payload, "payload")
             defaults = (DEFAULT_QUEUE, DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT)
         else:
             payload = spec.validate_payload(payload)
@@ -177,10 +197,10 @@ class Client:
             check_max_attempts(max_attempts) if max_attempts is not None else defaults[2],
             defaults[3] if isinstance(timeout, _KindDefault) else check_timeout(timeout),
             _epoch(run_at),
-            delay or 0.0,
-            unique_key,
-            tenant_id,
-            meta or {},
+            limits.check_delay(delay) if delay is not None else 0.0,
+            limits.check_unique_key(unique_key) if unique_key is not None else None,
+            tenant_id if tenant_id is DEFAULT_TENANT else limits.check_tenant(tenant_id),
+            limits.check_json(meta, "meta") if meta else {},
         )
 
     async def enqueue(
@@ -230,7 +250,8 @@ class Client:
 
     # -- inspect -------------------------------------------------------------------------
     async def get(self, job_id: int) -> Job:
-        job = await self.store.get_job(job_id)
+        """The job, or :class:`JobNotFound` (an id outside 1 .. 2**63-1 names none)."""
+        job = await self.store.get_job(job_id) if limits.is_valid_id(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -246,8 +267,9 @@ class Client:
         before_id: int | None = None,
     ) -> builtins.list[Job]:
         """Jobs newest first; pass the last id seen as ``before_id`` for the next page."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidJob(f"limit {limit} is not valid: use 1 to {MAX_PAGE}")
+        limits.check_int(limit, "limit", 1, MAX_PAGE)
+        if before_id is not None:
+            limits.check_id(before_id, "before_id")
         try:
             parsed_state = JobState(state) if state is not None else None
         except ValueError:
@@ -256,9 +278,9 @@ class Client:
         return await self.store.list_jobs(
             JobFilter(
                 state=parsed_state,
-                queue=queue,
-                kind=kind,
-                tenant_id=tenant_id,
+                queue=limits.check_filter(queue, "queue"),
+                kind=limits.check_filter(kind, "kind"),
+                tenant_id=limits.check_filter(tenant_id, "tenant_id"),
                 limit=limit,
                 before_id=before_id,
             )
@@ -278,18 +300,25 @@ class Client:
     # -- operate -------------------------------------------------------------------------
     async def cancel(self, job_id: int) -> Job:
         """Cancel a queued job (it never starts) or stop a running one (its worker cancels
-        the task promptly and records ``cancelled``). Finished jobs are left as they are."""
-        job = await self.store.cancel(job_id)
+        the task promptly and records ``cancelled``); a cancelled job is returned as it
+        is. A completed or failed job raises :class:`JobConflict` and is left alone."""
+        job = await self.store.cancel(job_id) if limits.is_valid_id(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
+        check_can_cancel(job)
         return job
 
     async def retry(self, job_id: int) -> Job:
         """Queue a failed or cancelled job again now, granting one more attempt if it had
-        used them all. Other states are left as they are."""
+        used them all. A job in any other state raises :class:`JobConflict` and is left
+        as it is."""
+        check_can_retry(await self.get(job_id))
         job = await self.store.retry(job_id)
         if job is None:
             raise JobNotFound(job_id)
+        # Between the read and the retry another caller may have retried it already.
+        if job.state is not JobState.QUEUED:
+            check_can_retry(job)
         return job
 
     async def pause(self, queue: str) -> None:
@@ -308,15 +337,21 @@ class Client:
         """Let at most ``limit`` jobs of ``queue`` run at once across all workers (None:
         no cluster-wide limit; each worker's own limit still holds). Raises
         :class:`QueueNotFound` as :meth:`pause` does."""
-        if limit is not None and (isinstance(limit, bool) or limit < 1):
-            raise InvalidJob(f"limit {limit!r} is not valid: use an integer >= 1, or None")
+        if limit is not None:
+            limits.check_int(limit, "limit", 1, limits.MAX_CONCURRENCY)
         if not await self.store.set_queue_limit(check_queue_name(queue), limit):
             raise QueueNotFound(queue)
 
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs that finished more than ``older_than_s`` seconds ago."""
+        seconds = limits.finite_seconds(older_than_s)
+        if seconds is None or seconds < 0:
+            raise limits.LimitError(
+                f"older_than_s {limits.excerpt(older_than_s)} is not valid: use seconds >= 0",
+                ("older_than_s",),
+            )
         total = 0
-        while (n := await self.store.prune(older_than_s)) > 0:
+        while (n := await self.store.prune(seconds)) > 0:
             total += n
         return total
 
@@ -329,7 +364,8 @@ def _epoch(run_at: datetime | float | None) -> float | None:
             raise InvalidJob(
                 f"run_at {run_at.isoformat()} has no time zone; give an aware datetime"
             )
-        return run_at.timestamp()
-    if not math.isfinite(run_at):
-        raise InvalidJob(f"run_at {run_at!r} is not a time")
-    return float(run_at)
+        try:
+            return limits.check_run_at(run_at.timestamp())
+        except (OverflowError, ValueError):
+            raise InvalidJob(f"run_at {run_at.isoformat()} is out of range") from None
+    return limits.check_run_at(run_at)

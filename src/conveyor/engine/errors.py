@@ -5,9 +5,11 @@
     ConveyorError
     ├── UnknownKind        enqueue of a kind no module registered
     ├── InvalidJob         bad options or a payload the kind's model rejects
+    │   └── LimitError     a value outside conveyor.engine.limits (``loc`` says where)
     ├── NotFound           no such thing
     │   ├── JobNotFound    an id that names no job
     │   └── QueueNotFound  a queue with no setting, job or live worker
+    ├── JobConflict        cancel or retry of a job whose state does not allow it
     └── Discard            raised by a handler: fail the job now, no retry
 """
 
@@ -56,6 +58,17 @@ class QueueNotFound(NotFound):
             "(see `conveyor queues` for the queues there are)"
         )
         self.queue = queue
+
+
+class JobConflict(ConveyorError):
+    """The job's state does not allow the operation (cancel a finished job, retry one
+    that has not failed or been cancelled); nothing was changed. The API answers 409."""
+
+    def __init__(self, message: str, job_id: int, state: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+        """The job's state (``completed``...) when it was refused."""
 
 
 class Discard(ConveyorError):

@@ -8,24 +8,33 @@ A module registers kinds with :func:`job`; workers load such modules with ``--im
         ...
 
 If the payload parameter is annotated with a pydantic model, payloads are validated
-against it at enqueue (bad input never reaches the queue) and the handler receives the
-model; otherwise it receives the JSON value as stored. A job enqueued by name from a
-process where the kind is not registered is validated when a worker runs it instead: a
-payload the model rejects then fails the job at once, naming the fields.
+against it at enqueue, unknown fields refused (bad input never reaches the queue), and the
+handler receives the model; otherwise it receives the JSON value as stored. A job enqueued
+by name from a process where the kind is not registered is validated when a worker runs it
+instead: a payload the model rejects then fails the job at once, naming the fields.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 
 from conveyor.engine.errors import InvalidJob, UnknownKind
+from conveyor.engine.limits import (
+    KIND_NAME,
+    check_json,
+    check_max_attempts,
+    check_priority,
+    check_queue_name,
+    check_timeout,
+)
+from conveyor.engine.limits import PRIORITIES as PRIORITIES
+from conveyor.engine.limits import QUEUE_NAME as QUEUE_NAME
 from conveyor.engine.retry import Backoff
 from conveyor.store.records import JSON
 
@@ -34,51 +43,12 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
-KIND_NAME = re.compile(r"[A-Za-z0-9_.\-:/]{1,200}")
-PRIORITIES = range(1, 11)
-"""1 is the highest priority; the seeds use Q&A = 1, video = 2, other = 3."""
-
 DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 3
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_TIMEOUT = 300.0
 """The defaults of :func:`job`, and of an enqueue by name of a kind that is not
 registered in the enqueuing process."""
-
-
-def check_kind_name(name: str) -> str:
-    if not KIND_NAME.fullmatch(name):
-        raise InvalidJob(f"job kind name {name!r} is not valid: use 1-200 letters, digits or _.-:/")
-    return name
-
-
-def check_queue_name(queue: str) -> str:
-    if not QUEUE_NAME.fullmatch(queue):
-        raise InvalidJob(
-            f"queue name {queue!r} is not valid: use 1-100 letters, digits, '_', '.' or '-'"
-        )
-    return queue
-
-
-def check_priority(priority: int) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITIES:
-        raise InvalidJob(
-            f"priority {priority!r} is not valid: use an integer from 1 (highest) to 10"
-        )
-    return priority
-
-
-def check_max_attempts(max_attempts: int) -> int:
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise InvalidJob(f"max_attempts {max_attempts!r} is not valid: use an integer >= 1")
-    return max_attempts
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and not timeout > 0:
-        raise InvalidJob(f"timeout {timeout!r} is not valid: use seconds > 0, or None for none")
-    return None if timeout is None else float(timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,31 +65,66 @@ class Kind:
     non_retryable: tuple[type[BaseException], ...]
     is_async: bool
     input_model: type[BaseModel] | None
+    payload_model: type[BaseModel] | None = field(default=None, compare=False)
+    """What payloads are validated against: ``input_model`` with unknown fields forbidden
+    (derived at construction when not given)."""
+
+    def __post_init__(self) -> None:
+        if self.payload_model is None and self.input_model is not None:
+            object.__setattr__(self, "payload_model", strict_model(self.input_model))
 
     def validate_payload(self, payload: JSON) -> JSON:
         """The payload as it will be stored; raises :class:`InvalidJob` naming each field
-        the kind's input model rejects."""
-        if self.input_model is None:
+        the kind's input model rejects (unknown fields included) or that breaks a limit of
+        :mod:`conveyor.engine.limits`."""
+        check_json(payload, "payload")
+        if self.payload_model is None:
             return payload
         try:
-            return self.input_model.model_validate(payload).model_dump(mode="json")
+            stored = self.payload_model.model_validate(payload).model_dump(mode="json")
         except ValidationError as exc:
             raise InvalidJob(
                 f"payload for kind {self.name!r} is not valid: {_describe(exc)}"
             ) from exc
+        # The model may turn accepted input into values JSON cannot hold ("nan" -> NaN).
+        return check_json(stored, "payload")
 
     def handler_input(self, payload: JSON) -> Any:
         """What the handler receives for a stored payload; raises :class:`InvalidJob`
         naming each field the kind's input model rejects (a job enqueued by name where
         the kind is not registered was not validated before)."""
-        if self.input_model is None:
+        if self.input_model is None or self.payload_model is None:
             return payload
         try:
+            if self.payload_model is not self.input_model:
+                # Unknown fields refused as at enqueue, while the handler gets the model it
+                # declared (the strict copy's instances would not compare equal to it).
+                self.payload_model.model_validate(payload)
             return self.input_model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidJob(
                 f"payload for kind {self.name!r} is not valid: {_describe(exc)}"
             ) from exc
+
+
+def strict_model(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with unknown fields forbidden, under the same name (so its OpenAPI schema
+    is the model's, with ``additionalProperties: false``). Its instances are instances of
+    ``model``. A model that already forbids them is returned as it is; nested models keep
+    their own setting."""
+    if model.model_config.get("extra") == "forbid":
+        return model
+    strict: type[BaseModel] = type(
+        model.__name__,
+        (model,),
+        {
+            "model_config": {**model.model_config, "extra": "forbid"},
+            "__module__": model.__module__,
+            "__qualname__": model.__qualname__,
+            "__doc__": model.__doc__,
+        },
+    )
+    return strict
 
 
 def _describe(exc: ValidationError) -> str:
@@ -223,12 +228,17 @@ def job(
 
     The function, async or sync, takes ``(ctx, payload)`` and returns a JSON-serialisable
     result (no NUL characters, NaN or Infinity; at most 16 MiB as JSON), else the attempt
-    fails without retry. Sync functions run in threads so they never block the event
-    loop. A thread cannot be interrupted: when a sync handler's attempt is stopped (its
-    timeout, a cancel, a lost lease), ``ctx.cancelled`` turns true, and the job keeps its
-    slot and lease until the function returns, so that no other run of it starts
-    meanwhile; only then is the attempt recorded. Sync handlers that run long should
-    poll ``ctx.cancelled`` and return. One still running when the worker stops is not
+    fails without retry. When ``payload`` is annotated with a pydantic model, payloads are
+    validated against it with unknown fields forbidden (whatever the model's own ``extra``
+    setting, at its top level), so a misspelt field is refused at enqueue rather than
+    dropped; payloads also keep to :mod:`conveyor.engine.limits` (depth, size, no NaN).
+
+    Sync functions run in threads so they never block the event loop. A thread cannot be
+    interrupted: when a sync handler's attempt is stopped (its timeout, a cancel, a lost
+    lease), ``ctx.cancelled`` turns true, and the job keeps its slot and lease until the
+    function returns, so that no other run of it starts meanwhile; only then is the
+    attempt recorded. Sync handlers that run long should poll ``ctx.cancelled`` and
+    return. One still running when the worker stops is not
     handed back: its lease expires and it is rescued (its attempt counts).
 
     Args:

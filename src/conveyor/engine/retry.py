@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from conveyor.engine.limits import MAX_DELAY_S
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -23,10 +25,12 @@ class Backoff:
 
     def __post_init__(self) -> None:
         # Written so that NaN fails too.
-        if not (self.base >= 0 and self.cap >= 0 and self.factor >= 1):
+        if not (
+            0 <= self.base <= MAX_DELAY_S and 0 <= self.cap <= MAX_DELAY_S and self.factor >= 1
+        ):
             raise ValueError(
                 f"Backoff(base={self.base}, factor={self.factor}, cap={self.cap}): base and "
-                "cap must be >= 0 and factor >= 1"
+                f"cap must be seconds from 0 to {MAX_DELAY_S:.0f} (10 years) and factor >= 1"
             )
 
     def ceiling(self, attempt: int) -> float:

@@ -42,7 +42,8 @@ from conveyor.config import Settings
 from conveyor.engine import services
 from conveyor.engine.context import JobContext, storable_text
 from conveyor.engine.executor import StopReason, execute, failure, stopped
-from conveyor.engine.kinds import Kind, Registry, check_queue_name, registry
+from conveyor.engine.kinds import Kind, Registry, registry
+from conveyor.engine.limits import MAX_CONCURRENCY, check_queue_name, excerpt
 from conveyor.engine.periodic import Scheduler
 from conveyor.engine.threads import JobThreads
 from conveyor.logs import get_logger, is_enabled
@@ -83,9 +84,13 @@ def parse_queues(spec: list[str], concurrency: int) -> dict[str, int]:
         name, _, limit = item.partition(":")
         name = check_queue_name(name.strip())
         if limit:
-            if not limit.strip().isdigit() or int(limit) < 1:
-                raise ValueError(f"queue {item!r}: the limit after ':' must be an integer >= 1")
-            queues[name] = int(limit)
+            digits = limit.strip()
+            if not (digits.isdigit() and len(digits) <= 6 and 1 <= int(digits) <= MAX_CONCURRENCY):
+                raise ValueError(
+                    f"queue {excerpt(item)}: the limit after ':' must be an integer from 1 to "
+                    f"{MAX_CONCURRENCY}"
+                )
+            queues[name] = int(digits)
         else:
             queues[name] = concurrency
     if not queues:

@@ -42,6 +42,7 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="Repeat a submission safely: the same key (per caller) returns the "
         "request it created first, with 200.",
     ),

@@ -10,8 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 
+from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_api, get_caller
-from conveyor.api.errors import Conflict, validation_detail
+from conveyor.api.errors import validation_detail
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
 from conveyor.api.routes.common import (
     CONFLICT,
@@ -31,7 +32,9 @@ from conveyor.api.schemas import JobOut, JobPage
 from conveyor.api.state import ApiState
 from conveyor.store.records import Job, JobFilter, JobState
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=READ_ERRORS)
+router = APIRouter(
+    route_class=StrictJsonRoute, prefix="/v1/jobs", tags=["jobs"], responses=READ_ERRORS
+)
 
 QueueFilter = Annotated[str | None, Query(max_length=100, description="Only this queue.")]
 
@@ -105,12 +108,10 @@ async def cancel_job(
     api: Annotated[ApiState, Depends(get_api)],
 ) -> JobOut:
     """Cancel a queued job, or ask the worker of a running one to stop it. A completed
-    or failed job: 409; a cancelled one is returned as it is."""
+    or failed job: 409; a cancelled one is returned as it is (the rule is the Client's,
+    so the CLI refuses the same)."""
     await find_job(api, caller, job_id)
-    job = await api.client.cancel(job_id)
-    if job.state in (JobState.COMPLETED, JobState.FAILED):
-        raise Conflict(f"job {job_id} has already {job.state.value}")
-    return JobOut.of(job)
+    return JobOut.of(await api.client.cancel(job_id))
 
 
 @router.post("/{job_id}/retry", responses={**NOT_FOUND, **CONFLICT}, summary="Retry a job")
@@ -121,9 +122,5 @@ async def retry_job(
 ) -> JobOut:
     """Queue a failed or cancelled job again now (one more attempt if it had none
     left). Any other state: 409."""
-    job = await find_job(api, caller, job_id)
-    if job.state not in (JobState.FAILED, JobState.CANCELLED):
-        raise Conflict(
-            f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried"
-        )
+    await find_job(api, caller, job_id)
     return JobOut.of(await api.client.retry(job_id))

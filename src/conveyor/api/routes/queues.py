@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 
+from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_api, get_caller
 from conveyor.api.routes.common import NOT_FOUND, READ_ERRORS
 from conveyor.api.schemas import QueueLimitIn, QueueList, QueueOut
@@ -19,7 +20,9 @@ from conveyor.api.state import ApiState
 from conveyor.engine.errors import QueueNotFound
 from conveyor.engine.kinds import QUEUE_NAME
 
-router = APIRouter(prefix="/v1/queues", tags=["queues"], responses=READ_ERRORS)
+router = APIRouter(
+    route_class=StrictJsonRoute, prefix="/v1/queues", tags=["queues"], responses=READ_ERRORS
+)
 
 QueueName = Annotated[
     str,

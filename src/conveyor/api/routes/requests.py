@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_caller, request_id
 from conveyor.api.errors import Conflict
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
@@ -36,8 +37,9 @@ from conveyor.api.routes.common import (
 from conveyor.api.schemas import RequestAccepted, RequestOut, RequestPage, create_request_body
 from conveyor.api.state import ApiState
 from conveyor.api.submit import submit
-from conveyor.store.records import JobState, RequestFilter
+from conveyor.engine.errors import JobConflict
 from conveyor.store.records import Request as StoredRequest
+from conveyor.store.records import RequestFilter
 
 
 async def find_request(api: ApiState, caller: Caller, request_id_: int) -> StoredRequest:
@@ -50,7 +52,9 @@ async def find_request(api: ApiState, caller: Caller, request_id_: int) -> Store
 
 def build_router(api: ApiState) -> APIRouter:
     """The ``/v1/requests`` routes of ``api``, for the kinds in ``api.kinds``."""
-    router = APIRouter(prefix="/v1/requests", tags=["requests"], responses=READ_ERRORS)
+    router = APIRouter(
+        route_class=StrictJsonRoute, prefix="/v1/requests", tags=["requests"], responses=READ_ERRORS
+    )
     body_type: Any = create_request_body(api.kinds)
 
     @router.post(
@@ -140,9 +144,10 @@ def build_router(api: ApiState) -> APIRouter:
         meanwhile). Cancelling a cancelled request changes nothing; a completed or failed
         one: 409."""
         found = await find_request(api, caller, request_id)
-        job = await api.client.cancel(found.job.id)
-        if job.state in (JobState.COMPLETED, JobState.FAILED):
-            raise Conflict(f"request {request_id} has already {job.state.value}")
+        try:
+            await api.client.cancel(found.job.id)
+        except JobConflict:
+            raise Conflict(f"request {request_id} has already {found.job.state.value}") from None
         return RequestOut.of(await find_request(api, caller, request_id))
 
     @router.post(
@@ -157,12 +162,13 @@ def build_router(api: ApiState) -> APIRouter:
         """Queue a failed or cancelled request's job again now, with one more attempt if
         it had used them all. Any other status: 409."""
         found = await find_request(api, caller, request_id)
-        if found.job.state not in (JobState.FAILED, JobState.CANCELLED):
+        try:
+            await api.client.retry(found.job.id)
+        except JobConflict as exc:
             raise Conflict(
-                f"request {request_id} is {found.job.state.value}; only failed or cancelled "
+                f"request {request_id} is {exc.state}; only failed or cancelled "
                 "requests can be retried"
-            )
-        await api.client.retry(found.job.id)
+            ) from None
         return RequestOut.of(await find_request(api, caller, request_id))
 
     return router

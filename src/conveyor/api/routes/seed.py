@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_api, get_caller, request_id
 from conveyor.api.routes.common import (
     CONFLICT,
@@ -43,7 +44,9 @@ from conveyor.kinds import qa, video
 from conveyor.logs import get_logger
 from conveyor.store.records import JSON, Job, JobState
 
-router = APIRouter(prefix="/api", tags=["QuDemo seed"], responses=READ_ERRORS)
+router = APIRouter(
+    route_class=StrictJsonRoute, prefix="/api", tags=["QuDemo seed"], responses=READ_ERRORS
+)
 log = get_logger("api")
 
 KIND_OF_TYPE = {"video": video.KIND, "qa": qa.KIND}
