@@ -72,9 +72,10 @@ WITH taker AS (
     WHERE o.queue = $2 AND o.slots > 0 AND $3 = ANY(o.kinds)
       AND $7::float8 IS NULL AND $8::float8 <= 0
       AND ahead.due IS NULL
+      -- o.queue, not $2: a condition on the offer is only looked at when there is one.
       AND NOT EXISTS (
           SELECT FROM conveyor_queues s
-          WHERE s.name = $2 AND (s.paused OR s.concurrency_limit IS NOT NULL))
+          WHERE s.name = o.queue AND (s.paused OR s.concurrency_limit IS NOT NULL))
       AND NOT pg_try_advisory_xact_lock_shared(o.lock_key)
     ORDER BY o.slots DESC
     LIMIT 1
@@ -100,7 +101,8 @@ ins AS (
 ),
 took AS (
     UPDATE conveyor_offers o SET slots = o.slots - 1
-    FROM ins WHERE o.queue = ins.queue AND o.worker_id = ins.locked_by
+    FROM ins
+    WHERE ins.locked_by IS NOT NULL AND o.queue = ins.queue AND o.worker_id = ins.locked_by
 ),
 -- include: notify_or_hand_off
 SELECT id, (SELECT count(*) FROM notified), locked_by IS NOT NULL AS handed_off FROM ins
@@ -662,21 +664,25 @@ unoffered AS (
 -- is queued; 'h:' and a JSON array when it was handed off — the worker, the job's id and
 -- attempt and, when that fits in a notice (under 8000 bytes), the rest of the job in the
 -- order the store decodes it, else the worker reads the job by id. Written out here, not
--- as a SQL function: a function call was planned at every call (+0.5 ms an enqueue).
+-- as a SQL function: a function call was planned at every call (+0.5 ms an enqueue). The
+-- whole job is built in a subquery of the CASE's last branch, which only a handoff
+-- reaches: as a lateral join it was built for every queued job too, and the planner moved
+-- a WHERE inside it out to a join filter (about 20 us of an enqueue's 0.3 ms).
 notified AS (
     SELECT pg_notify($12, CASE
                WHEN ins.locked_by IS NULL THEN 'q:' || ins.queue
-               WHEN octet_length(h.whole) < 7990 THEN h.whole
-               ELSE 'h:' || json_build_array(ins.locked_by, ins.id, ins.attempt)::text
+               ELSE (
+                   SELECT CASE WHEN octet_length(h.whole) < 7990 THEN h.whole
+                          ELSE 'h:' || json_build_array(ins.locked_by, ins.id, ins.attempt)::text
+                          END
+                   FROM (SELECT 'h:' || json_build_array(
+                       ins.locked_by, ins.id, ins.attempt, ins.tenant_id, ins.queue, ins.kind,
+                       ins.priority, ins.payload, ins.max_attempts, extract(epoch FROM ins.run_at),
+                       ins.timeout_s, ins.unique_key, extract(epoch FROM ins.lease_expires_at),
+                       ins.meta, extract(epoch FROM ins.created_at),
+                       extract(epoch FROM ins.started_at))::text) AS h(whole))
            END)
     FROM ins
-    LEFT JOIN LATERAL (
-        SELECT 'h:' || json_build_array(
-            ins.locked_by, ins.id, ins.attempt, ins.tenant_id, ins.queue, ins.kind, ins.priority,
-            ins.payload, ins.max_attempts, extract(epoch FROM ins.run_at), ins.timeout_s,
-            ins.unique_key, extract(epoch FROM ins.lease_expires_at), ins.meta,
-            extract(epoch FROM ins.created_at), extract(epoch FROM ins.started_at))::text
-    ) AS h(whole) ON ins.locked_by IS NOT NULL
 )
 
 -- part: claim_jobs
