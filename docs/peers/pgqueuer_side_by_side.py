@@ -19,8 +19,9 @@ run, each worker in a process of its own:
   (pgqueuer: ``Queries.enqueue``; Conveyor: ``Client.enqueue``); beside them the floor of
   that path: the bare INSERT of one row into ``conveyor_jobs`` (with its NOTIFY in the same
   statement, as Conveyor sends one) on one asyncpg connection in autocommit.
-- backlog: the rate of the first 10,000 completions with 10,000 queued and with B queued;
-  the ratio of the two is what a large backlog costs.
+- backlog: one worker drains 10,000 queued jobs, and B queued jobs (200,000 by default);
+  the ratios of the B run's rates (over its first 10,000 completions, and over the whole
+  drain) to the 10,000 run's are what a large backlog costs.
 
 "Defaults" means what a user gets: no setting changed but the queue to serve and the
 database URL (Conveyor's logs at their default level and format, written to a file). A
@@ -167,85 +168,75 @@ async def conveyor_fill(url: str, n: int) -> None:
     await conn.close()
 
 
-async def run_workers(
-    cmds: list[list[str]], env: dict[str, str] | None, done: Callable[[], Awaitable[bool]] | None
-) -> None:
-    """Start the worker processes together; wait for them to exit, or stop them once
-    ``done()`` says enough has completed."""
+async def run_workers(cmds: list[list[str]], env: dict[str, str] | None) -> None:
+    """Start the worker processes together and wait for them to drain the queue and exit."""
     with tempfile.TemporaryFile() as logs:
         procs = [subprocess.Popen(c, env=env, stdout=logs, stderr=logs) for c in cmds]
         try:
             while any(p.poll() is None for p in procs):
-                if done is not None and await done():
-                    break
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.1)
         finally:
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
-            for p in procs:
-                p.wait(timeout=60)
-        bad = [p.returncode for p in procs if p.returncode not in (0, -signal.SIGTERM)]
-        if bad and done is None:
+                    p.wait(timeout=60)
+        bad = [p.returncode for p in procs if p.returncode != 0]
+        if bad:
             logs.seek(0)
             raise RuntimeError(f"worker exited with {bad}: {logs.read()[-2000:]!r}")
 
 
-async def pgq_drain(url: str, processes: int, first: int | None) -> float:
-    """Jobs/s from the first pick to the last (or the ``first``-th) completion."""
+PGQ_SPAN = (
+    "SELECT extract(epoch FROM (SELECT max(created) FROM (SELECT created FROM pgqueuer_log"
+    " WHERE status = 'successful' ORDER BY created LIMIT $1) s)"
+    " - (SELECT min(created) FROM pgqueuer_log WHERE status = 'picked'))::float8"
+)
+CONVEYOR_SPAN = (
+    "SELECT extract(epoch FROM (SELECT max(finished_at) FROM (SELECT finished_at"
+    " FROM conveyor_jobs WHERE state = 'completed' ORDER BY finished_at LIMIT $1) s)"
+    " - (SELECT min(started_at) FROM conveyor_jobs))::float8"
+)
+
+
+async def drain_rates(url: str, span_sql: str, n: int, first: int | None) -> dict[str, float]:
+    """Jobs/s from the first pick/claim to the last completion of all ``n`` jobs and, with
+    ``first``, to the ``first``-th completion (from the same run)."""
     conn = await asyncpg.connect(url)
+    try:
+        rates = {"all": n / await conn.fetchval(span_sql, n)}
+        if first is not None:
+            rates["first"] = first / await conn.fetchval(span_sql, first)
+        return rates
+    finally:
+        await conn.close()
 
-    async def done() -> bool:
-        return bool(
-            await conn.fetchval(
-                "SELECT count(*) >= $1 FROM pgqueuer_log WHERE status = 'successful'", first
-            )
-        )
 
+async def pgq_drain(url: str, n: int, processes: int, first: int | None) -> dict[str, float]:
     cmd = [sys.executable, "-c", PGQ_WORKER, url]
-    await run_workers([cmd] * processes, None, done if first else None)
-    n = first or await conn.fetchval("SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
-    span = await conn.fetchval(
-        "SELECT extract(epoch FROM (SELECT max(created) FROM (SELECT created FROM pgqueuer_log"
-        " WHERE status = 'successful' ORDER BY created LIMIT $1) s)"
-        " - (SELECT min(created) FROM pgqueuer_log WHERE status = 'picked'))::float8",
-        n,
-    )
-    if first is None and await conn.fetchval("SELECT count(*) FROM pgqueuer"):
-        raise RuntimeError("pgqueuer left jobs in its queue")
-    await conn.close()
-    return n / span
-
-
-async def conveyor_drain(url: str, processes: int, first: int | None, tuned: bool) -> float:
+    await run_workers([cmd] * processes, None)
     conn = await asyncpg.connect(url)
-
-    async def done() -> bool:
-        return bool(
-            await conn.fetchval(
-                "SELECT count(*) >= $1 FROM conveyor_jobs WHERE state = 'completed'", first
-            )
-        )
-
-    env = conveyor_env(url, tuned)
-    await run_workers([worker_cmd(tuned)] * processes, env, done if first else None)
-    n = first or await conn.fetchval("SELECT count(*) FROM conveyor_jobs")
-    span = await conn.fetchval(
-        "SELECT extract(epoch FROM (SELECT max(finished_at) FROM (SELECT finished_at"
-        " FROM conveyor_jobs WHERE state = 'completed' ORDER BY finished_at LIMIT $1) s)"
-        " - (SELECT min(started_at) FROM conveyor_jobs))::float8",
-        n,
-    )
-    if first is None:
-        left = await conn.fetchval("SELECT count(*) FROM conveyor_jobs WHERE state <> 'completed'")
-        if left:
-            raise RuntimeError(f"conveyor left {left} jobs not completed")
+    done = await conn.fetchval("SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'")
+    left = await conn.fetchval("SELECT count(*) FROM pgqueuer")
     await conn.close()
-    return n / span
+    if done != n or left:
+        raise RuntimeError(f"pgqueuer completed {done} of {n} jobs, {left} left in its queue")
+    return await drain_rates(url, PGQ_SPAN, n, first)
+
+
+async def conveyor_drain(
+    url: str, n: int, processes: int, first: int | None, tuned: bool
+) -> dict[str, float]:
+    await run_workers([worker_cmd(tuned)] * processes, conveyor_env(url, tuned))
+    conn = await asyncpg.connect(url)
+    done = await conn.fetchval("SELECT count(*) FROM conveyor_jobs WHERE state = 'completed'")
+    await conn.close()
+    if done != n:
+        raise RuntimeError(f"conveyor completed {done} of {n} jobs")
+    return await drain_rates(url, CONVEYOR_SPAN, n, first)
 
 
 # -- the measurements -----------------------------------------------------------------------
-async def with_db(fn: Callable[[str], Awaitable[float]]) -> float:
+async def with_db(fn: Callable[[str], Awaitable[dict[str, float]]]) -> dict[str, float]:
     name, url = await fresh_db()
     try:
         return await fn(url)
@@ -253,26 +244,28 @@ async def with_db(fn: Callable[[str], Awaitable[float]]) -> float:
         await drop_db(name)
 
 
-def throughput(who: str, n: int, processes: int, first: int | None = None) -> Callable[[], Awaitable[float]]:
-    async def one(url: str) -> float:
+def throughput(
+    who: str, n: int, processes: int, first: int | None = None
+) -> Callable[[], Awaitable[dict[str, float]]]:
+    async def one(url: str) -> dict[str, float]:
         if who == "pgqueuer":
             await pgq_fill(url, n)
-            return await pgq_drain(url, processes, first)
+            return await pgq_drain(url, n, processes, first)
         await conveyor_fill(url, n)
-        return await conveyor_drain(url, processes, first, tuned=who == "conveyor tuned")
+        return await conveyor_drain(url, n, processes, first, tuned=who == "conveyor tuned")
 
     return lambda: with_db(one)
 
 
-def singles(who: str, m: int) -> Callable[[], Awaitable[float]]:
-    async def one(url: str) -> float:
+def singles(who: str, m: int) -> Callable[[], Awaitable[dict[str, float]]]:
+    async def one(url: str) -> dict[str, float]:
         if who == "pgqueuer":
             await pgq_fill(url, 0)
             out = subprocess.run(
                 [sys.executable, "-c", PGQ_SINGLES, url, str(m)],
                 capture_output=True, text=True, check=True,
             )
-            return float(out.stdout.split()[-1])
+            return {"all": float(out.stdout.split()[-1])}
         if who == "floor":
             await conveyor_fill(url, 0)
             conn = await asyncpg.connect(url)
@@ -284,12 +277,12 @@ def singles(who: str, m: int) -> Callable[[], Awaitable[float]]:
                 await stmt.fetchrow()
             rate = m / (time.perf_counter() - t0)
             await conn.close()
-            return rate
+            return {"all": rate}
         out = subprocess.run(
             [CONVEYOR_PY, "-c", CONVEYOR_SINGLES, url, str(m)],
             env=conveyor_env(url, tuned=False), capture_output=True, text=True, check=True,
         )
-        return float(out.stdout.split()[-1])
+        return {"all": float(out.stdout.split()[-1])}
 
     return lambda: with_db(one)
 
@@ -306,7 +299,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     n = args.jobs
-    configs: list[tuple[str, str, Callable[[], Awaitable[float]]]] = []
+    configs: list[tuple[str, str, Callable[[], Awaitable[dict[str, float]]]]] = []
     if "one" in args.only:
         for who in ("pgqueuer", "conveyor", "conveyor tuned"):
             configs.append(("one worker, jobs/s", who, throughput(who, n, 1)))
@@ -316,34 +309,40 @@ async def main() -> None:
     if "singles" in args.only:
         for who in ("pgqueuer", "conveyor", "floor"):
             configs.append(("single enqueue, jobs/s", who, singles(who, args.singles)))
+    small = f"{FIRST:,} queued"
+    big = f"{args.backlog:,} queued"
     if "backlog" in args.only:
         for who in ("pgqueuer", "conveyor"):
-            configs.append((f"first {FIRST:,} of {FIRST:,} queued, jobs/s", who,
-                            throughput(who, FIRST, 1, FIRST)))
-            configs.append((f"first {FIRST:,} of {args.backlog:,} queued, jobs/s", who,
-                            throughput(who, args.backlog, 1, FIRST)))
+            configs.append((small, who, throughput(who, FIRST, 1)))
+            configs.append((big, who, throughput(who, args.backlog, 1, FIRST)))
     results: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for what, who, fn in configs:
-            value = await fn()
-            results.setdefault((what, who), []).append(value)
-            print(f"round {r + 1}: {what:38s} {who:15s} {value:10,.0f}", flush=True)
+            rates = await fn()
+            labels = {"all": what, "first": f"{what}, first {FIRST:,} completions"}
+            if what in (small, big):
+                labels["all"] = f"{what}, drained, jobs/s"
+                labels["first"] = f"{what}, first {FIRST:,} completions, jobs/s"
+            for key, value in rates.items():
+                results.setdefault((labels[key], who), []).append(value)
+                print(f"round {r + 1}: {labels[key]:42s} {who:15s} {value:10,.0f}", flush=True)
     med = {key: statistics.median(values) for key, values in results.items()}
     print(f"\nmedians of {args.rounds} rounds ({n:,} jobs a throughput run):")
     for (what, who), value in med.items():
         runs = " · ".join(f"{v:,.0f}" for v in results[(what, who)])
-        print(f"  {what:38s} {who:15s} {value:10,.0f}   ({runs})")
+        print(f"  {what:42s} {who:15s} {value:10,.0f}   ({runs})")
     print("\nratios (median against median):")
     for what in dict.fromkeys(w for w, _ in med):
         peer = med.get((what, "pgqueuer"))
         for who in ("conveyor", "conveyor tuned", "floor"):
             if peer and (what, who) in med:
-                print(f"  {what:38s} {who} / pgqueuer  x{med[(what, who)] / peer:.2f}")
+                print(f"  {what:42s} {who} / pgqueuer  x{med[(what, who)] / peer:.2f}")
     if "backlog" in args.only:
-        small = f"first {FIRST:,} of {FIRST:,} queued, jobs/s"
-        big = f"first {FIRST:,} of {args.backlog:,} queued, jobs/s"
-        for who in ("pgqueuer", "conveyor"):
-            print(f"  backlog ratio {who}: {med[(big, who)] / med[(small, who)]:.3f}")
+        base = f"{small}, drained, jobs/s"
+        for label in (f"{big}, first {FIRST:,} completions, jobs/s", f"{big}, drained, jobs/s"):
+            for who in ("pgqueuer", "conveyor"):
+                ratio = med[(label, who)] / med[(base, who)]
+                print(f"  backlog ratio {who}: {label} / {base}: {ratio:.3f}")
 
 
 asyncio.run(main())
