@@ -35,6 +35,9 @@ headers is answered 431 too (every header lookup of the app scans the list). The
 a pipelined request that arrived in the same read as the end of the request before it is
 counted from the next read on.
 
+A connection answered 408 or 431 here is read (and what arrives dropped) for up to
+:data:`LINGER_SECONDS` after the answer before it is closed, so the client gets to read it.
+
 Cost: the parser callbacks note a phase and a time (a fraction of a microsecond a
 request); each connection has one timer, armed lazily and re-armed when it fires, so a
 busy kept-alive connection does not create and cancel timers per request.
