@@ -81,27 +81,38 @@ class _Phase(enum.Enum):
     BODY = "body"
 
 
+# Module names for the members: an enum member's lookup on its class costs ~50 ns, a
+# global's ~5, and these are read several times a request.
+_CONNECTED, _HEAD, _BODY = _Phase
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring; built with
-    its settings by :func:`http_protocol`."""
+    its settings by :func:`http_protocol`.
+
+    The parser callbacks call the base's methods by name, not through ``super()``, and
+    read the clock through a bound method kept at hand: each saves a few tens of
+    nanoseconds, several times a request.
+    """
 
     read_timeout: float = 10.0
     max_header_bytes: int = 16_384
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._phase: _Phase | None = _Phase.CONNECTED  # None: no request being read
+        self._phase: _Phase | None = _CONNECTED  # None: no request being read
         self._since = 0.0  # start of the phase's deadline
         self._progress = 0.0  # last body byte
         self._received = 0  # body bytes so far
         self._head_bytes = 0
         self._answered_at: float | None = None  # response done while the body still came
         self._timer: asyncio.TimerHandle | None = None
+        self._clock = self.loop.time
 
     # -- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
-        self._since = self.loop.time()
+        self._since = self._clock()
         self._timer = self.loop.call_later(self.read_timeout, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -113,24 +124,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
-        if phase is not _Phase.BODY:
+        if phase is not _BODY:
             if phase is None:
                 # The first bytes after a complete request (uvicorn stops its keep-alive
                 # timer on any byte, a lone CRLF included): the next head's clock starts.
                 self._start_head()
-            self._phase = _Phase.HEAD
+            self._phase = _HEAD
             room = self.max_header_bytes - self._head_bytes
             if len(data) > room:
                 self._feed_past_the_cap(data, room)
                 return
             self._head_bytes += len(data)
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
 
     def _feed_past_the_cap(self, data: bytes, room: int) -> None:
         """Feed what fits under the cap; the rest only if the head ended within it."""
         pending = self.cycle  # a head that completes makes a new cycle
         if room > 0:
-            super().data_received(data[:room])
+            HttpToolsProtocol.data_received(self, data[:room])
             if self.transport.is_closing() or self.transport.get_protocol() is not self:
                 return
         if self.cycle is pending:
@@ -140,7 +151,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 "bytes for the request line and headers.",
             )
             return
-        super().data_received(data[room:])
+        HttpToolsProtocol.data_received(self, data[room:])
 
     def handle_websocket_upgrade(self) -> None:
         # The connection becomes the WebSocket protocol's; its timer must not close it.
@@ -152,13 +163,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- parser callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         if self._phase is None:  # pipelined: began in the read that ended the one before
             self._start_head()
-            self._phase = _Phase.HEAD
+            self._phase = _HEAD
 
     def _start_head(self) -> None:
-        self._since = self.loop.time()
+        self._since = self._clock()
         if self._timer is None:
             self._timer = self.loop.call_later(self.read_timeout, self._check)
 
@@ -168,23 +179,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # through the usual cycle, so the body is read and discarded as for any answer.
             app, self.app = self.app, _too_many_headers
             try:
-                super().on_headers_complete()
+                HttpToolsProtocol.on_headers_complete(self)
             finally:
                 self.app = app
         else:
-            super().on_headers_complete()
-        self._phase = _Phase.BODY
-        self._since = self._progress = self.loop.time()
+            HttpToolsProtocol.on_headers_complete(self)
+        self._phase = _BODY
+        self._since = self._progress = self._clock()
         self._received = 0
         self._answered_at = None
 
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
+        HttpToolsProtocol.on_body(self, body)
         self._received += len(body)
-        self._progress = self.loop.time()
+        self._progress = self._clock()
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
         self._phase = None
         self._head_bytes = 0
 
@@ -198,10 +209,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         phase = self._phase
         if phase is None:
             return  # no request being read; the next one arms the timer again
-        now = self.loop.time()
+        now = self._clock()
         cycle = self.cycle
         if self.flow.read_paused or (
-            phase is _Phase.HEAD and cycle is not None and not cycle.response_complete
+            phase is _HEAD and cycle is not None and not cycle.response_complete
         ):
             # The server is not reading (or still answering the request before this one):
             # the client is not late, and its clock starts again once the server reads.
@@ -210,7 +221,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_later(self.read_timeout, self._check)
             return
         deadline = self._since + self.read_timeout
-        if phase is _Phase.BODY:
+        if phase is _BODY:
             deadline = min(
                 self._progress + self.read_timeout, deadline + self._received / MIN_BODY_RATE
             )
@@ -221,9 +232,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if now < deadline:
             self._timer = self.loop.call_later(deadline - now, self._check)
             return
-        if phase is _Phase.CONNECTED:
+        if phase is _CONNECTED:
             self.transport.close()
-        elif phase is _Phase.HEAD or not cycle.response_started:
+        elif phase is _HEAD or not cycle.response_started:
             self._refuse(
                 408,
                 f"Request timeout: the request was not received within the server's "
@@ -244,7 +255,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             phase=self._phase.value if self._phase is not None else None,
         )
         cycle = self.cycle
-        if self._phase is _Phase.BODY and cycle is not None:
+        if self._phase is _BODY and cycle is not None:
             # The app's answer, if it comes, is not written, and its wait for the body ends.
             cycle.disconnected = True
             cycle.message_event.set()
