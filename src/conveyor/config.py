@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
     )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1_048_576,
+        description="Largest request head (request line and headers) accepted (431 above).",
+    )
+    request_read_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's head, and the longest pause "
+        "in its body (which must also average 500 bytes/s); 408 after.",
+    )
     max_backlog: int = Field(
         default=100_000,
         ge=1,

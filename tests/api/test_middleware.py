@@ -347,6 +347,17 @@ async def call_raw(
     app: FastAPI, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
 ) -> tuple[int, dict[str, Any]]:
     """Drive the app as a server would, with whatever headers and body we like."""
+    sent = await drive(app, headers, chunks)
+    status = sent[0]["status"]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return status, httpx.Response(status, content=body).json()
+
+
+async def drive(
+    app: FastAPI, headers: list[tuple[bytes, bytes]], chunks: list[bytes], *, ends: bool = True
+) -> list[dict[str, Any]]:
+    """The messages the app sends for this request; ``ends=False``: the last chunk says
+    more is coming, and then the client is gone."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -362,7 +373,7 @@ async def call_raw(
         "server": ("testserver", 80),
     }
     messages = [
-        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        {"type": "http.request", "body": c, "more_body": not ends or i < len(chunks) - 1}
         for i, c in enumerate(chunks)
     ]
     sent: list[dict[str, Any]] = []
@@ -376,9 +387,7 @@ async def call_raw(
         sent.append(message)
 
     await app(scope, receive, send)
-    status = sent[0]["status"]
-    body = b"".join(m.get("body", b"") for m in sent[1:])
-    return status, httpx.Response(status, content=body).json()
+    return sent
 
 
 async def test_a_body_longer_than_its_content_length_is_413(
@@ -397,6 +406,22 @@ async def test_an_invalid_content_length_is_400(app_calls: tuple[FastAPI, Calls]
     assert status == 400
     assert body["detail"] == "Invalid Content-Length header."
     assert calls.echo == 0
+
+
+@pytest.mark.parametrize(
+    "headers", [[(b"content-length", b"1000")], []], ids=["content-length", "chunked"]
+)
+async def test_a_client_that_leaves_mid_body_is_a_499_not_an_error(
+    app_calls: tuple[FastAPI, Calls], headers: list[tuple[bytes, bytes]]
+) -> None:
+    app, calls = app_calls
+    with capture_logs() as logs:
+        sent = await drive(app, headers, [b"z" * 100], ends=False)
+    assert sent == []  # nobody is left to answer
+    assert calls.echo == 0
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    (access,) = [e for e in logs if e.get("component") == "access"]
+    assert (access["status"], access["log_level"]) == (499, "info")
 
 
 # --- unhandled errors ------------------------------------------------------------------

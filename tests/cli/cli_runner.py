@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,3 +87,69 @@ class Cli:
             return int(conn.execute("SELECT count(*) FROM conveyor_jobs").fetchone()[0])
         finally:
             conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Served:
+    """A ``conveyor serve`` (or ``api``) process started by the ``launch`` fixture."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.popen = popen
+        self.url = url
+        self.log = log
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        return host, int(port)
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_bytes().splitlines():
+            try:
+                lines.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                lines.append({"event": line.decode(errors="replace"), "level": "raw"})
+        return lines
+
+
+Launch = Callable[..., Served]
+"""The ``launch`` fixture: ``launch("serve", **env)``."""
+
+
+@contextlib.contextmanager
+def launching(folder: Path) -> Iterator[Launch]:
+    """``start("serve", **env)`` starts ``conveyor serve`` (or ``api``) on a free port with
+    its database and JSON log in ``folder``; every process still alive is killed on exit."""
+    started: list[Served] = []
+
+    def start(command: str, **env_overrides: str) -> Served:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env.update(
+            CONVEYOR_DATABASE_URL=f"sqlite:///{folder}/{command}.db",
+            CONVEYOR_PORT=str(port),
+            CONVEYOR_LOG_FORMAT="json",
+        )
+        env.update(env_overrides)
+        log = folder / f"{command}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [*conveyor_command(), command], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        started.append(Served(popen, f"http://127.0.0.1:{port}", log))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for served in started:
+            if served.popen.poll() is None:
+                served.popen.kill()
+                served.popen.wait(10)

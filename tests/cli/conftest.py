@@ -8,10 +8,11 @@ that runs the tests).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_runner import Cli
+from cli_runner import Cli, Launch, launching
 
 
 @pytest.fixture
@@ -33,3 +34,11 @@ def cli_with_one_job(cli: Cli, one_job_db: Path) -> Cli:
     shutil.copyfile(one_job_db, cli.db_path)
     assert cli.job_count() == 1
     return cli
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """``launch("serve", **env)``: start ``conveyor serve`` (or ``api``) on a free port with
+    JSON logs to a file; every process still alive is killed when the test ends."""
+    with launching(tmp_path) as start:
+        yield start

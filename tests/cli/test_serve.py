@@ -8,81 +8,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from cli_runner import conveyor_command
+from cli_runner import Launch, Served, conveyor_command, free_port
 
 from conveyor.cli.serve import default_queues
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
 from conveyor.kinds import register_builtin
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Served:
-    def __init__(self, popen: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.popen = popen
-        self.url = url
-        self.log = log
-
-    def logs(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log.read_bytes().splitlines():
-            try:
-                lines.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                lines.append({"event": line.decode(errors="replace"), "level": "raw"})
-        return lines
-
-
-Launch = Callable[..., Served]
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Launch]:
-    """``launch("serve", **env)``: start ``conveyor serve`` (or ``api``) on a free port with
-    JSON logs to a file; every process still alive is killed when the test ends."""
-    started: list[Served] = []
-
-    def start(command: str, **env_overrides: str) -> Served:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(
-            CONVEYOR_DATABASE_URL=f"sqlite:///{tmp_path}/{command}.db",
-            CONVEYOR_PORT=str(port),
-            CONVEYOR_LOG_FORMAT="json",
-        )
-        env.update(env_overrides)
-        log = tmp_path / f"{command}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [*conveyor_command(), command], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        started.append(Served(popen, f"http://127.0.0.1:{port}", log))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for served in started:
-            if served.popen.poll() is None:
-                served.popen.kill()
-                served.popen.wait(10)
 
 
 @pytest.fixture

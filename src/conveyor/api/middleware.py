@@ -41,7 +41,10 @@
    error", "request_id"}`` logged once with its traceback (``component=http``). Either
    way the answer passes through stages 1-7 (request id, security and CORS headers,
    access log, metrics), which Starlette's outermost ``ServerErrorMiddleware`` would
-   bypass; the exception is not re-raised to the server once answered.
+   bypass; the exception is not re-raised to the server once answered. A client that
+   left before its body was complete (Starlette's ``ClientDisconnect``; the server's read
+   timeout closes such connections, see :mod:`conveyor.cli.http_limits`) is nobody's
+   error: nothing is answered, and the access log and metrics say 499.
 
 One layer, not eight: every ASGI layer costs a call and a ``send`` wrapper per message, and
 at 1,000 requests/s the API has about half a millisecond of CPU per request in all. The
@@ -102,6 +105,7 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.api.metrics import Metrics, route_template
@@ -521,7 +525,8 @@ class ConveyorMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return None  # the client left; nobody to answer
+                _client_left(scope)
+                return None
             body: bytes = message.get("body", b"")
             received += len(body)
             if received > self.max_body_bytes:
@@ -536,6 +541,8 @@ class ConveyorMiddleware:
         """The app, with an exception no handler took answered here (stage 8)."""
         try:
             await self.app(scope, receive, send)
+        except ClientDisconnect:
+            _client_left(scope)
         except Exception as exc:
             exchange: _Exchange = scope[_EXCHANGE_KEY]
             if exchange.status is not None:
@@ -558,6 +565,17 @@ class ConveyorMiddleware:
             else:
                 response = await run_in_threadpool(handler, request, exc)
             await response(scope, receive, send)
+
+
+CLIENT_CLOSED_REQUEST = 499
+"""The status logged (and counted) for a request whose client left before sending all of
+it (nginx's code): nobody is left to answer, and it is not the server's error."""
+
+
+def _client_left(scope: Scope) -> None:
+    exchange: _Exchange = scope[_EXCHANGE_KEY]
+    if exchange.status is None:
+        exchange.status = CLIENT_CLOSED_REQUEST
 
 
 def _nul_refused(scope: Scope) -> dict[str, Any]:

@@ -3,9 +3,12 @@
 Imported only by those two commands, so ``conveyor worker`` never loads FastAPI or uvicorn
 (an idle worker's memory budget is 80 MB).
 
-The event loop is uvloop's and the HTTP parser httptools' when they are installed (they are
-with ``uvicorn[standard]``, except on Windows): together they take about a third less CPU
-per request than asyncio's own loop and uvicorn's pure-Python parser.
+The event loop is uvloop's when it is installed (it is with ``uvicorn[standard]``, except on
+Windows) and the HTTP parser httptools' (always installed with ``uvicorn[standard]``):
+together they take about a third less CPU per request than asyncio's own loop and
+uvicorn's pure-Python parser (h11). The protocol is uvicorn's httptools one with the read
+timeout and head-size limits of :mod:`conveyor.cli.http_limits`, named explicitly rather
+than left to ``http="auto"`` (which picks the same parser, without the limits).
 
 Shutdown: the first SIGTERM or SIGINT stops both together: uvicorn stops accepting
 connections and finishes the requests in flight, while the worker stops fetching and gives
@@ -24,6 +27,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from conveyor.api import create_app
+from conveyor.cli.http_limits import http_protocol
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
 from conveyor.engine.worker import Worker, WorkerConfig
@@ -96,6 +100,7 @@ async def run(
                 access_log=False,
                 server_header=False,
                 lifespan="on",
+                http=http_protocol(settings.request_read_timeout, settings.max_header_bytes),
             )
         )
         worker = Worker(store, worker_config, kinds=kinds) if store and worker_config else None
