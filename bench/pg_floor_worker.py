@@ -31,11 +31,12 @@ async def offer(listener: asyncpg.Connection, worker_id: str) -> None:
     key = secrets.randbits(63)
     await listener.execute("SELECT pg_advisory_lock($1)", key)
     await listener.execute(
-        "INSERT INTO conveyor_offers (queue, worker_id, slots, lock_key, lease_s) "
-        "VALUES ($1, $2, 1000000000, $3, 30)",
+        "INSERT INTO conveyor_offers (queue, worker_id, slots, lock_key, lease_s, kinds) "
+        "VALUES ($1, $2, 1000000000, $3, 30, $4)",
         kinds.LATENCY_QUEUE,
         worker_id,
         key,
+        [kinds.LATENCY],
     )
 
 
