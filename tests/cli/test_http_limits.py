@@ -151,6 +151,21 @@ def test_half_a_body_then_silence_is_answered_408_while_others_are_served(
     assert _logged(served, lambda e: e.get("event") == "request" and e.get("status") == 499)
 
 
+def _trickle(sock: socket.socket, byte: bytes, started: float) -> bytes:
+    """Send ``byte`` every 0.3 s until the server answers or closes (or the test's time is
+    up); what it answered, b"" for a close."""
+    sock.settimeout(0.3)
+    while time.monotonic() - started < TIMEOUT + MARGIN:
+        try:
+            sock.sendall(byte)
+            return sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return b""
+
+
 def test_a_head_trickled_a_byte_at_a_time_is_dropped_at_the_heads_deadline(
     served: Served, connect: Connect
 ) -> None:
@@ -159,17 +174,7 @@ def test_a_head_trickled_a_byte_at_a_time_is_dropped_at_the_heads_deadline(
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Slow: ")
     # A byte every 0.3 s: never a second's silence, so only a deadline for the whole head
     # can end it.
-    sock.settimeout(0.3)
-    answer = b""
-    while time.monotonic() - started < TIMEOUT + MARGIN:
-        try:
-            sock.sendall(b"a")
-            answer = sock.recv(65536)
-            break
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            break
+    answer = _trickle(sock, b"a", started)
     elapsed = time.monotonic() - started
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
     assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + MARGIN
@@ -181,17 +186,7 @@ def test_a_body_trickled_a_byte_at_a_time_is_dropped_below_the_minimum_rate(
     sock = connect()
     sock.sendall(_post_head(1000))
     started = time.monotonic()
-    sock.settimeout(0.3)
-    answer = b""
-    while time.monotonic() - started < TIMEOUT + MARGIN:
-        try:
-            sock.sendall(b" ")
-            answer = sock.recv(65536)
-            break
-        except TimeoutError:
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            break
+    answer = _trickle(sock, b" ", started)
     elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 ") or answer == b"", answer
     # Due at 1 s + (about 4 bytes) / 500 bytes/s.

@@ -544,36 +544,36 @@ class Worker:
                 raise
 
     async def _settle_one(self, outcome: Outcome) -> None:
-        try:
-            result = await self.store.settle_and_claim((outcome,), (), self.id, None)
-        except DataRejected as exc:
-            refused = exc
-        else:
-            self._check_applied((outcome,), result)
-            return
-        replacement = await self._refused(outcome, refused)
-        while replacement is not None:
+        candidate: Outcome | None = outcome
+        while candidate is not None:
             try:
-                result = await self.store.settle_and_claim((replacement,), (), self.id, None)
-            except DataRejected as again:
-                refused = again
-            else:
-                self._check_applied((replacement,), result)
-                return
-            if replacement.kind is OutcomeKind.RETRY:
-                # The retry itself was refused (e.g. a backoff past the database's dates).
-                replacement = dataclasses.replace(replacement, kind=OutcomeKind.FAILED)
+                result = await self.store.settle_and_claim((candidate,), (), self.id, None)
+            except DataRejected as exc:
+                candidate = await self._instead_of_refused(outcome, candidate, exc)
                 continue
-            # Nothing more to try: the lease runs out and the job is rescued.
-            log.error(
-                "job outcome dropped: the database refused it and its failure too",
-                worker_id=self.id,
-                job_id=outcome.job_id,
-                queue=outcome.queue,
-                attempt=outcome.attempt,
-                error=str(refused),
-            )
+            self._check_applied((candidate,), result)
             return
+
+    async def _instead_of_refused(
+        self, outcome: Outcome, refused: Outcome, exc: DataRejected
+    ) -> Outcome | None:
+        """What to record after the database refused ``refused`` (``outcome`` itself, or a
+        failure recorded in its place); None: nothing more to try."""
+        if refused is outcome:
+            return await self._refused(outcome, exc)
+        if refused.kind is OutcomeKind.RETRY:
+            # The retry itself was refused (e.g. a backoff past the database's dates).
+            return dataclasses.replace(refused, kind=OutcomeKind.FAILED)
+        # The lease runs out and the job is rescued.
+        log.error(
+            "job outcome dropped: the database refused it and its failure too",
+            worker_id=self.id,
+            job_id=outcome.job_id,
+            queue=outcome.queue,
+            attempt=outcome.attempt,
+            error=str(exc),
+        )
+        return None
 
     async def _refused(self, outcome: Outcome, exc: DataRejected) -> Outcome | None:
         """The failed attempt to record in place of an outcome the database refused, or
