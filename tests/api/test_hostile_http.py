@@ -107,9 +107,6 @@ async def test_hostile_json_bodies_never_fail(http: httpx.AsyncClient, data: st.
         b'{"kind": "test.echo", "input": {"a": "\\ud800"}}',
         b'{"kind": "test.echo", "input": {"a": "x\\u0000"}}',
         b'{"kind": "test.typed", "input": {"name": "\\udfff"}}',
-        # Past 64 bits: a parser that rounds it to a float would store another number.
-        b'{"kind": "test.echo", "input": {"a": 123456789012345678901234567890}}',
-        b'{"kind": "test.echo", "input": {"a": [-18446744073709551617]}}',
     ],
 )
 async def test_a_value_json_cannot_store_is_refused_naming_its_place(
@@ -123,15 +120,6 @@ async def test_a_value_json_cannot_store_is_refused_naming_its_place(
     (error,) = response.json()["detail"]
     assert error["loc"][:3] in (["body", "input", "a"], ["body", "input", "name"]), error
     assert (await http.get("/v1/jobs")).json()["items"] == []
-
-
-async def test_long_digit_runs_within_the_limits_are_stored_as_given(
-    http: httpx.AsyncClient,
-) -> None:
-    given = {"a": 18446744073709551615, "b": "123456789012345678901234567890"}
-    await submit(http, "test.echo", given)
-    [job] = (await http.get("/v1/jobs")).json()["items"]
-    assert job["payload"] == given
 
 
 async def test_nesting_past_the_limit_is_refused_and_at_it_accepted(

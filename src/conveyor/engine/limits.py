@@ -347,17 +347,7 @@ def loads(body: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
     if b"\\u0000" in raw or raw.count(b"[") + raw.count(b"{") > max_depth:
         check_json(value, field, max_bytes=max(len(raw), MAX_PAYLOAD_BYTES), max_depth=max_depth)
-    if _LONG_DIGITS.search(raw):
-        # orjson reads an integer past 64 bits as a float, silently rounded; the stdlib
-        # parser keeps it whole, so the limit on integers can name it. Only a run of 20
-        # digits (2**64 has 20) can be one, in a number or a string.
-        check_json(
-            json.loads(raw), field, max_bytes=max(len(raw), MAX_PAYLOAD_BYTES), max_depth=max_depth
-        )
     return value
-
-
-_LONG_DIGITS = re.compile(rb"\d{20}")
 
 
 class _NonFinite(float):
