@@ -89,11 +89,26 @@ class DataRejected(StoreError):
     reports apart and fail the ones refused."""
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a store can do beyond the contract every store keeps, declared by the store
+    so that no caller infers it from the dialect's name."""
+
+    handoff: bool
+    """An enqueue can hand a job straight to a worker that offered a free slot
+    (:class:`JobHandedOff`); without it, offers are ignored and workers claim."""
+    listen: bool
+    """Other processes' changes arrive as notices without polling (``LISTEN/NOTIFY``);
+    without it, a store polls for them."""
+
+
 class Store(Protocol):
     """A job store. Implementations: ``conveyor.store.sqlite.SqliteStore``."""
 
     dialect: str
     """``"sqlite"`` or ``"postgresql"``."""
+
+    capabilities: Capabilities
 
     url: str
 

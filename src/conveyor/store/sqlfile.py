@@ -1,24 +1,112 @@
-"""Named SQL queries kept in ``.sql`` files, one file per store, parsed once.
+"""Named SQL statements kept in ``.sql`` files, one file per store, parsed once.
 
-A query starts at a line ``-- name: NAME`` and runs to the next such line (or to a
+A statement starts at a line ``-- name: NAME`` and runs to the next such line (or to a
 ``-- part:``). Keeping the SQL of each dialect in its own file makes the differences
 between stores easy to review.
+
+Parameters are written by name (``:job_id``) in both dialects. The loader turns them into
+the driver's numbered placeholders once, at load time (``$1`` for asyncpg, ``?1`` for
+sqlite3; both let one number appear several times), and remembers the order, so a call
+binds by name and no one counts to ``$21``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Literal
 
 _HEADER = re.compile(r"^--\s*(name|part):\s*(\w+)\s*$", re.MULTILINE)
 _INCLUDE = re.compile(r"^--\s*include:\s*(\w+)\s*$", re.MULTILINE)
 
+# What may contain a colon without being a parameter comes first: quoted strings and
+# identifiers, comments, PostgreSQL dollar-quoted bodies and ``::`` casts.
+_TOKEN = re.compile(
+    r"""
+      '(?:[^']|'')*'
+    | "(?:[^"]|"")*"
+    | --[^\n]*
+    | /\*.*?\*/
+    | \$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$
+    | ::
+    | :(?P<param>[A-Za-z_]\w*)
+    | (?P<positional>\$\d+|\?\d*)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+Placeholder = Literal["$", "?"]
+"""The driver's numbered placeholder: ``$`` (asyncpg: ``$1``) or ``?`` (sqlite3: ``?1``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement in the driver's placeholder style, with its parameter names."""
+
+    name: str
+    sql: str
+    params: tuple[str, ...]
+    """Parameter names in placeholder order: ``params[0]`` is ``$1`` / ``?1``."""
+
+    def args(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The positional arguments for ``values`` (a mapping with every parameter)."""
+        try:
+            return tuple([values[name] for name in self.params])
+        except KeyError as exc:
+            raise TypeError(
+                f"statement {self.name!r} needs parameter {exc.args[0]!r}; "
+                f"it takes {', '.join(self.params) or 'none'}"
+            ) from None
+
+
+def compile_sql(name: str, sql: str, placeholder: Placeholder) -> Statement:
+    """``sql`` with its ``:name`` parameters numbered in ``placeholder`` style.
+
+    A statement written with positional placeholders (``$1``, ``?``) is refused: mixing
+    the two styles is how arguments end up bound to the wrong column. (In PostgreSQL a
+    ``?`` is the jsonb key-exists operator, and is left alone.)"""
+    order: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        positional = match.group("positional")
+        if positional and not (placeholder == "$" and positional.startswith("?")):
+            raise ValueError(
+                f"statement {name!r}: positional placeholder {match.group('positional')!r}; "
+                "write parameters by name (:name)"
+            )
+        param = match.group("param")
+        if param is None:
+            return match.group(0)
+        index = order.setdefault(param, len(order) + 1)
+        return f"{placeholder}{index}"
+
+    return Statement(name, _TOKEN.sub(number, sql), tuple(order))
+
+
+def load_statements(
+    package: str, placeholder: Placeholder, filename: str = "queries.sql"
+) -> dict[str, Statement]:
+    """Parse ``filename`` in ``package`` into ``{name: Statement}``.
+
+    A ``-- part: NAME`` section is not a statement: a line ``-- include: NAME`` in one
+    stands for it, so that statements sharing a piece of SQL hold one copy of it."""
+    return {
+        name: compile_sql(name, sql, placeholder)
+        for name, sql in load_sections(package, filename).items()
+    }
+
 
 def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
-    """Parse ``filename`` in ``package`` into ``{name: sql}``.
+    """The raw sections of ``filename``: the positional-placeholder form the stores are
+    leaving for :func:`load_statements` (issue 11)."""
+    return load_sections(package, filename)
 
-    A ``-- part: NAME`` section is not a query: a line ``-- include: NAME`` in a query
-    stands for it, so that statements sharing a piece of SQL hold one copy of it."""
+
+def load_sections(package: str, filename: str) -> dict[str, str]:
+    """The raw ``-- name:`` sections of a ``.sql`` file, parts included, parameters
+    still by name: for callers that assemble a statement from pieces (list filters)."""
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     pieces = _HEADER.split(text)
     sections: dict[str, dict[str, str]] = {"name": {}, "part": {}}

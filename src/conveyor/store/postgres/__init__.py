@@ -37,6 +37,7 @@ from asyncpg.pool import PoolConnectionProxy
 from conveyor.logs import get_logger
 from conveyor.store.base import (
     CancelRequested,
+    Capabilities,
     ConflictError,
     DataRejected,
     JobHandedOff,
@@ -166,6 +167,8 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self.listen = listen
+        # Handoff rides on the LISTEN connection: its notice carries the job.
+        self.capabilities = Capabilities(handoff=listen, listen=listen)
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None

@@ -29,6 +29,7 @@ import orjson
 
 from conveyor.store.base import (
     CancelRequested,
+    Capabilities,
     ConflictError,
     DataRejected,
     JobsAvailable,
@@ -148,6 +149,7 @@ class SqliteStore:
     """A :class:`conveyor.store.base.Store` on one SQLite file."""
 
     dialect = "sqlite"
+    capabilities = Capabilities(handoff=False, listen=False)
 
     def __init__(
         self,
