@@ -9,6 +9,7 @@ never on tables, SQL or log text.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from contract_support import (
     W1,
@@ -67,11 +68,15 @@ async def test_heartbeat_renew_extends_leases(store: Store, new_job: NewJobFacto
     job_id = await enqueue_one(store, new_job())
     job = await claim_one(store, lease_s=1.0)
     assert job.lease_expires_at is not None
+    before = time.time()
     status = await store.heartbeat(W1, {job_id: job.attempt}, 60.0, renew=True)
+    after = time.time()
     assert status.held == {job_id}
     renewed = await get(store, job_id)
     assert renewed.lease_expires_at is not None
     assert renewed.lease_expires_at >= job.lease_expires_at + 58
+    # 60 s from the heartbeat, not from the claim and not longer.
+    assert before + 60 - 1 <= renewed.lease_expires_at <= after + 60 + 1
 
     # Without renew, nothing changes.
     await store.heartbeat(W1, {job_id: job.attempt}, 1.0, renew=False)

@@ -33,7 +33,7 @@ async def test_register_list_unregister_workers(store: Store) -> None:
     wa = workers["wa"]
     assert (wa.hostname, wa.pid, wa.queues, wa.kinds) == ("host-a", 11, {"default": 4}, ())
     assert before - 1 <= wa.started_at <= wa.last_seen_at <= time.time() + 1
-    assert wa.expires_at == pytest.approx(wa.last_seen_at + 30)
+    assert wa.expires_at == pytest.approx(wa.last_seen_at + 30, abs=1e-3)
 
     await store.unregister_worker("wa")
     assert [w.id for w in await store.list_workers()] == ["wb"]
@@ -43,10 +43,14 @@ async def test_register_list_unregister_workers(store: Store) -> None:
 
 async def test_heartbeat_renews_the_worker(store: Store) -> None:
     await store.register_worker(WorkerInfo("wa", "h", 1, {"default": 1}), lease_s=0.2)
+    before = time.time()
     await store.heartbeat("wa", {}, 30.0, renew=True)
+    after = time.time()
     await asyncio.sleep(0.25)
     [worker] = await store.list_workers()
     assert worker.expires_at >= worker.last_seen_at + 29
+    assert before - 1 <= worker.last_seen_at <= after + 1
+    assert worker.expires_at == pytest.approx(worker.last_seen_at + 30, abs=1e-3)
 
 
 async def test_expired_worker_is_hidden_and_forgotten(store: Store) -> None:

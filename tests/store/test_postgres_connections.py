@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -114,17 +114,19 @@ async def test_calls_that_find_the_stores_own_connection_busy_go_to_the_pool(
     await store.open()
     try:
 
-        async def slow(conn: Any) -> int:
+        async def slow(conn: Any) -> tuple[int, datetime, datetime]:
+            """The backend's pid and when, on the server's clock, the call began and ended."""
+            began = await conn.fetchval("SELECT clock_timestamp()")
             await conn.execute("SELECT pg_sleep(0.3)")
-            pid: int = conn.get_server_pid()
-            return pid
+            ended = await conn.fetchval("SELECT clock_timestamp()")
+            return conn.get_server_pid(), began, ended
 
-        started = time.monotonic()
-        pids = await asyncio.gather(*(store._run(slow) for _ in range(3)))
-        elapsed = time.monotonic() - started
+        calls = await asyncio.gather(*(store._run(slow) for _ in range(3)))
+        pids = [pid for pid, _, _ in calls]
         assert len(set(pids)) == 3
-        assert elapsed < 0.6
+        # The three ran at once on the server: each began before any of them ended.
+        assert max(began for _, began, _ in calls) < min(ended for _, _, ended in calls)
         # Alone, a call takes the store's own connection again.
-        assert await store._run(slow) == pids[0]
+        assert (await store._run(slow))[0] == pids[0]
     finally:
         await store.close()
