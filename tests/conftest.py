@@ -6,8 +6,9 @@ built by :func:`make_test_store`.
 PostgreSQL: the session creates a database of its own (``conveyor_test_<random>``) on the
 server named by ``CONVEYOR_TEST_POSTGRES_URL`` (default: the local server as ``postgres``),
 empties its tables before each test and drops it at the end. Where no server answers, the
-setup tries to start the local cluster; if that fails too, PostgreSQL tests are skipped
-with a message, except under ``CI=true``, where they fail.
+setup tries to start the local cluster; if that fails too, PostgreSQL tests fail with a
+message, or are skipped where ``CONVEYOR_TEST_SKIP_SERVICES`` lists ``postgresql`` (see
+``missing_service.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+import missing_service
 from conveyor.store.base import Store
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import NewJob
@@ -32,11 +34,15 @@ STORE_KINDS = ["sqlite", "postgresql"]
 _PG: PgTestServer | None = None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    missing_service.opted_out()  # a misspelt opt-out is refused before any test runs
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgTestServer]:
     """The session's PostgreSQL database (created now, dropped at the end)."""
     global _PG
-    server = PgTestServer.start_or_skip()
+    server = PgTestServer.find_or_start()
     _PG = server
     try:
         yield server

@@ -10,14 +10,14 @@ import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 
 from conveyor.store.postgres import PostgresStore
+from missing_service import unavailable
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 HOW_TO = (
-    "point CONVEYOR_TEST_POSTGRES_URL at a PostgreSQL 15+ server where the user may create "
-    "databases, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+    "start a PostgreSQL 15+ server where the user may create databases, or point "
+    "CONVEYOR_TEST_POSTGRES_URL at one, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
 
@@ -56,17 +56,18 @@ class PgTestServer:
         self.url = _with_database(admin_url, database)
 
     @classmethod
-    def start_or_skip(cls) -> PgTestServer:
+    def find_or_start(cls) -> PgTestServer:
+        """A fresh database on the server the tests were pointed at (started if it is the
+        local default); a test fails where there is none (see :mod:`missing_service`)."""
         admin_url = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", DEFAULT_URL)
         error = asyncio.run(_reachable(admin_url))
         if error is not None and admin_url == DEFAULT_URL:
             _start_local_cluster()
             error = asyncio.run(_reachable(admin_url))
         if error is not None:
-            message = f"PostgreSQL at {admin_url} is unreachable ({error}); {HOW_TO}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
+            unavailable(
+                "postgresql", f"PostgreSQL at {admin_url} is unreachable ({error}); {HOW_TO}"
+            )
         server = cls(admin_url, f"conveyor_test_{secrets.token_hex(4)}")
         asyncio.run(server._create())
         return server
