@@ -31,9 +31,9 @@ from conveyor.cli.http_limits import http_protocol
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.kinds import QUEUE_LIMITS
 from conveyor.logs import get_logger
 from conveyor.store import make_store
+from conveyor.workloads import QUEUE_LIMITS
 
 log = get_logger("serve")
 
