@@ -38,11 +38,11 @@ from conveyor.api.schemas import RequestAccepted, RequestOut, RequestPage, creat
 from conveyor.api.state import ApiState
 from conveyor.api.submit import submit
 from conveyor.engine.errors import JobConflict
-from conveyor.store.records import Request as StoredRequest
+from conveyor.store.records import Request as RequestRecord
 from conveyor.store.records import RequestFilter
 
 
-async def find_request(api: ApiState, caller: Caller, request_id_: int) -> StoredRequest:
+async def find_request(api: ApiState, caller: Caller, request_id_: int) -> RequestRecord:
     """The caller's tenant's request, or 404 (another tenant's looks the same as none)."""
     found = await api.client.store.get_request(request_id_, caller.tenant_id)
     if found is None:
