@@ -5,8 +5,8 @@ Imported only by those two commands, so ``conveyor worker`` never loads FastAPI 
 
 The event loop is uvloop's when it is installed (it is with ``uvicorn[standard]``, except on
 Windows) and the HTTP parser httptools' (always installed with ``uvicorn[standard]``):
-together they take about a third less CPU per request than asyncio's own loop and
-uvicorn's pure-Python parser (h11). The protocol is uvicorn's httptools one with the read
+together they cost less CPU per request than asyncio's own loop and uvicorn's pure-Python
+parser, h11 (docs/benchmarks.md). The protocol is uvicorn's httptools one with the read
 timeout and head-size limits of :mod:`conveyor.cli.http_limits`, named explicitly rather
 than left to ``http="auto"`` (which picks the same parser, without the limits).
 

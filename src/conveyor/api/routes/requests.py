@@ -6,8 +6,8 @@ builds its router in a function and does not use postponed annotations: FastAPI 
 the body type itself, not a name it cannot resolve.
 
 The routes reach the app's :class:`~conveyor.api.state.ApiState` through that function
-rather than through the ``get_api`` dependency: FastAPI spends about 20 µs solving each
-dependency of each request, a tenth of what the API may spend on a ``POST`` in all.
+rather than through the ``get_api`` dependency: FastAPI solves each dependency anew for
+each request, a cost the API's busiest route need not pay (docs/benchmarks.md).
 """
 
 from typing import Annotated, Any
