@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
-export CONVEYOR_IMPORTS ?= conveyor.kinds.demo
+export CONVEYOR_IMPORTS ?= conveyor.workloads.demo
 
 .PHONY: help install run test lint format bench lock clean
 

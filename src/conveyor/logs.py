@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import orjson
 import structlog
+from structlog.typing import FilteringBoundLogger
+
+Logger: TypeAlias = FilteringBoundLogger
+"""What :func:`get_logger` returns: structlog's filtering bound logger, whose ``debug`` ..
+``exception`` take an event and key-value pairs, and whose ``bind`` returns another."""
 
 _LEVELS = {
     "DEBUG": logging.DEBUG,
@@ -48,12 +53,13 @@ def configure_logging(
     )
 
 
-def get_logger(name: str) -> Any:
+def get_logger(name: str) -> Logger:
     """A structlog logger tagged with the component ``name``."""
-    return structlog.get_logger(component=name)
+    logger: Logger = structlog.get_logger(component=name)
+    return logger
 
 
-def is_enabled(logger: Any, level: int) -> bool:
+def is_enabled(logger: Logger, level: int) -> bool:
     """Whether ``logger`` writes lines of ``level``: True for a logger that cannot tell
     (a wrapper class other than structlog's filtering one)."""
     check = getattr(logger, "is_enabled_for", None)

@@ -19,7 +19,8 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
     scope: dict[str, Any] = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
     task = asyncio.create_task(app(scope, inbox.get, outbox.put))
 
-    async def exchange(kind: str) -> None:
+    async def step(kind: str) -> None:
+        """Send ``lifespan.{kind}`` and wait for the app's answer."""
         await inbox.put({"type": f"lifespan.{kind}"})
         getting = asyncio.ensure_future(outbox.get())
         done, _ = await asyncio.wait({getting, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -31,9 +32,9 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[None]:
         if reply["type"] != f"lifespan.{kind}.complete":
             raise RuntimeError(f"lifespan.{kind} failed: {reply.get('message')}")
 
-    await exchange("startup")
+    await step("startup")
     try:
         yield
     finally:
-        await exchange("shutdown")
+        await step("shutdown")
         await task

@@ -20,8 +20,8 @@ from api_support import FAST_WORKER, AppClient, api_settings, register_test_kind
 
 import conveyor
 from conveyor.api import create_app
-from conveyor.kinds import register_builtin
 from conveyor.store.base import Store
+from conveyor.workloads import register_builtin
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ class Cli:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         self.env.update(
             CONVEYOR_DATABASE_URL=self.url,
-            CONVEYOR_IMPORTS="conveyor.kinds.demo",
+            CONVEYOR_IMPORTS="conveyor.workloads.demo",
             CONVEYOR_LOG_FORMAT="json",
         )
 

@@ -387,6 +387,10 @@ BAD_ENQUEUES = {
         ["demo.sleep", "seconds"],
     ),
     "import missing": (["demo.echo", "--import", "no_such_module_xyz"], ["no_such_module_xyz"]),
+    "import a built-in that is not there": (
+        ["demo.echo", "--import", "conveyor.kinds.demo"],
+        ["'conveyor.kinds.demo'", "conveyor.workloads.demo"],
+    ),
     "unknown option": (["demo.echo", "--colour", "red"], ["--colour"]),
 }
 

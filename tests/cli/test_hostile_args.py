@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import conveyor.kinds.demo  # noqa: F401  (registers the demo kinds in this process)
+import conveyor.workloads.demo  # noqa: F401  (registers the demo kinds in this process)
 from conveyor.cli.main import main
 from hostile import argument_text, json_texts
 from pg_server import PgTestServer

@@ -34,7 +34,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with launching(tmp_path_factory.mktemp("limits")) as start:
         served = start(
             "serve",
-            CONVEYOR_IMPORTS="conveyor.kinds.demo",
+            CONVEYOR_IMPORTS="conveyor.workloads.demo",
             CONVEYOR_REQUEST_READ_TIMEOUT=str(TIMEOUT),
             CONVEYOR_MAX_BODY_BYTES=str(MAX_BODY),
             CONVEYOR_RATE_LIMIT_PER_IP="100000/minute",

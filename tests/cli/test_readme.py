@@ -199,7 +199,7 @@ def tour_shell(tmp_path: Path) -> Iterator[tuple[Tour, TourShell]]:
 def start_make_run(shell: TourShell, **env: str) -> subprocess.Popen[bytes]:
     """What `make run` starts: `conveyor serve` with the demo kinds on ./conveyor.db."""
     defaults = {
-        "CONVEYOR_IMPORTS": "conveyor.kinds.demo",
+        "CONVEYOR_IMPORTS": "conveyor.workloads.demo",
         "CONVEYOR_DATABASE_URL": "sqlite:///./conveyor.db",
         "CONVEYOR_PORT": str(free_port()),
         "PYTHONPATH": "",

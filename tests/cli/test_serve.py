@@ -21,13 +21,15 @@ from cli_runner import Launch, Served, conveyor_command, free_port
 from conveyor.cli.serve import default_queues
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
-from conveyor.kinds import register_builtin
+from conveyor.workloads import register_builtin
 
 
 @pytest.fixture
 def served(launch: Launch) -> Served:
     # The request's 0.2 s job counts as slow, so its completion is logged at INFO.
-    return launch("serve", CONVEYOR_IMPORTS="conveyor.kinds.demo", CONVEYOR_SLOW_JOB_SECONDS="0.1")
+    return launch(
+        "serve", CONVEYOR_IMPORTS="conveyor.workloads.demo", CONVEYOR_SLOW_JOB_SECONDS="0.1"
+    )
 
 
 async def _eventually(check: Any, timeout: float, what: str) -> Any:

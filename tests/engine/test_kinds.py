@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import conveyor
-from conveyor.engine.kinds import import_modules
+from conveyor.engine.kinds import import_modules, unregistered
 
 
 class Report(BaseModel):
@@ -84,6 +84,40 @@ def test_options_are_kept(kinds: conveyor.Registry) -> None:
     assert (kind.queue, kind.priority, kind.max_attempts, kind.timeout) == ("reports", 1, 7, None)
     assert kind.backoff is backoff
     assert kind.non_retryable == (KeyError,)
+
+
+def test_a_kind_resolves_its_defaults_for_a_new_job(kinds: conveyor.Registry) -> None:
+    @conveyor.job(
+        "t.tuned", queue="reports", priority=2, max_attempts=5, timeout=None, registry=kinds
+    )
+    async def handler(ctx: conveyor.JobContext, payload: Any) -> None:
+        return None
+
+    kind = kinds.get("t.tuned")
+    new = kind.new_job({"n": 1})
+    assert (new.kind, new.queue, new.payload) == ("t.tuned", "reports", {"n": 1})
+    assert (new.priority, new.max_attempts, new.timeout_s) == (2, 5, None)
+    given = kind.new_job(queue="other", priority=9, max_attempts=1, timeout=5)
+    assert (given.queue, given.priority, given.max_attempts, given.timeout_s) == (
+        "other",
+        9,
+        1,
+        5.0,
+    )
+    assert given.payload == {}
+
+
+def test_a_kind_known_only_by_name_takes_the_system_defaults() -> None:
+    new = unregistered("elsewhere.kind").new_job({"n": 1})
+    assert (new.kind, new.queue, new.priority, new.max_attempts, new.timeout_s) == (
+        "elsewhere.kind",
+        "default",
+        3,
+        3,
+        300.0,
+    )
+    with pytest.raises(conveyor.InvalidJob, match="either delay or run_at"):
+        unregistered("elsewhere.kind").new_job(delay=1, run_at=2_000_000_000)
 
 
 def test_registry_lists_names_and_queues(kinds: conveyor.Registry) -> None:

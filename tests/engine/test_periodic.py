@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import conveyor
-from conveyor.engine.periodic import Schedule, Scheduler
+from conveyor.engine.periodic import Schedule, Scheduler, add_schedule, schedules
 from conveyor.store.base import Store
 from conveyor.store.records import Enqueued, NewJob
 
@@ -133,13 +133,13 @@ def test_periodic_registers_the_kind_and_its_schedule(kinds: conveyor.Registry) 
     assert kind.handler is refresh
     assert (kind.queue, kind.priority, kind.max_attempts, kind.timeout) == ("reports", 2, 1, 60.0)
     assert kinds.get("t.hourly").handler is hourly
-    assert sorted(kinds.schedules(), key=lambda s: s.kind) == [
+    assert sorted(schedules(kinds), key=lambda s: s.kind) == [
         Schedule("t.hourly", "0 * * * *", {}, "UTC"),
         Schedule("t.refresh", "*/5 * * * *", {"full": True}, "Europe/Paris"),
     ]
     # Only the registry given.
     assert "t.refresh" not in conveyor.registry
-    assert all(s.kind != "t.refresh" for s in conveyor.registry.schedules())
+    assert all(s.kind != "t.refresh" for s in schedules())
 
 
 @pytest.mark.parametrize("cron", ["not a cron", "61 * * * *", "* * * *", "0 25 * * *", ""])
@@ -154,7 +154,7 @@ def test_an_invalid_cron_expression_is_refused_naming_the_job(
 
     assert repr(cron) in str(raised.value)
     assert "t.bad" not in kinds
-    assert kinds.schedules() == []
+    assert schedules(kinds) == []
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "Europe/Pariss", "../etc/passwd", ""])
@@ -169,7 +169,7 @@ def test_an_unknown_time_zone_is_refused_naming_the_job(
 
     assert repr(zone) in str(raised.value)
     assert "t.bad" not in kinds
-    assert kinds.schedules() == []
+    assert schedules(kinds) == []
 
 
 # -- Scheduler -----------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def _register_cron(kinds: conveyor.Registry, name: str, queue: str, tick: float)
         return {"tick": ctx.job.meta.get("periodic_tick"), "payload": payload}
 
     conveyor.job(name, queue=queue, registry=kinds)(handler)
-    kinds.add_schedule(AtTicks(name, "* * * * *", {"n": 1}, ticks=(tick,)))
+    add_schedule(AtTicks(name, "* * * * *", {"n": 1}, ticks=(tick,)), kinds)
 
 
 Calls = list[tuple[float, Enqueued | None]]

@@ -7,8 +7,9 @@ from __future__ import annotations
 from proc_kinds import KINDS
 
 import conveyor
+from conveyor.engine.periodic import add_schedule, schedules
 
 for _kind in KINDS:
     conveyor.registry.register(_kind)
-for _schedule in KINDS.schedules():
-    conveyor.registry.add_schedule(_schedule)
+for _schedule in schedules(KINDS):
+    add_schedule(_schedule)

@@ -28,10 +28,10 @@ from conveyor.api.routes import health, jobs, queues, requests, seed
 from conveyor.api.state import ApiState, open_store
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry, import_modules, registry
-from conveyor.kinds import register_builtin
 from conveyor.logs import get_logger
 from conveyor.store import Store, make_store
 from conveyor.store.records import QueueStats
+from conveyor.workloads import register_builtin
 
 log = get_logger("api")
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from conveyor.api.middleware import request_id
 from conveyor.api.ratelimit import limit_caller
+from conveyor.api.request_id import request_id
 from conveyor.store.records import DEFAULT_TENANT
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@
    ``Referrer-Policy: no-referrer``, ``X-Frame-Options: DENY``, and
    ``Strict-Transport-Security`` only when the request came over HTTPS (ASGI scheme
    ``https``, or ``X-Forwarded-Proto: https`` from a proxy). The docs pages get
-   :func:`docs_csp` instead (see below).
+   :func:`docs_csp` instead (see :mod:`conveyor.api.response_headers`).
 5. **CORS**: Starlette's ``CORSMiddleware`` with ``settings.cors_origins``, wrapped around
    the stages below (not installed when the list is empty: browsers then allow same-origin
    calls only). No credentials (the API takes bearer tokens, not cookies); the
@@ -46,27 +46,16 @@
    timeout closes such connections, see :mod:`conveyor.cli.http_limits`) is nobody's
    error: nothing is answered, and the access log and metrics say 499.
 
-One layer, not eight: every ASGI layer costs a call and a ``send`` wrapper per message, and
-at 1,000 requests/s the API has about half a millisecond of CPU per request in all. The
-request's headers are read once; the response's headers are completed in one pass.
+One layer, not eight: every ASGI layer costs a call and a ``send`` wrapper per message, in
+a CPU budget per request that is small (docs/benchmarks.md). The request's headers are
+read once; the response's headers are completed in one pass. The stages live in their own
+modules: :mod:`~conveyor.api.request_id` (2), :mod:`~conveyor.api.http_call` (the request
+in flight: 1, 3 and the ``send`` that completes 4), :mod:`~conveyor.api.response_headers`
+(4 and the CORS policy of 5), :mod:`~conveyor.api.guards` (6-8).
 
 Error bodies written here (400, 413, 429, 500) have the routes' shape (:func:`error_body`,
 as ``errors.error_response``): ``{"detail", "request_id"}``, plus the seed's ``success``
 and ``message`` under ``/api/``.
-
-Content-Security-Policy
------------------------
-API responses (JSON): ``default-src 'none'; frame-ancestors 'none'; base-uri 'none';
-form-action 'none'`` — a JSON document needs nothing, and may not be framed.
-
-The docs pages (``/docs``, Swagger UI; ``/redoc``; the OAuth2 redirect page) load their
-JS/CSS from the app itself (:mod:`conveyor.api.docs`) and start with an inline
-``<script>``. They get :func:`docs_csp`: scripts from ``'self'`` plus the SHA-256 hash of
-each inline script of *that* response (computed here, so no ``'unsafe-inline'`` for
-scripts), styles from ``'self'`` with ``'unsafe-inline'`` (Swagger UI and Redoc set inline
-styles), images ``'self' data:``, fonts ``'self'``, ``connect-src 'self'`` (the schema and
-"Try it out"), ``worker-src blob:`` (Redoc), and still ``frame-ancestors 'none'``: no
-other host, so a page that tried to reach one would be refused by the browser.
 
 A ``HEAD`` request is answered as its ``GET`` would be, headers included, without the
 body (the probes: ``HEAD /health``).
@@ -89,33 +78,43 @@ Wiring (``app.py``), once, after the routes' app is built and before it serves::
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import inspect
-import re
 import time
-import urllib.parse
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import orjson
 import structlog
-from fastapi import FastAPI, Request
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor.api.guards import Guards, error_body
+from conveyor.api.http_call import (
+    HTTP_CALL_KEY,
+    HttpCall,
+    docs_page_send,
+    route_path,
+    without_body,
+)
 from conveyor.api.metrics import Metrics, route_template
 from conveyor.api.ratelimit import (
     DEFAULT_EXEMPT_PATHS,
     DEFAULT_EXEMPT_PREFIXES,
     RateLimiter,
     client_address,
-    ratelimit_headers,
-    record_limit,
+)
+from conveyor.api.request_id import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_KEY,
+    accepted_request_id,
+    new_request_id,
+    request_id,
+)
+from conveyor.api.response_headers import (
+    API_CSP,
+    CORS_ALLOW_HEADERS,
+    CORS_ALLOW_METHODS,
+    CORS_EXPOSE_HEADERS,
+    docs_csp,
 )
 from conveyor.config import Settings
 from conveyor.logs import get_logger
@@ -131,184 +130,10 @@ __all__ = [
     "request_id",
 ]
 
-REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-"""The Content-Security-Policy of every response but the docs pages."""
-
-HSTS = "max-age=31536000"
-"""Strict-Transport-Security over HTTPS: one year, this host only (no includeSubDomains:
-the API does not decide for its sibling hosts)."""
-
-CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID")
-CORS_EXPOSE_HEADERS = (
-    "X-Request-ID",
-    "Retry-After",
-    "RateLimit-Limit",
-    "RateLimit-Remaining",
-    "RateLimit-Reset",
-    "RateLimit-Policy",
-    "Location",
-)
-CORS_ALLOW_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
 QUIET_PATHS: frozenset[str] = DEFAULT_EXEMPT_PATHS
 """Paths whose access lines are logged at debug: probes and scrapes."""
 
-_INLINE_SCRIPT_RE = re.compile(
-    rb"<script(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.DOTALL | re.IGNORECASE
-)
-
-_REQUEST_ID_KEY = b"x-request-id"
-_CSP_KEY = b"content-security-policy"
-_HSTS_HEADER = (b"strict-transport-security", HSTS.encode())
-_SECURITY_HEADERS = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-)
-_EXCHANGE_KEY = "conveyor.exchange"
-"""Key in the ASGI scope of the request's :class:`_Exchange`."""
-
 _access_log = get_logger("access")
-_http_log = get_logger("http")
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def request_id(request: Request) -> str:
-    """The id of the request being handled: the accepted ``X-Request-ID`` or a new one.
-
-    Routes store it with what they create (``NewRequest.http_request_id``). Without
-    :class:`ConveyorMiddleware` (a bare test app), a new id is made and kept for the
-    request.
-    """
-    rid = getattr(request.state, "request_id", None)
-    if isinstance(rid, str):
-        return rid
-    rid = new_request_id()
-    request.state.request_id = rid
-    return rid
-
-
-def _scope_request_id(scope: Scope) -> str | None:
-    state = scope.get("state") or {}
-    rid = state.get("request_id")
-    return rid if isinstance(rid, str) else None
-
-
-def _route_path(scope: Scope) -> str:
-    """The path without the app's ``root_path`` (what routes match against)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        return path[len(root) :] or "/"
-    return path
-
-
-SEED_PREFIX = "/api/"
-"""The QuDemo seed's routes, whose errors keep the seed's shape (as ``errors.py``)."""
-
-
-def error_body(scope: Scope, detail: str) -> dict[str, Any]:
-    """An error body written by a middleware, in the shape ``errors.error_response``
-    gives the routes' errors: ``{"detail", "request_id"}``, and under ``/api/`` the seed's
-    ``{"success": false, "message", ...}`` too."""
-    body: dict[str, Any] = {"detail": detail, "request_id": _scope_request_id(scope)}
-    if _route_path(scope).startswith(SEED_PREFIX):
-        body = {"success": False, "message": detail, **body}
-    return body
-
-
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = orjson.dumps(payload)
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def docs_csp(inline_script_hashes: Iterable[str] = ()) -> str:
-    """The Content-Security-Policy of the docs pages (see the module docstring)."""
-    hashes = "".join(f" 'sha256-{h}'" for h in inline_script_hashes)
-    return (
-        "default-src 'none'; "
-        f"script-src 'self'{hashes}; "
-        "style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data:; "
-        "font-src 'self'; "
-        "connect-src 'self'; "
-        "worker-src 'self' blob:; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-    )
-
-
-def _inline_script_hashes(html: bytes) -> list[str]:
-    return [
-        base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode()
-        for m in _INLINE_SCRIPT_RE.finditer(html)
-    ]
-
-
-class _Exchange:
-    """One HTTP request on its way through :class:`ConveyorMiddleware`: what the stages
-    share, and the ``send`` that completes the response's headers and times it."""
-
-    __slots__ = ("https", "metrics", "request_id", "scope", "send_downstream", "start", "status")
-
-    def __init__(
-        self, scope: Scope, send: Send, request_id: str, https: bool, metrics: Metrics | None
-    ) -> None:
-        self.scope = scope
-        self.send_downstream = send
-        self.request_id = request_id
-        self.https = https
-        self.metrics = metrics
-        self.start = time.perf_counter()
-        self.status: int | None = None
-        """The response's status once it started."""
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-            self.complete_headers(message, API_CSP)
-            await self.send_downstream(message)
-            return
-        await self.send_downstream(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.observe()
-
-    def complete_headers(self, message: Message, csp: str) -> None:
-        """Add the request id, the security headers the app did not set, and the rate
-        limits'; in one pass over the app's headers."""
-        headers = list(message.get("headers", ()))
-        present = {name.lower() for name, _ in headers}
-        extra = ratelimit_headers(self.scope, message["status"])
-        replaced = {_REQUEST_ID_KEY, *(name for name, _ in extra)} & present
-        if replaced:
-            headers = [h for h in headers if h[0].lower() not in replaced]
-        headers.append((_REQUEST_ID_KEY, self.request_id.encode()))
-        headers.extend(extra)
-        if _CSP_KEY not in present:
-            headers.append((_CSP_KEY, csp.encode()))
-        headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
-        if self.https and _HSTS_HEADER[0] not in present:
-            headers.append(_HSTS_HEADER)
-        message["headers"] = headers
-
-    def observe(self) -> None:
-        """Count the request in the metrics, once."""
-        if self.metrics is not None:
-            status = self.status if self.status is not None else 500
-            self.metrics.observe_http(
-                self.scope["method"],
-                route_template(self.scope),
-                status,
-                time.perf_counter() - self.start,
-            )
-            self.metrics = None
 
 
 class ConveyorMiddleware:
@@ -335,20 +160,22 @@ class ConveyorMiddleware:
         exempt_prefixes: Iterable[str] = DEFAULT_EXEMPT_PREFIXES,
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
         self.limiter = limiter
         self.owns_limiter = owns_limiter
         self.metrics = metrics
         self.docs_paths = frozenset(docs_paths)
-        self.exception_handlers = exception_handlers if exception_handlers is not None else {}
         self.quiet_paths = frozenset(quiet_paths)
-        self.exempt_paths = frozenset(exempt_paths)
-        self.exempt_prefixes = tuple(exempt_prefixes)
-        self._too_large = f"Request body too large: the limit is {max_body_bytes} bytes."
-        self._guarded: ASGIApp = self._limited
+        self._guarded: ASGIApp = Guards(
+            app,
+            max_body_bytes=max_body_bytes,
+            limiter=limiter,
+            exception_handlers=exception_handlers if exception_handlers is not None else {},
+            exempt_paths=exempt_paths,
+            exempt_prefixes=exempt_prefixes,
+        )
         if cors_origins:
             self._guarded = CORSMiddleware(
-                self._limited,
+                self._guarded,
                 allow_origins=cors_origins,
                 allow_methods=CORS_ALLOW_METHODS,
                 allow_headers=CORS_ALLOW_HEADERS,
@@ -373,12 +200,12 @@ class ConveyorMiddleware:
         offered: bytes | None = None
         forwarded: bytes | None = None
         for name, value in scope["headers"]:
-            if name == _REQUEST_ID_KEY:
+            if name == REQUEST_ID_KEY:
                 if offered is None:
                     offered = value
             elif name == b"x-forwarded-proto" and forwarded is None:
                 forwarded = value
-        rid = _accepted_request_id(offered)
+        rid = accepted_request_id(offered)
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -386,33 +213,29 @@ class ConveyorMiddleware:
         https = scope.get("scheme") == "https" or (
             forwarded is not None and forwarded.split(b",")[0].strip().lower() == b"https"
         )
-        exchange = _Exchange(scope, send, rid, https, self.metrics)
-        scope[_EXCHANGE_KEY] = exchange
+        call = HttpCall(scope, send, rid, https, self.metrics)
+        scope[HTTP_CALL_KEY] = call
         tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         try:
-            send_on = (
-                self._docs_page_send(exchange)
-                if _route_path(scope) in self.docs_paths
-                else exchange.send
-            )
+            send_on = docs_page_send(call) if route_path(scope) in self.docs_paths else call.send
             if scope["method"] == "HEAD":
-                send_on = _without_body(send_on)
+                send_on = without_body(send_on)
             await self._guarded(scope, receive, send_on)
         finally:
-            exchange.observe()
-            self._access_log(scope, exchange)
+            call.observe()
+            self._access_log(scope, call)
             structlog.contextvars.reset_contextvars(**tokens)
 
-    def _access_log(self, scope: Scope, exchange: _Exchange) -> None:
-        status = exchange.status if exchange.status is not None else 500
+    def _access_log(self, scope: Scope, call: HttpCall) -> None:
+        status = call.status if call.status is not None else 500
         fields = {
             "method": scope["method"],
             "path": scope["path"],
             "route": route_template(scope),
             "status": status,
-            "duration_ms": round((time.perf_counter() - exchange.start) * 1000, 3),
+            "duration_ms": round((time.perf_counter() - call.start) * 1000, 3),
             "client": client_address(scope),
-            "request_id": exchange.request_id,
+            "request_id": call.request_id,
         }
         if status >= 500:
             _access_log.error("request", **fields)
@@ -421,34 +244,9 @@ class ConveyorMiddleware:
         else:
             _access_log.info("request", **fields)
 
-    def _docs_page_send(self, exchange: _Exchange) -> Send:
-        """Hold the (small) docs page to hash its inline scripts into its CSP."""
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def buffering_send(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-                return
-            if message["type"] != "http.response.body" or start is None:
-                await exchange.send_downstream(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = b"".join(chunks)
-            exchange.status = start["status"]
-            exchange.complete_headers(start, docs_csp(_inline_script_hashes(body)))
-            await exchange.send_downstream(start)
-            await exchange.send_downstream({"type": "http.response.body", "body": body})
-            exchange.observe()
-
-        return buffering_send
-
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        offered = next((v for k, v in scope["headers"] if k == _REQUEST_ID_KEY), None)
-        rid = _accepted_request_id(offered)
+        offered = next((v for k, v in scope["headers"] if k == REQUEST_ID_KEY), None)
+        rid = accepted_request_id(offered)
         scope.setdefault("state", {})["request_id"] = rid
         tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         try:
@@ -464,166 +262,6 @@ class ConveyorMiddleware:
             await send(message)
 
         return closing_send
-
-    # -- stages 6-8: rate limit, body size, unhandled errors ------------------------------
-    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        if (
-            self.limiter is not None
-            and path not in self.exempt_paths
-            and not path.startswith(self.exempt_prefixes)
-        ):
-            status = await self.limiter.hit_ip(client_address(scope))
-            if status is not None:
-                record_limit(scope, status)
-                if not status.allowed:
-                    await _send_json(send, 429, error_body(scope, status.message()))
-                    return
-        query: bytes = scope.get("query_string", b"")
-        if b"%00" in query or b"\x00" in query or "\x00" in scope["path"]:
-            await _send_json(send, 422, _nul_refused(scope))
-            return
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is None:
-            body = await self._read_undeclared(scope, receive, send)
-            if body is None:
-                return
-            await self._run(scope, _replay(body, receive), send)
-            return
-        try:
-            length = int(declared)
-        except ValueError:
-            length = -1
-        if length < 0:
-            await _send_json(send, 400, error_body(scope, "Invalid Content-Length header."))
-        elif length > self.max_body_bytes:
-            await _send_json(send, 413, error_body(scope, self._too_large))
-        else:
-            await self._run(scope, self._counting(receive), send)
-
-    def _counting(self, receive: Receive) -> Receive:
-        received = 0
-
-        async def counting_receive() -> Message:
-            # The server holds the client to its Content-Length; this only guards against
-            # one that does not.
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(413, self._too_large)
-            return message
-
-        return counting_receive
-
-    async def _read_undeclared(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """No Content-Length (chunked, or no body): read it all first, counting. None when
-        answered (413) or the client left."""
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                _client_left(scope)
-                return None
-            body: bytes = message.get("body", b"")
-            received += len(body)
-            if received > self.max_body_bytes:
-                await _send_json(send, 413, error_body(scope, self._too_large))
-                return None
-            if body:
-                chunks.append(body)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app, with an exception no handler took answered here (stage 8)."""
-        try:
-            await self.app(scope, receive, send)
-        except ClientDisconnect:
-            _client_left(scope)
-        except Exception as exc:
-            exchange: _Exchange = scope[_EXCHANGE_KEY]
-            if exchange.status is not None:
-                _http_log.error("error after the response started", exc_info=exc)
-                raise  # too late for a clean answer; the server closes the connection
-            handler = self.exception_handlers.get(Exception) or self.exception_handlers.get(500)
-            if handler is None:
-                _http_log.error(
-                    "unhandled error",
-                    method=scope["method"],
-                    path=scope["path"],
-                    route=route_template(scope),
-                    exc_info=exc,
-                )
-                await _send_json(send, 500, error_body(scope, "Internal server error"))
-                return
-            request = Request(scope, receive)
-            if inspect.iscoroutinefunction(handler):
-                response = await handler(request, exc)
-            else:
-                response = await run_in_threadpool(handler, request, exc)
-            await response(scope, receive, send)
-
-
-CLIENT_CLOSED_REQUEST = 499
-"""The status logged (and counted) for a request whose client left before sending all of
-it (nginx's code): nobody is left to answer, and it is not the server's error."""
-
-
-def _client_left(scope: Scope) -> None:
-    exchange: _Exchange = scope[_EXCHANGE_KEY]
-    if exchange.status is None:
-        exchange.status = CLIENT_CLOSED_REQUEST
-
-
-def _nul_refused(scope: Scope) -> dict[str, Any]:
-    """The 422 for a NUL in the path or a query parameter, naming where: PostgreSQL
-    cannot compare text holding one, so no route may pass it on (neither store takes it,
-    for the same answers on both)."""
-    loc: list[str] = ["path"]
-    if "\x00" not in scope["path"]:
-        text = scope.get("query_string", b"").decode("latin-1")
-        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True)
-        name = next((k for k, v in pairs if "\x00" in k or "\x00" in v), "")
-        loc = ["query", name.replace("\x00", "\\x00")[:100]]
-    msg = "NUL (\\x00) is not allowed in the path or a query parameter"
-    body = error_body(scope, msg)
-    body["detail"] = [{"loc": loc, "msg": msg, "type": "value_error"}]
-    return body
-
-
-def _accepted_request_id(offered: bytes | None) -> str:
-    if offered is not None:
-        text = offered.decode("latin-1")
-        if _REQUEST_ID_RE.fullmatch(text) is not None:
-            return text
-    return new_request_id()
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _without_body(send: Send) -> Send:
-    """``send`` for a HEAD request: the response's headers, and an empty body."""
-
-    async def head_send(message: Message) -> None:
-        if message["type"] == "http.response.body" and message.get("body"):
-            message = {**message, "body": b""}
-        await send(message)
-
-    return head_send
 
 
 def _docs_paths(app: FastAPI) -> set[str]:

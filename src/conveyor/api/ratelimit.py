@@ -23,7 +23,7 @@ drops by one request, i.e. when a retry can pass. Each check costs O(1): two cou
 key in memory (expired ones are dropped once a second, see :class:`_MemoryStorage`), and in
 Redis two round trips (one Lua script to acquire, one read for the headers). The moving
 window, exact to the request, keeps one timestamp per counted request and costs O(limit)
-per check in memory; at 1,000 requests/s that was a tenth of the API's CPU.
+per check in memory, too much at the API's request rate (docs/benchmarks.md).
 
 Responses: every response to a limited request carries ``RateLimit-Limit``,
 ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds) and ``RateLimit-Policy``
@@ -204,10 +204,9 @@ class _MemoryStorage(MemoryStorage):
     """limits' asyncio memory storage, dropping expired counters at most once a second.
 
     limits starts a sweep over every key after each counted request: a task per request,
-    whose work grows with the number of clients (about 0.5 ms per request with 5,000
-    addresses active). Counters are checked for expiry when read, so the sweep only frees
-    memory, and once a second is as good. The hook is a private method of limits (5.x);
-    a test fails if it goes away.
+    whose work grows with the number of clients (docs/benchmarks.md). Counters are
+    checked for expiry when read, so the sweep only frees memory, and once a second is as
+    good. The hook is a private method of limits (5.x); a test fails if it goes away.
     """
 
     def __init__(self) -> None:

@@ -38,9 +38,9 @@ counted from the next read on.
 A connection answered 408 or 431 here is read (and what arrives dropped) for up to
 :data:`LINGER_SECONDS` after the answer before it is closed, so the client gets to read it.
 
-Cost: the parser callbacks note a phase and a time (a fraction of a microsecond a
-request); each connection has one timer, armed lazily and re-armed when it fires, so a
-busy kept-alive connection does not create and cancel timers per request.
+Cost: the parser callbacks note a phase and a time (docs/benchmarks.md); each connection
+has one timer, armed lazily and re-armed when it fires, so a busy kept-alive connection
+does not create and cancel timers per request.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ class _Phase(enum.Enum):
     BODY = "body"
 
 
-# Module names for the members: an enum member's lookup on its class costs ~50 ns, a
-# global's ~5, and these are read several times a request.
+# Module names for the members: a global reads faster than a member looked up on its
+# enum class, and these are read several times a request.
 _CONNECTED, _HEAD, _BODY = _Phase
 
 
@@ -91,8 +91,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     its settings by :func:`http_protocol`.
 
     The parser callbacks call the base's methods by name, not through ``super()``, and
-    read the clock through a bound method kept at hand: each saves a few tens of
-    nanoseconds, several times a request.
+    read the clock through a bound method kept at hand: each is cheaper, several times a
+    request.
     """
 
     read_timeout: float = 10.0

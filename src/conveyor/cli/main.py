@@ -17,31 +17,31 @@ the others use PostgreSQL would otherwise sit idle without a word.
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from conveyor.cli import output
+from conveyor.cli import jobs, output
+from conveyor.cli.common import (
+    EXIT_BAD_INPUT,
+    CliError,
+    DatabaseUrlOption,
+    ImportOption,
+    JsonFlag,
+    fail,
+    load_kinds,
+    load_settings,
+    log_database,
+    run,
+    with_client,
+)
 from conveyor.config import Settings
 from conveyor.engine.client import Client
-from conveyor.engine.errors import ConveyorError, JobConflict, NotFound
-from conveyor.engine.kinds import import_modules
-from conveyor.engine.limits import MAX_ATTEMPTS, MAX_CONCURRENCY, MAX_ID, excerpt, loads
+from conveyor.engine.errors import ConveyorError
+from conveyor.engine.limits import MAX_ATTEMPTS, MAX_CONCURRENCY, excerpt, loads
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.logs import configure_logging, get_logger
+from conveyor.logs import configure_logging
 from conveyor.store import StoreError, make_store
-from conveyor.store.records import Job, JobState
-from conveyor.store.urls import redact
-
-T = TypeVar("T")
-
-EXIT_NOT_FOUND = 1
-EXIT_BAD_INPUT = 2
-EXIT_CONFLICT = 3
 
 app = typer.Typer(
     name="conveyor",
@@ -51,111 +51,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-jobs_app = typer.Typer(help="List, show, cancel and retry jobs.", no_args_is_help=True)
-app.add_typer(jobs_app, name="jobs")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for programs.")]
-DatabaseUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="sqlite:///PATH or postgresql://... (overrides CONVEYOR_DATABASE_URL; "
-        "default sqlite:///./conveyor.db).",
-    ),
-]
-ImportOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--import",
-        "-i",
-        help="Module that defines job kinds (repeatable; adds to CONVEYOR_IMPORTS).",
-    ),
-]
-
-
-class CliError(Exception):
-    """Bad input: printed as one line, exit code 2."""
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    # One line, whatever the message holds (click's usage errors span several; a value
-    # quoted back may hold a newline or a lone surrogate).
-    line = " ".join(message.split()).encode("utf-8", "backslashreplace").decode("utf-8")
-    sys.stderr.write(f"conveyor: error: {line}\n")
-    raise SystemExit(code)
-
-
-def _settings(database_url: str | None = None) -> Settings:
-    """The ``CONVEYOR_*`` settings, with ``--database-url`` over the environment's."""
-    try:
-        if database_url is not None:
-            return Settings(database_url=database_url)
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"CONVEYOR_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise CliError(f"bad setting: {problems}") from exc
-
-
-def _log_database(settings: Settings) -> None:
-    """Say where a long-running command keeps its jobs, loudly when no URL was given."""
-    url = redact(settings.database_url)
-    if "database_url" in settings.model_fields_set:
-        get_logger("cli").info("database", database=url)
-        return
-    get_logger("cli").warning(
-        "no database URL given (--database-url or CONVEYOR_DATABASE_URL): using the "
-        "default SQLite file; processes on another database do not see these jobs",
-        database=url,
-    )
-
-
-def _load_kinds(settings: Settings, extra: list[str] | None) -> None:
-    try:
-        import_modules([*settings.imports, *(extra or [])])
-    except ImportError as exc:
-        raise CliError(str(exc)) from exc
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (it is with uvicorn[standard], except on
-    Windows); None: asyncio's own. In an A/B run on PostgreSQL a worker process ran
-    22,000 no-op jobs/s on it against 18,400, and its enqueue-to-start p50 was 0.34 ms
-    above the bare-driver floor against 0.43."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(coro)
-    except NotFound as exc:
-        _fail(str(exc), EXIT_NOT_FOUND)
-    except JobConflict as exc:
-        _fail(str(exc), EXIT_CONFLICT)
-    except (ConveyorError, StoreError, ValueError) as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
-
-
-async def _with_client(
-    settings: Settings, action: Callable[[Client], Awaitable[T]], *, migrate: bool = True
-) -> T:
-    client = await Client.connect(settings, migrate=migrate)
-    async with client:
-        return await action(client)
+app.add_typer(jobs.app, name="jobs")
 
 
 # -- commands ---------------------------------------------------------------------------
 @app.command()
 def migrate(json: JsonFlag = False, database_url: DatabaseUrlOption = None) -> None:
     """Create or upgrade the database schema (also done at every start-up)."""
-    settings = _settings(database_url)
+    settings = load_settings(database_url)
 
     async def go() -> tuple[list[int], tuple[int, int]]:
         store = make_store(settings)
@@ -165,7 +68,7 @@ def migrate(json: JsonFlag = False, database_url: DatabaseUrlOption = None) -> N
         finally:
             await store.close()
 
-    applied, (current, _latest) = _run(go())
+    applied, (current, _latest) = run(go())
     if json:
         output.print_json({"applied": applied, "version": current})
     elif applied:
@@ -193,9 +96,9 @@ def worker(
 ) -> None:
     """Run jobs of the registered kinds until SIGTERM or SIGINT (then finish or hand back
     running jobs). It claims only the kinds it has; others wait for a worker that has them."""
-    settings = _settings(database_url)
+    settings = load_settings(database_url)
     configure_logging(settings.log_level, settings.log_format)
-    _load_kinds(settings, import_)
+    load_kinds(settings, import_)
     try:
         config = WorkerConfig.from_settings(
             settings, queues.split(",") if queues else None, concurrency
@@ -203,7 +106,7 @@ def worker(
     except (ValueError, ConveyorError) as exc:
         raise CliError(f"--queues: {exc}") from exc
 
-    _log_database(settings)
+    log_database(settings)
 
     async def go() -> None:
         store = make_store(settings)
@@ -214,7 +117,7 @@ def worker(
         finally:
             await store.close()
 
-    _run(go())
+    run(go())
 
 
 HostOption = Annotated[
@@ -227,7 +130,7 @@ PortOption = Annotated[
 
 
 def _listen_settings(host: str | None, port: int | None, database_url: str | None) -> Settings:
-    settings = _settings(database_url)
+    settings = load_settings(database_url)
     changes: dict[str, Any] = {}
     if host is not None:
         changes["host"] = host
@@ -257,11 +160,11 @@ def serve(
     """Run the HTTP API and a worker in one process until SIGTERM or SIGINT."""
     settings = _listen_settings(host, port, database_url)
     configure_logging(settings.log_level, settings.log_format)
-    _load_kinds(settings, import_)
+    load_kinds(settings, import_)
     # FastAPI and uvicorn load only for the commands that serve HTTP.
     from conveyor.cli import serve as serving
     from conveyor.engine.kinds import registry
-    from conveyor.kinds import register_builtin
+    from conveyor.workloads import register_builtin
 
     register_builtin(registry)
     if queues:
@@ -274,8 +177,8 @@ def serve(
         config = WorkerConfig.from_settings(settings, spec, concurrency)
     except (ValueError, ConveyorError) as exc:
         raise CliError(f"--queues: {exc}") from exc
-    _log_database(settings)
-    _run(serving.run(settings, registry, config))
+    log_database(settings)
+    run(serving.run(settings, registry, config))
 
 
 @app.command()
@@ -288,12 +191,12 @@ def api(
     """Run the HTTP API alone (beside `conveyor worker` processes) until SIGTERM or SIGINT."""
     settings = _listen_settings(host, port, database_url)
     configure_logging(settings.log_level, settings.log_format)
-    _load_kinds(settings, import_)
+    load_kinds(settings, import_)
     from conveyor.cli import serve as serving
     from conveyor.engine.kinds import registry
 
-    _log_database(settings)
-    _run(serving.run(settings, registry, None))
+    log_database(settings)
+    run(serving.run(settings, registry, None))
 
 
 @app.command()
@@ -319,8 +222,8 @@ def enqueue(
     A kind registered here (--import, CONVEYOR_IMPORTS) takes its defaults and has its
     payload validated now; any other kind is enqueued by name with the system defaults
     (queue default, priority 3), its payload checked by the worker that runs it."""
-    settings = _settings(database_url)
-    _load_kinds(settings, import_)
+    settings = load_settings(database_url)
+    load_kinds(settings, import_)
     try:
         data = loads(payload, "--payload")
     except ConveyorError as exc:
@@ -341,10 +244,10 @@ def enqueue(
         raise CliError(str(exc)) from exc
 
     async def go() -> Any:
-        result = await _with_client(settings, lambda c: c.enqueue_many([new]))
+        result = await with_client(settings, lambda c: c.enqueue_many([new]))
         return result[0]
 
-    result = _run(go())
+    result = run(go())
     if json:
         output.print_json(
             {
@@ -375,7 +278,7 @@ def queues(
 ) -> None:
     """Show every queue's jobs by state, running against limit, age and run times, which
     kinds its live workers serve, and the queued jobs of kinds none of them runs."""
-    settings = _settings(database_url)
+    settings = load_settings(database_url)
     cap: tuple[str, int] | None = None
     if limit is not None:
         name, _, n = limit.partition(":")
@@ -397,86 +300,13 @@ def queues(
             await client.set_limit(no_limit, None)
         return await client.queues()
 
-    stats = _run(_with_client(settings, go))
+    stats = run(with_client(settings, go))
     if json:
         output.print_json([s.to_json() for s in stats])
     elif stats:
         output.emit(output.queues_table(stats) + "\n" + output.queues_kinds(stats))
     else:
         output.emit("no queues yet: enqueue a job or start a worker")
-
-
-@jobs_app.command("list")
-def jobs_list(
-    state: Annotated[str | None, typer.Option(help="queued, running, completed, ...")] = None,
-    queue: Annotated[str | None, typer.Option()] = None,
-    kind: Annotated[str | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-    before: Annotated[
-        int | None, typer.Option(min=1, max=MAX_ID, help="Page: ids below this one.")
-    ] = None,
-    json: JsonFlag = False,
-    database_url: DatabaseUrlOption = None,
-) -> None:
-    """List jobs, newest first."""
-    settings = _settings(database_url)
-    jobs = _run(
-        _with_client(
-            settings,
-            lambda c: c.list(state=state, queue=queue, kind=kind, limit=limit, before_id=before),
-        )
-    )
-    if json:
-        output.print_json([j.to_json() for j in jobs])
-    else:
-        output.emit(output.jobs_table(jobs) if jobs else "no jobs")
-
-
-JobId = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="The job id.")]
-
-
-@jobs_app.command("show")
-def jobs_show(
-    job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
-) -> None:
-    """Show one job with its error history and, while it is queued, which live workers
-    would run it (none: it waits until a worker that has its kind starts)."""
-
-    async def show(client: Client) -> tuple[Job, list[str] | None]:
-        job = await client.get(job_id)
-        if job.state is JobState.QUEUED:
-            return job, [w.id for w in await client.serving(job)]
-        return job, None
-
-    job, serving = _run(_with_client(_settings(database_url), show))
-    _show(job, json, serving)
-
-
-@jobs_app.command("cancel")
-def jobs_cancel(
-    job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
-) -> None:
-    """Cancel a queued job, or stop a running one (a finished one: exit code 3)."""
-    _show(_run(_with_client(_settings(database_url), lambda c: c.cancel(job_id))), json)
-
-
-@jobs_app.command("retry")
-def jobs_retry(
-    job_id: JobId, json: JsonFlag = False, database_url: DatabaseUrlOption = None
-) -> None:
-    """Queue a failed or cancelled job again (any other: exit code 3)."""
-    _show(_run(_with_client(_settings(database_url), lambda c: c.retry(job_id))), json)
-
-
-def _show(job: Job, json: bool, serving: list[str] | None = None) -> None:
-    """One job; ``serving``: the live workers that would run it, for a queued job."""
-    if json:
-        data = job.to_json()
-        if serving is not None:
-            data["served_by"] = serving
-        output.print_json(data)
-    else:
-        output.emit(output.job_details(job, serving))
 
 
 # -- entry point ------------------------------------------------------------------------
@@ -487,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         command.main(args=argv, prog_name="conveyor", standalone_mode=False)
     except CliError as exc:
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
@@ -497,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             # `conveyor` or `conveyor jobs` alone asks for the help page: not an error.
             output.emit(exc.format_message())
             raise SystemExit(0) from None
-        _fail(exc.format_message(), EXIT_BAD_INPUT)
+        fail(exc.format_message(), EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":

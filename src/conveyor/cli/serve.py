@@ -5,8 +5,8 @@ Imported only by those two commands, so ``conveyor worker`` never loads FastAPI 
 
 The event loop is uvloop's when it is installed (it is with ``uvicorn[standard]``, except on
 Windows) and the HTTP parser httptools' (always installed with ``uvicorn[standard]``):
-together they take about a third less CPU per request than asyncio's own loop and
-uvicorn's pure-Python parser (h11). The protocol is uvicorn's httptools one with the read
+together they cost less CPU per request than asyncio's own loop and uvicorn's pure-Python
+parser, h11 (docs/benchmarks.md). The protocol is uvicorn's httptools one with the read
 timeout and head-size limits of :mod:`conveyor.cli.http_limits`, named explicitly rather
 than left to ``http="auto"`` (which picks the same parser, without the limits).
 
@@ -31,9 +31,9 @@ from conveyor.cli.http_limits import http_protocol
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.kinds import QUEUE_LIMITS
 from conveyor.logs import get_logger
 from conveyor.store import make_store
+from conveyor.workloads import QUEUE_LIMITS
 
 log = get_logger("serve")
 

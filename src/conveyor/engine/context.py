@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
 
+from conveyor.logs import Logger
 from conveyor.store.records import JSON, Job, Progress
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -45,13 +45,13 @@ class JobContext:
     def __init__(
         self,
         job: Job,
-        log: Any,
+        log: Logger,
         report: Callable[[Progress], None],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.job = job
         self._base_log = log
-        self._log: Any = None
+        self._log: Logger | None = None
         self._report = report
         self._loop = loop
         # A plain flag, not a threading.Event: threads only read it, and a job's start is
@@ -59,7 +59,7 @@ class JobContext:
         self._cancelled = False
 
     @property
-    def log(self) -> Any:
+    def log(self) -> Logger:
         """The logger of ``log`` (see the class), bound the first time it is used."""
         if self._log is None:
             job = self.job

@@ -87,7 +87,7 @@ def encode_result(kind: Kind, result: Any) -> bytes | Exception:
             f"limit of {RESULT_MAX_BYTES:,} (RESULT_MAX_BYTES): store large output "
             "elsewhere and return its address"
         )
-    # find, not `in`: half the cost on short bytes (Python 3.11).
+    # find, not `in`: cheaper on short bytes (Python 3.11; docs/benchmarks.md).
     if encoded.find(_NUL_ESCAPE) >= 0 and _has_nul(encoded):
         return ValueError(
             f"result of kind {kind.name!r} contains a NUL character (\\x00), which "
@@ -149,9 +149,8 @@ async def execute(
     """Run ``ctx.job`` once. Returns None when the job's lease was lost (nothing may be
     recorded), else the outcome to record. ``stop_reasons`` says, by (job id, attempt),
     why the worker cancelled an attempt; the worker also enforces the job's timeout that
-    way (:attr:`StopReason.TIMEOUT`): one timer a job, where an ``asyncio.timeout``
-    context and the timer that raises ``ctx.cancelled`` with it cost a tenth of a no-op
-    job's time in the worker."""
+    way (:attr:`StopReason.TIMEOUT`): one timer a job, cheaper than an ``asyncio.timeout``
+    context beside the timer that raises ``ctx.cancelled`` (docs/benchmarks.md)."""
     job = ctx.job
     raised: Exception | None = None
     try:

@@ -16,30 +16,33 @@ instead: a payload the model rejects then fails the job at once, naming the fiel
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+from datetime import datetime
+from typing import Any, Final, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 
 from conveyor.engine.errors import InvalidJob, UnknownKind
 from conveyor.engine.limits import (
     KIND_NAME,
+    check_delay,
     check_json,
     check_max_attempts,
     check_priority,
     check_queue_name,
+    check_run_at,
+    check_tenant,
     check_timeout,
+    check_unique_key,
 )
 from conveyor.engine.limits import PRIORITIES as PRIORITIES
 from conveyor.engine.limits import QUEUE_NAME as QUEUE_NAME
 from conveyor.engine.retry import Backoff
-from conveyor.store.records import JSON
-
-if TYPE_CHECKING:
-    from conveyor.engine.periodic import Schedule
+from conveyor.store.records import DEFAULT_TENANT, JSON, NewJob
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,16 +54,101 @@ DEFAULT_TIMEOUT = 300.0
 registered in the enqueuing process."""
 
 
+class KindDefault:
+    """The type of :data:`KIND_DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "KIND_DEFAULT"
+
+
+KIND_DEFAULT: Final = KindDefault()
+"""Marks an option left to the kind's default (``timeout=None`` means no timeout)."""
+
+
 @dataclass(frozen=True, slots=True)
-class Kind:
-    """A registered job kind."""
+class KindSpec:
+    """What an enqueue needs of a kind: its name, the options its jobs start with, and
+    how its payload is checked.
+
+    A kind known only by name (not registered in the enqueuing process) is a bare
+    ``KindSpec``: the system defaults, and a payload checked only against the limits of
+    :mod:`conveyor.engine.limits`. A registered :class:`Kind` is one with a handler.
+    """
 
     name: str
+    queue: str = DEFAULT_QUEUE
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout: float | None = DEFAULT_TIMEOUT
+
+    def validate_payload(self, payload: JSON) -> JSON:
+        """The payload as it will be stored; raises :class:`InvalidJob` naming the place
+        that breaks a limit of :mod:`conveyor.engine.limits`."""
+        return check_json(payload, "payload")
+
+    def new_job(
+        self,
+        payload: JSON = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        run_at: datetime | float | None = None,
+        max_attempts: int | None = None,
+        timeout: float | KindDefault | None = KIND_DEFAULT,
+        unique_key: str | None = None,
+        tenant_id: str = DEFAULT_TENANT,
+        meta: dict[str, JSON] | None = None,
+    ) -> NewJob:
+        """A job of this kind, its payload validated and the options left out taken
+        from this kind; raises :class:`InvalidJob` naming the option at fault."""
+        if delay is not None and run_at is not None:
+            raise InvalidJob("give either delay or run_at, not both")
+        payload = self.validate_payload({} if payload is None else payload)
+        # Positional, in NewJob's field order: cheaper than keywords, and a bulk enqueue
+        # builds every job here (docs/benchmarks.md).
+        return NewJob(
+            self.name,
+            check_queue_name(queue) if queue is not None else self.queue,
+            payload,
+            check_priority(priority) if priority is not None else self.priority,
+            check_max_attempts(max_attempts) if max_attempts is not None else self.max_attempts,
+            self.timeout if isinstance(timeout, KindDefault) else check_timeout(timeout),
+            _epoch(run_at),
+            check_delay(delay) if delay is not None else 0.0,
+            check_unique_key(unique_key) if unique_key is not None else None,
+            tenant_id if tenant_id is DEFAULT_TENANT else check_tenant(tenant_id),
+            check_json(meta, "meta") if meta else {},
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def unregistered(name: str) -> KindSpec:
+    """The spec of a kind known only by its (checked) name: the system defaults. Cached,
+    as a bulk enqueue by name asks for it once a job."""
+    return KindSpec(name)
+
+
+def _epoch(run_at: datetime | float | None) -> float | None:
+    if run_at is None:
+        return None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise InvalidJob(
+                f"run_at {run_at.isoformat()} has no time zone; give an aware datetime"
+            )
+        try:
+            return check_run_at(run_at.timestamp())
+        except (OverflowError, ValueError):
+            raise InvalidJob(f"run_at {run_at.isoformat()} is out of range") from None
+    return check_run_at(run_at)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kind(KindSpec):
+    """A registered job kind: a :class:`KindSpec` with the handler that runs its jobs."""
+
     handler: Callable[..., Any]
-    queue: str
-    priority: int
-    max_attempts: int
-    timeout: float | None
     backoff: Backoff
     non_retryable: tuple[type[BaseException], ...]
     is_async: bool
@@ -157,7 +245,6 @@ class Registry:
 
     def __init__(self) -> None:
         self._kinds: dict[str, Kind] = {}
-        self._schedules: dict[str, Schedule] = {}
 
     def register(self, kind: Kind) -> Kind:
         existing = self._kinds.get(kind.name)
@@ -168,14 +255,6 @@ class Registry:
             )
         self._kinds[kind.name] = kind
         return kind
-
-    def add_schedule(self, schedule: Schedule) -> None:
-        """Enqueue ``schedule.kind`` (registered already) on a cron schedule."""
-        self.get(schedule.kind)
-        self._schedules[schedule.kind] = schedule
-
-    def schedules(self) -> list[Schedule]:
-        return list(self._schedules.values())
 
     def get(self, name: str) -> Kind:
         try:

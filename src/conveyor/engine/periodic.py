@@ -10,6 +10,9 @@ asks the store to enqueue the job *for that tick*; the store records (kind, tick
 primary key in the same transaction, so only the first succeeds. Ticks missed while no
 worker ran are not caught up: a periodic job says "every five minutes", not "once for
 each five minutes that passed".
+
+The schedules are kept here, by the registry their kinds are registered in; the registry
+itself knows only kinds.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from conveyor.engine.client import Client
 from conveyor.engine.kinds import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PRIORITY,
@@ -57,6 +60,23 @@ class Schedule:
         """The first tick strictly after ``after`` (Unix seconds)."""
         start = datetime.fromtimestamp(after, ZoneInfo(self.timezone))
         return float(croniter(self.cron, start).get_next(float))
+
+
+_schedules: WeakKeyDictionary[Registry, dict[str, Schedule]] = WeakKeyDictionary()
+
+
+def add_schedule(schedule: Schedule, registry: Registry | None = None) -> None:
+    """Enqueue ``schedule.kind``, registered already in ``registry`` (default: the
+    default registry), on its schedule; replaces that kind's earlier schedule."""
+    target = registry if registry is not None else default_registry
+    target.get(schedule.kind)
+    _schedules.setdefault(target, {})[schedule.kind] = schedule
+
+
+def schedules(registry: Registry | None = None) -> list[Schedule]:
+    """The schedules of the periodic kinds of ``registry`` (default: the default one)."""
+    target = registry if registry is not None else default_registry
+    return list(_schedules.get(target, {}).values())
 
 
 def periodic(
@@ -103,7 +123,7 @@ def periodic(
         schedule = Schedule(name, cron, payload if payload is not None else {}, timezone)
         # A payload the kind refuses would fail at every tick: refuse it now instead.
         target.get(name).validate_payload(schedule.payload)
-        target.add_schedule(schedule)
+        add_schedule(schedule, target)
         return fn
 
     return decorate
@@ -116,8 +136,7 @@ class Scheduler:
         served = set(queues)
         self.store = store
         self.kinds = kinds
-        self._client = Client(store, kinds=kinds)
-        self.schedules = [s for s in kinds.schedules() if kinds.get(s.kind).queue in served]
+        self.schedules = [s for s in schedules(kinds) if kinds.get(s.kind).queue in served]
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -134,9 +153,7 @@ class Scheduler:
     async def _enqueue(self, schedule: Schedule, tick: float) -> None:
         spec = self.kinds.get(schedule.kind)
         try:
-            # The kind's defaults are resolved as for any enqueue.
-            new = self._client.prepare(
-                spec.name,
+            new = spec.new_job(
                 schedule.payload,
                 meta={"periodic_tick": datetime.fromtimestamp(tick, UTC).isoformat()},
             )

@@ -26,7 +26,7 @@ _last_rss: tuple[float, float] = (float("-inf"), 0.0)
 
 def recent_rss_mb(max_age: float) -> float:
     """:func:`rss_mb` read at most once per ``max_age`` seconds: for a check made on every
-    request, where reading ``/proc`` each time cost 30-50 us of a ~500 us request."""
+    request, where reading ``/proc`` each time is a share of its CPU (docs/benchmarks.md)."""
     global _last_rss
     now = time.monotonic()
     at, value = _last_rss

@@ -6,8 +6,8 @@ builds its router in a function and does not use postponed annotations: FastAPI 
 the body type itself, not a name it cannot resolve.
 
 The routes reach the app's :class:`~conveyor.api.state.ApiState` through that function
-rather than through the ``get_api`` dependency: FastAPI spends about 20 µs solving each
-dependency of each request, a tenth of what the API may spend on a ``POST`` in all.
+rather than through the ``get_api`` dependency: FastAPI solves each dependency anew for
+each request, a cost the API's busiest route need not pay (docs/benchmarks.md).
 """
 
 from typing import Annotated, Any
@@ -38,11 +38,11 @@ from conveyor.api.schemas import RequestAccepted, RequestOut, RequestPage, creat
 from conveyor.api.state import ApiState
 from conveyor.api.submit import submit
 from conveyor.engine.errors import JobConflict
-from conveyor.store.records import Request as StoredRequest
+from conveyor.store.records import Request as RequestRecord
 from conveyor.store.records import RequestFilter
 
 
-async def find_request(api: ApiState, caller: Caller, request_id_: int) -> StoredRequest:
+async def find_request(api: ApiState, caller: Caller, request_id_: int) -> RequestRecord:
     """The caller's tenant's request, or 404 (another tenant's looks the same as none)."""
     found = await api.client.store.get_request(request_id_, caller.tenant_id)
     if found is None:

@@ -40,9 +40,9 @@ from conveyor.api.routes.health import memory
 from conveyor.api.schemas import MemoryOut, Timestamp, at_utc, due, utc
 from conveyor.api.state import ApiState
 from conveyor.api.submit import Submission, submit
-from conveyor.kinds import qa, video
 from conveyor.logs import get_logger
 from conveyor.store.records import JSON, Job, JobState
+from conveyor.workloads import qa, video
 
 router = APIRouter(
     route_class=StrictJsonRoute, prefix="/api", tags=["QuDemo seed"], responses=READ_ERRORS

@@ -1,4 +1,4 @@
-"""Demo kinds for the README tour and ``make run``: import ``conveyor.kinds.demo``."""
+"""Demo kinds for the README tour and ``make run``: import ``conveyor.workloads.demo``."""
 
 from __future__ import annotations
 
