@@ -106,7 +106,17 @@ def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
 
 def load_sections(package: str, filename: str) -> dict[str, str]:
     """The raw ``-- name:`` sections of a ``.sql`` file, parts included, parameters
-    still by name: for callers that assemble a statement from pieces (list filters)."""
+    still by name."""
+    return _parse(package, filename)[0]
+
+
+def load_parts(package: str, filename: str = "queries.sql") -> dict[str, str]:
+    """The raw ``-- part:`` sections of a ``.sql`` file, parameters still by name: for
+    callers that assemble a statement from pieces (:mod:`conveyor.store.filters`)."""
+    return _parse(package, filename)[1]
+
+
+def _parse(package: str, filename: str) -> tuple[dict[str, str], dict[str, str]]:
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     pieces = _HEADER.split(text)
     sections: dict[str, dict[str, str]] = {"name": {}, "part": {}}
@@ -121,7 +131,8 @@ def load_sections(package: str, filename: str) -> dict[str, str]:
             raise ValueError(f"{package}/{filename}: no part {match.group(1)!r} to include")
         return parts[match.group(1)]
 
-    return {name: _INCLUDE.sub(include, body) for name, body in sections["name"].items()}
+    names = {name: _INCLUDE.sub(include, body) for name, body in sections["name"].items()}
+    return names, parts
 
 
 def load_migrations(package: str) -> list[tuple[int, str]]:
