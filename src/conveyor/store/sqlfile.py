@@ -91,7 +91,8 @@ def load_statements(
     """Parse ``filename`` in ``package`` into ``{name: Statement}``.
 
     A ``-- part: NAME`` section is not a statement: a line ``-- include: NAME`` in one
-    stands for it, so that statements sharing a piece of SQL hold one copy of it."""
+    (or in another part) stands for it, so that statements sharing a piece of SQL hold
+    one copy of it."""
     return {
         name: compile_sql(name, sql, placeholder)
         for name, sql in load_sections(package, filename).items()
@@ -124,13 +125,23 @@ def _parse(package: str, filename: str) -> tuple[dict[str, str], dict[str, str]]
         if name in sections[kind]:
             raise ValueError(f"{package}/{filename}: {kind} {name!r} is defined twice")
         sections[kind][name] = body.strip()
-    parts = sections["part"]
+    raw = sections["part"]
+    parts: dict[str, str] = {}
 
-    def include(match: re.Match[str]) -> str:
-        if match.group(1) not in parts:
+    def expand(name: str, seen: tuple[str, ...]) -> str:
+        if name in seen:
+            raise ValueError(f"{package}/{filename}: part {name!r} includes itself")
+        if name not in parts:
+            parts[name] = _INCLUDE.sub(lambda m: include(m, (*seen, name)), raw[name])
+        return parts[name]
+
+    def include(match: re.Match[str], seen: tuple[str, ...] = ()) -> str:
+        if match.group(1) not in raw:
             raise ValueError(f"{package}/{filename}: no part {match.group(1)!r} to include")
-        return parts[match.group(1)]
+        return expand(match.group(1), seen)
 
+    for name in raw:
+        expand(name, ())
     names = {name: _INCLUDE.sub(include, body) for name, body in sections["name"].items()}
     return names, parts
 
