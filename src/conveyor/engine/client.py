@@ -22,7 +22,7 @@ from conveyor.engine import limits
 from conveyor.engine.errors import InvalidJob, JobConflict, JobNotFound, QueueNotFound
 from conveyor.engine.kinds import KIND_DEFAULT, KindDefault, Registry, registry, unregistered
 from conveyor.engine.limits import check_kind_name, check_queue_name
-from conveyor.store import Store, make_store
+from conveyor.store import DataRejected, Store, make_store
 from conveyor.store.records import (
     DEFAULT_TENANT,
     JSON,
@@ -207,8 +207,8 @@ class Client:
     async def _insert(self, jobs: list[NewJob]) -> list[Enqueued]:
         try:
             return await self.store.enqueue(jobs)
-        except TypeError as exc:
-            raise InvalidJob(f"payload is not JSON-serialisable: {exc}") from exc
+        except DataRejected as exc:
+            raise InvalidJob(f"the job cannot be stored: {exc}") from exc
 
     # -- inspect -------------------------------------------------------------------------
     async def get(self, job_id: int) -> Job:

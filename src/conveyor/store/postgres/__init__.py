@@ -45,6 +45,7 @@ from conveyor.store.base import (
     Listener,
     Notice,
     NoticesLost,
+    Offers,
     StoreError,
 )
 from conveyor.store.coalesce import Coalescer
@@ -374,8 +375,8 @@ class PostgresStore:
             results = await self._run(
                 lambda conn: _copy_jobs(conn, jobs) if bulk else _insert_jobs(conn, jobs)
             )
-        except asyncpg.DataError as exc:
-            raise TypeError(f"a job could not be stored: {exc}") from exc
+        except (asyncpg.DataError, orjson.JSONEncodeError) as exc:
+            raise DataRejected(f"a job could not be stored: {exc}") from exc
         self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
         return results
 
@@ -405,11 +406,17 @@ class PostgresStore:
         claim: ClaimRequest | None,
         *,
         rescue: bool = False,
-        freed: Mapping[str, int] | None = None,
-        withdraw: bool = False,
+        offers: Offers | None = None,
     ) -> SettleResult:
         return await self._exchange(
-            outcomes, progress, worker_id, claim, 1000 if rescue else 0, freed, withdraw
+            outcomes,
+            progress,
+            worker_id,
+            claim,
+            1000 if rescue else 0,
+            offers.freed if offers is not None else None,
+            offers.withdraw if offers is not None else False,
+            offer=offers is not None,
         )
 
     async def _exchange(
@@ -421,14 +428,19 @@ class PostgresStore:
         rescue_limit: int,
         freed: Mapping[str, int] | None = None,
         withdraw: bool = False,
+        *,
+        offer: bool = False,
     ) -> SettleResult:
-        """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue."""
+        """Run the exchange statement (see queries.sql); ``rescue_limit`` 0: no rescue;
+        ``offer``: the claim offers the slots it leaves free."""
         queues = list(claim.slots) if claim is not None else []
         # Never a claimed queue's offer: the claim sets it, and one statement must not
         # change a row twice.
         freed = {q: n for q, n in (freed or {}).items() if q not in queues}
         try:
-            args = self._exchange_args(claim, queues, worker_id, outcomes, progress, rescue_limit)
+            args = self._exchange_args(
+                claim, queues, worker_id, outcomes, progress, rescue_limit, offer
+            )
         except orjson.JSONEncodeError as exc:
             raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
         kinds = list(claim.kinds) if claim is not None else []
@@ -464,7 +476,9 @@ class PostgresStore:
             # is late, or was missed while LISTEN was down): claim them again, locked.
             self._limited.update(unlocked)
             slots = {q: claim.slots[q] for q in unlocked}
-            more = await self._exchange((), (), worker_id, replace(claim, slots=slots), 0)
+            more = await self._exchange(
+                (), (), worker_id, replace(claim, slots=slots), 0, offer=offer
+            )
             claimed.extend(more.claimed)
             if more.next_run_at is not None:
                 next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
@@ -498,6 +512,7 @@ class PostgresStore:
         outcomes: Sequence[Outcome],
         reports: Sequence[Progress],
         rescue_limit: int,
+        offer: bool,
     ) -> tuple[Any, ...]:
         """The exchange statement's parameters $1..$16."""
         return (
@@ -505,7 +520,7 @@ class PostgresStore:
             [claim.slots[q] for q in queues] if claim is not None else [],
             worker_id,
             claim.lease_s if claim is not None else 0.0,
-            self._offer_key if claim is not None and claim.offer else None,
+            self._offer_key if claim is not None and offer else None,
             [o.job_id for o in outcomes],
             [o.attempt for o in outcomes],
             [o.kind.value for o in outcomes],
@@ -624,7 +639,7 @@ class PostgresStore:
         try:
             row = await self._run(create)
         except asyncpg.DataError as exc:
-            raise TypeError(f"a request could not be stored: {exc}") from exc
+            raise DataRejected(f"a request could not be stored: {exc}") from exc
         created: bool = row["created"]
         if created:
             self._publish(JobsAvailable(frozenset({job.queue})))
