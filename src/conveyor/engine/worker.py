@@ -92,6 +92,8 @@ class Worker:
         self._mode = WorkerMode()
         self._wake = asyncio.Event()
         self._exchanger = Exchanger(store, self.id, self.kinds, c.flush_interval)
+        # The offers first: every job's end tells them of its slot, directly; they reach
+        # the running jobs only on the handoff and adoption paths.
         self._offers = Offers(
             store,
             self.id,
