@@ -1,6 +1,7 @@
 """Test signals: points in the worker that a test can await instead of sleeping.
 
-In production they cost one ``None`` check each and do nothing. A test turns them on
+In production they are off: an emission costs a check and does nothing (the worker
+checks :attr:`WorkerSignals.on` before it builds a value to emit). A test turns them on
 with ``worker.signals.enable()`` before the worker runs, then awaits the moment it
 needs::
 
@@ -189,7 +190,9 @@ class WorkerSignals:
         a claim, with ``claimed``; pass False where the worker cannot claim: full,
         memory high or stopping), with ``held`` reports still held (None: any).
 
-        What a test asserts after it did not happen: the worker had every chance."""
+        Call it after the action whose effect must not show: when it answers, the worker
+        has claimed (or exchanged) since and has nothing left to tell the store. A claim
+        comes with a notice, a due time, the safety poll or the rescue."""
         since = time.monotonic()
 
         def after(idle: Idle) -> bool:
