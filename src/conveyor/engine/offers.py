@@ -95,7 +95,7 @@ class Offers:
         if claim is not None:
             self._offered.difference_update(claim.slots)
             self._offered.update(result.offered)
-        if withdrew or freed or (claim is not None and claim.offer):
+        if self._signals.on and (withdrew or freed or (claim is not None and claim.offer)):
             self._signals.offers_changed.emit(frozenset(self._offered))
 
     # -- handoff -------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Offers:
         was adopted before its notice came."""
         key = (notice.job_id, notice.attempt)
         if key in self._adopted or self._runs(notice.job_id, notice.attempt):
-            self._signals.handoff_taken.emit(HandoffTaken(*key, accepted=False))
+            self._handled(notice, accepted=False)
             return
         if notice.job is None:
             task = asyncio.create_task(self._read(notice))
@@ -114,7 +114,7 @@ class Offers:
         if self._adopting is not None:
             self._adopting.add(key)
         self._accept((notice.job,))
-        self._signals.handoff_taken.emit(HandoffTaken(*key, accepted=True))
+        self._handled(notice, accepted=True)
 
     async def _read(self, notice: JobHandedOff) -> None:
         """A job too large for its notice: read it, and take it if it is still ours."""
@@ -139,9 +139,11 @@ class Offers:
             # the read was in flight.
             self.take(dataclasses.replace(notice, job=job))
         else:
-            self._signals.handoff_taken.emit(
-                HandoffTaken(notice.job_id, notice.attempt, accepted=False)
-            )
+            self._handled(notice, accepted=False)
+
+    def _handled(self, notice: JobHandedOff, *, accepted: bool) -> None:
+        if self._signals.on:
+            self._signals.handoff_taken.emit(HandoffTaken(notice.job_id, notice.attempt, accepted))
 
     def cancel_reads(self) -> None:
         for task in self._reads:
