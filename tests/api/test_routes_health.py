@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,14 +27,6 @@ def _new_job(queue: str, delay_s: float = 0.0) -> NewJob:
         timeout_s=None,
         delay_s=delay_s,
     )
-
-
-async def _eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while (value := await check()) is None:
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.05)
-    return value
 
 
 async def test_health_has_the_seeds_shape(http: httpx.AsyncClient, store: Store) -> None:
@@ -101,14 +91,11 @@ async def test_a_running_worker_reports_its_memory(
     worker = conveyor.Worker(
         store, conveyor.WorkerConfig(queues={"default": 1}, **FAST_WORKER), kinds=kinds
     )
+    started = worker.signals.enable().idle.wait()
     task = asyncio.create_task(worker.run())
     try:
-
-        async def reported() -> dict[str, Any] | None:
-            python = (await http.get("/health")).json()["health"]["memory"]["python"]
-            return python if python["workers"] else None
-
-        python = await _eventually(reported)
+        await started  # registered, with its memory, before its first pass
+        python = (await http.get("/health")).json()["health"]["memory"]["python"]
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)

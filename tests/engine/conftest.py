@@ -49,7 +49,8 @@ async def _eventually(condition: Condition, *, timeout: float = 5.0, interval: f
 
 
 class Workers:
-    """Builds workers on the test's store and registry with fast settings, and stops every
+    """Builds workers on the test's store and registry with fast settings, their test
+    signals on (``worker.signals``, see ``conveyor.engine.signals``), and stops every
     worker it started when the test ends."""
 
     def __init__(self, store: Store, kinds: conveyor.Registry) -> None:
@@ -59,11 +60,13 @@ class Workers:
 
     def make(self, *, store: Any = None, **config: Any) -> conveyor.Worker:
         settings = {**FAST, **config}
-        return conveyor.Worker(
+        worker = conveyor.Worker(
             store if store is not None else self.store,
             conveyor.WorkerConfig(**settings),
             kinds=self.kinds,
         )
+        worker.signals.enable()
+        return worker
 
     async def burst(self, **config: Any) -> conveyor.Worker:
         """Run a worker until no due job is left and nothing runs."""
@@ -75,6 +78,17 @@ class Workers:
         """Start serving in the background; see :meth:`stop`."""
         worker = worker if worker is not None else self.make(**config)
         self._tasks[worker] = asyncio.create_task(worker.run())
+        return worker
+
+    async def start_idle(
+        self, worker: conveyor.Worker | None = None, **config: Any
+    ) -> conveyor.Worker:
+        """Start serving in the background and return once the worker has made its first
+        pass (registered, listening, claimed) and found nothing more to do."""
+        worker = worker if worker is not None else self.make(**config)
+        first_idle = worker.signals.idle.wait()
+        self.start(worker)
+        await first_idle
         return worker
 
     def task(self, worker: conveyor.Worker) -> asyncio.Task[None]:

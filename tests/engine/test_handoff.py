@@ -67,8 +67,8 @@ async def _idle_worker(
     before the worker starts, so no notice of its LISTEN connection coming up can make
     the worker claim again later and rewrite its offer behind a test's back."""
     await _listening(store)
-    worker = workers.start(queues=queues, **QUIET)
-    await _offering(db, worker, eventually, queues)
+    worker = await workers.start_idle(queues=queues, **QUIET)
+    assert await _offers(db, worker) == queues  # written by the claim it made
     return worker
 
 
@@ -248,8 +248,8 @@ async def test_a_large_handoff_adopted_while_it_was_read_runs_once(
 
     await _listening(store)
     slow = _SlowRead(store)
-    worker = workers.start(workers.make(store=slow, queues={"default": 2}, **QUIET))
-    await _offering(db, worker, eventually, {"default": 2})
+    worker = await workers.start_idle(workers.make(store=slow, queues={"default": 2}, **QUIET))
+    assert await _offers(db, worker) == {"default": 2}
     enqueued = await peer_client.enqueue("t.big", {"blob": "x" * 10_000})
     await eventually(lambda: slow.reads == [enqueued.id])
 
@@ -257,9 +257,10 @@ async def test_a_large_handoff_adopted_while_it_was_read_runs_once(
     await wait_state(enqueued.id, "completed")
     assert runs == [(enqueued.id, 1)]
 
+    handled = worker.signals.handoff_taken.wait(lambda h: h.job_id == enqueued.id)
     slow.gate.set()
-    # Nothing to wait for but the read's answer being handled: give it a few passes.
-    await asyncio.sleep(0.3)
+    # The read's answer came after the attempt was adopted (and finished): not taken.
+    assert not (await handled).accepted
     assert runs == [(enqueued.id, 1)]
 
 
@@ -288,9 +289,12 @@ async def test_a_job_whose_notice_was_lost_is_adopted(
         "$1, now() + interval '30 seconds', now()) RETURNING id",
         worker.id,
     )
+    adopted = worker.signals.adopted.wait(lambda jobs: [j.id for j in jobs] == [job_id])
 
     await _kill_listen_connection(db, store)
 
+    [job] = await adopted
+    assert (job.attempt, job.locked_by) == (1, worker.id)
     done = await wait_state(job_id, "completed")
     assert done.attempt == 1
     assert runs == [(job_id, 1)]
@@ -355,9 +359,11 @@ async def test_a_stopping_worker_takes_its_offers_back_at_once(
     # after it stopped fetching is handed back to the queue, as it should be.
     await asyncio.wait_for(started.wait(), 10)
     await _offering(db, worker, eventually, {"default": 1})
+    withdrawn = worker.signals.offers_changed.wait()
 
     worker.stop()
 
+    assert await withdrawn == frozenset()
     await _offering(db, worker, eventually, {})
     assert (await client.get(running.id)).state == conveyor.JobState.RUNNING
     release.set()

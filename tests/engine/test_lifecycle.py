@@ -135,7 +135,7 @@ async def test_cancel_a_running_sync_job(
     job = await wait_state(enqueued.id, "cancelled", timeout=2)
 
     assert job.result is None
-    await asyncio.sleep(0.05)
+    # Recorded once the thread had returned, and it returned after it saw the cancel.
     assert noticed == [True]
 
 
@@ -176,7 +176,7 @@ async def test_stop_lets_a_running_job_finish(
 
     worker.stop()
     later = await client.enqueue("t.gated")
-    await asyncio.sleep(0.1)
+    await worker.signals.next_idle(claimed=False)
     assert not workers.task(worker).done()
     assert (await client.get(enqueued.id)).state == S.RUNNING
     release.set()
@@ -244,8 +244,7 @@ async def test_handed_back_job_runs_again_with_its_attempt_uncharged(
 
 
 async def test_idle_worker_stops_at_once(workers: Any) -> None:
-    worker = workers.start(shutdown_grace=30, safety_poll_interval=30)
-    await asyncio.sleep(0.05)
+    worker = await workers.start_idle(shutdown_grace=30, safety_poll_interval=30)
 
     t0 = time.monotonic()
     await workers.stop(worker, timeout=2)
@@ -407,7 +406,7 @@ async def test_lost_lease_stops_the_job_and_drops_its_late_outcome(
 
     await eventually(lambda: sleeper.cancelled, timeout=3)
     assert sleeper.cancelled == [(1, True)]
-    await asyncio.sleep(0.1)
+    await worker.signals.next_idle(claimed=False)
     job = await client.get(enqueued.id)
     assert (job.state, job.attempt, job.result) == (S.QUEUED, 1, None)
     [error] = job.errors
@@ -428,12 +427,14 @@ async def test_late_result_of_a_lost_attempt_is_not_recorded(
     sleeper = Sleeper(quick_from=2, swallow_cancel=True)
     register(kinds, "t.job", sleeper)
     enqueued = await client.enqueue("t.job")
-    workers.start(workers.make(store=MuffledHeartbeats(store), lease_s=0.5, heartbeat_interval=0.1))
+    worker = workers.start(
+        workers.make(store=MuffledHeartbeats(store), lease_s=0.5, heartbeat_interval=0.1)
+    )
     await asyncio.wait_for(sleeper.started.wait(), 5)
     await client.pause("default")
 
     await eventually(lambda: sleeper.cancelled, timeout=3)
-    await asyncio.sleep(0.1)
+    await worker.signals.next_idle(claimed=False)
     job = await client.get(enqueued.id)
     assert (job.state, job.attempt, job.result) == (S.QUEUED, 1, None)
 
@@ -572,7 +573,10 @@ async def test_memory_above_the_limit_stops_fetching(
 
     worker = workers.start(max_memory_mb=1)
     await eventually(lambda: registered(client, worker.id))
-    await asyncio.sleep(0.5)
+    # Pass after pass, the worker does not even ask for a job.
+    for _ in range(3):
+        idle = await worker.signals.next_idle(claimed=False)
+        assert idle.claimed_at == float("-inf")
 
     assert sleeper.attempts == []
     assert (await client.get(enqueued.id)).state == S.QUEUED
@@ -644,8 +648,10 @@ async def test_pruner_keeps_jobs_younger_than_the_retention(
     register(kinds, "t.job", Sleeper(quick_from=1))
     enqueued = await client.enqueue("t.job")
 
-    workers.start(retention_s=3600, prune_interval=0.05)
+    worker = workers.start(retention_s=3600, prune_interval=0.05)
     await wait_state(enqueued.id, "completed")
-    await asyncio.sleep(0.2)
+    since = time.monotonic()
+    for _ in range(2):  # passes of the pruner that began after the job had finished
+        await worker.signals.pruned.wait(lambda p: p.began >= since)
 
     assert (await client.get(enqueued.id)).state == S.COMPLETED

@@ -71,9 +71,10 @@ async def test_sync_handlers_do_not_block_the_event_loop(
 
     enqueued = await client.enqueue("t.sync")
     worker = workers.start()
+    await worker.signals.job_started.wait()
 
-    # The loop keeps serving (this test's own awaits run) while the thread blocks.
-    await asyncio.sleep(0.1)
+    # The worker's loop goes on making its passes while the thread blocks.
+    await worker.signals.next_idle(claimed=False)
     assert (await client.get(enqueued.id)).state == conveyor.JobState.RUNNING
     release.set()
     await workers.stop(worker)
@@ -340,10 +341,13 @@ async def test_queue_concurrency_limit_holds(
         return len(await client.list(state="running"))
 
     await eventually(lambda: now_running == 2)
-    # The worker holds its two jobs and claims nothing more while they run.
-    for _ in range(10):
+    # The worker holds its two jobs and, pass after pass, does not even ask for more while
+    # they run.
+    since = time.monotonic()
+    for _ in range(3):
+        idle = await worker.signals.next_idle(claimed=False)
+        assert idle.claimed_at < since
         assert await running_in_db() == 2
-        await asyncio.sleep(0.02)
     stats = {q.name: q for q in await client.queues()}["default"]
     assert (stats.running, stats.counts["queued"], stats.limit) == (2, 5, 2)
 
@@ -389,10 +393,10 @@ async def test_each_queue_has_its_own_limit(
             running[ctx.queue] -= 1
 
     ids = [(await client.enqueue("t.gated", queue=q)).id for q in "aaaabbbb"]
-    workers.start(queues={"a": 3, "b": 1})
+    worker = workers.start(queues={"a": 3, "b": 1})
 
     await eventually(lambda: running == {"a": 3, "b": 1})
-    await asyncio.sleep(0.1)
+    await worker.signals.next_idle(claimed=False)
     stats = {q.name: q for q in await client.queues()}
     assert (stats["a"].running, stats["b"].running) == (3, 1)
 
@@ -457,11 +461,12 @@ async def test_a_claim_carries_the_result_held_for_it(
         ran.set()
 
     recording = RecordingStore(store)
-    workers.start(workers.make(store=recording, flush_interval=10.0, **QUIET))
-    await asyncio.sleep(0.05)
+    worker = await workers.start_idle(workers.make(store=recording, flush_interval=10.0, **QUIET))
+    holding = worker.signals.idle.wait(lambda idle: idle.running == 0 and idle.held == 1)
     first = await client.enqueue("t.noop")
     await asyncio.wait_for(ran.wait(), 3)
-    await asyncio.sleep(0.05)
+    # The job has ended and the worker sleeps, its result held.
+    await holding
     assert (await client.get(first.id)).state == conveyor.JobState.RUNNING
 
     second = await client.enqueue("t.noop")
@@ -483,8 +488,7 @@ async def test_a_held_result_is_recorded_after_the_flush_interval(
         finished.append(time.monotonic())
 
     recording = RecordingStore(store)
-    workers.start(workers.make(store=recording, flush_interval=0.3, **QUIET))
-    await asyncio.sleep(0.05)
+    await workers.start_idle(workers.make(store=recording, flush_interval=0.3, **QUIET))
     enqueued = await client.enqueue("t.noop")
 
     await wait_state(enqueued.id, "completed", timeout=3)
@@ -502,12 +506,12 @@ async def test_scheduled_job_runs_after_its_delay_without_a_notice(
         return None
 
     # The safety poll is far away: only the worker's own timer can wake it in time.
-    workers.start(safety_poll_interval=30)
-    await asyncio.sleep(0.05)
+    worker = await workers.start_idle(safety_poll_interval=30)
     started = time.monotonic()
     enqueued = await client.enqueue("t.noop", delay=0.5)
 
-    await asyncio.sleep(0.3)
+    # A claim since leaves it: it is not due yet.
+    await worker.signals.next_idle()
     assert (await client.get(enqueued.id)).state == conveyor.JobState.QUEUED
     job = await wait_state(enqueued.id, "completed", timeout=3)
 
@@ -524,10 +528,9 @@ async def test_scheduled_job_is_not_forgotten_when_another_queue_gets_work(
     async def noop(ctx: conveyor.JobContext, payload: Any) -> None:
         return None
 
-    workers.start(queues={"a": 1, "b": 1}, safety_poll_interval=30)
-    await asyncio.sleep(0.05)
+    worker = await workers.start_idle(queues={"a": 1, "b": 1}, safety_poll_interval=30)
     later = await client.enqueue("t.noop", queue="a", delay=0.4)
-    await asyncio.sleep(0.1)
+    await worker.signals.next_idle()  # a claim that learnt when it falls due
     now = await client.enqueue("t.noop", queue="b")
 
     await wait_state(now.id, "completed", timeout=2)
@@ -559,8 +562,7 @@ async def test_job_from_another_process_is_picked_up(
     async def noop(ctx: conveyor.JobContext, payload: Any) -> None:
         return None
 
-    workers.start(safety_poll_interval=30)
-    await asyncio.sleep(0.05)
+    await workers.start_idle(safety_poll_interval=30)
     started = time.monotonic()
     enqueued = await peer_client.enqueue("t.noop")
 
@@ -581,8 +583,8 @@ async def test_paused_queue_is_not_served_until_resumed(
     await workers.burst()
     assert (await client.get(enqueued.id)).state == conveyor.JobState.QUEUED
 
-    workers.start()
-    await asyncio.sleep(0.3)
+    worker = await workers.start_idle()
+    await worker.signals.next_idle()
     assert (await client.get(enqueued.id)).state == conveyor.JobState.QUEUED
 
     await client.resume("default")
@@ -599,14 +601,14 @@ async def test_pause_lets_running_jobs_finish(
         await release.wait()
 
     first = await client.enqueue("t.gated")
-    workers.start(queues={"default": 1})
+    worker = workers.start(queues={"default": 1})
     await wait_state(first.id, "running")
     await client.pause("default")
     second = await client.enqueue("t.gated")
 
     release.set()
     await wait_state(first.id, "completed")
-    await asyncio.sleep(0.3)
+    await worker.signals.next_idle()  # a claim with the slot free
     assert (await client.get(second.id)).state == conveyor.JobState.QUEUED
 
 
