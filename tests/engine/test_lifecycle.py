@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import conveyor
-from conveyor.store.base import CancelRequested, Store
+from conveyor.store.base import CancelRequested, Store, StoreError
 from conveyor.store.records import ClaimRequest, LeaseStatus
 
 S = conveyor.JobState
@@ -655,3 +655,56 @@ async def test_pruner_keeps_jobs_younger_than_the_retention(
         await worker.signals.pruned.wait(lambda p: p.began >= since)
 
     assert (await client.get(enqueued.id)).state == S.COMPLETED
+
+
+class Unreachable:
+    """The store after the database went away: every exchange fails once ``down`` is set."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.down = False
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def settle_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            self.failed += 1
+            raise StoreError("connection refused")
+        return await self._inner.settle_and_claim(*args, **kwargs)
+
+
+async def test_second_stop_exits_while_the_store_is_down_with_reports_held(
+    store: Store,
+    kinds: conveyor.Registry,
+    client: conveyor.Client,
+    workers: Any,
+    eventually: Any,
+) -> None:
+    release = asyncio.Event()
+
+    async def wait_then_return(ctx: conveyor.JobContext, payload: Any) -> Any:
+        await release.wait()
+        return {"done": True}
+
+    register(kinds, "t.job", wait_then_return)
+    enqueued = await client.enqueue("t.job")
+    unreachable = Unreachable(store)
+    worker = workers.start(workers.make(store=unreachable, shutdown_grace=30))
+    await worker.signals.job_started.wait()
+    unreachable.down = True
+    release.set()
+    # The result cannot be recorded: the worker keeps it and retries with backoff.
+    await eventually(lambda: unreachable.failed >= 2)
+
+    worker.stop()
+    worker.stop()
+    t0 = time.monotonic()
+    await workers.stop(worker, timeout=3)
+
+    assert time.monotonic() - t0 < 1
+    # It gave up after the failed exchange it was in, not by spinning on the dead store.
+    assert unreachable.failed < 10
+    job = await client.get(enqueued.id)
+    assert (job.state, job.attempt) == (S.RUNNING, 1)

@@ -214,6 +214,17 @@ class Worker:
                 except Exception as exc:
                     if await exchanger.recover(exc, mode.hard_stop):
                         handoffs.adopt_due = True
+                    if mode.hard_stop.is_set() and exchanger.held:
+                        # A hard stop does not wait for the store to come back: the jobs
+                        # whose reports are lost are rescued when their leases expire.
+                        log.error(
+                            "worker stopped with reports it could not record; their jobs "
+                            "return to their queues when their leases expire",
+                            worker_id=self.id,
+                            job_ids=exchanger.outcome_job_ids(),
+                            held=exchanger.held,
+                        )
+                        return
                     continue
                 exchanger.failures = 0
                 if claimed:
