@@ -4,9 +4,12 @@ guard and pruning."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from typing import Any
+
+import pytest
 
 import conveyor
 from conveyor.store.base import CancelRequested, Store, StoreError
@@ -708,3 +711,41 @@ async def test_second_stop_exits_while_the_store_is_down_with_reports_held(
     assert unreachable.failed < 10
     job = await client.get(enqueued.id)
     assert (job.state, job.attempt) == (S.RUNNING, 1)
+
+
+class RefusesRegistration:
+    """The store when the database goes away between a worker's start and its
+    registration: notes whether the worker took its listener back."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.listening = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def add_listener(self, listener: Any) -> Any:
+        self.listening += 1
+        remove = self._inner.add_listener(listener)
+
+        def removed() -> None:
+            self.listening -= 1
+            remove()
+
+        return removed
+
+    async def register_worker(self, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("connection refused")
+
+
+async def test_a_worker_that_cannot_register_leaves_nothing_behind(store: Store) -> None:
+    refusing = RefusesRegistration(store)
+    worker = conveyor.Worker(refusing)  # type: ignore[arg-type]
+
+    with pytest.raises(StoreError, match="connection refused"):
+        await asyncio.wait_for(worker.run(handle_signals=True), 5)
+
+    assert refusing.listening == 0
+    loop = asyncio.get_running_loop()
+    # Its signal handlers are gone too: a new one can be added and removed cleanly.
+    assert loop.remove_signal_handler(signal.SIGTERM) is False

@@ -147,6 +147,31 @@ class Worker:
         self._jobs.begin()
         kinds = self._jobs.kind_names
         remove_listener = self.store.add_listener(self._on_notice)
+        side_tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._register(kinds)
+            side_tasks = self._start_services()
+            await self._loop(burst)
+        finally:
+            remove_listener()
+            if self._drain is not None:
+                side_tasks.append(self._drain)
+            for task in side_tasks:
+                task.cancel()
+            await asyncio.gather(*side_tasks, return_exceptions=True)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._handoffs.cancel_reads()
+            await self._abandon_running()
+            with contextlib.suppress(StoreError):
+                await self._handoffs.close(self._jobs.abandoned_ids())
+            with contextlib.suppress(StoreError):
+                await self.store.unregister_worker(self.id)
+            self._jobs.close()
+            log.info("worker stopped", worker_id=self.id)
+
+    async def _register(self, kinds: tuple[str, ...]) -> None:
         await self.store.register_worker(
             WorkerInfo(
                 self.id,
@@ -168,27 +193,6 @@ class Worker:
         if self.config.max_memory_mb > 0:
             # Before the first claim: the guard's own first pass would come after it.
             await self._check_memory()
-        side_tasks = self._start_services()
-        try:
-            await self._loop(burst)
-        finally:
-            remove_listener()
-            if self._drain is not None:
-                side_tasks.append(self._drain)
-            for task in side_tasks:
-                task.cancel()
-            await asyncio.gather(*side_tasks, return_exceptions=True)
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            self._handoffs.cancel_reads()
-            await self._abandon_running()
-            with contextlib.suppress(StoreError):
-                await self._handoffs.close(self._jobs.abandoned_ids())
-            with contextlib.suppress(StoreError):
-                await self.store.unregister_worker(self.id)
-            self._jobs.close()
-            log.info("worker stopped", worker_id=self.id)
 
     # -- the loop ----------------------------------------------------------------------
     async def _loop(self, burst: bool) -> None:
