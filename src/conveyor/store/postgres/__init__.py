@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conveyor.store.postgres.listener import CHANNEL
 from conveyor.store.postgres.store import PostgresStore
 
-__all__ = ["PostgresStore"]
+__all__ = ["CHANNEL", "PostgresStore"]
