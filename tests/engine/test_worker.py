@@ -437,8 +437,7 @@ class RecordingStore:
     async def settle_and_claim(
         self, outcomes: Any, progress: Any, worker_id: str, claim: Any, **kwargs: Any
     ) -> Any:
-        if claim is not None:
-            claim = dataclasses.replace(claim, offer=False)
+        kwargs.pop("offers", None)
         result = await self._inner.settle_and_claim(outcomes, progress, worker_id, claim, **kwargs)
         self.exchanges.append((len(outcomes), len(result.claimed)))
         return result

@@ -18,8 +18,8 @@ from conveyor.store.postgres import PostgresStore
 from conveyor.store.postgres.enqueue import _SQL as PG_ENQUEUE
 from conveyor.store.postgres.exchange import _SQL as PG_EXCHANGE
 from conveyor.store.sqlfile import Statement
-from conveyor.store.sqlite import _Q as SQLITE_Q
 from conveyor.store.sqlite import SqliteStore
+from conveyor.store.sqlite.queries import Q as SQLITE_Q
 from pg_server import PgTestServer
 
 PILE = 5000
@@ -54,7 +54,8 @@ async def sqlite_db(tmp_path: Path) -> AsyncIterator[sqlite3.Connection]:
 
 
 def _sqlite_plan(conn: sqlite3.Connection, query: str, **params: Any) -> list[tuple[int, int, str]]:
-    rows = conn.execute(f"EXPLAIN QUERY PLAN {SQLITE_Q[query]}", params).fetchall()
+    statement = SQLITE_Q[query]
+    rows = conn.execute(f"EXPLAIN QUERY PLAN {statement.sql}", statement.args(params)).fetchall()
     return [(node_id, parent, detail) for node_id, parent, _, detail in rows]
 
 
@@ -79,7 +80,8 @@ def test_sqlite_claim_walks_the_index_per_kind(sqlite_db: sqlite3.Connection) ->
     sorts = [(node, parent) for node, parent, d in plan if "TEMP B-TREE" in d]
     assert all(not _under(plan, node, walk) for node, _ in sorts), plan
 
-    claimed = sqlite_db.execute(SQLITE_Q["claim"], SQLITE_PARAMS).fetchall()
+    claim = SQLITE_Q["claim"]
+    claimed = sqlite_db.execute(claim.sql, claim.args(SQLITE_PARAMS)).fetchall()
     # The first ten served jobs in claim order: ids right after the pile's.
     assert sorted(row[0] for row in claimed) == list(range(PILE + 1, PILE + 11))
 

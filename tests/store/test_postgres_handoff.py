@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from conveyor.store.base import JobHandedOff, JobsAvailable, Notice
+from conveyor.store.base import JobHandedOff, JobsAvailable, Notice, Offers
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import (
     ClaimRequest,
@@ -88,8 +88,8 @@ async def _claim(
     **kwargs: Any,
 ) -> SettleResult:
     """A claim of jobs of ``kinds`` that offers what it leaves free."""
-    request = ClaimRequest(worker_id, slots, 30.0, offer=True, kinds=kinds)
-    return await store.settle_and_claim([], [], worker_id, request, **kwargs)
+    request = ClaimRequest(worker_id, slots, 30.0, kinds=kinds)
+    return await store.settle_and_claim([], [], worker_id, request, offers=Offers(**kwargs))
 
 
 async def _offers(db: asyncpg.Connection) -> dict[tuple[str, str], int]:
@@ -411,7 +411,7 @@ async def test_freed_slots_are_added_to_the_offers_of_queues_not_claimed(
     await _claim(store, {"q": 2, "r": 1})
 
     # No offer in "s": freed slots there create none.
-    await store.settle_and_claim([], [], W, None, freed={"q": 3, "s": 4})
+    await store.settle_and_claim([], [], W, None, offers=Offers(freed={"q": 3, "s": 4}))
     assert await _offers(db) == {("q", W): 5, ("r", W): 1}
 
     # A claimed queue's offer is what that claim leaves free; its freed slots are ignored.
@@ -426,7 +426,7 @@ async def test_withdraw_takes_back_every_offer_of_the_worker(
     await _claim(store, {"q": 2, "r": 1})
     await _claim(store, {"q": 1}, worker_id=W2)
 
-    await store.settle_and_claim([], [], W, None, withdraw=True)
+    await store.settle_and_claim([], [], W, None, offers=Offers(withdraw=True))
 
     assert await _offers(db) == {("q", W2): 1}
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from conveyor.store.base import DataRejected
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import JobFilter, NewJob, NewRequest
 from pg_server import PgTestServer
@@ -91,9 +92,9 @@ async def test_a_unique_key_taken_while_the_statement_waits_joins_that_job(
     assert [j.id for j in await store.list_jobs(JobFilter())] == [job_id]
 
 
-async def test_input_the_database_cannot_hold_is_a_type_error(store: PostgresStore) -> None:
+async def test_input_the_database_cannot_hold_is_refused_data(store: PostgresStore) -> None:
     new = _request()
-    with pytest.raises(TypeError, match="could not be stored"):
+    with pytest.raises(DataRejected, match="could not be stored"):
         await store.create_request(NewRequest("test.noop", {"a": "\u0000"}, "caller-1", new.job))
     assert await store.list_jobs(JobFilter()) == []
 
@@ -119,7 +120,7 @@ async def test_a_request_the_database_refuses_fails_alone_among_those_sent_with_
         *(store.create_request(_request()) for _ in range(3)),
         return_exceptions=True,
     )
-    assert isinstance(results[3], TypeError)
+    assert isinstance(results[3], DataRejected)
     good = [r for i, r in enumerate(results) if i != 3]
     assert all(not isinstance(r, BaseException) and r.created for r in good)
     assert len(await store.list_jobs(JobFilter())) == 6

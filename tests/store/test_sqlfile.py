@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conveyor.store.sqlfile import compile_sql
+from conveyor.store.sqlfile import compile_sql, load_parts, load_statements
 
 
 def test_names_number_in_first_use_order_and_repeat() -> None:
@@ -42,3 +44,19 @@ def test_sqlite_binds_the_numbered_form() -> None:
     stmt = compile_sql("q", "SELECT :a, :b, :a", "?")
     conn = sqlite3.connect(":memory:")
     assert conn.execute(stmt.sql, stmt.args({"a": 1, "b": "x"})).fetchone() == (1, "x", 1)
+
+
+def test_parts_include_parts_and_a_cycle_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    package = tmp_path / "sqlpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "queries.sql").write_text(
+        "-- part: cols\na, b\n-- part: head\nSELECT\n-- include: cols\nFROM t\n"
+        "-- name: q\n-- include: head\nWHERE a = :a\n"
+    )
+    (package / "loop.sql").write_text("-- part: x\n-- include: y\n-- part: y\n-- include: x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_parts("sqlpkg")["head"] == "SELECT\na, b\nFROM t"
+    assert load_statements("sqlpkg", "?")["q"].sql == "SELECT\na, b\nFROM t\nWHERE a = ?1"
+    with pytest.raises(ValueError, match="includes itself"):
+        load_parts("sqlpkg", "loop.sql")

@@ -25,7 +25,7 @@ async def test_a_locked_answer_is_retried(tmp_path: Path) -> None:
                 raise sqlite3.OperationalError("database is locked")
             return "done"
 
-        assert await store._call(flaky) == "done"
+        assert await store._db.call(flaky) == "done"
         assert calls == 3
     finally:
         await store.close()
@@ -40,7 +40,7 @@ async def test_a_lock_that_outlasts_the_busy_timeout_fails(tmp_path: Path) -> No
             raise sqlite3.OperationalError("database is locked")
 
         with pytest.raises(StoreError, match="database is locked"):
-            await store._call(locked)
+            await store._db.call(locked)
     finally:
         await store.close()
 
@@ -57,7 +57,7 @@ async def test_other_errors_are_not_retried(tmp_path: Path) -> None:
             raise sqlite3.OperationalError("no such table: nowhere")
 
         with pytest.raises(StoreError, match="no such table"):
-            await store._call(broken)
+            await store._db.call(broken)
         assert calls == 1
     finally:
         await store.close()

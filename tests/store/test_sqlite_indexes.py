@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.store.sqlite import _Q, SqliteStore
+from conveyor.store.sqlite import SqliteStore
+from conveyor.store.sqlite.queries import Q
 
 PARAMS = {"since": 0.0, "now": 0.0, "queue": "default"}
 
@@ -25,7 +26,11 @@ async def sqlite_db(tmp_path: Path) -> sqlite3.Connection:
 
 @pytest.mark.parametrize("query", ["stats_finished", "stats_recent", "stats_run_times"])
 def test_finished_job_statistics_read_an_index(sqlite_db: sqlite3.Connection, query: str) -> None:
-    plan = [row[3] for row in sqlite_db.execute(f"EXPLAIN QUERY PLAN {_Q[query]}", PARAMS)]
+    statement = Q[query]
+    plan = [
+        row[3]
+        for row in sqlite_db.execute(f"EXPLAIN QUERY PLAN {statement.sql}", statement.args(PARAMS))
+    ]
     assert plan, query
     assert all("INDEX" in step for step in plan if "conveyor_jobs" in step), plan
 

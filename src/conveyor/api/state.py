@@ -16,7 +16,7 @@ from conveyor.config import Settings
 from conveyor.engine.client import Client
 from conveyor.engine.kinds import Registry
 from conveyor.logs import get_logger
-from conveyor.store.base import Store, StoreError
+from conveyor.store.base import JobQueue, Store, StoreError
 from conveyor.store.records import QueueStats
 
 log = get_logger("api")
@@ -135,7 +135,7 @@ class ApiState:
         self.stats.stop()
 
 
-async def open_store(store: Store) -> str | None:
+async def open_store(store: JobQueue) -> str | None:
     """Open and migrate ``store``; None when done, else why it failed."""
     try:
         await store.open()

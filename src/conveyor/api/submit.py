@@ -23,6 +23,7 @@ from conveyor.api.schemas import RequestAccepted, at_utc, due
 from conveyor.api.state import ApiState
 from conveyor.engine.errors import InvalidJob
 from conveyor.engine.services import recent_rss_mb
+from conveyor.store.base import DataRejected
 from conveyor.store.records import JSON, NewRequest, QueueStats, Request
 
 MEMORY_RETRY_AFTER_S = 10
@@ -86,7 +87,7 @@ async def submit(
     )
     try:
         stored = await client.store.create_request(new)
-    except TypeError as exc:
+    except DataRejected as exc:
         # Valid JSON the database cannot hold, such as a \u0000 in a string on PostgreSQL.
         raise InvalidJob(f"input cannot be stored: {exc}") from exc
     request = stored.request

@@ -36,7 +36,7 @@ from conveyor.engine.limits import (
     check_queue_name,
     check_timeout,
 )
-from conveyor.store import Store, make_store
+from conveyor.store import DataRejected, Store, make_store
 from conveyor.store.records import (
     DEFAULT_TENANT,
     JSON,
@@ -245,8 +245,8 @@ class Client:
     async def _insert(self, jobs: list[NewJob]) -> list[Enqueued]:
         try:
             return await self.store.enqueue(jobs)
-        except TypeError as exc:
-            raise InvalidJob(f"payload is not JSON-serialisable: {exc}") from exc
+        except DataRejected as exc:
+            raise InvalidJob(f"the job cannot be stored: {exc}") from exc
 
     # -- inspect -------------------------------------------------------------------------
     async def get(self, job_id: int) -> Job:

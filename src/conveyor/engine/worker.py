@@ -54,8 +54,10 @@ from conveyor.store.base import (
     JobsAvailable,
     Notice,
     NoticesLost,
+    Offers,
     Store,
     StoreError,
+    handoff_queue,
 )
 from conveyor.store.records import (
     ClaimRequest,
@@ -193,6 +195,8 @@ class Worker:
     ) -> None:
         self.store = store
         self.config = config or WorkerConfig()
+        self._handoff = handoff_queue(store) if self.config.handoff else None
+        """The store, when this worker offers its free slots for handoff."""
         self.kinds = kinds if kinds is not None else registry
         self._kind_names = tuple(self.kinds.names())
         """What its claims ask for: the kinds registered when it starts."""
@@ -388,9 +392,7 @@ class Worker:
         slots = {q: n for q, n in self._free_slots().items() if q in self._maybe_due}
         if not slots:
             return None
-        return ClaimRequest(
-            self.id, slots, self.config.lease_s, offer=self.config.handoff, kinds=self._kind_names
-        )
+        return ClaimRequest(self.id, slots, self.config.lease_s, kinds=self._kind_names)
 
     def _free_slots(self) -> dict[str, int]:
         busy: dict[str, int] = {}
@@ -415,9 +417,19 @@ class Worker:
             self._offered.clear()
             freed = {}
         try:
-            result = await self.store.settle_and_claim(
-                outcomes, progress, self.id, claim, rescue=rescue, freed=freed, withdraw=withdraw
-            )
+            if self._handoff is None:
+                result = await self.store.settle_and_claim(
+                    outcomes, progress, self.id, claim, rescue=rescue
+                )
+            else:
+                result = await self._handoff.settle_and_claim(
+                    outcomes,
+                    progress,
+                    self.id,
+                    claim,
+                    rescue=rescue,
+                    offers=Offers(freed, withdraw),
+                )
         except BaseException:
             # Nothing was recorded: keep the reports for the next pass.
             self._outcomes[:0] = outcomes
@@ -881,7 +893,11 @@ class Worker:
     async def _hand_back_offers(self) -> None:
         """On the way out: take the offers back, then hand back any job an enqueue handed
         over before that and whose notice came too late to be heard."""
-        await self.store.settle_and_claim(self._outcomes, [], self.id, None, withdraw=True)
+        if self._handoff is None:
+            await self.store.settle_and_claim(self._outcomes, [], self.id, None)
+        else:
+            offers = Offers(withdraw=True)
+            await self._handoff.settle_and_claim(self._outcomes, [], self.id, None, offers=offers)
         self._outcomes = []
         self._offered.clear()
         # Never a job whose thread still runs here (see _abandon).

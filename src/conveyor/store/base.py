@@ -14,8 +14,8 @@ skewed clocks agree on when a job is due or a lease has expired.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 from conveyor.store.records import (
     ClaimRequest,
@@ -82,11 +82,13 @@ class ConflictError(StoreError):
 
 
 class DataRejected(StoreError):
-    """The database refused the data of a call (PostgreSQL: a value it cannot hold, such as
-    a NUL character in JSON; SQLite: text that is not UTF-8, a string too big). Nothing of
-    the call was recorded; the connection is fine, and the same data will be refused
-    again. :meth:`Store.settle_and_claim` raises it so the worker can record the batch's
-    reports apart and fail the ones refused."""
+    """The database refused the data of a call, or the data could not be encoded for it
+    (PostgreSQL: a value it cannot hold, such as a NUL character in JSON; SQLite: text
+    that is not UTF-8, an integer past 64 bits; either: a payload that is not JSON).
+    Nothing of the call was recorded; the connection is fine, and the same data will be
+    refused again. :meth:`JobQueue.settle_and_claim` raises it so the worker can record
+    the batch's reports apart and fail the ones refused; an enqueue or a request raises
+    it for a job or input that cannot be stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +98,34 @@ class Capabilities:
 
     handoff: bool
     """An enqueue can hand a job straight to a worker that offered a free slot
-    (:class:`JobHandedOff`); without it, offers are ignored and workers claim."""
+    (:class:`JobHandedOff`): the store is a :class:`HandoffQueue`. Without it, workers
+    claim every job."""
     listen: bool
     """Other processes' changes arrive as notices without polling (``LISTEN/NOTIFY``);
     without it, a store polls for them."""
 
 
-class Store(Protocol):
-    """A job store. Implementations: ``conveyor.store.sqlite.SqliteStore``."""
+@dataclass(frozen=True, slots=True)
+class Offers:
+    """How an exchange of a :class:`HandoffQueue` changes the worker's offers of free
+    slots: its claim offers the slots it leaves free in the claimed queues (an enqueue
+    may then insert a job of such a queue already running under the worker and hand it
+    over in a :class:`JobHandedOff` notice)."""
+
+    freed: Mapping[str, int] = field(default_factory=dict)
+    """Slots the worker's jobs freed, added to its offers in queues it is not claiming."""
+    withdraw: bool = False
+    """Take every offer of the worker back."""
+
+
+class JobQueue(Protocol):
+    """The job queue: what the engine (client, worker, scheduler) asks of a store.
+    Implementations: ``conveyor.store.sqlite.SqliteStore``,
+    ``conveyor.store.postgres.PostgresStore``."""
 
     dialect: str
-    """``"sqlite"`` or ``"postgresql"``."""
+    """``"sqlite"`` or ``"postgresql"``: for messages and logs; what a store can do is
+    in :attr:`capabilities`."""
 
     capabilities: Capabilities
 
@@ -120,7 +139,8 @@ class Store(Protocol):
 
     # -- schema ----------------------------------------------------------------------
     async def migrate(self) -> list[int]:
-        """Apply pending migrations; returns the versions applied (empty if current)."""
+        """Apply pending migrations; returns the versions applied (empty if current).
+        Raises :class:`StoreError` for a database that a newer Conveyor migrated."""
 
     async def schema_status(self) -> tuple[int, int]:
         """(applied version, latest version known to this code)."""
@@ -129,7 +149,8 @@ class Store(Protocol):
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Insert jobs in one transaction; results in input order. A job whose
         ``unique_key`` matches a queued or running job of its tenant (or an earlier job of
-        the same call) resolves to that job instead."""
+        the same call) resolves to that job instead. Raises :class:`DataRejected` for a
+        job the database cannot hold; nothing is inserted then."""
 
     # -- working ---------------------------------------------------------------------
     async def settle_and_claim(
@@ -140,8 +161,6 @@ class Store(Protocol):
         claim: ClaimRequest | None,
         *,
         rescue: bool = False,
-        freed: Mapping[str, int] | None = None,
-        withdraw: bool = False,
     ) -> SettleResult:
         """Record finished attempts and progress, then claim jobs, and with ``rescue`` do
         what :meth:`rescue` does too; as few round trips as the database allows.
@@ -151,10 +170,6 @@ class Store(Protocol):
         those kinds; each claimed job becomes ``running`` with its attempt incremented,
         ``locked_by`` the worker and a lease of ``claim.lease_s``. Jobs of other kinds are
         left queued, and cost the claim nothing however many there are.
-
-        Offers for handoff (see :attr:`ClaimRequest.offer`): ``freed`` adds slots the
-        worker's jobs freed to its offers in queues it is not claiming; ``withdraw`` takes
-        all its offers back.
 
         Raises :class:`DataRejected` when the database refuses the data of an outcome or
         a progress report; nothing of the call is recorded then, and nothing is claimed.
@@ -183,21 +198,6 @@ class Store(Protocol):
 
     async def prune(self, older_than_s: float, limit: int = 1000) -> int:
         """Delete finished jobs that finished more than ``older_than_s`` ago."""
-
-    # -- requests --------------------------------------------------------------------
-    async def create_request(self, new: NewRequest) -> StoredRequest:
-        """Create a request and its job in one transaction, and read the job's queue
-        position with them. With an idempotency key that this tenant's caller used
-        before, return that request (``created`` False) and create nothing, not even a
-        job, even when two such calls race. Raises ``TypeError`` for input or a payload
-        the database cannot hold (PostgreSQL: a ``\\u0000`` in a JSON string)."""
-
-    async def get_request(self, request_id: int, tenant_id: str) -> Request | None: ...
-
-    async def list_requests(self, flt: RequestFilter) -> list[Request]: ...
-
-    async def queue_position(self, job: Job) -> int:
-        """How many queued, due jobs of the job's queue will be claimed before it."""
 
     # -- operating -------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None: ...
@@ -246,3 +246,52 @@ class Store(Protocol):
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` (on the event loop) when jobs may be available or a cancel is
         requested, from this process or another. Returns a function that removes it."""
+
+
+class HandoffQueue(JobQueue, Protocol):
+    """A job queue that can hand jobs off (``capabilities.handoff``): its exchange also
+    keeps the worker's offers of free slots (see :class:`Offers`)."""
+
+    async def settle_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+        claim: ClaimRequest | None,
+        *,
+        rescue: bool = False,
+        offers: Offers | None = None,
+    ) -> SettleResult:
+        """:meth:`JobQueue.settle_and_claim`; with ``offers``, the claim offers the slots
+        it leaves free and the worker's other offers change as ``offers`` says.
+        :attr:`SettleResult.offered` names the claimed queues now offered in."""
+
+
+def handoff_queue(store: JobQueue) -> HandoffQueue | None:
+    """``store`` as a :class:`HandoffQueue` if it declares it can hand off, else None. A
+    store that declares ``capabilities.handoff`` implements :class:`HandoffQueue`."""
+    return cast(HandoffQueue, store) if store.capabilities.handoff else None
+
+
+class RequestStore(Protocol):
+    """The application's request resource: what a user asked for, created with its job.
+    Each method is one transaction."""
+
+    async def create_request(self, new: NewRequest) -> StoredRequest:
+        """Create a request and its job in one transaction, and read the job's queue
+        position with them. With an idempotency key that this tenant's caller used
+        before, return that request (``created`` False) and create nothing, not even a
+        job, even when two such calls race. Raises :class:`DataRejected` for input or a
+        payload the database cannot hold (PostgreSQL: a ``\\u0000`` in a JSON string)."""
+
+    async def get_request(self, request_id: int, tenant_id: str) -> Request | None: ...
+
+    async def list_requests(self, flt: RequestFilter) -> list[Request]: ...
+
+    async def queue_position(self, job: Job) -> int:
+        """How many queued, due jobs of the job's queue will be claimed before it."""
+
+
+class Store(JobQueue, RequestStore, Protocol):
+    """A store that serves both seams: the job queue and the requests (every store here
+    does). Callers that need one only take :class:`JobQueue` or :class:`RequestStore`."""

@@ -252,11 +252,6 @@ class ClaimRequest:
     worker_id: str
     slots: dict[str, int]
     lease_s: float
-    offer: bool = False
-    """Offer the slots this claim leaves free for handoff: an enqueue may then insert a
-    new job of such a queue already running under this worker and hand it over in a
-    notice (:class:`conveyor.store.base.JobHandedOff`). Stores that cannot hand off
-    ignore it."""
     kinds: tuple[str, ...] = field(kw_only=True)
     """The kinds the worker can run: only jobs of these are claimed (in every queue of
     ``slots``) or handed to its offers. Strict priority, then FIFO, holds across them."""
@@ -299,7 +294,8 @@ class SettleResult:
     rescued: RescueResult | None = None
     """What the rescue did, when one was asked for."""
     offered: frozenset[str] = frozenset()
-    """The claimed queues in which free slots are now offered for handoff."""
+    """The claimed queues in which free slots are now offered for handoff (only a
+    :class:`conveyor.store.base.HandoffQueue` asked for offers fills it)."""
 
 
 @dataclass(frozen=True, slots=True)

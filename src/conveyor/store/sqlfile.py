@@ -91,22 +91,27 @@ def load_statements(
     """Parse ``filename`` in ``package`` into ``{name: Statement}``.
 
     A ``-- part: NAME`` section is not a statement: a line ``-- include: NAME`` in one
-    stands for it, so that statements sharing a piece of SQL hold one copy of it."""
+    (or in another part) stands for it, so that statements sharing a piece of SQL hold
+    one copy of it."""
     return {
         name: compile_sql(name, sql, placeholder)
         for name, sql in load_sections(package, filename).items()
     }
 
 
-def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
-    """The raw sections of ``filename``: the positional-placeholder form the stores are
-    leaving for :func:`load_statements` (issue 11)."""
-    return load_sections(package, filename)
-
-
 def load_sections(package: str, filename: str) -> dict[str, str]:
     """The raw ``-- name:`` sections of a ``.sql`` file, parts included, parameters
-    still by name: for callers that assemble a statement from pieces (list filters)."""
+    still by name."""
+    return _parse(package, filename)[0]
+
+
+def load_parts(package: str, filename: str = "queries.sql") -> dict[str, str]:
+    """The raw ``-- part:`` sections of a ``.sql`` file, parameters still by name: for
+    callers that assemble a statement from pieces (:mod:`conveyor.store.filters`)."""
+    return _parse(package, filename)[1]
+
+
+def _parse(package: str, filename: str) -> tuple[dict[str, str], dict[str, str]]:
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     pieces = _HEADER.split(text)
     sections: dict[str, dict[str, str]] = {"name": {}, "part": {}}
@@ -114,14 +119,25 @@ def load_sections(package: str, filename: str) -> dict[str, str]:
         if name in sections[kind]:
             raise ValueError(f"{package}/{filename}: {kind} {name!r} is defined twice")
         sections[kind][name] = body.strip()
-    parts = sections["part"]
+    raw = sections["part"]
+    parts: dict[str, str] = {}
 
-    def include(match: re.Match[str]) -> str:
-        if match.group(1) not in parts:
+    def expand(name: str, seen: tuple[str, ...]) -> str:
+        if name in seen:
+            raise ValueError(f"{package}/{filename}: part {name!r} includes itself")
+        if name not in parts:
+            parts[name] = _INCLUDE.sub(lambda m: include(m, (*seen, name)), raw[name])
+        return parts[name]
+
+    def include(match: re.Match[str], seen: tuple[str, ...] = ()) -> str:
+        if match.group(1) not in raw:
             raise ValueError(f"{package}/{filename}: no part {match.group(1)!r} to include")
-        return parts[match.group(1)]
+        return expand(match.group(1), seen)
 
-    return {name: _INCLUDE.sub(include, body) for name, body in sections["name"].items()}
+    for name in raw:
+        expand(name, ())
+    names = {name: _INCLUDE.sub(include, body) for name, body in sections["name"].items()}
+    return names, parts
 
 
 def load_migrations(package: str) -> list[tuple[int, str]]:

@@ -11,11 +11,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from conveyor.store.base import ConflictError, JobsAvailable, Notice, StoreError
+from conveyor.store.base import ConflictError, DataRejected, JobsAvailable, Notice, StoreError
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.listener import CHANNEL, notify_queues
 from conveyor.store.records import Enqueued, NewJob
 from conveyor.store.sqlfile import load_statements
+from conveyor.store.ticks import TickTaken
 
 _SQL = load_statements(__package__, "$", "enqueue.sql")
 
@@ -80,10 +81,6 @@ def job_fields(ordinal: int, job: NewJob) -> dict[str, Any]:
     }
 
 
-class TickTaken(Exception):
-    """Rolls back a periodic enqueue whose tick another worker enqueued first."""
-
-
 class Enqueuer:
     """Inserts jobs and tells this process's listeners of them (other processes hear of
     them by the statements' NOTIFY)."""
@@ -109,8 +106,8 @@ class Enqueuer:
             results = await self._db.run(
                 lambda conn: copy_jobs(conn, jobs) if bulk else insert_jobs(conn, jobs)
             )
-        except asyncpg.DataError as exc:
-            raise TypeError(f"a job could not be stored: {exc}") from exc
+        except (asyncpg.DataError, orjson.JSONEncodeError) as exc:
+            raise DataRejected(f"a job could not be stored: {exc}") from exc
         self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
         return results
 

@@ -3,14 +3,14 @@ claim, offer free slots, rescue; one statement), heartbeats and adoption."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import orjson
 
-from conveyor.store.base import DataRejected, JobsAvailable, Notice, StoreError
+from conveyor.store.base import DataRejected, JobsAvailable, Notice, Offers, StoreError
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.enqueue import dumps
 from conveyor.store.postgres.listener import notify_queues
@@ -78,19 +78,21 @@ class Exchange:
         worker_id: str,
         claim: ClaimRequest | None,
         rescue_limit: int,
-        freed: Mapping[str, int] | None = None,
-        withdraw: bool = False,
+        offers: Offers | None = None,
     ) -> SettleResult:
-        """:meth:`conveyor.store.base.Store.settle_and_claim`; ``rescue_limit`` 0: no
-        rescue."""
+        """:meth:`conveyor.store.base.HandoffQueue.settle_and_claim`; ``rescue_limit`` 0:
+        no rescue; ``offers`` None: the claim offers nothing and offers stay as they are."""
         queues = list(claim.slots) if claim is not None else []
         # Never a claimed queue's offer: the claim sets it, and one statement must not
         # change a row twice.
-        freed = {q: n for q, n in (freed or {}).items() if q not in queues}
+        freed = {q: n for q, n in offers.freed.items() if q not in queues} if offers else {}
+        withdraw = offers is not None and offers.withdraw
         try:
             values = self._values(claim, queues, worker_id, outcomes, progress, rescue_limit)
         except orjson.JSONEncodeError as exc:
             raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
+        if claim is not None and offers is not None:
+            values["offer_key"] = self._offer_key()
         values["freed_queues"] = list(freed)
         values["freed_slots"] = list(freed.values())
         values["withdraw"] = withdraw
@@ -128,7 +130,12 @@ class Exchange:
             # is late, or was missed while LISTEN was down): claim them again, locked.
             self._limits.queues.update(unlocked)
             slots = {q: claim.slots[q] for q in unlocked}
-            more = await self.settle_and_claim((), (), worker_id, replace(claim, slots=slots), 0)
+            again = replace(claim, slots=slots)
+            # With offers if the first pass had them, as it would have: a limited queue
+            # offers nothing, and the worker's old offers in it are taken back.
+            more = await self.settle_and_claim(
+                (), (), worker_id, again, 0, Offers() if offers is not None else None
+            )
             claimed.extend(more.claimed)
             if more.next_run_at is not None:
                 next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
@@ -163,13 +170,13 @@ class Exchange:
         reports: Sequence[Progress],
         rescue_limit: int,
     ) -> dict[str, Any]:
-        """The exchange statement's parameters but for the offers' changes."""
+        """The exchange statement's parameters but for the offers'."""
         return {
             "queues": queues,
             "slots": [claim.slots[q] for q in queues] if claim is not None else [],
             "worker_id": worker_id,
             "lease_s": claim.lease_s if claim is not None else 0.0,
-            "offer_key": self._offer_key() if claim is not None and claim.offer else None,
+            "offer_key": None,
             "kinds": list(claim.kinds) if claim is not None else [],
             "outcome_ids": [o.job_id for o in outcomes],
             "outcome_attempts": [o.attempt for o in outcomes],

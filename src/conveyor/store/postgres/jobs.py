@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 
 from conveyor.store.base import CancelRequested, ConflictError, JobsAvailable, Notice
+from conveyor.store.filters import ListQuery
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.listener import notify_cancel, notify_queues
 from conveyor.store.postgres.rows import JOBS
 from conveyor.store.records import Job, JobFilter, JobState
-from conveyor.store.sqlfile import load_statements
+from conveyor.store.sqlfile import load_parts, load_statements
 
 _SQL = load_statements(__package__, "$", "jobs.sql")
+_LIST = ListQuery(load_parts(__package__, "jobs.sql"), "list_jobs", JobFilter, "$")
 
 
 class Jobs:
@@ -28,29 +29,8 @@ class Jobs:
         return await self._db.run(lambda conn: _get(conn, job_id))
 
     async def list(self, flt: JobFilter) -> list[Job]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("state", flt.state.value if flt.state else None),
-            ("queue", flt.queue),
-            ("kind", flt.kind),
-            ("tenant_id", flt.tenant_id),
-        ):
-            if value is not None:
-                params.append(value)
-                clauses.append(f"{column} = ${len(params)}")
-        for clause, bound in (
-            ("id < ${}", flt.before_id),
-            ("created_at >= to_timestamp(${})", flt.created_after),
-            ("created_at < to_timestamp(${})", flt.created_before),
-        ):
-            if bound is not None:
-                params.append(bound)
-                clauses.append(clause.format(len(params)))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        params.append(flt.limit)
-        sql = f"SELECT * FROM conveyor_jobs {where} ORDER BY id DESC LIMIT ${len(params)}"
-        rows = await self._db.run(lambda conn: conn.fetch(sql, *params))
+        stmt, args = _LIST.statement(flt)
+        rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args))
         return [JOBS.decode(r, 0) for r in rows]
 
     async def cancel(self, job_id: int) -> Job | None:

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
-from conveyor.store.base import ConflictError, JobsAvailable, Notice
+from conveyor.store.base import ConflictError, DataRejected, JobsAvailable, Notice
 from conveyor.store.coalesce import Coalescer
+from conveyor.store.filters import ListQuery
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.enqueue import dumps, job_fields, job_values
 from conveyor.store.postgres.listener import CHANNEL
 from conveyor.store.postgres.rows import REQUESTS
 from conveyor.store.records import Job, NewRequest, Request, RequestFilter, StoredRequest
-from conveyor.store.sqlfile import load_statements
+from conveyor.store.sqlfile import load_parts, load_statements
 
 T = TypeVar("T")
 
 _SQL = load_statements(__package__, "$", "requests.sql")
+_LIST = ListQuery(load_parts(__package__, "requests.sql"), "list_requests", RequestFilter, "$")
 
 _CREATE_REQUEST_PASSES = 3
 """A pass is repeated only after a racing call committed; two such races in a row are
@@ -104,7 +106,7 @@ class Requests:
         try:
             row = await self._db.run(create)
         except asyncpg.DataError as exc:
-            raise TypeError(f"a request could not be stored: {exc}") from exc
+            raise DataRejected(f"a request could not be stored: {exc}") from exc
         created: bool = row["created"]
         if created:
             self._publish(JobsAvailable(frozenset({job.queue})))
@@ -117,26 +119,8 @@ class Requests:
         return REQUESTS.decode(row, 0) if row is not None else None
 
     async def list(self, flt: RequestFilter) -> list[Request]:
-        params: list[Any] = [flt.tenant_id]
-        clauses = ["r.tenant_id = $1"]
-        for clause, value in (
-            ("j.state = ${}", flt.state.value if flt.state else None),
-            ("r.kind = ${}", flt.kind),
-            ("r.created_at >= to_timestamp(${})", flt.created_after),
-            ("r.created_at < to_timestamp(${})", flt.created_before),
-            ("r.id < ${}", flt.before_id),
-        ):
-            if value is not None:
-                params.append(value)
-                clauses.append(clause.format(len(params)))
-        params.append(flt.limit)
-        sql = (
-            "SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, "
-            "r.http_request_id, r.created_at, j.* FROM conveyor_requests r "
-            "JOIN conveyor_jobs j ON j.id = r.job_id "
-            f"WHERE {' AND '.join(clauses)} ORDER BY r.id DESC LIMIT ${len(params)}"
-        )
-        rows = await self._db.run(lambda conn: conn.fetch(sql, *params))
+        stmt, args = _LIST.statement(flt)
+        rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args))
         return [REQUESTS.decode(r, 0) for r in rows]
 
     async def queue_position(self, job: Job) -> int:

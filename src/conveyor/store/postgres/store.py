@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 
-from conveyor.store.base import Capabilities, Listener, Notice, StoreError
+from conveyor.store.base import Capabilities, Listener, Offers, StoreError
+from conveyor.store.fanout import Fanout
 from conveyor.store.postgres import migrations
 from conveyor.store.postgres.connection import Database
 from conveyor.store.postgres.enqueue import Enqueuer
@@ -76,23 +77,23 @@ class PostgresStore:
         self.listen = listen
         # Handoff rides on the LISTEN connection: its notice carries the job.
         self.capabilities = Capabilities(handoff=listen, listen=listen)
-        self._listeners: list[Listener] = []
+        self._fanout = Fanout()
         self._db = Database(
             url, session_settings=listen, pool_size=pool_size, connect_timeout=connect_timeout
         )
         self._limits = Limits()
-        self._listener = NoticeListener(self._db, self._publish, self._reload_limits_soon)
-        self._enqueuer = Enqueuer(self._db, self._publish)
+        self._listener = NoticeListener(self._db, self._fanout.publish, self._reload_limits_soon)
+        self._enqueuer = Enqueuer(self._db, self._fanout.publish)
         self._exchange = Exchange(
             self._db,
-            self._publish,
+            self._fanout.publish,
             self._limits,
             lambda: self._listener.offer_key,
             hears_limits=listen,
         )
-        self._requests = Requests(self._db, self._publish)
-        self._jobs = Jobs(self._db, self._publish)
-        self._queues = Queues(self._db, self._publish, self._limits)
+        self._requests = Requests(self._db, self._fanout.publish)
+        self._jobs = Jobs(self._db, self._fanout.publish)
+        self._queues = Queues(self._db, self._fanout.publish, self._limits)
         self._workers = Workers(self._db)
 
     # -- connection ----------------------------------------------------------------
@@ -127,11 +128,10 @@ class PostgresStore:
         claim: ClaimRequest | None,
         *,
         rescue: bool = False,
-        freed: Mapping[str, int] | None = None,
-        withdraw: bool = False,
+        offers: Offers | None = None,
     ) -> SettleResult:
         return await self._exchange.settle_and_claim(
-            outcomes, progress, worker_id, claim, 1000 if rescue else 0, freed, withdraw
+            outcomes, progress, worker_id, claim, 1000 if rescue else 0, offers
         )
 
     async def heartbeat(
@@ -199,19 +199,10 @@ class PostgresStore:
 
     # -- notices ---------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
+        remove = self._fanout.add(listener)
         if self.listen:
             self._listener.start()
-
-        def remove() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
         return remove
-
-    def _publish(self, notice: Notice) -> None:
-        for listener in tuple(self._listeners):
-            listener(notice)
 
     def _reload_limits_soon(self) -> None:
         async def reload() -> None:

@@ -1,18 +1,73 @@
--- SQLite queries of SqliteStore. Parameters are named (:name); times are Unix seconds.
+-- SQLite statements of SqliteStore. Parameters are named (:name) and bound as ?1.. (see
+-- conveyor/store/sqlfile.py); times are Unix seconds.
 -- Every statement that changes a running job is guarded on state, attempt and owner.
 
+-- -- connection and transactions ---------------------------------------------------------
+-- name: journal_wal
+PRAGMA journal_mode=WAL
+
+-- name: synchronous_full
+PRAGMA synchronous=FULL
+
+-- name: synchronous_normal
+PRAGMA synchronous=NORMAL
+
+-- name: foreign_keys_on
+PRAGMA foreign_keys=ON
+
+-- name: temp_store_memory
+PRAGMA temp_store=MEMORY
+
+-- name: data_version
+-- A counter in shared memory that changes when another connection commits.
+PRAGMA data_version
+
+-- name: begin_write
+-- Takes the file's write lock up front: what makes claims from several processes exclusive.
+BEGIN IMMEDIATE
+
+-- name: begin_read
+BEGIN
+
+-- name: commit
+COMMIT
+
+-- name: rollback
+ROLLBACK
+
+-- -- schema ------------------------------------------------------------------------------
+-- name: schema_table
+CREATE TABLE IF NOT EXISTS conveyor_schema (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)
+
+-- name: schema_exists
+SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'conveyor_schema')
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM conveyor_schema
+
+-- name: schema_record
+INSERT INTO conveyor_schema (version, applied_at) VALUES (:version, :now)
+
+-- name: job_columns
+SELECT name FROM pragma_table_info('conveyor_jobs') ORDER BY cid
+
+-- -- producing ---------------------------------------------------------------------------
 -- name: insert_job
+-- Bound per job from a tuple in this parameter order (the store checks it at import).
 INSERT INTO conveyor_jobs (
     id, tenant_id, queue, kind, priority, state, payload, attempt, max_attempts,
     run_at, timeout_s, unique_key, meta, created_at
-) VALUES (?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?)
+) VALUES (
+    :id, :tenant_id, :queue, :kind, :priority, 'queued', :payload, 0, :max_attempts,
+    :run_at, :timeout_s, :unique_key, :meta, :now
+)
 
 -- name: next_job_id
 SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'conveyor_jobs'), 0)
 
 -- name: find_active_unique
 SELECT id FROM conveyor_jobs
-WHERE tenant_id = ? AND unique_key = ? AND state IN ('queued', 'running')
+WHERE tenant_id = :tenant_id AND unique_key = :unique_key AND state IN ('queued', 'running')
 
 -- name: claim
 -- The first :limit due jobs of the queue whose kind is in :kinds (a JSON array), in
@@ -42,10 +97,10 @@ WHERE id IN (
 RETURNING *
 
 -- name: queue_settings_for
-SELECT paused, concurrency_limit FROM conveyor_queues WHERE name = ?
+SELECT paused, concurrency_limit FROM conveyor_queues WHERE name = :queue
 
 -- name: count_running
-SELECT count(*) FROM conveyor_jobs WHERE state = 'running' AND queue = ?
+SELECT count(*) FROM conveyor_jobs WHERE state = 'running' AND queue = :queue
 
 -- name: next_run_at
 -- Only asked after a claim drained the queue's due jobs of the worker's kinds, so it
@@ -143,18 +198,19 @@ ORDER BY finished_at
 LIMIT :limit
 
 -- name: prune_requests
-DELETE FROM conveyor_requests WHERE job_id IN (SELECT value FROM json_each(?))
+DELETE FROM conveyor_requests WHERE job_id IN (SELECT value FROM json_each(:ids))
 
 -- name: prune
-DELETE FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(?))
+DELETE FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: get_job
-SELECT * FROM conveyor_jobs WHERE id = ?
+SELECT * FROM conveyor_jobs WHERE id = :id
 
 -- name: adopt
--- Jobs running under this worker ($1) that it does not know of ($2: a JSON array of ids).
+-- Jobs running under this worker that it does not know of (:known, a JSON array of ids).
 SELECT * FROM conveyor_jobs
-WHERE state = 'running' AND locked_by = ?1 AND id NOT IN (SELECT value FROM json_each(?2))
+WHERE state = 'running' AND locked_by = :worker_id
+  AND id NOT IN (SELECT value FROM json_each(:known))
 
 -- name: cancel
 UPDATE conveyor_jobs
@@ -195,7 +251,7 @@ ON CONFLICT (name) DO UPDATE
 SET concurrency_limit = excluded.concurrency_limit, updated_at = excluded.updated_at
 
 -- name: insert_tick
-INSERT INTO conveyor_periodic_ticks (kind, tick, job_id) VALUES (?, ?, ?)
+INSERT INTO conveyor_periodic_ticks (kind, tick, job_id) VALUES (:kind, :tick, :job_id)
 ON CONFLICT DO NOTHING
 
 -- name: prune_ticks
@@ -242,30 +298,42 @@ INSERT OR REPLACE INTO conveyor_workers (
 VALUES (:id, :hostname, :pid, :queues, :now, :now, :now + :lease_s, :kinds, :memory_mb)
 
 -- name: unregister_worker
-DELETE FROM conveyor_workers WHERE id = ?
+DELETE FROM conveyor_workers WHERE id = :id
+
+-- part: worker_columns
+-- In the order of WorkerInfo's fields (checked by the store at import).
+id, hostname, pid, queues, started_at, last_seen_at, expires_at, memory_mb, kinds
 
 -- name: list_workers
-SELECT id, hostname, pid, queues, started_at, last_seen_at, expires_at, kinds, memory_mb
+SELECT
+-- include: worker_columns
 FROM conveyor_workers
 WHERE expires_at >= :now ORDER BY started_at
 
--- name: schema_version
-SELECT coalesce(max(version), 0) FROM conveyor_schema
-
+-- -- requests ----------------------------------------------------------------------------
 -- name: find_request_by_key
-SELECT id FROM conveyor_requests WHERE tenant_id = ? AND caller_id = ? AND idempotency_key = ?
+SELECT id FROM conveyor_requests
+WHERE tenant_id = :tenant_id AND caller_id = :caller_id AND idempotency_key = :idempotency_key
 
 -- name: insert_request
 INSERT INTO conveyor_requests (
     tenant_id, caller_id, kind, input, job_id, idempotency_key, http_request_id, created_at
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+) VALUES (
+    :tenant_id, :caller_id, :kind, :input, :job_id, :idempotency_key, :http_request_id, :now
+)
 RETURNING id
 
+-- part: request_columns
+-- A request's columns, in the order of Request's fields, then its job's (j.*).
+r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,
+r.created_at, j.*
+
 -- name: get_request
-SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.http_request_id,
-       r.created_at, j.*
+-- A LEFT JOIN: a request whose job was pruned is told apart from no request at all.
+SELECT
+-- include: request_columns
 FROM conveyor_requests r LEFT JOIN conveyor_jobs j ON j.id = r.job_id
-WHERE r.id = ?
+WHERE r.id = :id
 
 -- name: queue_position
 -- Queued, due jobs of the same queue that a worker will claim before this one.
@@ -273,3 +341,58 @@ SELECT count(*) FROM conveyor_jobs
 WHERE state = 'queued' AND queue = :queue AND run_at <= :now
   AND (priority < :priority
        OR (priority = :priority AND (run_at < :run_at OR (run_at = :run_at AND id < :id))))
+
+-- -- lists (assembled by conveyor/store/filters.py: the head, a condition per field set,
+-- -- the tail) -------------------------------------------------------------------------
+-- part: list_jobs
+SELECT * FROM conveyor_jobs
+
+-- part: list_jobs_where_state
+state = :state
+
+-- part: list_jobs_where_queue
+queue = :queue
+
+-- part: list_jobs_where_kind
+kind = :kind
+
+-- part: list_jobs_where_tenant_id
+tenant_id = :tenant_id
+
+-- part: list_jobs_where_before_id
+id < :before_id
+
+-- part: list_jobs_where_created_after
+created_at >= :created_after
+
+-- part: list_jobs_where_created_before
+created_at < :created_before
+
+-- part: list_jobs_tail
+ORDER BY id DESC LIMIT :limit
+
+-- part: list_requests
+SELECT
+-- include: request_columns
+FROM conveyor_requests r JOIN conveyor_jobs j ON j.id = r.job_id
+
+-- part: list_requests_where_tenant_id
+r.tenant_id = :tenant_id
+
+-- part: list_requests_where_state
+j.state = :state
+
+-- part: list_requests_where_kind
+r.kind = :kind
+
+-- part: list_requests_where_created_after
+r.created_at >= :created_after
+
+-- part: list_requests_where_created_before
+r.created_at < :created_before
+
+-- part: list_requests_where_before_id
+r.id < :before_id
+
+-- part: list_requests_tail
+ORDER BY r.id DESC LIMIT :limit

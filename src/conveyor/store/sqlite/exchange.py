@@ -1,0 +1,186 @@
+"""The worker's round trips: settle and claim, heartbeats, rescue, adoption (each run on
+the store's thread, inside the transaction the store opened)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Mapping, Sequence
+
+from conveyor.store.records import (
+    ClaimRequest,
+    Job,
+    LeaseStatus,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    RescueResult,
+    SettleResult,
+)
+from conveyor.store.sqlite.queries import execute, ordered
+from conveyor.store.sqlite.rows import JOB, dumps
+
+RESCUE_LIMIT = 1000
+"""Expired leases a rescue riding on an exchange takes at most."""
+
+_GUARD = ("id", "attempt", "worker_id")
+_PROGRESS = ordered("progress", "fraction", "message", *_GUARD)
+_COMPLETE = ordered("complete", "result", "now", *_GUARD)
+_RETRY_LATER = ordered("retry_later", "now", "delay", "error", *_GUARD)
+_FAIL = ordered("fail", "now", "error", *_GUARD)
+_CANCELLED = ordered("cancelled", "now", *_GUARD)
+_RELEASE = ordered("release", *_GUARD)
+_SETTINGS_FOR = ordered("queue_settings_for", "queue")
+_COUNT_RUNNING = ordered("count_running", "queue")
+
+_REQUEUEING = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED})
+
+
+def settle_and_claim(
+    conn: sqlite3.Connection,
+    now: float,
+    outcomes: Sequence[Outcome],
+    progress: Sequence[Progress],
+    worker_id: str,
+    claim: ClaimRequest | None,
+    rescue: bool,
+) -> tuple[SettleResult, frozenset[str]]:
+    """Record reports, rescue if asked, claim; also the queues to wake."""
+    # Progress first: a job's last report may ride with its outcome, and must be
+    # recorded while the job is still running.
+    for p in progress:
+        conn.execute(_PROGRESS, (p.fraction, p.message, p.job_id, p.attempt, worker_id))
+    applied = tuple([_apply_outcome(conn, now, worker_id, o) for o in outcomes])
+    wake = _queues_to_wake(conn, outcomes, applied)
+    rescued = None
+    if rescue:
+        rescued, requeued_in = rescue_expired(conn, now, RESCUE_LIMIT)
+        wake |= requeued_in
+    claimed: list[Job] = []
+    next_run_at: float | None = None
+    if claim is not None:
+        kinds = dumps(claim.kinds)
+        for queue, limit in claim.slots.items():
+            jobs, upcoming = _claim_queue(conn, now, claim, kinds, queue, limit)
+            claimed.extend(jobs)
+            if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
+                next_run_at = upcoming
+    return SettleResult(applied, tuple(claimed), next_run_at, rescued), wake
+
+
+def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outcome) -> bool:
+    guard = (o.job_id, o.attempt, worker_id)
+    kind = o.kind
+    if kind is OutcomeKind.COMPLETED:
+        result = o.result_json if o.result_json is not None else dumps(o.result)
+        cursor = conn.execute(_COMPLETE, (result, now, *guard))
+    elif kind is OutcomeKind.RELEASED:
+        cursor = conn.execute(_RELEASE, guard)
+    elif kind is OutcomeKind.CANCELLED:
+        cursor = conn.execute(_CANCELLED, (now, *guard))
+    else:
+        if o.error is None:
+            raise ValueError(f"outcome {kind} of job {o.job_id} needs an error entry")
+        error = dumps(o.error.to_json())
+        if kind is OutcomeKind.RETRY:
+            cursor = conn.execute(_RETRY_LATER, (now, o.retry_in_s, error, *guard))
+        else:
+            cursor = conn.execute(_FAIL, (now, error, *guard))
+    return cursor.rowcount == 1
+
+
+def _queues_to_wake(
+    conn: sqlite3.Connection, outcomes: Sequence[Outcome], applied: Sequence[bool]
+) -> frozenset[str]:
+    """Queues where a job may now be claimable: a job went back to the queue, or a job of
+    a queue with a cluster-wide limit stopped running and freed a slot."""
+    wake: set[str] = set()
+    ended: set[str] = set()
+    for outcome, ok in zip(outcomes, applied, strict=True):
+        if ok:
+            (wake if outcome.kind in _REQUEUEING else ended).add(outcome.queue)
+    for queue in ended - wake:
+        settings = conn.execute(_SETTINGS_FOR, (queue,)).fetchone()
+        if settings is not None and settings[1] is not None:
+            wake.add(queue)
+    return frozenset(wake)
+
+
+def _claim_queue(
+    conn: sqlite3.Connection,
+    now: float,
+    claim: ClaimRequest,
+    kinds: str,
+    queue: str,
+    limit: int,
+) -> tuple[list[Job], float | None]:
+    """Claim up to ``limit`` due jobs of ``queue`` whose kind is in ``kinds`` (a JSON
+    array); also the next ``run_at`` of such a job when the claim came back short."""
+    settings = conn.execute(_SETTINGS_FOR, (queue,)).fetchone()
+    if settings is not None:
+        paused, cluster_limit = settings
+        if paused:
+            return [], None
+        if cluster_limit is not None:
+            # The write lock is held, so this count cannot change before the claim.
+            running = conn.execute(_COUNT_RUNNING, (queue,)).fetchone()[0]
+            limit = min(limit, cluster_limit - running)
+    values = {
+        "worker_id": claim.worker_id,
+        "now": now,
+        "lease_s": claim.lease_s,
+        "queue": queue,
+        "kinds": kinds,
+        "limit": limit,
+    }
+    jobs: list[Job] = []
+    if limit > 0:
+        rows = execute(conn, "claim", values).fetchall()
+        jobs = sorted(map(JOB.decode, rows), key=lambda j: (j.priority, j.run_at, j.id))
+        if len(jobs) == limit:
+            return jobs, None
+    upcoming = execute(conn, "next_run_at", values).fetchone()[0]
+    return jobs, upcoming
+
+
+def rescue_expired(
+    conn: sqlite3.Connection, now: float, limit: int
+) -> tuple[RescueResult, frozenset[str]]:
+    """Rescue expired leases and forget expired workers; also the queues requeued into."""
+    values = {"now": now, "limit": limit}
+    rows = execute(conn, "rescue", values).fetchall()
+    execute(conn, "forget_workers", values)
+    return RescueResult.from_rows(rows), frozenset(q for _, state, q in rows if state == "queued")
+
+
+def leases(
+    conn: sqlite3.Connection,
+    now: float,
+    worker_id: str,
+    jobs: Mapping[int, int],
+    lease_s: float,
+    renew: bool,
+    memory_mb: float | None,
+) -> LeaseStatus:
+    """Which of ``jobs`` (id -> attempt) still run under the worker, which have a cancel
+    request; with ``renew``, their leases and the worker's registration extended."""
+    values = {"worker_id": worker_id, "now": now, "lease_s": lease_s, "memory_mb": memory_mb}
+    held: set[int] = set()
+    cancel: set[int] = set()
+    for job_id, attempt, cancel_requested in execute(conn, "leases_held", values):
+        if jobs.get(job_id) == attempt:
+            held.add(job_id)
+            if cancel_requested:
+                cancel.add(job_id)
+    if renew:
+        values["ids"] = dumps(sorted(held))
+        execute(conn, "renew_leases", values)
+        execute(conn, "renew_worker", values)
+    return LeaseStatus(frozenset(held), frozenset(cancel))
+
+
+def unknown_jobs(
+    conn: sqlite3.Connection, now: float, worker_id: str, known: Collection[int]
+) -> list[Job]:
+    """Jobs running under ``worker_id`` other than ``known``."""
+    values = {"worker_id": worker_id, "known": dumps(list(known))}
+    return [JOB.decode(row) for row in execute(conn, "adopt", values)]

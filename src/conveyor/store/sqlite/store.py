@@ -1,0 +1,245 @@
+"""The embedded store: one SQLite file in WAL mode, safe for several processes.
+
+Each verb is one transaction on the connection's thread (:mod:`.connection`), written
+in the module of its topic; this class runs it and tells the listeners what changed.
+
+Other processes' commits are noticed through ``PRAGMA data_version``, a counter SQLite
+keeps in shared memory, polled every ``sqlite_poll_interval``: cheap enough that an idle
+worker costs nothing measurable, and no query touches the jobs table until it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+
+from conveyor.store.base import (
+    CancelRequested,
+    Capabilities,
+    JobsAvailable,
+    Listener,
+    StoreError,
+)
+from conveyor.store.fanout import Fanout
+from conveyor.store.records import (
+    ClaimRequest,
+    Enqueued,
+    Job,
+    JobFilter,
+    JobState,
+    LeaseStatus,
+    NewJob,
+    NewRequest,
+    Outcome,
+    Progress,
+    QueueStats,
+    Request,
+    RequestFilter,
+    RescueResult,
+    SettleResult,
+    StoredRequest,
+    WorkerInfo,
+)
+from conveyor.store.sqlite import exchange, migrations, operating, requests
+from conveyor.store.sqlite.connection import Database
+from conveyor.store.sqlite.enqueue import insert_jobs, insert_periodic
+from conveyor.store.ticks import TickTaken
+from conveyor.store.urls import redact
+
+
+class SqliteStore:
+    """A :class:`conveyor.store.base.Store` on one SQLite file.
+
+    No handoff: a worker in this process is woken at once, and others poll."""
+
+    dialect = "sqlite"
+    capabilities = Capabilities(handoff=False, listen=False)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 10_000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.url = url
+        self._db = Database(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self.path = self._db.path
+        self._poll_interval = poll_interval
+        self._fanout = Fanout()
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- connection ------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        await self._db.close()
+
+    # -- schema ----------------------------------------------------------------------
+    async def migrate(self) -> list[int]:
+        return await migrations.migrate(self._db)
+
+    async def schema_status(self) -> tuple[int, int]:
+        return await migrations.schema_status(self._db)
+
+    # -- producing -------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
+        if not jobs:
+            return []
+        result = await self._db.write(lambda conn, now: insert_jobs(conn, now, jobs))
+        self._fanout.publish(JobsAvailable(frozenset(job.queue for job in jobs)))
+        return result
+
+    async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
+        try:
+            result = await self._db.write(lambda conn, now: insert_periodic(conn, now, job, tick))
+        except TickTaken:
+            return None
+        self._fanout.publish(JobsAvailable(frozenset({job.queue})))
+        return result
+
+    # -- working ---------------------------------------------------------------------
+    async def settle_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        progress: Sequence[Progress],
+        worker_id: str,
+        claim: ClaimRequest | None,
+        *,
+        rescue: bool = False,
+    ) -> SettleResult:
+        result, wake = await self._db.write(
+            lambda conn, now: exchange.settle_and_claim(
+                conn, now, outcomes, progress, worker_id, claim, rescue
+            )
+        )
+        if wake:
+            self._fanout.publish(JobsAvailable(wake))
+        return result
+
+    async def heartbeat(
+        self,
+        worker_id: str,
+        jobs: dict[int, int],
+        lease_s: float,
+        renew: bool,
+        memory_mb: float | None = None,
+    ) -> LeaseStatus:
+        def check(conn: sqlite3.Connection, now: float) -> LeaseStatus:
+            return exchange.leases(conn, now, worker_id, jobs, lease_s, renew, memory_mb)
+
+        return await (self._db.write(check) if renew else self._db.read(check))
+
+    async def adopt(self, worker_id: str, known: Collection[int]) -> list[Job]:
+        return await self._db.read(
+            lambda conn, now: exchange.unknown_jobs(conn, now, worker_id, known)
+        )
+
+    async def rescue(self, limit: int = 1000) -> RescueResult:
+        result, requeued_in = await self._db.write(
+            lambda conn, now: exchange.rescue_expired(conn, now, limit)
+        )
+        if requeued_in:
+            self._fanout.publish(JobsAvailable(requeued_in))
+        return result
+
+    async def prune(self, older_than_s: float, limit: int = 1000) -> int:
+        return await self._db.write(
+            lambda conn, now: operating.prune(conn, now, older_than_s, limit)
+        )
+
+    # -- requests --------------------------------------------------------------------
+    async def create_request(self, new: NewRequest) -> StoredRequest:
+        stored = await self._db.write(lambda conn, now: requests.create(conn, now, new))
+        if stored.created:
+            self._fanout.publish(JobsAvailable(frozenset({new.job.queue})))
+        return stored
+
+    async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
+        return await self._db.read(lambda conn, now: requests.get(conn, request_id, tenant_id))
+
+    async def list_requests(self, flt: RequestFilter) -> list[Request]:
+        return await self._db.read(lambda conn, now: requests.list_requests(conn, flt))
+
+    async def queue_position(self, job: Job) -> int:
+        return await self._db.read(lambda conn, now: requests.jobs_ahead(conn, now, job))
+
+    # -- operating -------------------------------------------------------------------
+    async def get_job(self, job_id: int) -> Job | None:
+        return await self._db.read(lambda conn, now: operating.get_job(conn, job_id))
+
+    async def list_jobs(self, flt: JobFilter) -> list[Job]:
+        return await self._db.read(lambda conn, now: operating.list_jobs(conn, flt))
+
+    async def cancel(self, job_id: int) -> Job | None:
+        was, job = await self._db.write(lambda conn, now: operating.cancel(conn, now, job_id))
+        if was == JobState.RUNNING:
+            self._fanout.publish(CancelRequested(frozenset({job_id})))
+        return job
+
+    async def retry(self, job_id: int) -> Job | None:
+        queue, job = await self._db.write(lambda conn, now: operating.retry(conn, now, job_id))
+        if queue is not None:
+            self._fanout.publish(JobsAvailable(frozenset({queue})))
+        return job
+
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        done = await self._db.write(
+            lambda conn, now: operating.set_paused(conn, now, queue, paused)
+        )
+        if done and not paused:
+            self._fanout.publish(JobsAvailable(frozenset({queue})))
+        return done
+
+    async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
+        done = await self._db.write(lambda conn, now: operating.set_limit(conn, now, queue, limit))
+        if done:
+            self._fanout.publish(JobsAvailable(frozenset({queue})))
+        return done
+
+    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
+        return await self._db.read(lambda conn, now: operating.queue_stats(conn, now, finished))
+
+    async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
+        await self._db.write(lambda conn, now: operating.register_worker(conn, now, info, lease_s))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._db.write(lambda conn, now: operating.unregister_worker(conn, worker_id))
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self._db.read(operating.live_workers)
+
+    # -- notices ---------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        if self._poller is None:
+            if not self._db.is_open:
+                raise StoreError(f"store {redact(self.url)!r} is not open")
+            # The baseline is read before this returns (a PRAGMA read on the store's own
+            # thread): a commit made after add_listener() must be heard, and one made
+            # between it and the watcher's first look would not be otherwise.
+            baseline = self._db.run_now(self._db.data_version)
+            self._poller = asyncio.get_running_loop().create_task(
+                self._watch_other_processes(baseline), name="conveyor-sqlite-watch"
+            )
+        return self._fanout.add(listener)
+
+    async def _watch_other_processes(self, last: int) -> None:
+        """Publish a notice whenever another connection commits to the file."""
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                current = await self._db.call(self._db.data_version)
+            except StoreError:
+                continue
+            if current != last:
+                last = current
+                self._fanout.publish(JobsAvailable(None))
