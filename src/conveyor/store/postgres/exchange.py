@@ -14,7 +14,7 @@ from conveyor.store.base import DataRejected, JobsAvailable, Notice, Offers, Sto
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.enqueue import dumps
 from conveyor.store.postgres.listener import notify_queues
-from conveyor.store.postgres.rows import JOBS
+from conveyor.store.postgres.rows import JOBS, time_or_none
 from conveyor.store.records import (
     ClaimRequest,
     Job,
@@ -88,14 +88,19 @@ class Exchange:
         freed = {q: n for q, n in offers.freed.items() if q not in queues} if offers else {}
         withdraw = offers is not None and offers.withdraw
         try:
-            values = self._values(claim, queues, worker_id, outcomes, progress, rescue_limit)
+            reports = _reports(outcomes, progress)
         except orjson.JSONEncodeError as exc:
             raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
-        if claim is not None and offers is not None:
-            values["offer_key"] = self._offer_key()
-        values["freed_queues"] = list(freed)
-        values["freed_slots"] = list(freed.values())
-        values["withdraw"] = withdraw
+        values = {
+            **self._claim(claim, queues, worker_id, offers is not None),
+            **reports,
+            "rescue": rescue_limit > 0,
+            "rescue_limit": rescue_limit,
+            "freed_queues": list(freed),
+            "freed_slots": list(freed.values()),
+            "withdraw": withdraw,
+            "locked_queues": [],
+        }
         # Without LISTEN this store cannot hear of new limits: it always locks.
         lock = bool(self._limits.queues.intersection(queues)) or bool(
             queues and not self._hears_limits
@@ -123,7 +128,7 @@ class Exchange:
             # Any other refusal (a statement timeout, a deadlock) is retried by the worker.
             raise StoreError(what) from exc
         claimed, rescued, summary = _split(rows)
-        next_run_at = None if summary["next_run_at"] is None else summary["next_run_at"].timestamp()
+        next_run_at = time_or_none(summary["next_run_at"])
         unlocked = list(summary["unlocked_in"])
         if claim is not None and unlocked:
             # Queues with a limit this store had not heard of claimed nothing (the notice
@@ -161,38 +166,27 @@ class Exchange:
             applied, tuple(claimed), next_run_at, rescue_result, frozenset(summary["offered_in"])
         )
 
-    def _values(
-        self,
-        claim: ClaimRequest | None,
-        queues: list[str],
-        worker_id: str,
-        outcomes: Sequence[Outcome],
-        reports: Sequence[Progress],
-        rescue_limit: int,
+    def _claim(
+        self, claim: ClaimRequest | None, queues: list[str], worker_id: str, offer: bool
     ) -> dict[str, Any]:
-        """The exchange statement's parameters but for the offers'."""
+        """The claim's parameters (the claim statement takes these alone); with ``offer``,
+        what the claim leaves free is offered under the LISTEN connection's key."""
+        if claim is None:
+            return {
+                "queues": [],
+                "slots": [],
+                "worker_id": worker_id,
+                "lease_s": 0.0,
+                "offer_key": None,
+                "kinds": [],
+            }
         return {
             "queues": queues,
-            "slots": [claim.slots[q] for q in queues] if claim is not None else [],
+            "slots": [claim.slots[q] for q in queues],
             "worker_id": worker_id,
-            "lease_s": claim.lease_s if claim is not None else 0.0,
-            "offer_key": None,
-            "kinds": list(claim.kinds) if claim is not None else [],
-            "outcome_ids": [o.job_id for o in outcomes],
-            "outcome_attempts": [o.attempt for o in outcomes],
-            "outcome_kinds": [o.kind.value for o in outcomes],
-            "outcome_results": [_result_text(o) for o in outcomes],
-            "outcome_errors": [
-                dumps(o.error.to_json()) if o.error is not None else None for o in outcomes
-            ],
-            "outcome_delays": [o.retry_in_s for o in outcomes],
-            "rescue": rescue_limit > 0,
-            "rescue_limit": rescue_limit,
-            "progress_ids": [p.job_id for p in reports],
-            "progress_attempts": [p.attempt for p in reports],
-            "progress_fractions": [p.fraction for p in reports],
-            "progress_messages": [p.message for p in reports],
-            "locked_queues": [],
+            "lease_s": claim.lease_s,
+            "offer_key": self._offer_key() if offer else None,
+            "kinds": list(claim.kinds),
         }
 
     async def heartbeat(
@@ -229,6 +223,24 @@ class Exchange:
     async def rescue(self, limit: int) -> RescueResult:
         result = await self.settle_and_claim((), (), "", None, limit)
         return result.rescued or RescueResult((), (), ())
+
+
+def _reports(outcomes: Sequence[Outcome], progress: Sequence[Progress]) -> dict[str, Any]:
+    """The parameters of the outcomes and progress reports to record, column by column."""
+    return {
+        "outcome_ids": [o.job_id for o in outcomes],
+        "outcome_attempts": [o.attempt for o in outcomes],
+        "outcome_kinds": [o.kind.value for o in outcomes],
+        "outcome_results": [_result_text(o) for o in outcomes],
+        "outcome_errors": [
+            dumps(o.error.to_json()) if o.error is not None else None for o in outcomes
+        ],
+        "outcome_delays": [o.retry_in_s for o in outcomes],
+        "progress_ids": [p.job_id for p in progress],
+        "progress_attempts": [p.attempt for p in progress],
+        "progress_fractions": [p.fraction for p in progress],
+        "progress_messages": [p.message for p in progress],
+    }
 
 
 def _result_text(o: Outcome) -> str | None:

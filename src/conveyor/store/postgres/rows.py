@@ -29,7 +29,8 @@ def _time(value: datetime) -> float:
     return value.timestamp()
 
 
-def _time_or_none(value: datetime | None) -> float | None:
+def time_or_none(value: datetime | None) -> float | None:
+    """A timestamp as Unix seconds, None kept."""
     return None if value is None else value.timestamp()
 
 
@@ -156,15 +157,15 @@ JOBS: Table[Job] = Table(
         Column("timeout_s"),
         Column("unique_key"),
         Column("locked_by"),
-        Column("lease_expires_at", _time_or_none, handed_off=float),
+        Column("lease_expires_at", time_or_none, handed_off=float),
         Column("errors", _errors, handed_off=Fixed(())),
         Column("progress", handed_off=Fixed(None)),
         Column("progress_message", handed_off=Fixed(None)),
         Column("cancel_requested", handed_off=Fixed(False)),
         Column("meta", orjson.loads),
         Column("created_at", _time, handed_off=float),
-        Column("started_at", _time_or_none, handed_off=float),
-        Column("finished_at", _time_or_none, handed_off=Fixed(None)),
+        Column("started_at", time_or_none, handed_off=float),
+        Column("finished_at", time_or_none, handed_off=Fixed(None)),
     ),
 )
 """``conveyor_jobs``, in table order (``SELECT *``, ``RETURNING *``)."""
