@@ -3,9 +3,9 @@
 These types sit at the bottom of the layer stack so that every store and the engine share
 one vocabulary. They are plain dataclasses, read-only by convention. The four built once
 per job on the hot path (NewJob, Job, Outcome, Progress) are not frozen: a frozen
-dataclass of a dozen fields cost 1.6 µs to build against 0.27 µs (timeit, this machine),
-a few percent of a job's whole cost in a worker or a bulk enqueue. Enqueued, returned once
-per job of a bulk enqueue, is a named tuple for the same reason.
+dataclass of a dozen fields costs several times as much to build, a few percent of a
+job's whole cost in a worker or a bulk enqueue. Enqueued, returned once per job of a bulk
+enqueue, is a named tuple for the same reason.
 """
 
 from __future__ import annotations
@@ -238,8 +238,7 @@ class Enqueued(NamedTuple):
     """The job an enqueue resolved to. ``created`` is False when ``unique_key`` matched a
     job that is still queued or running: that job is returned instead of a new one.
 
-    A named tuple, not a frozen dataclass: 0.44 against 1.1 µs to build (timeit, this
-    machine)."""
+    A named tuple, not a frozen dataclass: cheaper to build."""
 
     id: int
     created: bool
