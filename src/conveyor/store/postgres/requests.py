@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+import orjson
 
 from conveyor.store.base import ConflictError, DataRejected, JobsAvailable, Notice
 from conveyor.store.coalesce import Coalescer
@@ -46,25 +47,25 @@ class Requests:
     async def _create_plain(self, news: list[NewRequest]) -> list[StoredRequest | BaseException]:
         """Plain requests that arrived together, in one statement (see create_requests in
         requests.sql), which costs the server less per request than one statement each.
-        If the statement fails on what a request holds (JSON that jsonb refuses, say),
-        each is created alone, so only that one fails."""
-        doc = dumps(
-            [
-                {
-                    **job_fields(i, new.job),
-                    "caller_id": new.caller_id,
-                    "request_kind": new.kind,
-                    "input": new.input,
-                    "http_request_id": new.http_request_id,
-                }
-                for i, new in enumerate(news)
-            ]
-        )
+        If the batch cannot be encoded or the statement fails on what a request holds
+        (JSON that jsonb refuses, say), each is created alone, so only that one fails."""
         stmt = _SQL["create_requests"]
-        args = stmt.args({"batch": doc, "channel": CHANNEL})
         try:
+            doc = dumps(
+                [
+                    {
+                        **job_fields(i, new.job),
+                        "caller_id": new.caller_id,
+                        "request_kind": new.kind,
+                        "input": new.input,
+                        "http_request_id": new.http_request_id,
+                    }
+                    for i, new in enumerate(news)
+                ]
+            )
+            args = stmt.args({"batch": doc, "channel": CHANNEL})
             rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args))
-        except asyncpg.PostgresError:
+        except (orjson.JSONEncodeError, asyncpg.PostgresError):
             return [await _outcome(self._create_one(new)) for new in news]
         self._publish(JobsAvailable(frozenset(new.job.queue for new in news)))
         by_ord = {row["ord"]: row for row in rows}
@@ -77,16 +78,19 @@ class Requests:
         """One request in its own statement, with its Idempotency-Key and unique_key."""
         job = new.job
         stmt = _SQL["create_request"]
-        args = stmt.args(
-            {
-                **job_values(job),
-                "caller_id": new.caller_id,
-                "request_kind": new.kind,
-                "input": dumps(new.input),
-                "idempotency_key": new.idempotency_key,
-                "http_request_id": new.http_request_id,
-            }
-        )
+        try:
+            args = stmt.args(
+                {
+                    **job_values(job),
+                    "caller_id": new.caller_id,
+                    "request_kind": new.kind,
+                    "input": dumps(new.input),
+                    "idempotency_key": new.idempotency_key,
+                    "http_request_id": new.http_request_id,
+                }
+            )
+        except orjson.JSONEncodeError as exc:
+            raise DataRejected(f"a request could not be stored: {exc}") from exc
 
         async def create(conn: Conn) -> asyncpg.Record:
             # Each pass either answers or saw a racing call commit what it needs to see
