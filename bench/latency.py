@@ -40,7 +40,7 @@ from bench.report import Case, Goal, Metric, Options, Row, percentile
 from bench.stores import REPO_ROOT, BenchError, StoreConfig
 from conveyor import Client, Worker, WorkerConfig
 from conveyor.store import postgres
-from conveyor.store.sqlfile import load_queries
+from conveyor.store.postgres.enqueue import _SQL as PG_ENQUEUE
 
 SQLITE_P50 = Goal("<=", 10.0, "DESIGN.md: enqueue -> start on an idle worker p50 <= 10 ms (SQLite)")
 PG_P50 = Goal("<=", 2.0, "DESIGN.md: PostgreSQL enqueue -> start on an idle worker p50 <= 2 ms")
@@ -181,6 +181,26 @@ def fsync_probe(folder: str, samples: int = 200) -> dict[str, float]:
     return {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99)}
 
 
+def _insert_args(n: int) -> tuple[Any, ...]:
+    """The store's insert_job parameters for latency sample ``n`` (payload ``{"n": n}``)."""
+    return PG_ENQUEUE["insert_job"].args(
+        {
+            "tenant_id": "default",
+            "queue": kinds.LATENCY_QUEUE,
+            "kind": kinds.LATENCY,
+            "priority": 5,
+            "payload": f'{{"n": {n}}}',
+            "max_attempts": 1,
+            "run_at": None,
+            "delay_s": 0.0,
+            "timeout_s": None,
+            "unique_key": None,
+            "meta": "{}",
+            "channel": postgres.CHANNEL,
+        }
+    )
+
+
 async def postgres_floor(
     store: StoreConfig, url: str, samples: int, warmup: int, gap: Callable[[], float]
 ) -> dict[str, float]:
@@ -190,7 +210,7 @@ async def postgres_floor(
     arrives. What is left above this in the rows beside it is Conveyor's own cost."""
     client = await Client.connect(store.settings(url))  # migrates the fresh database
     await client.close()
-    insert = load_queries(postgres.__name__)["insert_job"]
+    insert = PG_ENQUEUE["insert_job"]
     session = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
     producer, listener = [await asyncpg.connect(url, server_settings=session) for _ in range(2)]
     heard: asyncio.Queue[str] = asyncio.Queue()
@@ -200,11 +220,9 @@ async def postgres_floor(
     try:
         for n in range(warmup + samples):
             await asyncio.sleep(gap())
+            args = _insert_args(n)
             t0 = time.perf_counter()
-            await producer.fetch(
-                insert, "default", kinds.LATENCY_QUEUE, kinds.LATENCY, 5, f'{{"n": {n}}}',
-                1, None, 0.0, None, None, "{}", postgres.CHANNEL,
-            )  # fmt: skip
+            await producer.fetch(insert.sql, *args)
             payload = await asyncio.wait_for(heard.get(), START_TIMEOUT_S)
             if n >= warmup:
                 latencies.append(time.perf_counter() - t0)
@@ -241,7 +259,7 @@ async def postgres_floor_cross(
     producer = await asyncpg.connect(
         url, server_settings={"plan_cache_mode": "force_generic_plan", "jit": "off"}
     )
-    insert = load_queries(postgres.__name__)["insert_job"]
+    insert = PG_ENQUEUE["insert_job"]
     latencies: list[float] = []
     try:
         assert proc.stdout is not None
@@ -251,11 +269,9 @@ async def postgres_floor_cross(
         for n in range(warmup + samples):
             await asyncio.sleep(gap())
             started = protocol.waiting[n] = loop.create_future()
+            args = _insert_args(n)
             t0 = time.time()
-            await producer.fetch(
-                insert, "default", kinds.LATENCY_QUEUE, kinds.LATENCY, 5, f'{{"n": {n}}}',
-                1, None, 0.0, None, None, "{}", postgres.CHANNEL,
-            )  # fmt: skip
+            await producer.fetch(insert.sql, *args)
             t_heard = await asyncio.wait_for(started, START_TIMEOUT_S)
             if n >= warmup:
                 latencies.append(t_heard - t0)

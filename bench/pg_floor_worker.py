@@ -21,6 +21,7 @@ import orjson
 
 from bench import kinds
 from conveyor.store import postgres
+from conveyor.store.postgres.rows import HANDOFF_COLUMNS
 
 SESSION = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
 
@@ -44,7 +45,7 @@ def handed_sample(payload: str) -> int:
     """The sample number a handoff notice carries (the job's payload ``{"n": n}``)."""
     if not payload.startswith("h:"):
         raise RuntimeError(f"expected a handoff notice, got {payload[:40]!r}")
-    return int(orjson.loads(payload[2:])[7]["n"])
+    return int(orjson.loads(payload[2:])[HANDOFF_COLUMNS.index("payload")]["n"])
 
 
 async def serve(url: str, port: int) -> None:

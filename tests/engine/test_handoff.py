@@ -37,8 +37,8 @@ def store_kind(pg_server: PgTestServer) -> str:
 
 def _offer_key(store: Store) -> int:
     assert isinstance(store, PostgresStore)
-    assert store._offer_key is not None, "the store's LISTEN connection is down"
-    return store._offer_key
+    assert store._listener.offer_key is not None, "the store's LISTEN connection is down"
+    return store._listener.offer_key
 
 
 async def _offers(db: asyncpg.Connection, worker: conveyor.Worker) -> dict[str, int]:

@@ -14,8 +14,10 @@ import asyncpg
 import orjson
 import pytest
 
-from conveyor.store.postgres import _Q as PG_Q
 from conveyor.store.postgres import PostgresStore
+from conveyor.store.postgres.enqueue import _SQL as PG_ENQUEUE
+from conveyor.store.postgres.exchange import _SQL as PG_EXCHANGE
+from conveyor.store.sqlfile import Statement
 from conveyor.store.sqlite import SqliteStore
 from conveyor.store.sqlite.queries import Q as SQLITE_Q
 from pg_server import PgTestServer
@@ -126,14 +128,15 @@ async def pg_db(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def _pg_plan(conn: asyncpg.Connection, sql: str, *args: str) -> dict[str, Any]:
-    """The generic plan of ``sql`` run (in a transaction rolled back) with ``args``."""
+async def _pg_plan(conn: asyncpg.Connection, stmt: Statement, **literals: str) -> dict[str, Any]:
+    """The generic plan of ``stmt`` run (in a transaction rolled back) with its parameters
+    given as SQL ``literals``, by name."""
     tx = conn.transaction()
     await tx.start()
     try:
-        await conn.execute(f"PREPARE planned AS {sql}")
+        await conn.execute(f"PREPARE planned AS {stmt.sql}")
         doc = await conn.fetchval(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE planned({', '.join(args)})"
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE planned({', '.join(stmt.args(literals))})"
         )
     finally:
         await tx.rollback()
@@ -171,10 +174,20 @@ def _assert_index_walks(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [n for n, _ in scans]
 
 
+def _claim(kinds: str) -> dict[str, str]:
+    """The claim statement's parameters as SQL literals: ten slots in queue default."""
+    return {
+        "queues": "'{default}'",
+        "slots": "'{10}'",
+        "worker_id": "'w'",
+        "lease_s": "30",
+        "offer_key": "NULL",
+        "kinds": kinds,
+    }
+
+
 async def test_postgres_claim_walks_the_index_per_kind(pg_db: asyncpg.Connection) -> None:
-    plan = await _pg_plan(
-        pg_db, PG_Q["claim"], "'{default}'", "'{10}'", "'w'", "30", "NULL", "'{k0,k1,k2}'"
-    )
+    plan = await _pg_plan(pg_db, PG_EXCHANGE["claim"], **_claim(kinds="'{k0,k1,k2}'"))
     scans = _assert_index_walks(plan)
     walks = [n for n in scans if "kind = wk.kind" in n.get("Index Cond", "")]
     assert walks, scans
@@ -187,9 +200,7 @@ async def test_postgres_claim_walks_the_index_per_kind(pg_db: asyncpg.Connection
 async def test_postgres_next_run_at_reads_the_claimed_kinds_only(pg_db: asyncpg.Connection) -> None:
     """A claim that comes back short looks up the next due time; it must not read the
     pile either (here every job is due, so the claim of k9 gets nothing)."""
-    plan = await _pg_plan(
-        pg_db, PG_Q["claim"], "'{default}'", "'{10}'", "'w'", "30", "NULL", "'{k9}'"
-    )
+    plan = await _pg_plan(pg_db, PG_EXCHANGE["claim"], **_claim(kinds="'{k9}'"))
     scans = _assert_index_walks(plan)
     assert sum(n.get("Actual Rows", 0) for n in scans) == 0
     assert plan["Actual Rows"] == 1  # the summary alone
@@ -209,8 +220,22 @@ async def test_postgres_handoff_check_skips_unserved_kinds(
             "VALUES ('default', 'w', 5, $1, 30, '{k9}')",
             key,
         )
-        args = ("'default'", "'default'", "'k9'", "3", "'{}'", "3", "NULL", "0", "NULL")
-        plan = await _pg_plan(pg_db, PG_Q["insert_job"], *args, "NULL", "'{}'", "'test'")
+        plan = await _pg_plan(
+            pg_db,
+            PG_ENQUEUE["insert_job"],
+            tenant_id="'default'",
+            queue="'default'",
+            kind="'k9'",
+            priority="3",
+            payload="'{}'",
+            max_attempts="3",
+            run_at="NULL",
+            delay_s="0",
+            timeout_s="NULL",
+            unique_key="NULL",
+            meta="'{}'",
+            channel="'test'",
+        )
     finally:
         await holder.close()
     scans = _assert_index_walks(plan)

@@ -77,7 +77,7 @@ async def test_the_store_forgets_the_server_pids_of_connections_it_lost(pg: PgTe
 
     async def settled(expected: set[int]) -> bool:
         for _ in range(200):
-            if store._own_backends == expected:
+            if store._db.own_backends == expected:
                 return True
             await asyncio.sleep(0.01)
         return False
@@ -86,7 +86,7 @@ async def test_the_store_forgets_the_server_pids_of_connections_it_lost(pg: PgTe
         await store.list_jobs(JobFilter(limit=1))
         first = await pool_pids()
         assert first
-        assert await settled(first), (store._own_backends, first)
+        assert await settled(first), (store._db.own_backends, first)
 
         await admin.execute(TERMINATE)
         for _ in range(3):
@@ -98,11 +98,11 @@ async def test_the_store_forgets_the_server_pids_of_connections_it_lost(pg: PgTe
         now = await pool_pids()
         assert now
         assert not now & first
-        assert await settled(now), (store._own_backends, now)
+        assert await settled(now), (store._db.own_backends, now)
     finally:
         await admin.close()
         await store.close()
-    assert store._own_backends == set()
+    assert store._db.own_backends == set()
 
 
 async def test_calls_that_find_the_stores_own_connection_busy_go_to_the_pool(
@@ -121,12 +121,12 @@ async def test_calls_that_find_the_stores_own_connection_busy_go_to_the_pool(
             ended = await conn.fetchval("SELECT clock_timestamp()")
             return conn.get_server_pid(), began, ended
 
-        calls = await asyncio.gather(*(store._run(slow) for _ in range(3)))
+        calls = await asyncio.gather(*(store._db.run(slow) for _ in range(3)))
         pids = [pid for pid, _, _ in calls]
         assert len(set(pids)) == 3
         # The three ran at once on the server: each began before any of them ended.
         assert max(began for _, began, _ in calls) < min(ended for _, _, ended in calls)
         # Alone, a call takes the store's own connection again.
-        assert (await store._run(slow))[0] == pids[0]
+        assert (await store._db.run(slow))[0] == pids[0]
     finally:
         await store.close()

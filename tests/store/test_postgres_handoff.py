@@ -76,7 +76,7 @@ async def _listening(stores: StoreFactory) -> tuple[PostgresStore, list[Notice]]
     notices: list[Notice] = []
     store.add_listener(notices.append)
     await _wait_for(notices, lambda n: n == JobsAvailable(None))
-    assert store._offer_key is not None
+    assert store._listener.offer_key is not None
     return store, notices
 
 
@@ -116,7 +116,7 @@ async def _kill_listen(db: asyncpg.Connection, store: PostgresStore) -> None:
     pid = await db.fetchval(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
         "AND ((classid::bigint << 32) | objid::bigint) = $1",
-        store._offer_key,
+        store._listener.offer_key,
     )
     assert pid is not None, "no backend holds the store's offer key"
     assert await db.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
@@ -142,7 +142,7 @@ async def test_a_short_claim_offers_the_slots_it_left_free(
         "queue": "q",
         "worker_id": W,
         "slots": 2,
-        "lock_key": store._offer_key,
+        "lock_key": store._listener.offer_key,
         "lease_s": 30.0,
         "kinds": ["t"],
     }
@@ -174,7 +174,7 @@ async def test_no_offer_without_a_listen_connection(
     store = await stores(listen=listen)
     if not listen:
         store.add_listener(lambda notice: None)  # opens no LISTEN connection
-    assert store._offer_key is None
+    assert store._listener.offer_key is None
 
     result = await _claim(store, {"q": 3})
 

@@ -99,6 +99,20 @@ async def test_input_the_database_cannot_hold_is_refused_data(store: PostgresSto
     assert await store.list_jobs(JobFilter()) == []
 
 
+@pytest.mark.parametrize("key", [None, "k"], ids=["plain", "with an idempotency key"])
+async def test_input_that_is_not_json_is_refused_data_and_alone(
+    store: PostgresStore, key: str | None
+) -> None:
+    """A lone surrogate cannot be encoded: that request is refused, not its batch."""
+    bad = NewRequest("test.noop", {"s": "\udfff"}, "caller-1", _request().job, idempotency_key=key)
+    results = await asyncio.gather(
+        store.create_request(bad), store.create_request(_request()), return_exceptions=True
+    )
+    assert isinstance(results[0], DataRejected)
+    assert not isinstance(results[1], BaseException)
+    assert [j.id for j in await store.list_jobs(JobFilter())] == [results[1].request.job.id]
+
+
 async def test_a_repeat_with_input_the_database_cannot_hold_finds_the_first(
     store: PostgresStore,
 ) -> None:

@@ -219,15 +219,7 @@ class Worker:
                     if await exchanger.recover(exc, mode.hard_stop):
                         handoffs.adopt_due = True
                     if mode.hard_stop.is_set() and exchanger.held:
-                        # A hard stop does not wait for the store to come back: the jobs
-                        # whose reports are lost are rescued when their leases expire.
-                        log.error(
-                            "worker stopped with reports it could not record; their jobs "
-                            "return to their queues when their leases expire",
-                            worker_id=self.id,
-                            job_ids=exchanger.outcome_job_ids(),
-                            held=exchanger.held,
-                        )
+                        self._log_reports_lost()
                         return
                     continue
                 exchanger.failures = 0
@@ -237,6 +229,17 @@ class Worker:
             if idle and (mode.stopping or (burst and not self._due.maybe)):
                 return
             await self._sleep()
+
+    def _log_reports_lost(self) -> None:
+        # A hard stop does not wait for the store to come back: the jobs whose reports
+        # are lost are rescued when their leases expire.
+        log.error(
+            "worker stopped with reports it could not record; their jobs return to their "
+            "queues when their leases expire",
+            worker_id=self.id,
+            job_ids=self._exchanger.outcome_job_ids(),
+            held=self._exchanger.held,
+        )
 
     def _claim_request(self) -> ClaimRequest | None:
         if self._mode.now is not Mode.RUNNING or not self._due.maybe:

@@ -99,12 +99,6 @@ def load_statements(
     }
 
 
-def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
-    """The raw sections of ``filename``: the positional-placeholder form the stores are
-    leaving for :func:`load_statements` (issue 11)."""
-    return load_sections(package, filename)
-
-
 def load_sections(package: str, filename: str) -> dict[str, str]:
     """The raw ``-- name:`` sections of a ``.sql`` file, parts included, parameters
     still by name."""

@@ -1,0 +1,300 @@
+-- The worker's statements on the PostgreSQL store: its exchange (settle and claim), the
+-- claim alone, heartbeat and adoption. Parameters are named (:name); the clock is the
+-- server's now(). Every statement that changes a running job is guarded on state, attempt
+-- and owner.
+
+-- name: exchange
+-- A worker's whole exchange in one statement and one commit: record finished attempts
+-- (:outcome_*) and progress (:progress_*), claim for free slots (:queues, :slots) jobs of
+-- the kinds the worker runs (:kinds), update the worker's offers (:offer_key,
+-- :freed_queues, :freed_slots, :withdraw) and, when :rescue, rescue expired leases and
+-- forget expired workers and dead offers. The parts touch disjoint rows — the worker's
+-- reported running jobs, queued jobs, other running jobs — which is what lets them share
+-- a statement.
+--
+-- Claims take, per queue, the first n due jobs of the worker's kinds in priority, run_at,
+-- id order, skipping rows another claimer has locked; n is cut to the free slots where a
+-- cluster-wide limit is set (the caller has locked those queues' rows first, so the count
+-- is exact). A limited queue the caller did not lock (:locked_queues lists those it
+-- locked: its cache had not heard of the limit yet) claims nothing; the summary names it
+-- in unlocked_in, and the caller claims it again under its lock.
+--
+-- Rows come back tagged: 'claimed' and 'rescued' rows carry the job; the one 'summary'
+-- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
+-- put a job back into, and next_run_at when the claim got fewer jobs than it could take.
+WITH settled AS (
+    UPDATE conveyor_jobs j
+    SET state = CASE o.kind
+            WHEN 'completed' THEN 'completed'
+            WHEN 'failed' THEN 'failed'
+            WHEN 'cancelled' THEN 'cancelled'
+            ELSE 'queued'
+        END,
+        -- JSON travels as text: a driver cannot tell a JSON array from a nested SQL array.
+        result = CASE WHEN o.kind = 'completed' THEN o.result::jsonb ELSE j.result END,
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
+        finished_at = CASE WHEN o.kind IN ('completed', 'failed', 'cancelled') THEN now() END,
+        run_at = CASE WHEN o.kind = 'retry' THEN now() + make_interval(secs => o.delay_s)
+                      ELSE j.run_at END,
+        attempt = CASE WHEN o.kind = 'released' THEN j.attempt - 1 ELSE j.attempt END,
+        locked_by = CASE WHEN o.kind IN ('retry', 'released') THEN NULL ELSE j.locked_by END,
+        started_at = CASE WHEN o.kind = 'released' THEN NULL ELSE j.started_at END,
+        -- A report that rides with its job's outcome is the job's last one: it is
+        -- recorded here, since the reported CTE must not change the same row.
+        progress = CASE WHEN o.kind = 'completed' THEN 1.0
+                        WHEN o.kind = 'released' THEN NULL
+                        WHEN p.id IS NOT NULL THEN p.fraction ELSE j.progress END,
+        progress_message = CASE WHEN o.kind = 'released' THEN NULL
+                                WHEN p.id IS NOT NULL THEN p.message
+                                ELSE j.progress_message END,
+        lease_expires_at = NULL
+    FROM unnest(:outcome_ids::bigint[], :outcome_attempts::int[], :outcome_kinds::text[],
+                :outcome_results::text[], :outcome_errors::text[], :outcome_delays::float8[])
+         AS o(id, attempt, kind, result, error, delay_s)
+    LEFT JOIN unnest(:progress_ids::bigint[], :progress_attempts::int[],
+                     :progress_fractions::float8[], :progress_messages::text[])
+         AS p(id, attempt, fraction, message) ON p.id = o.id AND p.attempt = o.attempt
+    WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = :worker_id
+    RETURNING o.id, o.attempt, j.queue, o.kind
+),
+reported AS (
+    UPDATE conveyor_jobs j
+    SET progress = p.fraction, progress_message = p.message
+    FROM unnest(:progress_ids::bigint[], :progress_attempts::int[],
+                :progress_fractions::float8[], :progress_messages::text[])
+         AS p(id, attempt, fraction, message)
+    WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = :worker_id
+      AND p.id <> ALL(:outcome_ids::bigint[])
+),
+wanted AS (
+    SELECT w.queue,
+           CASE WHEN q.concurrency_limit IS NULL THEN w.n
+                WHEN NOT w.queue = ANY(:locked_queues::text[]) THEN 0
+                ELSE least(w.n, q.concurrency_limit - (
+                    SELECT count(*) FROM conveyor_jobs r
+                    WHERE r.state = 'running' AND r.queue = w.queue))
+           END AS n,
+           q.concurrency_limit IS NOT NULL
+               AND NOT w.queue = ANY(:locked_queues::text[]) AS unlocked,
+           q.concurrency_limit IS NOT NULL AS limited,
+           :kinds::text[] AS kinds
+    FROM unnest(:queues::text[], :slots::int[]) AS w(queue, n)
+    LEFT JOIN conveyor_queues q ON q.name = w.queue
+    WHERE q.paused IS NOT TRUE
+),
+-- include: claim_jobs
+expired AS (
+    -- Never a row the outcomes update: one statement must not change a row twice.
+    SELECT id FROM conveyor_jobs
+    WHERE :rescue::boolean AND state = 'running' AND lease_expires_at < now()
+      AND id <> ALL(:outcome_ids::bigint[])
+    LIMIT :rescue_limit
+    FOR UPDATE SKIP LOCKED
+),
+rescued AS (
+    UPDATE conveyor_jobs j
+    SET state = CASE
+            WHEN j.cancel_requested THEN 'cancelled'
+            WHEN j.attempt >= j.max_attempts THEN 'failed'
+            ELSE 'queued'
+        END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
+        errors = CASE
+            WHEN j.cancel_requested THEN j.errors
+            ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                'at', extract(epoch FROM now()), 'attempt', j.attempt, 'type', 'LeaseExpired',
+                'message', 'worker ' || coalesce(j.locked_by, '?') || ' stopped renewing its lease',
+                'traceback', NULL))
+        END,
+        locked_by = NULL,
+        lease_expires_at = NULL
+    WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
+    RETURNING j.*
+),
+forgotten AS (
+    DELETE FROM conveyor_workers WHERE :rescue::boolean AND expires_at < now()
+),
+-- Offers whose LISTEN connection is gone (a shared lock on the key is granted), and those
+-- of expired workers. Never the caller's own: its offers change in this statement.
+dead_offers AS (
+    DELETE FROM conveyor_offers o
+    WHERE :rescue::boolean AND o.worker_id <> :worker_id
+      AND (pg_try_advisory_xact_lock_shared(o.lock_key)
+           OR o.worker_id IN (SELECT id FROM conveyor_workers WHERE expires_at < now()))
+),
+-- Slots the caller's jobs freed in queues it waits on (:freed_queues, :freed_slots: never
+-- a claimed queue), or all its offers taken back (:withdraw: it stops fetching).
+freed AS (
+    UPDATE conveyor_offers o SET slots = o.slots + f.n
+    FROM unnest(:freed_queues::text[], :freed_slots::int[]) AS f(queue, n)
+    WHERE o.worker_id = :worker_id AND o.queue = f.queue AND NOT :withdraw::boolean
+),
+withdrawn AS (
+    DELETE FROM conveyor_offers WHERE :withdraw::boolean AND worker_id = :worker_id
+),
+-- include: offers
+SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
+       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
+       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in
+FROM claimed c
+UNION ALL
+SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
+UNION ALL
+SELECT 'summary', (NULL::conveyor_jobs).*,
+       CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
+            THEN (SELECT min(s.run_at) FROM unnest(:queues::text[]) AS q(name)
+                  CROSS JOIN unnest(:kinds::text[]) AS k(kind)
+                  CROSS JOIN LATERAL (
+                      SELECT min(run_at) AS run_at FROM conveyor_jobs
+                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+                        AND run_at > now()) AS s)
+       END,
+       ARRAY(SELECT id FROM settled),
+       ARRAY(SELECT attempt FROM settled),
+       ARRAY(SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'released')),
+       ARRAY(SELECT queue FROM wanted WHERE unlocked),
+       ARRAY(SELECT queue FROM offered)
+
+-- name: claim
+-- The exchange cut down to its claim, for a worker with nothing to report and no rescue
+-- due: the pass an idle worker makes when a notice wakes it, so the one on the
+-- enqueue-to-start path, where the full statement's parts that had nothing to do cost
+-- time. The exchange's claim parameters; same rows back.
+-- Only for queues the caller holds no lock on: a limited queue claims nothing and is named
+-- in unlocked_in, as in the exchange.
+WITH wanted AS (
+    SELECT w.queue,
+           CASE WHEN q.concurrency_limit IS NULL THEN w.n ELSE 0 END AS n,
+           q.concurrency_limit IS NOT NULL AS unlocked,
+           q.concurrency_limit IS NOT NULL AS limited,
+           :kinds::text[] AS kinds
+    FROM unnest(:queues::text[], :slots::int[]) AS w(queue, n)
+    LEFT JOIN conveyor_queues q ON q.name = w.queue
+    WHERE q.paused IS NOT TRUE
+),
+-- include: claim_jobs
+-- include: offers
+SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
+       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
+       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in
+FROM claimed c
+UNION ALL
+SELECT 'summary', (NULL::conveyor_jobs).*,
+       CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(n), 0) FROM wanted)
+            THEN (SELECT min(s.run_at) FROM unnest(:queues::text[]) AS q(name)
+                  CROSS JOIN unnest(:kinds::text[]) AS k(kind)
+                  CROSS JOIN LATERAL (
+                      SELECT min(run_at) AS run_at FROM conveyor_jobs
+                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+                        AND run_at > now()) AS s)
+       END,
+       '{}', '{}', '{}',
+       ARRAY(SELECT queue FROM wanted WHERE unlocked),
+       ARRAY(SELECT queue FROM offered)
+
+-- part: claim_jobs
+-- The claim proper, shared by exchange and claim: per wanted queue (wanted: queue, n,
+-- kinds) the first n due jobs of those kinds in priority, run_at, id order, skipping rows
+-- another claimer holds, made running under :worker_id with a lease of :lease_s seconds.
+--
+-- One limited walk of the claim index per (queue, kind) — its first n due rows, locked —
+-- then the candidates of all kinds merged in claim order and the first n taken: strict
+-- priority and FIFO hold across the kinds, and jobs of kinds the worker lacks are never
+-- read, however many sit at the head of the queue. A filter on kind over one walk of the
+-- queue would read past all of them. Candidates locked but not taken in the merge (at
+-- most n per kind beyond the n taken) stay locked only until this statement commits;
+-- meanwhile other claimers skip them as they skip any row being claimed.
+picked AS (
+    SELECT c.id
+    FROM wanted w
+    CROSS JOIN LATERAL (
+        SELECT k.id
+        FROM unnest(w.kinds) AS wk(kind)
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = w.queue AND kind = wk.kind AND run_at <= now()
+            ORDER BY priority, run_at, id
+            LIMIT greatest(w.n, 0)
+            FOR UPDATE SKIP LOCKED
+        ) k
+        ORDER BY k.priority, k.run_at, k.id
+        LIMIT greatest(w.n, 0)
+    ) c
+),
+claimed AS (
+    UPDATE conveyor_jobs j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        locked_by = :worker_id,
+        lease_expires_at = now() + make_interval(secs => :lease_s),
+        started_at = now(),
+        progress = NULL,
+        progress_message = NULL
+    -- = ANY(ARRAY(...)) rather than a join: the planner cannot size LIMIT n and would hash
+    -- the whole table.
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.*
+),
+
+-- part: offers
+-- What the claim left free, per unlimited queue, is offered for handoff (:offer_key: the
+-- key of the caller's LISTEN connection; NULL offers nothing), for jobs of the kinds the caller
+-- runs; the caller's other offers in the claimed queues are taken back.
+spare AS (
+    SELECT w.queue, w.kinds,
+           w.n - (SELECT count(*) FROM claimed c WHERE c.queue = w.queue) AS slots
+    FROM wanted w WHERE :offer_key::bigint IS NOT NULL AND NOT w.limited
+),
+offered AS (
+    INSERT INTO conveyor_offers (queue, worker_id, slots, lock_key, lease_s, kinds)
+    SELECT queue, :worker_id, slots, :offer_key, :lease_s, kinds FROM spare WHERE slots > 0
+    ON CONFLICT (queue, worker_id) DO UPDATE
+    SET slots = excluded.slots, lock_key = excluded.lock_key, lease_s = excluded.lease_s,
+        kinds = excluded.kinds
+    RETURNING queue
+),
+unoffered AS (
+    DELETE FROM conveyor_offers
+    WHERE worker_id = :worker_id AND queue = ANY(:queues::text[])
+      AND queue NOT IN (SELECT queue FROM spare WHERE slots > 0)
+)
+
+-- name: lock_limited_queues
+-- Serialises claims on queues with a cluster-wide limit: the next statement counts their
+-- running jobs with a snapshot taken after this lock, so two workers cannot both take the
+-- last slot. Queues without a limit are not locked.
+SELECT name, concurrency_limit FROM conveyor_queues
+WHERE name = ANY(:queues::text[]) AND concurrency_limit IS NOT NULL AND NOT paused
+ORDER BY name
+FOR UPDATE
+
+-- name: limited_queues
+SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL
+
+-- name: heartbeat
+-- Renews only the jobs the worker names with their attempt, so a job it lost track of
+-- is never kept alive by it; reports which it holds and which have a cancel request.
+WITH held AS (
+    SELECT j.id, j.cancel_requested
+    FROM conveyor_jobs j
+    JOIN unnest(:job_ids::bigint[], :attempts::int[]) AS h(id, attempt) ON h.id = j.id
+    WHERE j.state = 'running' AND j.locked_by = :worker_id AND j.attempt = h.attempt
+),
+renewed AS (
+    UPDATE conveyor_jobs j SET lease_expires_at = now() + make_interval(secs => :lease_s)
+    FROM held WHERE j.id = held.id AND :renew::boolean
+),
+worker AS (
+    UPDATE conveyor_workers
+    SET last_seen_at = now(), expires_at = now() + make_interval(secs => :lease_s),
+        memory_mb = coalesce(:memory_mb::float8, memory_mb)
+    WHERE id = :worker_id AND :renew::boolean
+)
+SELECT id, cancel_requested FROM held
+
+-- name: adopt
+-- Jobs running under this worker that it does not know of (:known: those it does): a
+-- handoff whose notice was lost with the LISTEN connection, or a claim whose answer was lost.
+SELECT * FROM conveyor_jobs
+WHERE state = 'running' AND locked_by = :worker_id AND id <> ALL(:known::bigint[])
