@@ -6,27 +6,47 @@ from dataclasses import dataclass
 
 import pytest
 
-from conveyor.store.columns import Columns, column_list
+from conveyor.store.columns import Column, Fixed, Table, column_list
 from conveyor.store.sqlite import rows
 from conveyor.store.sqlite.queries import ordered
 
 
 @dataclass
 class Pair:
-    a: int
-    b: str
-    c: object = None
+    left: int
+    right: str
 
 
-def test_only_columns_with_a_decoder_are_converted_and_extra_fields_follow() -> None:
-    columns = Columns(Pair, [("a", None), ("b", str.upper)])
-    assert columns.decode((1, "x")) == Pair(1, "X")
-    assert columns.decode((0, 0, 7, "y", "rest"), 2, "extra") == Pair(7, "Y", "extra")
+def test_a_row_is_decoded_from_its_offset_with_each_columns_decoder() -> None:
+    table = Table(Pair, [Column("left", int), Column("right")])
+    assert table.decode(("skipped", "7", "x"), 1) == Pair(7, "x")
 
 
-def test_columns_out_of_the_dataclass_order_are_refused() -> None:
-    with pytest.raises(ValueError, match="not the first fields of Pair"):
-        Columns(Pair, [("b", None), ("a", None)])
+def test_a_nested_table_reads_the_columns_after_it() -> None:
+    @dataclass
+    class Outer:
+        name: str
+        pair: Pair
+
+    outer = Table(
+        Outer, [Column("name"), Column("pair", Table(Pair, [Column("left"), Column("right")]))]
+    )
+    assert outer.width == 3
+    assert outer.decode(("n", 1, "r"), 0) == Outer("n", Pair(1, "r"))
+
+
+def test_a_table_must_list_the_records_fields_in_order() -> None:
+    with pytest.raises(ValueError, match="are not the fields of Pair"):
+        Table(Pair, [Column("right"), Column("left")])
+
+
+def test_a_notice_decoder_takes_carried_columns_by_position_and_fixes_the_rest() -> None:
+    table = Table(Pair, [Column("left", handed_off=int), Column("right", handed_off=Fixed("-"))])
+    assert table.notice_decoder(["left"])(["5"]) == Pair(5, "-")
+    with pytest.raises(ValueError, match="'right' is carried but marked Fixed"):
+        table.notice_decoder(["left", "right"])
+    with pytest.raises(ValueError, match="'left' is neither carried nor Fixed"):
+        table.notice_decoder([])
 
 
 def test_a_column_list_drops_comments_and_prefixes() -> None:

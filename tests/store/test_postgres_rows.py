@@ -5,19 +5,10 @@ decodes it by."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-import pytest
-
-from conveyor.store.postgres.rows import HANDOFF_COLUMNS, JOBS, Column, Fixed, Table
+from conveyor.store.postgres.rows import HANDOFF_COLUMNS, JOBS
 from conveyor.store.records import JOB_COLUMNS
 from conveyor.store.sqlfile import load_parts
-
-
-@dataclass
-class Pair:
-    left: int
-    right: str
 
 
 def test_the_job_table_is_the_job_columns() -> None:
@@ -39,35 +30,3 @@ def test_the_handoff_notice_carries_the_columns_it_is_decoded_by() -> None:
     assert [c.strip().removeprefix("ins.") for c in short.group(1).split(",")] == list(
         HANDOFF_COLUMNS[:3]
     )
-
-
-def test_a_row_is_decoded_from_its_offset_with_each_columns_decoder() -> None:
-    table = Table(Pair, [Column("left", int), Column("right")])
-    assert table.decode(("skipped", "7", "x"), 1) == Pair(7, "x")
-
-
-def test_a_nested_table_reads_the_columns_after_it() -> None:
-    @dataclass
-    class Outer:
-        name: str
-        pair: Pair
-
-    outer = Table(
-        Outer, [Column("name"), Column("pair", Table(Pair, [Column("left"), Column("right")]))]
-    )
-    assert outer.width == 3
-    assert outer.decode(("n", 1, "r"), 0) == Outer("n", Pair(1, "r"))
-
-
-def test_a_table_must_list_the_records_fields_in_order() -> None:
-    with pytest.raises(ValueError, match="are not the fields of Pair"):
-        Table(Pair, [Column("right"), Column("left")])
-
-
-def test_a_notice_decoder_takes_carried_columns_by_position_and_fixes_the_rest() -> None:
-    table = Table(Pair, [Column("left", handed_off=int), Column("right", handed_off=Fixed("-"))])
-    assert table.notice_decoder(["left"])(["5"]) == Pair(5, "-")
-    with pytest.raises(ValueError, match="'right' is carried but marked Fixed"):
-        table.notice_decoder(["left", "right"])
-    with pytest.raises(ValueError, match="'left' is neither carried nor Fixed"):
-        table.notice_decoder([])

@@ -1,28 +1,18 @@
-"""Rows of the PostgreSQL store as records, each shape decoded from one column table.
-
-A :class:`Table` lists a record's columns in the order the statements select them, which
-is the record's field order (checked at import), with how the value a row holds becomes
-the field. The jobs table also says how a handoff notice carries each column. The
-decoders are generated from the tables once, at import, as the plain positional call
-one would write by hand: every claimed job is decoded here, and a loop over the columns
-would be per-job work on the claim path.
+"""Rows of the PostgreSQL store as records, each shape decoded from one column table
+(:mod:`conveyor.store.columns`). asyncpg gives times as datetimes and JSON as text; the
+jobs table also says how a handoff notice carries each column.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeAlias, TypeVar, cast
+from typing import Any
 
-import asyncpg
 import orjson
 
 from conveyor.store.base import JobHandedOff
+from conveyor.store.columns import Column, Fixed, Table
 from conveyor.store.records import JOB_COLUMNS, ErrorEntry, Job, JobState, Request, WorkerInfo
-
-R = TypeVar("R")
-Row: TypeAlias = "asyncpg.Record | Sequence[Any]"
 
 
 def _time(value: datetime) -> float:
@@ -44,100 +34,6 @@ def _errors(text: str) -> tuple[ErrorEntry, ...]:
 
 def _tuple_of_json(text: str) -> tuple[Any, ...]:
     return tuple(orjson.loads(text))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Fixed:
-    """A column a handoff notice leaves out: every handed-off job has this value."""
-
-    value: Any
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Column:
-    """One column of a row and the record field it fills."""
-
-    name: str
-    decode: Callable[[Any], Any] | Table[Any] | None = None
-    """From the value a row holds to the field's: None takes it as it is; a table reads
-    its columns from here on into a nested record."""
-    handed_off: Callable[[Any], Any] | Fixed | None = None
-    """From the value a handoff notice carries (JSON: times as epoch seconds, JSON
-    columns already parsed): None takes it as it is; :class:`Fixed` when not carried."""
-
-
-class Table(Generic[R]):
-    """The columns of ``record``, in its field order, and the decoder built from them."""
-
-    def __init__(self, record: type[R], columns: Sequence[Column]) -> None:
-        fields = tuple(f.name for f in dataclasses.fields(cast(Any, record)))
-        names = tuple(c.name for c in columns)
-        if names != fields:
-            raise ValueError(f"columns {names} are not the fields of {record.__name__} {fields}")
-        self.record = record
-        self.columns = tuple(columns)
-        self.width: int = sum(_width(c) for c in columns)
-        """How many columns of a row the record takes (a nested table's included)."""
-        self.decode: Callable[[Row, int], R] = self._build_row_decoder()
-        """``decode(row, offset=0)``: the record whose columns start at ``offset``."""
-
-    def _build_row_decoder(self) -> Callable[[Row, int], R]:
-        scope: dict[str, Any] = {"record": self.record}
-        values = []
-        at = 0
-        for index, column in enumerate(self.columns):
-            value = f"r[o + {at}]"
-            if isinstance(column.decode, Table):
-                scope[f"d{index}"] = column.decode.decode
-                value = f"d{index}(r, o + {at})"
-            elif column.decode is not None:
-                scope[f"d{index}"] = column.decode
-                value = f"d{index}({value})"
-            values.append(value)
-            at += _width(column)
-        return cast(
-            Callable[[Row, int], R],
-            _compile("decode", "r, o=0", f"record({', '.join(values)})", scope),
-        )
-
-    def notice_decoder(self, carried: Sequence[str]) -> Callable[[Sequence[Any]], R]:
-        """A decoder of the JSON array that carries the columns ``carried`` in that order;
-        every other column must be :class:`Fixed`."""
-        position = {name: at for at, name in enumerate(carried)}
-        scope: dict[str, Any] = {"record": self.record}
-        values = []
-        for index, column in enumerate(self.columns):
-            how = column.handed_off
-            if isinstance(how, Fixed):
-                if column.name in position:
-                    raise ValueError(f"column {column.name!r} is carried but marked Fixed")
-                scope[f"c{index}"] = how.value
-                values.append(f"c{index}")
-                continue
-            if column.name not in position:
-                raise ValueError(f"column {column.name!r} is neither carried nor Fixed")
-            value = f"f[{position[column.name]}]"
-            if how is not None:
-                scope[f"d{index}"] = how
-                value = f"d{index}({value})"
-            values.append(value)
-        return cast(
-            Callable[[Sequence[Any]], R],
-            _compile("decode_notice", "f", f"record({', '.join(values)})", scope),
-        )
-
-
-def _width(column: Column) -> int:
-    return column.decode.width if isinstance(column.decode, Table) else 1
-
-
-def _compile(name: str, params: str, body: str, scope: dict[str, Any]) -> Callable[..., Any]:
-    """The function ``def name(params): return body`` with ``scope`` as its globals."""
-    source = f"def {name}({params}):\n    return {body}\n"
-    exec(compile(source, f"<conveyor.store.postgres.rows {name}>", "exec"), scope)
-    function: Callable[..., Any] = scope[name]
-    function.__doc__ = source
-    return function
 
 
 JOBS: Table[Job] = Table(

@@ -54,7 +54,7 @@ def get(conn: sqlite3.Connection, request_id: int, tenant_id: str) -> Request | 
     """The tenant's request, if it exists and its job was not pruned."""
     row = execute(conn, "get_request", {"id": request_id}).fetchone()
     # The job's first column (its id) is NULL when the LEFT JOIN found no job.
-    if row is None or row[rows.REQUEST.width] is None:
+    if row is None or row[rows.REQUEST.width - rows.JOB.width] is None:
         return None
     request = rows.request(row)
     return request if request.tenant_id == tenant_id else None

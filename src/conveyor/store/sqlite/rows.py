@@ -1,4 +1,4 @@
-"""SQLite rows as records: each row type's column table (see :mod:`conveyor.store.columns`).
+"""SQLite rows as records: each row type's column table (:mod:`conveyor.store.columns`).
 
 SQLite hands back what was written: times as REAL Unix seconds, JSON as text,
 booleans as integers.
@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from conveyor.store.columns import Columns, column_list
+from conveyor.store.columns import Column, Table, column_list
 from conveyor.store.records import JOB_COLUMNS, ErrorEntry, Job, JobState, Request, WorkerInfo
 from conveyor.store.sqlite.queries import PARTS
 
@@ -32,68 +32,69 @@ def _kinds(text: str) -> tuple[str, ...]:
     return tuple(orjson.loads(text))
 
 
-JOB = Columns(
+JOB: Table[Job] = Table(
     Job,
-    [
-        ("id", None),
-        ("tenant_id", None),
-        ("queue", None),
-        ("kind", None),
-        ("priority", None),
-        ("state", JobState),
-        ("payload", orjson.loads),
-        ("result", _json_or_none),
-        ("attempt", None),
-        ("max_attempts", None),
-        ("run_at", None),
-        ("timeout_s", None),
-        ("unique_key", None),
-        ("locked_by", None),
-        ("lease_expires_at", None),
-        ("errors", _errors),
-        ("progress", None),
-        ("progress_message", None),
-        ("cancel_requested", bool),
-        ("meta", orjson.loads),
-        ("created_at", None),
-        ("started_at", None),
-        ("finished_at", None),
-    ],
+    (
+        Column("id"),
+        Column("tenant_id"),
+        Column("queue"),
+        Column("kind"),
+        Column("priority"),
+        Column("state", JobState),
+        Column("payload", orjson.loads),
+        Column("result", _json_or_none),
+        Column("attempt"),
+        Column("max_attempts"),
+        Column("run_at"),
+        Column("timeout_s"),
+        Column("unique_key"),
+        Column("locked_by"),
+        Column("lease_expires_at"),
+        Column("errors", _errors),
+        Column("progress"),
+        Column("progress_message"),
+        Column("cancel_requested", bool),
+        Column("meta", orjson.loads),
+        Column("created_at"),
+        Column("started_at"),
+        Column("finished_at"),
+    ),
 )
 """A ``SELECT *`` of ``conveyor_jobs``: the table's columns, which the store checks at
 migration to be :data:`~conveyor.store.records.JOB_COLUMNS`."""
 JOB.check(JOB_COLUMNS, "conveyor.store.records.JOB_COLUMNS")
 
-REQUEST = Columns(
+REQUEST: Table[Request] = Table(
     Request,
-    [
-        ("id", None),
-        ("tenant_id", None),
-        ("caller_id", None),
-        ("kind", None),
-        ("input", orjson.loads),
-        ("idempotency_key", None),
-        ("http_request_id", None),
-        ("created_at", None),
-    ],
+    (
+        Column("id"),
+        Column("tenant_id"),
+        Column("caller_id"),
+        Column("kind"),
+        Column("input", orjson.loads),
+        Column("idempotency_key"),
+        Column("http_request_id"),
+        Column("created_at"),
+        Column("job", JOB),
+    ),
 )
 """The part ``request_columns``: a request's columns, then its job's."""
-if column_list(PARTS["request_columns"]) != [*REQUEST.names, "*"]:
-    raise ValueError(f"part request_columns: not {REQUEST.names} then the job's (j.*)")
+if column_list(PARTS["request_columns"]) != [*REQUEST.names[:-1], "*"]:
+    raise ValueError(f"part request_columns: not {REQUEST.names[:-1]} then the job's (j.*)")
 
-WORKER = Columns(
+WORKER: Table[WorkerInfo] = Table(
     WorkerInfo,
-    [
-        ("id", None),
-        ("hostname", None),
-        ("pid", None),
-        ("queues", orjson.loads),
-        ("started_at", None),
-        ("last_seen_at", None),
-        ("expires_at", None),
-        ("memory_mb", None),
-        ("kinds", _kinds),
-    ],
+    (
+        Column("id"),
+        Column("hostname"),
+        Column("pid"),
+        Column("queues", orjson.loads),
+        Column("started_at"),
+        Column("last_seen_at"),
+        Column("expires_at"),
+        Column("memory_mb"),
+        Column("kinds", _kinds),
+    ),
 )
 WORKER.check(column_list(PARTS["worker_columns"]), "part worker_columns")
 
@@ -104,4 +105,4 @@ def job_or_none(row: Any) -> Job | None:
 
 def request(row: Any) -> Request:
     """A row of the part ``request_columns``: the request, then its job."""
-    return REQUEST.decode(row, 0, JOB.decode(row, REQUEST.width))
+    return REQUEST.decode(row, 0)
