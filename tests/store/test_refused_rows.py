@@ -24,6 +24,21 @@ async def test_a_payload_that_is_not_json_is_refused_and_nothing_stored(
     assert await store.list_jobs(JobFilter()) == []
 
 
+@pytest.mark.parametrize("count", [1, 2, 100], ids=["one", "batch", "bulk"])
+async def test_a_value_out_of_its_columns_range_is_refused_on_every_enqueue_path(
+    store: Store, new_job: NewJobFactory, count: int
+) -> None:
+    # 100 jobs go by COPY on PostgreSQL, whose binary encoder reports the range itself.
+    jobs = [new_job() for _ in range(count - 1)] + [new_job(priority=40_000)]
+    with pytest.raises(DataRejected):
+        await store.enqueue(jobs)
+    with pytest.raises(DataRejected):
+        await store.enqueue_periodic(new_job(priority=40_000), 1.0)
+    with pytest.raises(DataRejected):
+        await store.create_request(NewRequest("test.noop", {}, "caller-1", jobs[-1]))
+    assert await store.list_jobs(JobFilter()) == []
+
+
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = SqliteStore(f"sqlite:///{tmp_path}/t.db")

@@ -9,7 +9,7 @@ from typing import TypeAlias, TypeVar, cast
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from conveyor.store.base import ConflictError, StoreError
+from conveyor.store.base import ConflictError, DataRejected, StoreError
 from conveyor.store.sqlfile import load_statements
 from conveyor.store.urls import redact
 
@@ -44,6 +44,14 @@ _LOST = (
     TimeoutError,
 )
 """Failures of the connection rather than of a statement."""
+
+DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+"""Errors about the data of a statement (SQLSTATE classes 22, 54 and 23, and asyncpg's own
+"invalid input for query argument"): sending it again gets the same answer."""
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -119,9 +127,10 @@ class Database:
 
     async def run(self, action: Callable[[Conn], Awaitable[T]]) -> T:
         """Run ``action`` on the lane when it is free, else on a pooled connection; a lost
-        connection becomes :class:`StoreError`, a unique violation :class:`ConflictError`.
-        Other refusals of the server (``asyncpg.PostgresError``) reach the caller as they
-        are, for it to say what was refused."""
+        connection becomes :class:`StoreError`, a unique violation :class:`ConflictError`,
+        data the server refuses (a value out of range, a broken constraint)
+        :class:`DataRejected`. Other refusals of the server (``asyncpg.PostgresError``)
+        reach the caller as they are, for it to say what was refused."""
         if self._pool is None:
             raise StoreError(f"store {redact(self.url)!r} is not open")
         try:
@@ -131,6 +140,8 @@ class Database:
                 return await _guarded(conn, action)
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(str(exc)) from exc
+        except DATA_ERRORS as exc:
+            raise DataRejected(self.failure(exc)) from exc
         except _LOST as exc:
             raise StoreError(self.failure(exc)) from exc
 

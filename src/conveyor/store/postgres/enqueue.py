@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import Any
 
-import asyncpg
 import orjson
 
 from conveyor.store.base import ConflictError, DataRejected, JobsAvailable, Notice, StoreError
@@ -106,7 +105,9 @@ class Enqueuer:
             results = await self._db.run(
                 lambda conn: copy_jobs(conn, jobs) if bulk else insert_jobs(conn, jobs)
             )
-        except (asyncpg.DataError, orjson.JSONEncodeError) as exc:
+        except (orjson.JSONEncodeError, OverflowError, DataRejected) as exc:
+            # What asyncpg's binary COPY cannot encode (a number out of its column's
+            # range) comes out raw, not as the DataError a statement's argument gives.
             raise DataRejected(f"a job could not be stored: {exc}") from exc
         self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
         return results

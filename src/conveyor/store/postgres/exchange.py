@@ -32,14 +32,6 @@ _SQL = load_statements(__package__, "$", "exchange.sql")
 
 _ENDING = frozenset({OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.CANCELLED})
 
-_DATA_ERRORS = (
-    asyncpg.DataError,
-    asyncpg.ProgramLimitExceededError,
-    asyncpg.IntegrityConstraintViolationError,
-)
-"""Errors about the data of a statement (SQLSTATE classes 22, 54 and 23, and asyncpg's own
-"invalid input for query argument"): sending it again gets the same answer."""
-
 
 class Limits:
     """The queues with a cluster-wide limit, as this store last heard of them: a claim in
@@ -121,12 +113,10 @@ class Exchange:
         try:
             rows = await self._db.run(run)
         except asyncpg.PostgresError as exc:
-            what = self._db.failure(exc)
-            if isinstance(exc, _DATA_ERRORS):
-                # One statement: nothing was recorded and nothing claimed.
-                raise DataRejected(what) from exc
-            # Any other refusal (a statement timeout, a deadlock) is retried by the worker.
-            raise StoreError(what) from exc
+            # Refused data is DataRejected already (one statement: nothing was recorded and
+            # nothing claimed); any other refusal (a statement timeout, a deadlock) is
+            # retried by the worker.
+            raise StoreError(self._db.failure(exc)) from exc
         claimed, rescued, summary = _split(rows)
         next_run_at = time_or_none(summary["next_run_at"])
         unlocked = list(summary["unlocked_in"])

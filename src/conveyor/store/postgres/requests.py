@@ -65,7 +65,7 @@ class Requests:
             )
             args = stmt.args({"batch": doc, "channel": CHANNEL})
             rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args))
-        except (orjson.JSONEncodeError, asyncpg.PostgresError):
+        except (orjson.JSONEncodeError, DataRejected, asyncpg.PostgresError):
             return [await _outcome(self._create_one(new)) for new in news]
         self._publish(JobsAvailable(frozenset(new.job.queue for new in news)))
         by_ord = {row["ord"]: row for row in rows}
@@ -109,7 +109,7 @@ class Requests:
 
         try:
             row = await self._db.run(create)
-        except asyncpg.DataError as exc:
+        except DataRejected as exc:
             raise DataRejected(f"a request could not be stored: {exc}") from exc
         created: bool = row["created"]
         if created:
