@@ -15,6 +15,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+import orjson
+
+from conveyor.store.records import ErrorEntry
+
 R = TypeVar("R")
 
 
@@ -130,6 +134,21 @@ def _compile(name: str, params: str, body: str, scope: dict[str, Any]) -> Callab
     function: Callable[..., Any] = scope[name]
     function.__doc__ = source
     return function
+
+
+def json_or_none(text: str | None) -> Any:
+    """A JSON column that may be NULL."""
+    return None if text is None else orjson.loads(text)
+
+
+def errors_from_json(text: str) -> tuple[ErrorEntry, ...]:
+    """The ``errors`` column: a JSON array of the attempts' errors."""
+    return tuple(ErrorEntry.from_json(e) for e in orjson.loads(text))
+
+
+def tuple_from_json(text: str) -> tuple[Any, ...]:
+    """A JSON array column as a tuple."""
+    return tuple(orjson.loads(text))
 
 
 def column_list(sql: str) -> list[str]:

@@ -6,13 +6,19 @@ jobs table also says how a handoff notice carries each column.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import orjson
 
 from conveyor.store.base import JobHandedOff
-from conveyor.store.columns import Column, Fixed, Table
-from conveyor.store.records import JOB_COLUMNS, ErrorEntry, Job, JobState, Request, WorkerInfo
+from conveyor.store.columns import (
+    Column,
+    Fixed,
+    Table,
+    errors_from_json,
+    json_or_none,
+    tuple_from_json,
+)
+from conveyor.store.records import JOB_COLUMNS, Job, JobState, Request, WorkerInfo
 
 
 def _time(value: datetime) -> float:
@@ -22,18 +28,6 @@ def _time(value: datetime) -> float:
 def time_or_none(value: datetime | None) -> float | None:
     """A timestamp as Unix seconds, None kept."""
     return None if value is None else value.timestamp()
-
-
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-def _errors(text: str) -> tuple[ErrorEntry, ...]:
-    return tuple(ErrorEntry.from_json(e) for e in orjson.loads(text))
-
-
-def _tuple_of_json(text: str) -> tuple[Any, ...]:
-    return tuple(orjson.loads(text))
 
 
 JOBS: Table[Job] = Table(
@@ -46,7 +40,7 @@ JOBS: Table[Job] = Table(
         Column("priority"),
         Column("state", JobState, handed_off=Fixed(JobState.RUNNING)),
         Column("payload", orjson.loads),
-        Column("result", _json_or_none, handed_off=Fixed(None)),
+        Column("result", json_or_none, handed_off=Fixed(None)),
         Column("attempt"),
         Column("max_attempts"),
         Column("run_at", _time, handed_off=float),
@@ -54,7 +48,7 @@ JOBS: Table[Job] = Table(
         Column("unique_key"),
         Column("locked_by"),
         Column("lease_expires_at", time_or_none, handed_off=float),
-        Column("errors", _errors, handed_off=Fixed(())),
+        Column("errors", errors_from_json, handed_off=Fixed(())),
         Column("progress", handed_off=Fixed(None)),
         Column("progress_message", handed_off=Fixed(None)),
         Column("cancel_requested", handed_off=Fixed(False)),
@@ -132,7 +126,7 @@ WORKERS: Table[WorkerInfo] = Table(
         Column("last_seen_at", _time),
         Column("expires_at", _time),
         Column("memory_mb"),
-        Column("kinds", _tuple_of_json),
+        Column("kinds", tuple_from_json),
     ),
 )
 """``conveyor_workers`` as list_workers selects it."""

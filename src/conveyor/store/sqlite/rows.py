@@ -10,26 +10,21 @@ from typing import Any
 
 import orjson
 
-from conveyor.store.columns import Column, Table, column_list
-from conveyor.store.records import JOB_COLUMNS, ErrorEntry, Job, JobState, Request, WorkerInfo
+from conveyor.store.columns import (
+    Column,
+    Table,
+    column_list,
+    errors_from_json,
+    json_or_none,
+    tuple_from_json,
+)
+from conveyor.store.records import JOB_COLUMNS, Job, JobState, Request, WorkerInfo
 from conveyor.store.sqlite.queries import PARTS
 
 
 def dumps(value: Any) -> str:
     """JSON text, as the JSON columns hold it."""
     return orjson.dumps(value).decode()
-
-
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-def _errors(text: str) -> tuple[ErrorEntry, ...]:
-    return tuple(ErrorEntry.from_json(e) for e in orjson.loads(text))
-
-
-def _kinds(text: str) -> tuple[str, ...]:
-    return tuple(orjson.loads(text))
 
 
 JOB: Table[Job] = Table(
@@ -42,7 +37,7 @@ JOB: Table[Job] = Table(
         Column("priority"),
         Column("state", JobState),
         Column("payload", orjson.loads),
-        Column("result", _json_or_none),
+        Column("result", json_or_none),
         Column("attempt"),
         Column("max_attempts"),
         Column("run_at"),
@@ -50,7 +45,7 @@ JOB: Table[Job] = Table(
         Column("unique_key"),
         Column("locked_by"),
         Column("lease_expires_at"),
-        Column("errors", _errors),
+        Column("errors", errors_from_json),
         Column("progress"),
         Column("progress_message"),
         Column("cancel_requested", bool),
@@ -93,7 +88,7 @@ WORKER: Table[WorkerInfo] = Table(
         Column("last_seen_at"),
         Column("expires_at"),
         Column("memory_mb"),
-        Column("kinds", _kinds),
+        Column("kinds", tuple_from_json),
     ),
 )
 WORKER.check(column_list(PARTS["worker_columns"]), "part worker_columns")
