@@ -1,7 +1,7 @@
-"""Named SQL statements kept in ``.sql`` files, one file per store, parsed once.
+"""Named SQL statements kept in ``.sql`` files, each store's in its own, parsed once.
 
 A statement starts at a line ``-- name: NAME`` and runs to the next such line (or to a
-``-- part:``). Keeping the SQL of each dialect in its own file makes the differences
+``-- part:``). Keeping the SQL of each dialect in its own files makes the differences
 between stores easy to review.
 
 Parameters are written by name (``:job_id``) in both dialects. The loader turns them into
@@ -95,14 +95,8 @@ def load_statements(
     one copy of it."""
     return {
         name: compile_sql(name, sql, placeholder)
-        for name, sql in load_sections(package, filename).items()
+        for name, sql in _parse(package, filename)[0].items()
     }
-
-
-def load_sections(package: str, filename: str) -> dict[str, str]:
-    """The raw ``-- name:`` sections of a ``.sql`` file, parts included, parameters
-    still by name."""
-    return _parse(package, filename)[0]
 
 
 def load_parts(package: str, filename: str = "queries.sql") -> dict[str, str]:
