@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -11,15 +13,20 @@ from conveyor.store.postgres.migrations import MIGRATOR
 from pg_server import PgTestServer
 
 
-async def test_a_database_a_newer_release_migrated_is_refused_and_left_alone(
+def test_a_database_a_newer_release_migrated_is_refused_and_left_alone(
     pg: PgTestServer,
 ) -> None:
-    store = PostgresStore(pg.url)
+    # A database of its own: the session's is shared by the tests that follow.
+    asyncio.run(_refused_and_left_alone(pg.create_database()))
+
+
+async def _refused_and_left_alone(url: str) -> None:
+    store = PostgresStore(url)
     await store.open()
     try:
         await store.migrate()
         assert await store.schema_status() == (MIGRATOR.latest, MIGRATOR.latest)
-        conn = await asyncpg.connect(pg.url)
+        conn = await asyncpg.connect(url)
         try:
             await conn.execute(
                 "INSERT INTO conveyor_schema (version, applied_at) VALUES ($1, now())",
