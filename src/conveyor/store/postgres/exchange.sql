@@ -134,21 +134,15 @@ withdrawn AS (
     DELETE FROM conveyor_offers WHERE :withdraw::boolean AND worker_id = :worker_id
 ),
 -- include: offers
-SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
-       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
-       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in
-FROM claimed c
+-- include: claimed_rows
 UNION ALL
 SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
-            THEN (SELECT min(s.run_at) FROM unnest(:queues::text[]) AS q(name)
-                  CROSS JOIN unnest(:kinds::text[]) AS k(kind)
-                  CROSS JOIN LATERAL (
-                      SELECT min(run_at) AS run_at FROM conveyor_jobs
-                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
-                        AND run_at > now()) AS s)
+            THEN (
+-- include: next_due
+            )
        END,
        ARRAY(SELECT id FROM settled),
        ARRAY(SELECT attempt FROM settled),
@@ -175,19 +169,13 @@ WITH wanted AS (
 ),
 -- include: claim_jobs
 -- include: offers
-SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
-       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
-       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in
-FROM claimed c
+-- include: claimed_rows
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(n), 0) FROM wanted)
-            THEN (SELECT min(s.run_at) FROM unnest(:queues::text[]) AS q(name)
-                  CROSS JOIN unnest(:kinds::text[]) AS k(kind)
-                  CROSS JOIN LATERAL (
-                      SELECT min(run_at) AS run_at FROM conveyor_jobs
-                      WHERE state = 'queued' AND queue = q.name AND kind = k.kind
-                        AND run_at > now()) AS s)
+            THEN (
+-- include: next_due
+            )
        END,
        '{}', '{}', '{}',
        ARRAY(SELECT queue FROM wanted WHERE unlocked),
@@ -298,3 +286,20 @@ SELECT id, cancel_requested FROM held
 -- handoff whose notice was lost with the LISTEN connection, or a claim whose answer was lost.
 SELECT * FROM conveyor_jobs
 WHERE state = 'running' AND locked_by = :worker_id AND id <> ALL(:known::bigint[])
+
+-- part: claimed_rows
+-- The claimed jobs as the first rows of the exchange's and the claim's answer.
+SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
+       NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
+       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in
+FROM claimed c
+
+-- part: next_due
+-- When a claim came back short: the next run_at of a scheduled job of the worker's kinds
+-- in its queues, so that it sleeps until then.
+SELECT min(s.run_at) FROM unnest(:queues::text[]) AS q(name)
+CROSS JOIN unnest(:kinds::text[]) AS k(kind)
+CROSS JOIN LATERAL (
+    SELECT min(run_at) AS run_at FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = q.name AND kind = k.kind
+      AND run_at > now()) AS s
