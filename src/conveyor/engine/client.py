@@ -211,9 +211,10 @@ class Client:
             raise InvalidJob(f"the job cannot be stored: {exc}") from exc
 
     # -- inspect -------------------------------------------------------------------------
-    async def get(self, job_id: int) -> Job:
-        """The job, or :class:`JobNotFound` (an id outside 1 .. 2**63-1 names none)."""
-        job = await self.store.get_job(job_id) if limits.is_valid_id(job_id) else None
+    async def get(self, job_id: int, *, tenant_id: str | None = None) -> Job:
+        """The job, or :class:`JobNotFound` (an id outside 1 .. 2**63-1 names none; with
+        ``tenant_id``, so does another tenant's job)."""
+        job = await self.store.get_job(job_id, tenant_id) if limits.is_valid_id(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
         return job
@@ -228,7 +229,8 @@ class Client:
         limit: int = 50,
         before_id: int | None = None,
     ) -> builtins.list[Job]:
-        """Jobs newest first; pass the last id seen as ``before_id`` for the next page."""
+        """Jobs newest first (of ``tenant_id`` only, when given); pass the last id seen as
+        ``before_id`` for the next page."""
         limits.check_int(limit, "limit", 1, MAX_PAGE)
         if before_id is not None:
             limits.check_id(before_id, "before_id")
@@ -248,8 +250,10 @@ class Client:
             )
         )
 
-    async def queues(self) -> builtins.list[QueueStats]:
-        return await self.store.queue_stats()
+    async def queues(self, *, tenant_id: str | None = None) -> builtins.list[QueueStats]:
+        """Every queue's statistics; with ``tenant_id``, its jobs' figures are that
+        tenant's jobs' only (pauses, limits and workers are every tenant's)."""
+        return await self.store.queue_stats(tenant_id=tenant_id)
 
     async def workers(self) -> builtins.list[WorkerInfo]:
         return await self.store.list_workers()
@@ -260,22 +264,24 @@ class Client:
         return [w for w in await self.store.list_workers() if w.serves(job.queue, job.kind)]
 
     # -- operate -------------------------------------------------------------------------
-    async def cancel(self, job_id: int) -> Job:
+    async def cancel(self, job_id: int, *, tenant_id: str | None = None) -> Job:
         """Cancel a queued job (it never starts) or stop a running one (its worker cancels
         the task promptly and records ``cancelled``); a cancelled job is returned as it
-        is. A completed or failed job raises :class:`JobConflict` and is left alone."""
-        job = await self.store.cancel(job_id) if limits.is_valid_id(job_id) else None
+        is. A completed or failed job raises :class:`JobConflict` and is left alone. With
+        ``tenant_id``, another tenant's job is :class:`JobNotFound`."""
+        valid = limits.is_valid_id(job_id)
+        job = await self.store.cancel(job_id, tenant_id) if valid else None
         if job is None:
             raise JobNotFound(job_id)
         check_can_cancel(job)
         return job
 
-    async def retry(self, job_id: int) -> Job:
+    async def retry(self, job_id: int, *, tenant_id: str | None = None) -> Job:
         """Queue a failed or cancelled job again now, granting one more attempt if it had
         used them all. A job in any other state raises :class:`JobConflict` and is left
-        as it is."""
-        check_can_retry(await self.get(job_id))
-        job = await self.store.retry(job_id)
+        as it is. With ``tenant_id``, another tenant's job is :class:`JobNotFound`."""
+        check_can_retry(await self.get(job_id, tenant_id=tenant_id))
+        job = await self.store.retry(job_id, tenant_id)
         if job is None:
             raise JobNotFound(job_id)
         # Between the read and the retry another caller may have retried it already.

@@ -200,18 +200,22 @@ class JobQueue(Protocol):
         """Delete finished jobs that finished more than ``older_than_s`` ago."""
 
     # -- operating -------------------------------------------------------------------
-    async def get_job(self, job_id: int) -> Job | None: ...
+    async def get_job(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        """The job; with ``tenant_id``, only if it is that tenant's (another tenant's job
+        is None, as no job is). None: any tenant's (operators, the CLI, workers)."""
 
-    async def list_jobs(self, flt: JobFilter) -> list[Job]: ...
+    async def list_jobs(self, flt: JobFilter) -> list[Job]:
+        """Jobs newest first; ``flt.tenant_id`` None lists every tenant's."""
 
-    async def cancel(self, job_id: int) -> Job | None:
+    async def cancel(self, job_id: int, tenant_id: str | None = None) -> Job | None:
         """Cancel a queued job at once; ask the worker of a running job to stop it.
-        Returns the job after the change, or None if there is no such job. Finished jobs
-        are returned unchanged."""
+        Returns the job after the change, or None if there is no such job (of
+        ``tenant_id``, when given: see :meth:`get_job`). Finished jobs are returned
+        unchanged."""
 
-    async def retry(self, job_id: int) -> Job | None:
+    async def retry(self, job_id: int, tenant_id: str | None = None) -> Job | None:
         """Queue a failed or cancelled job again, due now, with one more attempt if it had
-        none left. Other states are returned unchanged."""
+        none left. Other states are returned unchanged; None as for :meth:`cancel`."""
 
     async def set_paused(self, queue: str, paused: bool) -> bool:
         """Pause or resume ``queue``; False, and nothing written, if no such queue
@@ -227,12 +231,17 @@ class JobQueue(Protocol):
         """Enqueue ``job`` for periodic tick ``tick`` of its kind, once cluster-wide:
         returns None if some worker already enqueued that tick."""
 
-    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
+    async def queue_stats(
+        self, finished: bool = True, tenant_id: str | None = None
+    ) -> list[QueueStats]:
         """Statistics for every queue that has active or recently finished jobs, a live
         worker or a setting. Each read costs in proportion to the active jobs and the
         jobs finished lately, never to all the finished jobs kept. ``finished=False``
         leaves out the counts of finished jobs (the largest part of that cost), for
-        readers that need only the active side and its recent run times."""
+        readers that need only the active side and its recent run times. With
+        ``tenant_id`` the job counts, due and recent figures and run times are that
+        tenant's jobs' only; pauses, limits and workers are every tenant's (None: every
+        tenant's jobs)."""
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         """Record a live worker; :meth:`heartbeat` with ``renew`` keeps it alive."""
@@ -279,17 +288,21 @@ class RequestStore(Protocol):
 
     async def create_request(self, new: NewRequest) -> StoredRequest:
         """Create a request and its job in one transaction, and read the job's queue
-        position with them. With an idempotency key that this tenant's caller used
-        before, return that request (``created`` False) and create nothing, not even a
-        job, even when two such calls race. Raises :class:`DataRejected` for input or a
-        payload the database cannot hold (PostgreSQL: a ``\\u0000`` in a JSON string)."""
+        position with them (as :meth:`queue_position` counts it). With an idempotency
+        key that this tenant's caller used before, return that request (``created``
+        False) and create nothing, not even a job, even when two such calls race. Raises
+        :class:`DataRejected` for input or a payload the database cannot hold
+        (PostgreSQL: a ``\\u0000`` in a JSON string)."""
 
-    async def get_request(self, request_id: int, tenant_id: str) -> Request | None: ...
+    async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
+        """The tenant's request; another tenant's is None, as no request is."""
 
-    async def list_requests(self, flt: RequestFilter) -> list[Request]: ...
+    async def list_requests(self, flt: RequestFilter) -> list[Request]:
+        """``flt.tenant_id``'s requests, newest first."""
 
     async def queue_position(self, job: Job) -> int:
-        """How many queued, due jobs of the job's queue will be claimed before it."""
+        """How many queued, due jobs of the job's queue and tenant will be claimed before
+        it (claims take tenants in turn; other tenants' work is not disclosed)."""
 
 
 class Store(JobQueue, RequestStore, Protocol):

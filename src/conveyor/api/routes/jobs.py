@@ -40,9 +40,9 @@ QueueFilter = Annotated[str | None, Query(max_length=100, description="Only this
 
 
 async def find_job(api: ApiState, caller: Caller, job_id: int) -> Job:
-    """The caller's tenant's job, or 404."""
-    job = await api.client.store.get_job(job_id)
-    if job is None or job.tenant_id != caller.tenant_id:
+    """The caller's tenant's job, or 404 (the store finds no other tenant's)."""
+    job = await api.client.store.get_job(job_id, caller.tenant_id)
+    if job is None:
         raise HTTPException(404, f"no job with id {job_id}")
     return job
 
@@ -111,7 +111,7 @@ async def cancel_job(
     or failed job: 409; a cancelled one is returned as it is (the rule is the Client's,
     so the CLI refuses the same)."""
     await find_job(api, caller, job_id)
-    return JobOut.of(await api.client.cancel(job_id))
+    return JobOut.of(await api.client.cancel(job_id, tenant_id=caller.tenant_id))
 
 
 @router.post("/{job_id}/retry", responses={**NOT_FOUND, **CONFLICT}, summary="Retry a job")
@@ -123,4 +123,4 @@ async def retry_job(
     """Queue a failed or cancelled job again now (one more attempt if it had none
     left). Any other state: 409."""
     await find_job(api, caller, job_id)
-    return JobOut.of(await api.client.retry(job_id))
+    return JobOut.of(await api.client.retry(job_id, tenant_id=caller.tenant_id))

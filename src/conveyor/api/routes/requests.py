@@ -145,7 +145,7 @@ def build_router(api: ApiState) -> APIRouter:
         one: 409."""
         found = await find_request(api, caller, request_id)
         try:
-            await api.client.cancel(found.job.id)
+            await api.client.cancel(found.job.id, tenant_id=caller.tenant_id)
         except JobConflict:
             raise Conflict(f"request {request_id} has already {found.job.state.value}") from None
         return RequestOut.of(await find_request(api, caller, request_id))
@@ -163,7 +163,7 @@ def build_router(api: ApiState) -> APIRouter:
         it had used them all. Any other status: 409."""
         found = await find_request(api, caller, request_id)
         try:
-            await api.client.retry(found.job.id)
+            await api.client.retry(found.job.id, tenant_id=caller.tenant_id)
         except JobConflict as exc:
             raise Conflict(
                 f"request {request_id} is {exc.state}; only failed or cancelled "

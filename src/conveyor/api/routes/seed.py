@@ -283,8 +283,8 @@ async def queue_job(
     api: Annotated[ApiState, Depends(get_api)],
 ) -> SeedJobOut:
     """One job of the seed's types by job id: status, progress, result, last error."""
-    job = await api.client.store.get_job(id)
-    if job is None or job.tenant_id != caller.tenant_id or job.kind != KIND_OF_TYPE[type]:
+    job = await api.client.store.get_job(id, caller.tenant_id)
+    if job is None or job.kind != KIND_OF_TYPE[type]:
         raise HTTPException(404, f"no {type} job with id {id}")
     return SeedJobOut(data=_seed_job(job, type))
 

@@ -1,10 +1,12 @@
 """The PostgreSQL store's connections: a pool, and one plain connection tried first (the
-lane), and the mapping of driver failures to :class:`~conveyor.store.base.StoreError`."""
+lane); the tenant scope of the API's calls; and the mapping of driver failures to
+:class:`~conveyor.store.base.StoreError`."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, TypeVar, cast
+from dataclasses import dataclass
+from typing import Literal, TypeAlias, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -30,6 +32,33 @@ SESSION_SETTINGS = {
 """Set when each connection starts. Behind PgBouncer (listen=False) start-up parameters it
 does not know are refused, so there they are left out: set them on the role instead
 (ALTER ROLE ... SET jit = off)."""
+
+API_ROLE = "conveyor_api"
+"""The role migration 0009 creates for the API: it owns nothing, has no BYPASSRLS, and row
+security policies show it one tenant's rows at a time (docs/operations.md)."""
+
+RoleSetting: TypeAlias = "Literal['auto', 'none'] | str"
+"""``CONVEYOR_DATABASE_ROLE``: ``auto`` (:data:`API_ROLE` when it exists and the login role
+may act as it), ``none`` (the login role itself), or the name of a role to act as."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose rows one call may see and change: one tenant's, or every tenant's (an
+    operator's). A store acting as a role (the API's) applies it in the database as well
+    as in its statements' ``WHERE``."""
+
+    tenant_id: str | None
+    """None: every tenant (an operator, the CLI, a worker)."""
+
+    @property
+    def operator(self) -> bool:
+        return self.tenant_id is None
+
+
+OPERATOR = Scope(None)
+"""Every tenant's rows."""
+
 
 CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 """What opening a connection raises when the server cannot be reached or refuses it."""
@@ -73,9 +102,19 @@ class Database:
     """
 
     def __init__(
-        self, url: str, *, session_settings: bool, pool_size: int, connect_timeout: float
+        self,
+        url: str,
+        *,
+        session_settings: bool,
+        pool_size: int,
+        connect_timeout: float,
+        role: RoleSetting = "none",
     ) -> None:
         self.url = url
+        self._role_setting = role
+        self.role: str | None = None
+        """The role scoped calls act as (see :meth:`resolve_role`); None: the login role,
+        with no transaction of their own (one round trip)."""
         self._settings = SESSION_SETTINGS if session_settings else {}
         self._pool_size = pool_size
         self.connect_timeout = connect_timeout
@@ -125,7 +164,57 @@ class Database:
         # backend, whose notices must not be taken for this store's echoes.
         conn.add_termination_listener(lambda _conn: self.own_backends.discard(pid))
 
-    async def run(self, action: Callable[[Conn], Awaitable[T]]) -> T:
+    async def resolve_role(self) -> None:
+        """Decide :attr:`role` from the setting: ``auto`` takes :data:`API_ROLE` once it
+        exists (migration 0009) and the login role may act as it; a name must be usable
+        now. Raises :class:`StoreError` for a named role that is not."""
+        if self._role_setting == "none":
+            return
+        wanted = API_ROLE if self._role_setting == "auto" else self._role_setting
+        stmt = _SQL["role_usable"]
+        usable = await self.run(lambda conn: conn.fetchval(stmt.sql, *stmt.args({"role": wanted})))
+        if usable is None and self._role_setting != "auto":
+            raise StoreError(
+                f"database {redact(self.url)!r}: CONVEYOR_DATABASE_ROLE={wanted!r} does not "
+                "exist or the login role is not a member of it; grant it (GRANT "
+                f"{wanted} TO <login role>, see docs/operations.md) or set "
+                "CONVEYOR_DATABASE_ROLE=auto"
+            )
+        self.role = usable
+
+    async def run(self, action: Callable[[Conn], Awaitable[T]], scope: Scope | None = None) -> T:
+        """Run ``action``: for a store acting as a role with a ``scope``, in a transaction
+        of its own that first applies the scope (:meth:`transact`); else as one call.
+        ``scope`` None: as the login role (migrations, the schema's version, the queue
+        limits and workers, which no tenant owns)."""
+        if scope is not None and self.role is not None:
+            return await self.transact(action, scope)
+        return await self._run(action)
+
+    async def transact(
+        self,
+        action: Callable[[Conn], Awaitable[T]],
+        scope: Scope | None = None,
+        *,
+        isolation: Literal["read_committed", "repeatable_read"] | None = None,
+        readonly: bool = False,
+    ) -> T:
+        """Run ``action`` in a transaction; for a store acting as a role with a ``scope``
+        the transaction first takes the role and the scope (``set_scope``), so the row
+        security policies hold ``action`` to the scope's rows whatever it runs."""
+        role = self.role if scope is not None else None
+
+        async def tx(conn: Conn) -> T:
+            async with conn.transaction(isolation=isolation, readonly=readonly):
+                if role is not None and scope is not None:
+                    stmt = _SQL["set_scope"]
+                    values = {"role": role, "tenant_id": scope.tenant_id}
+                    await conn.execute(stmt.sql, *stmt.args({**values, "operator": scope.operator}))
+                return await action(conn)
+
+        return await self._run(tx)
+
+    async def _run(self, action: Callable[[Conn], Awaitable[T]]) -> T:
         """Run ``action`` on the lane when it is free, else on a pooled connection; a lost
         connection becomes :class:`StoreError`, a unique violation :class:`ConflictError`,
         data the server refuses (a value out of range, a broken constraint)

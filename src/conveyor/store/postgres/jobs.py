@@ -1,4 +1,6 @@
-"""Jobs on PostgreSQL by id (read, cancel, retry), lists of them, and pruning."""
+"""Jobs on PostgreSQL by id (read, cancel, retry), lists of them, and pruning. A call for
+one tenant (``tenant_id``) finds that tenant's jobs only: another tenant's id answers
+None, as no job does."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncpg
 
 from conveyor.store.base import CancelRequested, ConflictError, JobsAvailable, Notice
 from conveyor.store.filters import ListQuery
-from conveyor.store.postgres.connection import Conn, Database
+from conveyor.store.postgres.connection import Conn, Database, Scope
 from conveyor.store.postgres.listener import notify_cancel, notify_queues
 from conveyor.store.postgres.rows import JOBS
 from conveyor.store.records import Job, JobFilter, JobState
@@ -25,49 +27,51 @@ class Jobs:
         self._db = db
         self._publish = publish
 
-    async def get(self, job_id: int) -> Job | None:
-        return await self._db.run(lambda conn: _get(conn, job_id))
+    async def get(self, job_id: int, tenant_id: str | None) -> Job | None:
+        return await self._db.run(lambda conn: _get(conn, job_id, tenant_id), Scope(tenant_id))
 
     async def list(self, flt: JobFilter) -> list[Job]:
         stmt, args = _LIST.statement(flt)
-        rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args))
+        rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args), Scope(flt.tenant_id))
         return [JOBS.decode(r, 0) for r in rows]
 
-    async def cancel(self, job_id: int) -> Job | None:
-        async def tx(conn: Conn) -> tuple[bool, Job | None]:
-            async with conn.transaction():
-                stmt = _SQL["cancel"]
-                row = await conn.fetchrow(stmt.sql, *stmt.args({"job_id": job_id}))
-                if row is None:
-                    return False, await _get(conn, job_id)
-                job = JOBS.decode(row, 0)
-                if job.state is JobState.RUNNING:
-                    await notify_cancel(conn, job_id)
-                return job.state is JobState.RUNNING, job
+    async def cancel(self, job_id: int, tenant_id: str | None) -> Job | None:
+        key = {"job_id": job_id, "tenant_id": tenant_id}
 
-        asked_worker, job = await self._db.run(tx)
+        async def tx(conn: Conn) -> tuple[bool, Job | None]:
+            stmt = _SQL["cancel"]
+            row = await conn.fetchrow(stmt.sql, *stmt.args(key))
+            if row is None:
+                return False, await _get(conn, job_id, tenant_id)
+            job = JOBS.decode(row, 0)
+            if job.state is JobState.RUNNING:
+                await notify_cancel(conn, job_id)
+            return job.state is JobState.RUNNING, job
+
+        asked_worker, job = await self._db.transact(tx, Scope(tenant_id))
         if asked_worker:
             self._publish(CancelRequested(frozenset({job_id})))
         return job
 
-    async def retry(self, job_id: int) -> Job | None:
-        async def tx(conn: Conn) -> tuple[bool, Job | None]:
-            async with conn.transaction():
-                stmt = _SQL["retry"]
-                try:
-                    row = await conn.fetchrow(stmt.sql, *stmt.args({"job_id": job_id}))
-                except asyncpg.UniqueViolationError as exc:
-                    raise ConflictError(
-                        f"job {job_id} cannot be retried: another queued or running job "
-                        "holds its unique_key; cancel that job first"
-                    ) from exc
-                if row is None:
-                    return False, await _get(conn, job_id)
-                job = JOBS.decode(row, 0)
-                await notify_queues(conn, [job.queue])
-                return True, job
+    async def retry(self, job_id: int, tenant_id: str | None) -> Job | None:
+        key = {"job_id": job_id, "tenant_id": tenant_id}
 
-        requeued, job = await self._db.run(tx)
+        async def tx(conn: Conn) -> tuple[bool, Job | None]:
+            stmt = _SQL["retry"]
+            try:
+                row = await conn.fetchrow(stmt.sql, *stmt.args(key))
+            except asyncpg.UniqueViolationError as exc:
+                raise ConflictError(
+                    f"job {job_id} cannot be retried: another queued or running job "
+                    "holds its unique_key; cancel that job first"
+                ) from exc
+            if row is None:
+                return False, await _get(conn, job_id, tenant_id)
+            job = JOBS.decode(row, 0)
+            await notify_queues(conn, [job.queue])
+            return True, job
+
+        requeued, job = await self._db.transact(tx, Scope(tenant_id))
         if requeued and job is not None:
             self._publish(JobsAvailable(frozenset({job.queue})))
         return job
@@ -79,7 +83,7 @@ class Jobs:
         return int(status.rsplit(" ", 1)[-1])
 
 
-async def _get(conn: Conn, job_id: int) -> Job | None:
+async def _get(conn: Conn, job_id: int, tenant_id: str | None) -> Job | None:
     stmt = _SQL["get_job"]
-    row = await conn.fetchrow(stmt.sql, *stmt.args({"job_id": job_id}))
+    row = await conn.fetchrow(stmt.sql, *stmt.args({"job_id": job_id, "tenant_id": tenant_id}))
     return JOBS.decode(row, 0) if row is not None else None

@@ -1,8 +1,10 @@
 -- Jobs of the PostgreSQL store by id: read, cancel, retry; and pruning. Parameters are
--- named (:name).
+-- named (:name). A :tenant_id of NULL is any tenant (an operator); another tenant's job is
+-- no job at all.
 
 -- name: get_job
-SELECT * FROM conveyor_jobs WHERE id = :job_id
+SELECT * FROM conveyor_jobs
+WHERE id = :job_id AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 
 -- name: cancel
 UPDATE conveyor_jobs
@@ -10,6 +12,7 @@ SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
     finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
     cancel_requested = true
 WHERE id = :job_id AND state IN ('queued', 'running')
+  AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 RETURNING *
 
 -- name: retry
@@ -19,6 +22,7 @@ SET state = 'queued', run_at = now(), result = NULL, finished_at = NULL, started
     progress_message = NULL,
     max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
 WHERE id = :job_id AND state IN ('failed', 'cancelled')
+  AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 RETURNING *
 
 -- name: prune

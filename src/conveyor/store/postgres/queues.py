@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from conveyor.store.base import JobsAvailable, Notice
-from conveyor.store.postgres.connection import Conn, Database
+from conveyor.store.postgres.connection import OPERATOR, Conn, Database, Scope
 from conveyor.store.postgres.exchange import Limits
 from conveyor.store.postgres.listener import notify_limit, notify_queues
 from conveyor.store.postgres.workers import read_workers
@@ -27,18 +27,18 @@ class Queues:
 
     async def set_paused(self, queue: str, paused: bool) -> bool:
         async def tx(conn: Conn) -> bool:
-            async with conn.transaction():
-                if not await _exists(conn, queue):
-                    return False
-                stmt = _SQL["set_paused"]
-                await conn.execute(stmt.sql, *stmt.args({"queue": queue, "paused": paused}))
-                if paused:
-                    await _drop_offers(conn, queue)
-                else:
-                    await notify_queues(conn, [queue])
-                return True
+            if not await _exists(conn, queue):
+                return False
+            stmt = _SQL["set_paused"]
+            await conn.execute(stmt.sql, *stmt.args({"queue": queue, "paused": paused}))
+            if paused:
+                await _drop_offers(conn, queue)
+            else:
+                await notify_queues(conn, [queue])
+            return True
 
-        if not await self._db.run(tx):
+        # An operator's verb: whether the queue exists reads every tenant's jobs.
+        if not await self._db.transact(tx, OPERATOR):
             return False
         if not paused:
             self._publish(JobsAvailable(frozenset({queue})))
@@ -46,19 +46,18 @@ class Queues:
 
     async def set_limit(self, queue: str, limit: int | None) -> bool:
         async def tx(conn: Conn) -> bool:
-            async with conn.transaction():
-                if not await _exists(conn, queue):
-                    return False
-                stmt = _SQL["set_limit"]
-                await conn.execute(stmt.sql, *stmt.args({"queue": queue, "limit": limit}))
-                if limit is not None:
-                    await _drop_offers(conn, queue)
-                # 'l:' tells every store to reload its limits; 'q:' wakes the workers.
-                await notify_limit(conn, queue)
-                await notify_queues(conn, [queue])
-                return True
+            if not await _exists(conn, queue):
+                return False
+            stmt = _SQL["set_limit"]
+            await conn.execute(stmt.sql, *stmt.args({"queue": queue, "limit": limit}))
+            if limit is not None:
+                await _drop_offers(conn, queue)
+            # 'l:' tells every store to reload its limits; 'q:' wakes the workers.
+            await notify_limit(conn, queue)
+            await notify_queues(conn, [queue])
+            return True
 
-        if not await self._db.run(tx):
+        if not await self._db.transact(tx, OPERATOR):
             return False
         if limit is None:
             self._limits.queues.discard(queue)
@@ -67,26 +66,31 @@ class Queues:
         self._publish(JobsAvailable(frozenset({queue})))
         return True
 
-    async def stats(self, finished: bool) -> list[QueueStats]:
+    async def stats(self, finished: bool, tenant_id: str | None) -> list[QueueStats]:
+        """Every queue's statistics; the counts and run times of ``tenant_id``'s jobs only
+        when it is given (the settings and workers are every tenant's)."""
+        tenant = {"tenant_id": tenant_id}
+
+        async def fetch(conn: Conn, name: str, **values: object) -> list[Any]:
+            stmt = _SQL[name]
+            return list(await conn.fetch(stmt.sql, *stmt.args({**tenant, **values})))
+
         async def read(conn: Conn) -> list[QueueStats]:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                counts = list(await conn.fetch(_SQL["stats_counts"].sql))
-                if finished:
-                    stmt = _SQL["stats_finished"]
-                    counts += await conn.fetch(
-                        stmt.sql, *stmt.args({"window_s": FINISHED_WINDOW_S})
-                    )
-                due = await conn.fetch(_SQL["stats_due"].sql)
-                recent = await conn.fetch(_SQL["stats_recent"].sql)
-                settings = await conn.fetch(_SQL["queue_settings"].sql)
-                workers = await read_workers(conn)
-                names = {r["queue"] for r in counts} | {r["queue"] for r in recent}
-                names |= {r["name"] for r in settings} | {q for w in workers for q in w.queues}
-                stmt = _SQL["stats_run_times"]
-                run_times = await conn.fetch(stmt.sql, *stmt.args({"queues": sorted(names)}))
+            counts = await fetch(conn, "stats_counts")
+            if finished:
+                counts += await fetch(conn, "stats_finished", window_s=FINISHED_WINDOW_S)
+            due = await fetch(conn, "stats_due")
+            recent = await fetch(conn, "stats_recent")
+            settings = await fetch(conn, "queue_settings")
+            workers = await read_workers(conn)
+            names = {r["queue"] for r in counts} | {r["queue"] for r in recent}
+            names |= {r["name"] for r in settings} | {q for w in workers for q in w.queues}
+            run_times = await fetch(conn, "stats_run_times", queues=sorted(names))
             return _queue_stats(counts, due, recent, run_times, settings, workers, finished)
 
-        return await self._db.run(read)
+        return await self._db.transact(
+            read, Scope(tenant_id), isolation="repeatable_read", readonly=True
+        )
 
 
 async def _exists(conn: Conn, queue: str) -> bool:

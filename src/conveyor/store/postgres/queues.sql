@@ -30,11 +30,14 @@ SELECT name, paused, concurrency_limit FROM conveyor_queues
 -- name: stats_counts
 -- Active jobs only, each part off the partial index that holds its state: O(queued +
 -- running), whatever the number of finished jobs kept. Queued jobs by kind too (the claim
--- index's order), so that kinds no live worker runs can be shown.
-SELECT queue, 'queued', kind, count(*) FROM conveyor_jobs WHERE state = 'queued'
+-- index's order), so that kinds no live worker runs can be shown. Every statistic of jobs
+-- counts one tenant's (:tenant_id) or, when it is NULL, every tenant's.
+SELECT queue, 'queued', kind, count(*) FROM conveyor_jobs
+WHERE state = 'queued' AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue, kind
 UNION ALL
-SELECT queue, 'running', NULL, count(*) FROM conveyor_jobs WHERE state = 'running'
+SELECT queue, 'running', NULL, count(*) FROM conveyor_jobs
+WHERE state = 'running' AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue
 
 -- name: stats_finished
@@ -42,16 +45,18 @@ GROUP BY queue
 -- index, so the cost follows the rate of jobs, not the size of the table.
 SELECT queue, state, NULL, count(*) FROM conveyor_jobs
 WHERE finished_at >= now() - make_interval(secs => :window_s)
-  AND state IN ('completed', 'failed', 'cancelled')
+  AND state IN ('completed', 'failed', 'cancelled') AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue, state
 
 -- name: stats_due
 SELECT queue, count(*), extract(epoch FROM now() - min(run_at)) FROM conveyor_jobs
-WHERE state = 'queued' AND run_at <= now() GROUP BY queue
+WHERE state = 'queued' AND run_at <= now() AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
+GROUP BY queue
 
 -- name: stats_recent
 SELECT queue, state, count(*) FROM conveyor_jobs
 WHERE state IN ('completed', 'failed') AND finished_at >= now() - interval '60 seconds'
+  AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue, state
 
 -- name: stats_run_times
@@ -68,6 +73,7 @@ CROSS JOIN LATERAL (
     SELECT extract(epoch FROM finished_at - started_at) AS seconds FROM conveyor_jobs
     WHERE queue >= q.name AND queue <= q.name AND state = 'completed'
       AND finished_at IS NOT NULL AND started_at IS NOT NULL
+      AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
     ORDER BY queue DESC, finished_at DESC LIMIT 1000
 ) r
 GROUP BY q.name

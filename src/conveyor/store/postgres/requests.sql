@@ -78,6 +78,7 @@ SELECT f.*,
        CASE WHEN f.state = 'queued' THEN (
            SELECT count(*) FROM conveyor_jobs q
            WHERE q.state = 'queued' AND q.queue = f.queue AND q.run_at <= now()
+             AND q.tenant_id = f.tenant_id
              AND (q.priority, q.run_at, q.id) < (f.priority, f.run_at, f.id)
        ) END AS queue_position,
        (SELECT count(*) FROM notified) AS notified
@@ -89,8 +90,10 @@ FROM found f
 -- position. The batch travels as one JSON document (:batch) whose rows carry their ordinal;
 -- job ids are drawn in the materialised CTE, so once per row.
 --
--- A position counts the due queued jobs ahead that this statement's snapshot sees (not
--- the batch's own) plus the batch's due jobs ahead in the same queue.
+-- A position counts the due queued jobs of the same tenant ahead that this statement's
+-- snapshot sees (not the batch's own) plus the batch's due jobs ahead in the same queue.
+-- A batch holds one tenant's requests (see requests.py), so that the API's role, which
+-- sees one tenant's rows at a time, can write it.
 WITH src AS MATERIALIZED (
     SELECT nextval('conveyor_jobs_id_seq'::regclass) AS job_id, s.*
     FROM jsonb_to_recordset(:batch::jsonb) AS s(
@@ -123,7 +126,7 @@ notified AS (
 ),
 ranked AS (
     SELECT id, count(*) FILTER (WHERE run_at <= now()) OVER (
-               PARTITION BY queue ORDER BY priority, run_at, id
+               PARTITION BY tenant_id, queue ORDER BY priority, run_at, id
                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS ahead
     FROM job
 )
@@ -132,6 +135,7 @@ SELECT r.id, r.tenant_id, r.caller_id, r.kind, r.input, r.idempotency_key, r.htt
        k.ahead + (
            SELECT count(*) FROM conveyor_jobs q
            WHERE q.state = 'queued' AND q.queue = j.queue AND q.run_at <= now()
+             AND q.tenant_id = j.tenant_id
              AND (q.priority, q.run_at, q.id) < (j.priority, j.run_at, j.id)
        ) AS queue_position,
        s.ord,
@@ -148,9 +152,10 @@ FROM conveyor_requests r JOIN conveyor_jobs j ON j.id = r.job_id
 WHERE r.id = :request_id AND r.tenant_id = :tenant_id
 
 -- name: queue_position
--- Queued, due jobs of the same queue that a worker will claim before this one.
+-- Queued, due jobs of the same queue and tenant that a worker will claim before this one:
+-- claims take tenants in turn, and other tenants' work is theirs to know.
 SELECT count(*) FROM conveyor_jobs
-WHERE state = 'queued' AND queue = :queue AND run_at <= now()
+WHERE state = 'queued' AND queue = :queue AND tenant_id = :tenant_id AND run_at <= now()
   AND (priority, run_at, id) < (:priority, to_timestamp(:run_at), :job_id)
 
 -- part: list_requests

@@ -16,6 +16,10 @@ and API processes on any number of machines.
   under that worker and hands it over in its NOTIFY, so the job starts after one durable
   commit instead of two. An offer is live while the LISTEN connection that will carry
   the notice holds an advisory lock on the offer's key.
+- Tenants: every tenant-owned statement names its tenant in its ``WHERE``. A store opened
+  for the API (``role``, ``CONVEYOR_DATABASE_ROLE``) also runs each call for a tenant as
+  the role ``conveyor_api`` in a transaction that sets the tenant first, so the row
+  security policies of migration 0009 hold it to that tenant's rows (docs/operations.md).
 
 The parts, one module each: ``connection`` (pool and lane), ``listener`` (notices),
 ``enqueue``, ``exchange`` (the worker's statements), ``requests``, ``jobs``, ``queues``,
@@ -32,7 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from conveyor.store.base import Capabilities, Listener, Offers, StoreError
 from conveyor.store.fanout import Fanout
 from conveyor.store.postgres import migrations
-from conveyor.store.postgres.connection import Database
+from conveyor.store.postgres.connection import Database, RoleSetting
 from conveyor.store.postgres.enqueue import Enqueuer
 from conveyor.store.postgres.exchange import Exchange, Limits
 from conveyor.store.postgres.jobs import Jobs
@@ -72,14 +76,22 @@ class PostgresStore:
         listen: bool = True,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        role: RoleSetting = "none",
     ) -> None:
+        """``role``: what the calls made for a tenant act as: ``none`` (the login role:
+        workers, the CLI), ``auto`` (``conveyor_api`` when it exists and the login role
+        may act as it: the API) or a role's name (which must be usable)."""
         self.url = url
         self.listen = listen
         # Handoff rides on the LISTEN connection: its notice carries the job.
         self.capabilities = Capabilities(handoff=listen, listen=listen)
         self._fanout = Fanout()
         self._db = Database(
-            url, session_settings=listen, pool_size=pool_size, connect_timeout=connect_timeout
+            url,
+            session_settings=listen,
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            role=role,
         )
         self._limits = Limits()
         self._listener = NoticeListener(self._db, self._fanout.publish, self._reload_limits_soon)
@@ -99,6 +111,12 @@ class PostgresStore:
     # -- connection ----------------------------------------------------------------
     async def open(self) -> None:
         await self._db.open()
+        await self._db.resolve_role()
+
+    @property
+    def role(self) -> str | None:
+        """The role tenant-scoped calls act as; None: the login role."""
+        return self._db.role
 
     async def close(self) -> None:
         await self._requests.close()
@@ -107,7 +125,10 @@ class PostgresStore:
 
     # -- schema --------------------------------------------------------------------
     async def migrate(self) -> list[int]:
-        return await migrations.migrate(self._db, self._limits)
+        applied = await migrations.migrate(self._db, self._limits)
+        # Migration 0009 may just have created the API's role.
+        await self._db.resolve_role()
+        return applied
 
     async def schema_status(self) -> tuple[int, int]:
         return await migrations.schema_status(self._db)
@@ -167,17 +188,17 @@ class PostgresStore:
         return await self._requests.queue_position(job)
 
     # -- operating -------------------------------------------------------------------
-    async def get_job(self, job_id: int) -> Job | None:
-        return await self._jobs.get(job_id)
+    async def get_job(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        return await self._jobs.get(job_id, tenant_id)
 
     async def list_jobs(self, flt: JobFilter) -> list[Job]:
         return await self._jobs.list(flt)
 
-    async def cancel(self, job_id: int) -> Job | None:
-        return await self._jobs.cancel(job_id)
+    async def cancel(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        return await self._jobs.cancel(job_id, tenant_id)
 
-    async def retry(self, job_id: int) -> Job | None:
-        return await self._jobs.retry(job_id)
+    async def retry(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        return await self._jobs.retry(job_id, tenant_id)
 
     async def set_paused(self, queue: str, paused: bool) -> bool:
         return await self._queues.set_paused(queue, paused)
@@ -185,8 +206,10 @@ class PostgresStore:
     async def set_queue_limit(self, queue: str, limit: int | None) -> bool:
         return await self._queues.set_limit(queue, limit)
 
-    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
-        return await self._queues.stats(finished)
+    async def queue_stats(
+        self, finished: bool = True, tenant_id: str | None = None
+    ) -> list[QueueStats]:
+        return await self._queues.stats(finished, tenant_id)
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         await self._workers.register(info, lease_s)

@@ -17,8 +17,9 @@ from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
 _LIST = ListQuery(PARTS, "list_jobs", JobFilter, "?")
 
 
-def get_job(conn: sqlite3.Connection, job_id: int) -> Job | None:
-    return job_or_none(execute(conn, "get_job", {"id": job_id}).fetchone())
+def get_job(conn: sqlite3.Connection, job_id: int, tenant_id: str | None) -> Job | None:
+    """The job (of ``tenant_id`` only, when given)."""
+    return job_or_none(execute(conn, "get_job", {"id": job_id, "tenant_id": tenant_id}).fetchone())
 
 
 def list_jobs(conn: sqlite3.Connection, flt: JobFilter) -> list[Job]:
@@ -26,22 +27,28 @@ def list_jobs(conn: sqlite3.Connection, flt: JobFilter) -> list[Job]:
     return [JOB.decode(row) for row in conn.execute(statement.sql, args)]
 
 
-def cancel(conn: sqlite3.Connection, now: float, job_id: int) -> tuple[str | None, Job | None]:
-    """The state the job had if the cancel changed it (None: not active), and the job."""
-    row = execute(conn, "cancel", {"id": job_id, "now": now}).fetchone()
-    return (row[0] if row else None), get_job(conn, job_id)
+def cancel(
+    conn: sqlite3.Connection, now: float, job_id: int, tenant_id: str | None
+) -> tuple[str | None, Job | None]:
+    """The state the job had if the cancel changed it (None: not active), and the job
+    (of ``tenant_id`` only, when given)."""
+    row = execute(conn, "cancel", {"id": job_id, "now": now, "tenant_id": tenant_id}).fetchone()
+    return (row[0] if row else None), get_job(conn, job_id, tenant_id)
 
 
-def retry(conn: sqlite3.Connection, now: float, job_id: int) -> tuple[str | None, Job | None]:
-    """The queue the job went back to (None: it was not failed or cancelled), and the job."""
+def retry(
+    conn: sqlite3.Connection, now: float, job_id: int, tenant_id: str | None
+) -> tuple[str | None, Job | None]:
+    """The queue the job went back to (None: it was not failed or cancelled), and the job
+    (of ``tenant_id`` only, when given)."""
     try:
-        row = execute(conn, "retry", {"id": job_id, "now": now}).fetchone()
+        row = execute(conn, "retry", {"id": job_id, "now": now, "tenant_id": tenant_id}).fetchone()
     except sqlite3.IntegrityError as exc:
         raise ConflictError(
             f"job {job_id} cannot be retried: another queued or running job holds its "
             "unique_key; cancel that job first"
         ) from exc
-    return (row[0] if row else None), get_job(conn, job_id)
+    return (row[0] if row else None), get_job(conn, job_id, tenant_id)
 
 
 def prune(conn: sqlite3.Connection, now: float, older_than_s: float, limit: int) -> int:
@@ -97,25 +104,31 @@ def live_workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
     return [WORKER.decode(row) for row in execute(conn, "list_workers", {"now": now})]
 
 
-def queue_stats(conn: sqlite3.Connection, now: float, finished: bool) -> list[QueueStats]:
+def queue_stats(
+    conn: sqlite3.Connection, now: float, finished: bool, tenant_id: str | None
+) -> list[QueueStats]:
     """See :meth:`conveyor.store.base.JobQueue.queue_stats`."""
+    tenant = {"tenant_id": tenant_id}
     due = {
-        queue: (n, now - oldest) for queue, n, oldest in execute(conn, "stats_due", {"now": now})
+        queue: (n, now - oldest)
+        for queue, n, oldest in execute(conn, "stats_due", {**tenant, "now": now})
     }
     recent = {
         (queue, state): n
-        for queue, state, n in execute(conn, "stats_recent", {"since": now - 60.0})
+        for queue, state, n in execute(conn, "stats_recent", {**tenant, "since": now - 60.0})
     }
     settings = {name: (bool(p), cap) for name, p, cap in execute(conn, "queue_settings", {})}
-    counts = execute(conn, "stats_counts", {}).fetchall()
+    counts = execute(conn, "stats_counts", tenant).fetchall()
     if finished:
-        counts += execute(conn, "stats_finished", {"since": now - FINISHED_WINDOW_S}).fetchall()
+        since = now - FINISHED_WINDOW_S
+        counts += execute(conn, "stats_finished", {**tenant, "since": since}).fetchall()
     workers = live_workers(conn, now)
     names = {queue for queue, *_ in counts} | {queue for queue, _ in recent} | set(settings)
     names |= {queue for worker in workers for queue in worker.queues}
     run_times: dict[str, tuple[float | None, float | None]] = {}
     for queue in names:
-        times = sorted(t for (t,) in execute(conn, "stats_run_times", {"queue": queue}))
+        found = execute(conn, "stats_run_times", {**tenant, "queue": queue})
+        times = sorted(t for (t,) in found)
         if times:
             run_times[queue] = (statistics.median(times), _percentile(times, 0.95))
     return assemble_queue_stats(

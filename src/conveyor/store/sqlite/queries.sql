@@ -204,7 +204,9 @@ DELETE FROM conveyor_requests WHERE job_id IN (SELECT value FROM json_each(:ids)
 DELETE FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: get_job
-SELECT * FROM conveyor_jobs WHERE id = :id
+-- A :tenant_id of NULL is any tenant (an operator); another tenant's job is no job at all,
+-- here and in cancel and retry.
+SELECT * FROM conveyor_jobs WHERE id = :id AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 
 -- name: adopt
 -- Jobs running under this worker that it does not know of (:known, a JSON array of ids).
@@ -217,7 +219,7 @@ UPDATE conveyor_jobs
 SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
     finished_at = CASE WHEN state = 'queued' THEN :now ELSE finished_at END,
     cancel_requested = 1
-WHERE id = :id AND state IN ('queued', 'running')
+WHERE id = :id AND state IN ('queued', 'running') AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 RETURNING state
 
 -- name: retry
@@ -226,7 +228,7 @@ SET state = 'queued', run_at = :now, result = NULL, finished_at = NULL, started_
     cancel_requested = 0, locked_by = NULL, lease_expires_at = NULL, progress = NULL,
     progress_message = NULL,
     max_attempts = CASE WHEN attempt >= max_attempts THEN attempt + 1 ELSE max_attempts END
-WHERE id = :id AND state IN ('failed', 'cancelled')
+WHERE id = :id AND state IN ('failed', 'cancelled') AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 RETURNING queue
 
 -- name: queue_exists
@@ -260,11 +262,12 @@ DELETE FROM conveyor_periodic_ticks WHERE tick < :before
 -- name: stats_counts
 -- Active jobs only, each part off the partial index that holds its state: O(queued +
 -- running), whatever the number of finished jobs kept. Queued jobs by kind too (the claim
--- index's order), so that kinds no live worker runs can be shown.
-SELECT queue, 'queued', kind, count(*) FROM conveyor_jobs WHERE state = 'queued'
+-- index's order), so that kinds no live worker runs can be shown. Every statistic of jobs
+-- counts one tenant's (:tenant_id) or, when it is NULL, every tenant's.
+SELECT queue, 'queued', kind, count(*) FROM conveyor_jobs WHERE state = 'queued' AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue, kind
 UNION ALL
-SELECT queue, 'running', NULL, count(*) FROM conveyor_jobs WHERE state = 'running'
+SELECT queue, 'running', NULL, count(*) FROM conveyor_jobs WHERE state = 'running' AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue
 
 -- name: stats_finished
@@ -272,20 +275,21 @@ GROUP BY queue
 -- the cost follows the rate of jobs, not the size of the table.
 SELECT queue, state, NULL, count(*) FROM conveyor_jobs
 WHERE finished_at >= :since AND finished_at IS NOT NULL
-  AND state IN ('completed', 'failed', 'cancelled')
+  AND state IN ('completed', 'failed', 'cancelled') AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 GROUP BY queue, state
 
 -- name: stats_due
 SELECT queue, count(*), min(run_at) FROM conveyor_jobs
-WHERE state = 'queued' AND run_at <= :now GROUP BY queue
+WHERE state = 'queued' AND run_at <= :now AND (:tenant_id IS NULL OR tenant_id = :tenant_id) GROUP BY queue
 
 -- name: stats_recent
 SELECT queue, state, count(*) FROM conveyor_jobs
-WHERE state IN ('completed', 'failed') AND finished_at >= :since GROUP BY queue, state
+WHERE state IN ('completed', 'failed') AND finished_at >= :since AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+GROUP BY queue, state
 
 -- name: stats_run_times
 SELECT finished_at - started_at FROM conveyor_jobs
-WHERE queue = :queue AND state = 'completed' AND finished_at IS NOT NULL
+WHERE queue = :queue AND state = 'completed' AND finished_at IS NOT NULL AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
 ORDER BY finished_at DESC LIMIT 1000
 
 -- name: queue_settings
@@ -333,12 +337,13 @@ r.created_at, j.*
 SELECT
 -- include: request_columns
 FROM conveyor_requests r LEFT JOIN conveyor_jobs j ON j.id = r.job_id
-WHERE r.id = :id
+WHERE r.id = :id AND r.tenant_id = :tenant_id
 
 -- name: queue_position
--- Queued, due jobs of the same queue that a worker will claim before this one.
+-- Queued, due jobs of the same queue and tenant that a worker will claim before this one:
+-- claims take tenants in turn, and other tenants' work is theirs to know.
 SELECT count(*) FROM conveyor_jobs
-WHERE state = 'queued' AND queue = :queue AND run_at <= :now
+WHERE state = 'queued' AND queue = :queue AND tenant_id = :tenant_id AND run_at <= :now
   AND (priority < :priority
        OR (priority = :priority AND (run_at < :run_at OR (run_at = :run_at AND id < :id))))
 

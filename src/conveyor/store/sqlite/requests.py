@@ -34,7 +34,7 @@ def create(conn: sqlite3.Connection, now: float, new: NewRequest) -> StoredReque
         }
         found = execute(conn, "find_request_by_key", key).fetchone()
         if found is not None:
-            return _stored(conn, now, _by_id(conn, found[0]), created=False)
+            return _stored(conn, now, _by_id(conn, found[0], new.tenant_id), created=False)
     (enqueued,) = insert_jobs(conn, now, [new.job])
     values = {
         "tenant_id": new.tenant_id,
@@ -47,17 +47,16 @@ def create(conn: sqlite3.Connection, now: float, new: NewRequest) -> StoredReque
         "now": now,
     }
     (request_id,) = execute(conn, "insert_request", values).fetchone()
-    return _stored(conn, now, _by_id(conn, request_id), created=True)
+    return _stored(conn, now, _by_id(conn, request_id, new.tenant_id), created=True)
 
 
 def get(conn: sqlite3.Connection, request_id: int, tenant_id: str) -> Request | None:
     """The tenant's request, if it exists and its job was not pruned."""
-    row = execute(conn, "get_request", {"id": request_id}).fetchone()
+    row = execute(conn, "get_request", {"id": request_id, "tenant_id": tenant_id}).fetchone()
     # The job's first column (its id) is NULL when the LEFT JOIN found no job.
     if row is None or row[rows.REQUEST.width - rows.JOB.width] is None:
         return None
-    request = rows.request(row)
-    return request if request.tenant_id == tenant_id else None
+    return rows.request(row)
 
 
 def list_requests(conn: sqlite3.Connection, flt: RequestFilter) -> list[Request]:
@@ -66,9 +65,10 @@ def list_requests(conn: sqlite3.Connection, flt: RequestFilter) -> list[Request]
 
 
 def jobs_ahead(conn: sqlite3.Connection, now: float, job: Job) -> int:
-    """Queued, due jobs of the job's queue that will be claimed before it."""
+    """Queued, due jobs of the job's queue and tenant that will be claimed before it."""
     values = {
         "queue": job.queue,
+        "tenant_id": job.tenant_id,
         "now": now,
         "priority": job.priority,
         "run_at": job.run_at,
@@ -77,8 +77,9 @@ def jobs_ahead(conn: sqlite3.Connection, now: float, job: Job) -> int:
     return int(execute(conn, "queue_position", values).fetchone()[0])
 
 
-def _by_id(conn: sqlite3.Connection, request_id: int) -> Request:
-    return rows.request(execute(conn, "get_request", {"id": request_id}).fetchone())
+def _by_id(conn: sqlite3.Connection, request_id: int, tenant_id: str) -> Request:
+    values = {"id": request_id, "tenant_id": tenant_id}
+    return rows.request(execute(conn, "get_request", values).fetchone())
 
 
 def _stored(conn: sqlite3.Connection, now: float, request: Request, created: bool) -> StoredRequest:

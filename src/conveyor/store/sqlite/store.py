@@ -174,20 +174,24 @@ class SqliteStore:
         return await self._db.read(lambda conn, now: requests.jobs_ahead(conn, now, job))
 
     # -- operating -------------------------------------------------------------------
-    async def get_job(self, job_id: int) -> Job | None:
-        return await self._db.read(lambda conn, now: operating.get_job(conn, job_id))
+    async def get_job(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        return await self._db.read(lambda conn, now: operating.get_job(conn, job_id, tenant_id))
 
     async def list_jobs(self, flt: JobFilter) -> list[Job]:
         return await self._db.read(lambda conn, now: operating.list_jobs(conn, flt))
 
-    async def cancel(self, job_id: int) -> Job | None:
-        was, job = await self._db.write(lambda conn, now: operating.cancel(conn, now, job_id))
+    async def cancel(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        was, job = await self._db.write(
+            lambda conn, now: operating.cancel(conn, now, job_id, tenant_id)
+        )
         if was == JobState.RUNNING:
             self._fanout.publish(CancelRequested(frozenset({job_id})))
         return job
 
-    async def retry(self, job_id: int) -> Job | None:
-        queue, job = await self._db.write(lambda conn, now: operating.retry(conn, now, job_id))
+    async def retry(self, job_id: int, tenant_id: str | None = None) -> Job | None:
+        queue, job = await self._db.write(
+            lambda conn, now: operating.retry(conn, now, job_id, tenant_id)
+        )
         if queue is not None:
             self._fanout.publish(JobsAvailable(frozenset({queue})))
         return job
@@ -206,8 +210,12 @@ class SqliteStore:
             self._fanout.publish(JobsAvailable(frozenset({queue})))
         return done
 
-    async def queue_stats(self, finished: bool = True) -> list[QueueStats]:
-        return await self._db.read(lambda conn, now: operating.queue_stats(conn, now, finished))
+    async def queue_stats(
+        self, finished: bool = True, tenant_id: str | None = None
+    ) -> list[QueueStats]:
+        return await self._db.read(
+            lambda conn, now: operating.queue_stats(conn, now, finished, tenant_id)
+        )
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         await self._db.write(lambda conn, now: operating.register_worker(conn, now, info, lease_s))
