@@ -33,6 +33,14 @@ SCOPES = frozenset({READ, WRITE, ADMIN})
 """Every scope a caller can hold; an API key carries a subset."""
 
 
+def last_owner_refusal(tenant_id: str, user_id: str) -> str:
+    """The message of the ConflictError that keeps a tenant's last owner."""
+    return (
+        f"user {user_id!r} is the last owner of tenant {tenant_id!r}; make another member "
+        "an owner first"
+    )
+
+
 class Role(enum.StrEnum):
     """A user's role in a tenant. A higher :attr:`rank` may do all a lower one may."""
 
