@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from conveyor.store.accounts import AccountStore
 from conveyor.store.records import (
     ClaimRequest,
     Enqueued,
@@ -305,6 +306,7 @@ class RequestStore(Protocol):
         it (claims take tenants in turn; other tenants' work is not disclosed)."""
 
 
-class Store(JobQueue, RequestStore, Protocol):
-    """A store that serves both seams: the job queue and the requests (every store here
-    does). Callers that need one only take :class:`JobQueue` or :class:`RequestStore`."""
+class Store(JobQueue, RequestStore, AccountStore, Protocol):
+    """A store that serves every seam: the job queue, the requests and the accounts
+    (every store here does). Callers that need one only take :class:`JobQueue`,
+    :class:`RequestStore` or :class:`~conveyor.store.accounts.AccountStore`."""

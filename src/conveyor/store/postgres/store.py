@@ -23,8 +23,8 @@ and API processes on any number of machines.
 
 The parts, one module each: ``connection`` (pool and lane), ``listener`` (notices),
 ``enqueue``, ``exchange`` (the worker's statements), ``requests``, ``jobs``, ``queues``,
-``workers``, ``migrations``, and ``rows`` (decoding); their SQL is in a ``.sql`` file
-of the same topic.
+``workers``, ``accounts``, ``migrations``, and ``rows`` (decoding); their SQL is in a
+``.sql`` file of the same topic.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from conveyor.store.base import Capabilities, Listener, Offers, StoreError
 from conveyor.store.fanout import Fanout
 from conveyor.store.postgres import migrations
+from conveyor.store.postgres.accounts import PostgresAccounts
 from conveyor.store.postgres.connection import Database, RoleSetting
 from conveyor.store.postgres.enqueue import Enqueuer
 from conveyor.store.postgres.exchange import Exchange, Limits
@@ -64,8 +65,9 @@ from conveyor.store.records import (
 )
 
 
-class PostgresStore:
-    """A :class:`conveyor.store.base.Store` on PostgreSQL."""
+class PostgresStore(PostgresAccounts):
+    """A :class:`conveyor.store.base.Store` on PostgreSQL; the accounts' verbs are
+    :class:`~conveyor.store.postgres.accounts.PostgresAccounts`'."""
 
     dialect = "postgresql"
 

@@ -43,14 +43,16 @@ from conveyor.store.records import (
     WorkerInfo,
 )
 from conveyor.store.sqlite import exchange, migrations, operating, requests
+from conveyor.store.sqlite.accounts import SqliteAccounts
 from conveyor.store.sqlite.connection import Database
 from conveyor.store.sqlite.enqueue import insert_jobs, insert_periodic
 from conveyor.store.ticks import TickTaken
 from conveyor.store.urls import redact
 
 
-class SqliteStore:
-    """A :class:`conveyor.store.base.Store` on one SQLite file.
+class SqliteStore(SqliteAccounts):
+    """A :class:`conveyor.store.base.Store` on one SQLite file; the accounts' verbs are
+    :class:`~conveyor.store.sqlite.accounts.SqliteAccounts`'.
 
     No handoff: a worker in this process is woken at once, and others poll."""
 
