@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         description="PostgreSQL: pooled connections per process at most; a process also "
         "keeps one of its own for calls that find it free, and one for LISTEN.",
     )
+    database_role: str = Field(
+        default="auto",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$",
+        description="PostgreSQL: the role the API's calls act as, each in a transaction that "
+        "sets its tenant, under row security: auto (conveyor_api once migrated, when the "
+        "login role may act as it), none (the login role), or a role's name "
+        "(docs/operations.md).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port of the HTTP API.")
     redis_url: str | None = Field(

@@ -83,7 +83,7 @@ def create_app(
         kinds = registry
     register_builtin(kinds)
     api = ApiState(settings, kinds)
-    owned = make_store(settings) if store is None else None
+    owned = make_store(settings, api=True) if store is None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

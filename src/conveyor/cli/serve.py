@@ -85,12 +85,21 @@ async def run(
     unreachable, answering 503 meanwhile.
     """
     store = make_store(settings) if worker_config is not None else None
+    api_store = None
     if store is not None:
         await store.open()
     try:
         if store is not None:
             await store.migrate()
-        app = create_app(settings, store=store, kinds=kinds)
+            # The API's calls act as the API's database role under row security, the
+            # worker's as the login role: a store each. Where changes are heard by LISTEN
+            # the worker hears the API's submissions at once; without it (SQLite, PgBouncer)
+            # they share one store, whose notices are the only prompt wake-up, and the
+            # API's calls are scoped in their statements alone.
+            if store.capabilities.listen:
+                api_store = make_store(settings, api=True)
+                await api_store.open()
+        app = create_app(settings, store=api_store or store, kinds=kinds)
         server = _Server(
             uvicorn.Config(
                 app,
@@ -106,6 +115,8 @@ async def run(
         worker = Worker(store, worker_config, kinds=kinds) if store and worker_config else None
         await _serve(server, worker)
     finally:
+        if api_store is not None:
+            await api_store.close()
         if store is not None:
             await store.close()
 

@@ -17,8 +17,10 @@ from conveyor.store.base import (
 )
 
 
-def make_store(settings: Settings) -> Store:
-    """The store ``settings.database_url`` names, not yet opened."""
+def make_store(settings: Settings, *, api: bool = False) -> Store:
+    """The store ``settings.database_url`` names, not yet opened. ``api``: the API's store,
+    whose calls for a tenant act as ``settings.database_role`` on PostgreSQL (SQLite
+    scopes them in its statements alone)."""
     url = settings.database_url
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
@@ -33,7 +35,12 @@ def make_store(settings: Settings) -> Store:
     if scheme in ("postgresql", "postgres"):
         from conveyor.store.postgres import PostgresStore
 
-        return PostgresStore(url, listen=settings.listen, pool_size=settings.pool_size)
+        return PostgresStore(
+            url,
+            listen=settings.listen,
+            pool_size=settings.pool_size,
+            role=settings.database_role if api else "none",
+        )
     raise StoreError(
         f"CONVEYOR_DATABASE_URL={url!r}: unsupported scheme {scheme!r}; "
         "use sqlite:///path/to/file.db or postgresql://user@host/database"
