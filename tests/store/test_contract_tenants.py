@@ -1,15 +1,19 @@
 """Tenant scoping of the store contract, on every store: a verb called for a tenant finds,
 changes and counts that tenant's rows only, and another tenant's id answers as no row
-does; called with no tenant (an operator, the CLI, a worker) it sees every tenant's."""
+does; called with no tenant (an operator, the CLI, a worker) it sees every tenant's. On
+PostgreSQL also as the API's store, whose calls act as conveyor_api under row security."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import pytest
 from contract_support import claim_one, enqueue_one, failed, get, settle
 
 from conveyor.store.base import Store
+from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import (
     JobFilter,
     JobState,
@@ -18,11 +22,42 @@ from conveyor.store.records import (
     QueueStats,
     RequestFilter,
 )
+from conveyor.store.sqlite import SqliteStore
+from pg_server import PgTestServer
 
 NewJobFactory = Callable[..., NewJob]
 
 A = "tenant-a"
 B = "tenant-b"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-as-api"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Each store, and the PostgreSQL store the API opens (``role="auto"``)."""
+    if request.param != "sqlite":
+        server: PgTestServer = request.getfixturevalue("pg_server")
+        server.empty()
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+async def store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    opened: Store
+    if kind == "sqlite":
+        opened = SqliteStore(f"sqlite:///{tmp_path}/t.db")
+    else:
+        server: PgTestServer = request.getfixturevalue("pg_server")
+        opened = PostgresStore(server.url, role="auto" if kind == "postgresql-as-api" else "none")
+    await opened.open()
+    try:
+        await opened.migrate()
+        if kind == "postgresql-as-api":
+            assert isinstance(opened, PostgresStore)
+            assert opened.role == "conveyor_api"
+        yield opened
+    finally:
+        await opened.close()
 
 
 def _request(new_job: NewJobFactory, tenant_id: str, **job: object) -> NewRequest:
