@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import asyncpg
+from test_migrations_upgrade import pg_at_version, pg_database, pg_drop
 
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import JobFilter
@@ -17,21 +18,23 @@ INSERT_JOB = (
 
 
 async def test_migration_7_brings_unreadable_run_at_values_into_range(pg: PgTestServer) -> None:
-    store = PostgresStore(pg.url)
+    # A database of its own at version 6, as an upgraded database holds the rows: the
+    # shared session database is at the latest version, and its later migrations cannot
+    # run twice.
+    name = f"{pg.database}_run_at"
+    url = await pg_database(pg, name)
+    await pg_at_version(url, 6)
+    conn = await asyncpg.connect(url)
+    try:
+        # What `--delay 1e30` stored before the limits: readable by the server only.
+        far = await conn.fetchval(INSERT_JOB, "200000-01-01 00:00:00+00")
+        early = await conn.fetchval(INSERT_JOB, "0100-01-01 00:00:00+00 BC")
+        ok = await conn.fetchval(INSERT_JOB, "2030-01-01 00:00:00+00")
+    finally:
+        await conn.close()
+    store = PostgresStore(url)
     await store.open()
     try:
-        await store.migrate()
-        conn = await asyncpg.connect(pg.url)
-        try:
-            # What `--delay 1e30` stored before the limits: readable by the server only.
-            far = await conn.fetchval(INSERT_JOB, "200000-01-01 00:00:00+00")
-            early = await conn.fetchval(INSERT_JOB, "0100-01-01 00:00:00+00 BC")
-            ok = await conn.fetchval(INSERT_JOB, "2030-01-01 00:00:00+00")
-            # The rows as an upgraded database holds them: migration 7 not applied yet.
-            await conn.execute("DELETE FROM conveyor_schema WHERE version >= 7")
-        finally:
-            await conn.close()
-
         assert 7 in await store.migrate()
 
         jobs = {job.id: job for job in await store.list_jobs(JobFilter(limit=10))}
@@ -41,3 +44,4 @@ async def test_migration_7_brings_unreadable_run_at_values_into_range(pg: PgTest
         assert datetime.fromtimestamp(jobs[ok].run_at, UTC) == datetime(2030, 1, 1, tzinfo=UTC)
     finally:
         await store.close()
+        await pg_drop(pg, name)
