@@ -12,6 +12,7 @@ from conveyor.store.sqlite import SqliteStore
 from conveyor.store.sqlite.queries import Q
 
 PARAMS = {"since": 0.0, "now": 0.0, "queue": "default"}
+TENANTS = [pytest.param(None, id="all-tenants"), pytest.param("acme", id="one-tenant")]
 
 
 @pytest.fixture
@@ -24,13 +25,14 @@ async def sqlite_db(tmp_path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path)
 
 
+@pytest.mark.parametrize("tenant_id", TENANTS)
 @pytest.mark.parametrize("query", ["stats_finished", "stats_recent", "stats_run_times"])
-def test_finished_job_statistics_read_an_index(sqlite_db: sqlite3.Connection, query: str) -> None:
+def test_finished_job_statistics_read_an_index(
+    sqlite_db: sqlite3.Connection, query: str, tenant_id: str | None
+) -> None:
     statement = Q[query]
-    plan = [
-        row[3]
-        for row in sqlite_db.execute(f"EXPLAIN QUERY PLAN {statement.sql}", statement.args(PARAMS))
-    ]
+    args = statement.args({**PARAMS, "tenant_id": tenant_id})
+    plan = [row[3] for row in sqlite_db.execute(f"EXPLAIN QUERY PLAN {statement.sql}", args)]
     assert plan, query
     assert all("INDEX" in step for step in plan if "conveyor_jobs" in step), plan
 
