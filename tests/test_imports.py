@@ -20,6 +20,8 @@ LAYERS = (
     ("workloads", ("conveyor.workloads",)),
     # The public API: the workloads are written against it, as a user's handlers are.
     ("public API", ("conveyor",)),
+    # Identity without HTTP: the API and the CLI call it.
+    ("accounts", ("conveyor.accounts",)),
     ("engine", ("conveyor.engine",)),
     ("store", ("conveyor.store",)),
     ("base", ("conveyor.config", "conveyor.logs")),

@@ -141,7 +141,19 @@ class Settings(BaseSettings):
         description="Requests one client address may make (the seed's 200 per 15 minutes).",
     )
     rate_limit_per_caller: str = Field(
-        default="1000/15minutes", description="Requests one authenticated caller may make."
+        default="1000/15minutes",
+        description="Requests one authenticated caller (a user or an API key) may make, "
+        "unless its tenant has a rate limit of its own.",
+    )
+    login_rate_per_account: str = Field(
+        default="10/15minutes",
+        description="Login attempts per account (email), failed or not; 429 above.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Unset: /metrics is open. Set: /metrics needs Authorization: Bearer "
+        "<this token>.",
     )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
@@ -167,6 +179,49 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed to call the API from a browser.",
+    )
+    jwt_issuer: str = Field(
+        default="conveyor",
+        min_length=1,
+        description="The iss claim access tokens carry and verification requires.",
+    )
+    jwt_audience: str = Field(
+        default="conveyor-api",
+        min_length=1,
+        description="The aud claim access tokens carry and verification requires.",
+    )
+    jwt_leeway_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="Clock skew between processes allowed when checking exp and iat.",
+    )
+    access_token_seconds: int = Field(
+        default=900,
+        ge=30,
+        le=86_400,
+        description="Lifetime of an access token (a removed member or disabled user keeps "
+        "access at most this long).",
+    )
+    refresh_token_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=60,
+        description="Lifetime of a refresh token; each use rotates it.",
+    )
+    invitation_seconds: int = Field(
+        default=7 * 24 * 3600, ge=60, description="How long an invitation can be accepted."
+    )
+    password_time_cost: int = Field(
+        default=3, ge=1, le=100, description="argon2id iterations of a password hash."
+    )
+    password_memory_kib: int = Field(
+        default=65_536,
+        ge=8,
+        le=4_194_304,
+        description="argon2id memory of a password hash, KiB; a login costs this much RAM.",
+    )
+    password_parallelism: int = Field(
+        default=4, ge=1, le=64, description="argon2id lanes of a password hash."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level logged."

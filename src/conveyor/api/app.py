@@ -18,8 +18,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from importlib import metadata
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from conveyor.api import docs
+from conveyor.api.access import Access, caller_for, undeclared_routes
 from conveyor.api.docs import install_docs
 from conveyor.api.errors import install_error_handlers
 from conveyor.api.metrics import Metrics
@@ -45,8 +47,10 @@ Submit work and get an answer at once (202); workers run it in the background.
   each answers `HEAD` too. These and the documentation are not rate-limited.
 * **QuDemo seed** (`/api/...`): the seed backend's routes on the same engine.
 
-No authentication yet: every call acts as the default tenant's anonymous caller until
-accounts arrive. Errors are JSON with a `detail`; 503 answers carry `Retry-After`.
+Send `Authorization: Bearer <access token or API key>`: every route but the probes,
+the documentation and signup/login/refresh needs one. 401: no valid credential; 403: the
+credential lacks the scope or role the route needs. Errors are JSON with a `detail`;
+503 and 429 answers carry `Retry-After`.
 """
 
 
@@ -112,7 +116,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    install_docs(app)
+    install_docs(app, dependencies=[Depends(caller_for(Access.PUBLIC))])
     app.state.conveyor = api
     app.state.kind_names = kinds.names()
     install_error_handlers(app)
@@ -122,7 +126,23 @@ def create_app(
     app.include_router(health.router)
     app.include_router(seed.router)
     _install_cross_cutting(app, settings, api)
+    undeclared = undeclared_routes(app, public_paths=_framework_paths(app))
+    if undeclared:
+        raise RuntimeError(
+            "every route must declare its access level with "
+            "Depends(caller_for(Access.<LEVEL>)) (conveyor.api.access); these declare "
+            f"none: {', '.join(undeclared)}"
+        )
     return app
+
+
+def _framework_paths(app: FastAPI) -> set[str]:
+    """The routes FastAPI and the docs add without dependencies: the OpenAPI document
+    and the docs' static files, both public."""
+    paths = {docs.ASSETS_PATH}
+    if app.openapi_url is not None:
+        paths.add(app.openapi_url)
+    return paths
 
 
 async def _open(api: ApiState, store: Store) -> asyncio.Task[None] | None:

@@ -1,61 +1,40 @@
-"""What every route depends on: who calls (:func:`get_caller`), the shared state, the
-request id (set by ``middleware.ConveyorMiddleware``, re-exported here).
+"""What every route depends on: who calls (:class:`Caller`, yielded by
+:func:`conveyor.api.access.caller_for`), the shared state, the request id (set by
+``middleware.ConveyorMiddleware``, re-exported here).
 
-:func:`get_caller` is the one authentication dependency. Until the accounts issue brings
-JWT and tenants, it yields the default tenant's anonymous caller; routes take the tenant
-from the :class:`Caller` it returns and hold no tenant logic of their own.
+Routes take the tenant from the :class:`Caller` and hold no tenant logic of their own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from conveyor.api.ratelimit import limit_caller
 from conveyor.api.request_id import request_id
-from conveyor.store.records import DEFAULT_TENANT
+from conveyor.store.accounts import Role
 
 if TYPE_CHECKING:
     from conveyor.api.state import ApiState
 
-__all__ = ["ANONYMOUS", "Caller", "admit", "get_api", "get_caller", "request_id"]
+__all__ = ["Caller", "get_api", "request_id"]
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the tenant whose data the call may see, and the caller within it
-    (idempotency keys are per caller)."""
+    """Who is calling: the fields of ``conveyor.accounts.Principal`` (the plan of issue
+    12), which this type becomes once the accounts service is merged."""
 
-    tenant_id: str
+    tenant_id: str | None
+    """The tenant whose data the call may see; None only for an operator without one."""
     caller_id: str
-
-
-ANONYMOUS = Caller(tenant_id=DEFAULT_TENANT, caller_id="anonymous")
-
-
-async def get_caller(request: Request) -> Caller:
-    """The authenticated caller.
-
-    Until the accounts issue, every call is the default tenant's ``anonymous`` caller.
-    What the call may then do is decided by :func:`admit`.
-    """
-    return await admit(request, ANONYMOUS)
-
-
-async def admit(request: Request, caller: Caller) -> Caller:
-    """Leave ``caller`` in ``request.state.caller`` and count the call against its rate
-    limit (429 above it); return it. Whoever authenticates a caller ends with this.
-
-    The anonymous caller is not limited per caller: it stands for every unauthenticated
-    client at once, which would then share one budget. The per-address limit covers
-    those clients, each on its own.
-    """
-    request.state.caller = caller
-    if caller != ANONYMOUS:
-        await limit_caller(request, caller)
-    return caller
+    """``user:usr_…`` or ``key:key_…``: idempotency keys and rate limits are per caller."""
+    role: Role | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    operator: bool = False
+    rate_limit: str | None = None
+    """The tenant's per-caller budget; None: ``CONVEYOR_RATE_LIMIT_PER_CALLER``."""
 
 
 async def get_api(request: Request) -> ApiState:

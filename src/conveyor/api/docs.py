@@ -13,6 +13,7 @@ pages point at the files the ``fastapi-offline`` package ships, served under
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
+from fastapi.params import Depends as DependsParam
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -42,9 +44,10 @@ def _assets_directory() -> str:
     return str(resources.files("fastapi_offline").joinpath("static"))
 
 
-def install_docs(app: FastAPI) -> None:
+def install_docs(app: FastAPI, *, dependencies: Sequence[DependsParam] = ()) -> None:
     """Serve the documentation pages and their assets on ``app``, which must have been
-    built with ``docs_url=None, redoc_url=None``. Links honour the ASGI ``root_path``."""
+    built with ``docs_url=None, redoc_url=None``. Links honour the ASGI ``root_path``.
+    ``dependencies``: of each page's route (the app declares their access level)."""
     if app.docs_url is not None or app.redoc_url is not None:
         raise ValueError("build the app with docs_url=None and redoc_url=None")
     openapi_url = app.openapi_url or "/openapi.json"
@@ -81,4 +84,10 @@ def install_docs(app: FastAPI) -> None:
         (OAUTH2_REDIRECT_PATH, oauth2_redirect),
         (REDOC_PATH, redoc),
     ):
-        app.add_api_route(path, endpoint, methods=["GET"], include_in_schema=False)
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["GET"],
+            include_in_schema=False,
+            dependencies=list(dependencies),
+        )

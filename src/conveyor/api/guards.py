@@ -2,7 +2,8 @@
 not handle: stages 6-8 of :class:`~conveyor.api.middleware.ConveyorMiddleware`, inside its
 CORS stage (so every answer here carries the CORS headers).
 
-- **Rate limit** per client address (:mod:`conveyor.api.ratelimit`): 429.
+- **Rate limit** per client address (:mod:`conveyor.api.ratelimit`) of a request that
+  carries no ``Authorization``: 429 (see :mod:`conveyor.api.access` for the others).
 - **NUL** in the path or a query parameter (``%00``): 422 naming the parameter
   (PostgreSQL cannot compare text holding one; SQLite refuses it the same).
 - **Body size**: 413 when ``Content-Length`` exceeds the limit; a body without one
@@ -32,7 +33,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.api.errors import SEED_PREFIX
 from conveyor.api.http_call import HTTP_CALL_KEY, HttpCall, client_left, route_path
 from conveyor.api.metrics import route_template
-from conveyor.api.ratelimit import RateLimiter, client_address, record_limit
+from conveyor.api.ratelimit import (
+    RateLimiter,
+    client_address,
+    mark_address_counted,
+    record_limit,
+)
 from conveyor.api.request_id import scope_request_id
 from conveyor.logs import get_logger
 
@@ -89,7 +95,11 @@ class Guards:
             self.limiter is not None
             and path not in self.exempt_paths
             and not path.startswith(self.exempt_prefixes)
+            and not any(name == b"authorization" for name, _ in scope["headers"])
         ):
+            # A request with credentials is counted against its caller once they are
+            # checked, or against its address if they fail (conveyor.api.access).
+            mark_address_counted(scope)
             status = await self.limiter.hit_ip(client_address(scope))
             if status is not None:
                 record_limit(scope, status)

@@ -62,7 +62,9 @@ raises ``StoreError`` until then), pass a callable that looks it up at scrape ti
 ``conveyor_queue_stats_up 0``. Reusing the API's short statistics cache works too:
 ``async def stats(): return list((await api.stats.get(api.client)).values())``.
 
-``/metrics`` is left out of the OpenAPI schema and of the per-address rate limit.
+``/metrics`` is left out of the OpenAPI schema and of the per-address rate limit. Its
+access level is ``METRICS`` (:mod:`conveyor.api.access`): open, or the bearer
+``CONVEYOR_METRICS_TOKEN`` when that is set.
 """
 
 from __future__ import annotations
@@ -70,13 +72,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import Scope
 
+from conveyor.api.access import Access, caller_for
 from conveyor.logs import get_logger
 from conveyor.store.records import QueueStats
 
@@ -182,7 +185,7 @@ class Metrics:
 
     def router(self, path: str = "/metrics") -> APIRouter:
         """A router serving ``GET {path}`` (and ``HEAD``) in the Prometheus text format."""
-        router = APIRouter()
+        router = APIRouter(dependencies=[Depends(caller_for(Access.METRICS))])
 
         async def metrics_endpoint() -> Response:
             return Response(await self.render(), media_type=CONTENT_TYPE_LATEST)

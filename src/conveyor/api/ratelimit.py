@@ -1,12 +1,16 @@
 """Rate limiting with the ``limits`` library: per client address and per caller.
 
-Two limits apply to every request:
+Each request counts against one of two limits:
 
-- **per client address** (``CONVEYOR_RATE_LIMIT_PER_IP``, the seed's ``200/15minutes``),
-  enforced by :class:`~conveyor.api.middleware.ConveyorMiddleware` before routing (with
-  :meth:`RateLimiter.hit_ip`), so even unauthenticated and malformed requests count;
-- **per caller** (``CONVEYOR_RATE_LIMIT_PER_CALLER``), enforced by :func:`limit_caller`,
-  which the one authentication dependency calls once it knows the caller.
+- **per caller** (a tenant's ``rate_limit``, else ``CONVEYOR_RATE_LIMIT_PER_CALLER``):
+  an authenticated call, by :func:`limit_caller`, which the access dependency
+  (:mod:`conveyor.api.access`) calls once it knows the caller; one budget per user and
+  per API key, whatever address it calls from;
+- **per client address** (``CONVEYOR_RATE_LIMIT_PER_IP``, the seed's ``200/15minutes``):
+  every other request. :class:`~conveyor.api.middleware.ConveyorMiddleware` counts a
+  request without ``Authorization`` before routing (with :meth:`RateLimiter.hit_ip`), so
+  even malformed ones count; :func:`limit_address` counts, from the access dependency,
+  a request whose credential fails and a public call (login, signup) that carries one.
 
 Counters live in memory (one process), or in Redis when ``CONVEYOR_REDIS_URL`` is set, so
 that several API processes share them. The Redis path uses limits' asyncio storage with
@@ -91,7 +95,9 @@ __all__ = [
     "RateLimiter",
     "caller_key",
     "client_address",
+    "limit_address",
     "limit_caller",
+    "mark_address_counted",
     "ratelimit_headers",
     "record_limit",
 ]
@@ -112,6 +118,7 @@ _STATE_KEY = "conveyor.rate_limits"
 """Key in ``scope["state"]`` holding the :class:`LimitStatus` list of this request."""
 
 _CALLER_DONE_KEY = "conveyor.rate_limit_caller_done"
+_ADDRESS_DONE_KEY = "conveyor.rate_limit_address_done"
 
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     StorageError,
@@ -127,15 +134,18 @@ class CallerLike(Protocol):
     """What :func:`caller_key` needs of the authenticated caller (deps.Caller)."""
 
     @property
-    def tenant_id(self) -> str: ...
+    def tenant_id(self) -> str | None: ...
 
     @property
     def caller_id(self) -> str: ...
 
+    @property
+    def rate_limit(self) -> str | None: ...
+
 
 def caller_key(caller: CallerLike) -> str:
     """The rate-limit identity of a caller: one bucket per caller within its tenant."""
-    return f"{caller.tenant_id}/{caller.caller_id}"
+    return f"{caller.tenant_id or '-'}/{caller.caller_id}"
 
 
 def client_address(scope: Scope) -> str:
@@ -255,6 +265,7 @@ class RateLimiter:
         self.per_ip: RateLimitItem = parse(per_ip)
         self.per_caller: RateLimitItem = parse(per_caller)
         self.backend = backend
+        self._items: dict[str, RateLimitItem] = {}
         self._storage = storage
         self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._pool = pool
@@ -325,9 +336,24 @@ class RateLimiter:
         """Count one request from ``address``; None when failing open."""
         return await self._hit("ip", self.per_ip, address)
 
-    async def hit_caller(self, key: str) -> LimitStatus | None:
-        """Count one request by the caller ``key`` (see :func:`caller_key`)."""
-        return await self._hit("caller", self.per_caller, key)
+    async def hit_caller(self, key: str, limit: str | None = None) -> LimitStatus | None:
+        """Count one request by the caller ``key`` (see :func:`caller_key`) against
+        ``limit`` (a tenant's own budget, ``"1000/minute"``), else ``per_caller``."""
+        item = self.per_caller if limit is None else self._parsed(limit)
+        return await self._hit("caller", item, key)
+
+    def _parsed(self, limit: str) -> RateLimitItem:
+        item = self._items.get(limit)
+        if item is None:
+            try:
+                item = parse(limit)
+            except ValueError:
+                # A tenant's budget the limiter cannot read must not lock its callers
+                # out: the setting applies, and the store's value is logged for a fix.
+                _log.warning("unreadable tenant rate limit; using the default", limit=limit)
+                item = self.per_caller
+            self._items[limit] = item
+        return item
 
     async def _hit(
         self, scope: Literal["ip", "caller"], item: RateLimitItem, key: str
@@ -421,9 +447,34 @@ async def limit_caller(request: Request, caller: CallerLike) -> None:
     if state.get(_CALLER_DONE_KEY):
         return
     state[_CALLER_DONE_KEY] = True
-    status = await limiter.hit_caller(caller_key(caller))
+    status = await limiter.hit_caller(caller_key(caller), caller.rate_limit)
     if status is None:
         return
     record_limit(request.scope, status)
     if not status.allowed:
         raise HTTPException(status_code=429, detail=status.message(), headers=status.headers())
+
+
+async def limit_address(request: Request) -> None:
+    """Count this request against its client address; raise 429 when it is over the
+    limit. A no-op when no limiter is installed or when already counted (the middleware
+    counts every request without ``Authorization`` before routing)."""
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        return
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    if state.get(_ADDRESS_DONE_KEY):
+        return
+    state[_ADDRESS_DONE_KEY] = True
+    status = await limiter.hit_ip(client_address(request.scope))
+    if status is None:
+        return
+    record_limit(request.scope, status)
+    if not status.allowed:
+        raise HTTPException(status_code=429, detail=status.message(), headers=status.headers())
+
+
+def mark_address_counted(scope: Scope) -> None:
+    """Note that this request was counted against its address (by the middleware)."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    state[_ADDRESS_DONE_KEY] = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from conveyor.api.access import tenant_of
 from conveyor.api.deps import Caller
 from conveyor.api.errors import Conflict, Overloaded
 from conveyor.api.schemas import RequestAccepted, at_utc, due
@@ -73,7 +74,9 @@ async def submit(
     # this process does not know is refused, although a Client would enqueue it by name.
     client.kinds.get(kind)
     # The request id rides in the job's meta so the worker's log lines for the job carry it.
-    job = client.prepare(kind, payload, tenant_id=caller.tenant_id, meta={"request_id": request_id})
+    job = client.prepare(
+        kind, payload, tenant_id=tenant_of(caller), meta={"request_id": request_id}
+    )
     check_memory(api.settings.max_memory_mb, api.settings.memory_check_interval)
     stats = (await api.stats.get(client)).get(job.queue)
     check_backlog(stats, api.settings.max_backlog)

@@ -34,6 +34,7 @@ from conveyor.store.records import (
     RescueResult,
     SettleResult,
     StoredRequest,
+    TenantLimits,
     WorkerInfo,
 )
 
@@ -227,6 +228,24 @@ class JobQueue(Protocol):
         Claims enforce it, serialised per limited queue so two workers cannot both take
         the last slot. False, and nothing written, if no such queue exists (as for
         :meth:`set_paused`)."""
+
+    async def set_tenant_limits(
+        self,
+        queue: str,
+        tenant_id: str,
+        *,
+        concurrency: int | None,
+        rate: str | None,
+        weight: int | None,
+    ) -> None:
+        """Set what ``tenant_id`` may do in ``queue`` (:class:`TenantLimits`), replacing
+        what was set; all three None clears them. A concurrency cap holds across all
+        workers from the next claim on (claims of the queue serialise as for a queue
+        limit); a weight changes the tenant's share of the claims."""
+
+    async def list_tenant_limits(self, queue: str | None = None) -> list[TenantLimits]:
+        """The tenants' limits set in ``queue`` (None: in every queue), by queue and
+        tenant."""
 
     async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
         """Enqueue ``job`` for periodic tick ``tick`` of its kind, once cluster-wide:

@@ -462,3 +462,29 @@ class RequestFilter:
     created_before: float | None = None
     limit: int = 20
     before_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """What one tenant may do in one queue (``conveyor limits``): None leaves it unlimited
+    (weight None counts as 1)."""
+
+    queue: str
+    tenant_id: str
+    concurrency: int | None
+    """The tenant's jobs of the queue running at once, across all workers."""
+    rate: str | None
+    """Submissions into the queue, as the rate-limit notation ("100/minute"), enforced
+    by the API at admission."""
+    weight: int | None
+    """The tenant's share of the queue's claims against the others': a tenant of weight 2
+    is served twice as often as one of weight 1 while both have jobs waiting."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "tenant_id": self.tenant_id,
+            "concurrency": self.concurrency,
+            "rate": self.rate,
+            "weight": self.weight,
+        }

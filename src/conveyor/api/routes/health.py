@@ -23,6 +23,7 @@ import psutil
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from conveyor.api.access import Access, caller_for
 from conveyor.api.deps import get_api
 from conveyor.api.errors import STORE_RETRY_AFTER_S, error_response
 from conveyor.api.schemas import (
@@ -42,7 +43,7 @@ from conveyor.logs import get_logger
 from conveyor.store.base import StoreError
 from conveyor.store.records import JobState, WorkerInfo
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[Depends(caller_for(Access.PUBLIC))])
 log = get_logger("api")
 
 _PROCESS = psutil.Process()

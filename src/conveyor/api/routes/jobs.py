@@ -10,8 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 
+from conveyor.api.access import Access, caller_for, scope_of
 from conveyor.api.body import StrictJsonRoute
-from conveyor.api.deps import Caller, get_api, get_caller
+from conveyor.api.deps import Caller, get_api
 from conveyor.api.errors import validation_detail
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
 from conveyor.api.routes.common import (
@@ -41,7 +42,7 @@ QueueFilter = Annotated[str | None, Query(max_length=100, description="Only this
 
 async def find_job(api: ApiState, caller: Caller, job_id: int) -> Job:
     """The caller's tenant's job, or 404 (the store finds no other tenant's)."""
-    job = await api.client.store.get_job(job_id, caller.tenant_id)
+    job = await api.client.store.get_job(job_id, scope_of(caller))
     if job is None:
         raise HTTPException(404, f"no job with id {job_id}")
     return job
@@ -49,7 +50,7 @@ async def find_job(api: ApiState, caller: Caller, job_id: int) -> Job:
 
 @router.get("", summary="List jobs, newest first")
 async def list_jobs(
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
@@ -74,7 +75,7 @@ async def list_jobs(
             state=state if state is not None else status,
             queue=queue,
             kind=kind,
-            tenant_id=caller.tenant_id,
+            tenant_id=scope_of(caller),
             limit=limit + 1,
             before_id=decode_cursor(cursor),
             created_after=epoch(created_after, "created_after"),
@@ -90,7 +91,7 @@ async def list_jobs(
 @router.get("/{job_id}", responses=NOT_FOUND, summary="Show a job")
 async def get_job(
     job_id: ResourceId,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> JobOut:
     """One job with one error entry (and traceback) per failed attempt; for a queued job,
@@ -104,23 +105,23 @@ async def get_job(
 @router.post("/{job_id}/cancel", responses={**NOT_FOUND, **CONFLICT}, summary="Cancel a job")
 async def cancel_job(
     job_id: ResourceId,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> JobOut:
     """Cancel a queued job, or ask the worker of a running one to stop it. A completed
     or failed job: 409; a cancelled one is returned as it is (the rule is the Client's,
     so the CLI refuses the same)."""
     await find_job(api, caller, job_id)
-    return JobOut.of(await api.client.cancel(job_id, tenant_id=caller.tenant_id))
+    return JobOut.of(await api.client.cancel(job_id, tenant_id=scope_of(caller)))
 
 
 @router.post("/{job_id}/retry", responses={**NOT_FOUND, **CONFLICT}, summary="Retry a job")
 async def retry_job(
     job_id: ResourceId,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> JobOut:
     """Queue a failed or cancelled job again now (one more attempt if it had none
     left). Any other state: 409."""
     await find_job(api, caller, job_id)
-    return JobOut.of(await api.client.retry(job_id, tenant_id=caller.tenant_id))
+    return JobOut.of(await api.client.retry(job_id, tenant_id=scope_of(caller)))

@@ -1,8 +1,9 @@
 """``/v1/queues``: the engine's queue statistics; pause, resume and cluster-wide limits.
 
-Queues are shared by every tenant (a queue is where workers take jobs from), so these are
-operator routes; they still take their caller from :func:`get_caller`, so the accounts
-issue can restrict them to operators in one place.
+Queues are shared by every tenant (a queue is where workers take jobs from): the
+statistics are ``READ`` (a tenant's own counts once the store scopes them; every tenant's
+for an operator); pause, resume and limits change every tenant's work, so they are
+``OPERATOR`` routes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 
+from conveyor.api.access import Access, caller_for
 from conveyor.api.body import StrictJsonRoute
-from conveyor.api.deps import Caller, get_api, get_caller
+from conveyor.api.deps import Caller, get_api
 from conveyor.api.routes.common import NOT_FOUND, READ_ERRORS
 from conveyor.api.schemas import QueueLimitIn, QueueList, QueueOut
 from conveyor.api.state import ApiState
@@ -37,7 +39,7 @@ QueueName = Annotated[
 
 @router.get("", summary="Queue statistics")
 async def list_queues(
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueList:
     """Every queue that has jobs, a live worker or a setting: jobs by state, due and
@@ -62,7 +64,7 @@ async def _change(api: ApiState, name: str, change: Awaitable[None]) -> QueueOut
 @router.post("/{name}/pause", responses=NOT_FOUND, summary="Pause a queue")
 async def pause_queue(
     name: QueueName,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.OPERATOR))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueOut:
     """Workers stop claiming the queue's jobs; running jobs finish; submissions are
@@ -74,7 +76,7 @@ async def pause_queue(
 @router.post("/{name}/resume", responses=NOT_FOUND, summary="Resume a queue")
 async def resume_queue(
     name: QueueName,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.OPERATOR))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueOut:
     """Workers claim the queue's jobs again. An unknown queue: 404."""
@@ -85,7 +87,7 @@ async def resume_queue(
 async def limit_queue(
     name: QueueName,
     body: QueueLimitIn,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.OPERATOR))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueOut:
     """At most ``limit`` jobs of the queue run at once across all workers; ``null``

@@ -15,8 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from conveyor.api.access import Access, caller_for, scope_of, tenant_of
 from conveyor.api.body import StrictJsonRoute
-from conveyor.api.deps import Caller, get_caller, request_id
+from conveyor.api.deps import Caller, request_id
 from conveyor.api.errors import Conflict
 from conveyor.api.pagination import DEFAULT_LIMIT, decode_cursor, next_cursor
 from conveyor.api.routes.common import (
@@ -44,7 +45,7 @@ from conveyor.store.records import RequestFilter
 
 async def find_request(api: ApiState, caller: Caller, request_id_: int) -> RequestRecord:
     """The caller's tenant's request, or 404 (another tenant's looks the same as none)."""
-    found = await api.client.store.get_request(request_id_, caller.tenant_id)
+    found = await api.client.store.get_request(request_id_, tenant_of(caller))
     if found is None:
         raise HTTPException(404, f"no request with id {request_id_}")
     return found
@@ -72,7 +73,7 @@ def build_router(api: ApiState) -> APIRouter:
         body: Annotated[body_type, Body()],
         request: Request,
         response: Response,
-        caller: Annotated[Caller, Depends(get_caller)],
+        caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
         idempotency_key: IdempotencyKey = None,
     ) -> RequestAccepted:
         """Create a request and its job in one transaction; answer 202 once it is
@@ -97,7 +98,7 @@ def build_router(api: ApiState) -> APIRouter:
 
     @router.get("", summary="List requests, newest first")
     async def list_requests(
-        caller: Annotated[Caller, Depends(get_caller)],
+        caller: Annotated[Caller, Depends(caller_for(Access.READ))],
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
         status: StatusFilter = None,
@@ -108,7 +109,7 @@ def build_router(api: ApiState) -> APIRouter:
         """The caller's requests, newest first; follow ``next_cursor`` for more."""
         rows = await api.client.store.list_requests(
             RequestFilter(
-                tenant_id=caller.tenant_id,
+                tenant_id=tenant_of(caller),
                 state=status,
                 kind=kind,
                 created_after=epoch(created_after, "created_after"),
@@ -125,7 +126,7 @@ def build_router(api: ApiState) -> APIRouter:
     @router.get("/{request_id}", responses=NOT_FOUND, summary="Show a request")
     async def get_request(
         request_id: ResourceId,
-        caller: Annotated[Caller, Depends(get_caller)],
+        caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     ) -> RequestOut:
         """Status, progress, result, errors and asset URLs of one request."""
         return RequestOut.of(await find_request(api, caller, request_id))
@@ -137,7 +138,7 @@ def build_router(api: ApiState) -> APIRouter:
     )
     async def cancel_request(
         request_id: ResourceId,
-        caller: Annotated[Caller, Depends(get_caller)],
+        caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
     ) -> RequestOut:
         """A queued request never starts; a running one is stopped (its status turns
         ``cancelled`` once the worker has stopped it; ``cancel_requested`` is true
@@ -145,7 +146,7 @@ def build_router(api: ApiState) -> APIRouter:
         one: 409."""
         found = await find_request(api, caller, request_id)
         try:
-            await api.client.cancel(found.job.id, tenant_id=caller.tenant_id)
+            await api.client.cancel(found.job.id, tenant_id=scope_of(caller))
         except JobConflict:
             raise Conflict(f"request {request_id} has already {found.job.state.value}") from None
         return RequestOut.of(await find_request(api, caller, request_id))
@@ -157,13 +158,13 @@ def build_router(api: ApiState) -> APIRouter:
     )
     async def retry_request(
         request_id: ResourceId,
-        caller: Annotated[Caller, Depends(get_caller)],
+        caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
     ) -> RequestOut:
         """Queue a failed or cancelled request's job again now, with one more attempt if
         it had used them all. Any other status: 409."""
         found = await find_request(api, caller, request_id)
         try:
-            await api.client.retry(found.job.id, tenant_id=caller.tenant_id)
+            await api.client.retry(found.job.id, tenant_id=scope_of(caller))
         except JobConflict as exc:
             raise Conflict(
                 f"request {request_id} is {exc.state}; only failed or cancelled "

@@ -26,8 +26,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor.api.access import Access, caller_for, scope_of
 from conveyor.api.body import StrictJsonRoute
-from conveyor.api.deps import Caller, get_api, get_caller, request_id
+from conveyor.api.deps import Caller, get_api, request_id
 from conveyor.api.routes.common import (
     CONFLICT,
     MAX_ID,
@@ -178,7 +179,7 @@ async def process_video(
     body: video.VideoInput,
     request: Request,
     response: Response,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
     api: Annotated[ApiState, Depends(get_api)],
     idempotency_key: IdempotencyKey = None,
 ) -> SeedAccepted:
@@ -200,7 +201,7 @@ async def ask_question(
     body: QuestionBody,
     request: Request,
     response: Response,
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.WRITE))],
     api: Annotated[ApiState, Depends(get_api)],
     idempotency_key: IdempotencyKey = None,
 ) -> SeedAccepted:
@@ -253,7 +254,7 @@ async def _status(api: ApiState) -> SeedStatusData:
 
 @router.get("/queue/status")
 async def queue_status(
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> SeedStatusOut:
     """Waiting, active, scheduled, completed and failed jobs per queue, and memory."""
@@ -262,7 +263,7 @@ async def queue_status(
 
 @router.get("/queue/monitor")
 async def queue_monitor(
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> SeedStatusOut:
     """The queue status, also written to the server log (the seed printed it)."""
@@ -279,11 +280,11 @@ async def queue_monitor(
 async def queue_job(
     type: Literal["video", "qa"],
     id: Annotated[int, Path(ge=1, le=MAX_ID)],
-    caller: Annotated[Caller, Depends(get_caller)],
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> SeedJobOut:
     """One job of the seed's types by job id: status, progress, result, last error."""
-    job = await api.client.store.get_job(id, caller.tenant_id)
+    job = await api.client.store.get_job(id, scope_of(caller))
     if job is None or job.kind != KIND_OF_TYPE[type]:
         raise HTTPException(404, f"no {type} job with id {id}")
     return SeedJobOut(data=_seed_job(job, type))

@@ -6,19 +6,21 @@
 -- more than the insert). No row back means an active job holds its unique_key.
 --
 -- The job is handed to a waiting worker (see conveyor_offers) when it is due now, its
--- queue is neither paused nor limited, a live worker that runs its kind offers a free slot
--- there, and the queue holds no due queued job of a kind that worker runs (which would
--- have to run first; jobs of kinds it cannot run do not stop the handoff): it is inserted
--- running under that worker, attempt 1, and its NOTIFY carries it. Otherwise it is queued
+-- queue is neither paused nor limited (nor has a tenant with a concurrency cap), a live
+-- worker that runs its kind offers a free slot there, and the queue holds no due queued
+-- job of a kind that worker runs (which would have to run first; jobs of kinds it cannot
+-- run do not stop the handoff): it is inserted running under that worker, attempt 1, and
+-- its NOTIFY carries it. Otherwise it is queued
 -- and the NOTIFY wakes the workers to claim it. Of several offers the one with the most
 -- free slots takes it; an offer another enqueue holds is skipped, not waited for.
 WITH taker AS (
     SELECT o.worker_id, o.lease_s
     FROM conveyor_offers o
-    -- For each offer the filters on o leave, the head of the claim index per kind it
-    -- serves, in the index's own order, so that only the index can answer it. Written as
-    -- NOT EXISTS over kind = ANY(o.kinds), the generic plan read the jobs table
-    -- sequentially, past every queued job of the kinds the offer does not serve.
+    -- For each offer the filters on o leave, any due job in the claim index's range of
+    -- each kind it serves, so that only the index can answer it. Written as NOT EXISTS
+    -- over kind = ANY(o.kinds), the generic plan read the jobs table sequentially, past
+    -- every queued job of the kinds the offer does not serve. Any due job of any tenant
+    -- stops the handoff: the claim must choose whose turn it is.
     LEFT JOIN LATERAL (
         SELECT true AS due
         FROM unnest(o.kinds) AS ok(kind)
@@ -26,7 +28,6 @@ WITH taker AS (
             SELECT FROM conveyor_jobs q
             WHERE q.state = 'queued' AND q.queue = :queue AND q.kind = ok.kind
               AND q.run_at <= now()
-            ORDER BY q.priority, q.run_at, q.id
             LIMIT 1
         ) head
         LIMIT 1
@@ -37,7 +38,8 @@ WITH taker AS (
       -- o.queue, not :queue: a condition on the offer is only looked at when there is one.
       AND NOT EXISTS (
           SELECT FROM conveyor_queues s
-          WHERE s.name = o.queue AND (s.paused OR s.concurrency_limit IS NOT NULL))
+          WHERE s.name = o.queue
+            AND (s.paused OR s.concurrency_limit IS NOT NULL OR s.tenant_caps))
       AND NOT pg_try_advisory_xact_lock_shared(o.lock_key)
     ORDER BY o.slots DESC
     LIMIT 1

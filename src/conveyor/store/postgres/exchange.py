@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from conveyor.store.base import DataRejected, JobsAvailable, Notice, Offers, StoreError
+from conveyor.store.fairness import Turns
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.enqueue import dumps
 from conveyor.store.postgres.listener import notify_queues
@@ -62,6 +63,7 @@ class Exchange:
         self._limits = limits
         self._offer_key = offer_key
         self._hears_limits = hears_limits
+        self._turns = Turns()
 
     async def settle_and_claim(
         self,
@@ -118,6 +120,15 @@ class Exchange:
             # retried by the worker.
             raise StoreError(self._db.failure(exc)) from exc
         claimed, rescued, summary = _split(rows)
+        self._turns.learn(
+            queues,
+            zip(
+                summary["fair_queues"],
+                summary["fair_tenants"],
+                summary["fair_passes"],
+                strict=True,
+            ),
+        )
         next_run_at = time_or_none(summary["next_run_at"])
         unlocked = list(summary["unlocked_in"])
         if claim is not None and unlocked:
@@ -169,8 +180,10 @@ class Exchange:
                 "lease_s": 0.0,
                 "offer_key": None,
                 "kinds": [],
+                **self._turns.values(()),
             }
         return {
+            **self._turns.values(queues),
             "queues": queues,
             "slots": [claim.slots[q] for q in queues],
             "worker_id": worker_id,

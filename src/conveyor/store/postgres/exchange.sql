@@ -22,7 +22,7 @@
 -- Rows come back tagged: 'claimed' and 'rescued' rows carry the job; the one 'summary'
 -- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
 -- put a job back into, and next_run_at when the claim got fewer jobs than it could take.
-WITH settled AS (
+WITH RECURSIVE settled AS (
     UPDATE conveyor_jobs j
     SET state = CASE o.kind
             WHEN 'completed' THEN 'completed'
@@ -69,17 +69,18 @@ reported AS (
 ),
 wanted AS (
     SELECT w.queue,
-           CASE WHEN q.concurrency_limit IS NULL THEN w.n
+           CASE WHEN q.concurrency_limit IS NULL AND q.tenant_caps IS NOT TRUE THEN w.n
                 WHEN NOT w.queue = ANY(:locked_queues::text[]) THEN 0
+                WHEN q.concurrency_limit IS NULL THEN w.n
                 ELSE least(w.n, q.concurrency_limit - (
                     SELECT count(*) FROM conveyor_jobs r
                     WHERE r.state = 'running' AND r.queue = w.queue))
            END AS n,
-           q.concurrency_limit IS NOT NULL
+           (q.concurrency_limit IS NOT NULL OR q.tenant_caps)
                AND NOT w.queue = ANY(:locked_queues::text[]) AS unlocked,
-           q.concurrency_limit IS NOT NULL AS limited,
-           :kinds::text[] AS kinds
-    FROM unnest(:queues::text[], :slots::int[]) AS w(queue, n)
+           coalesce(q.concurrency_limit IS NOT NULL OR q.tenant_caps, false) AS limited,
+           :kinds::text[] AS kinds, w.vt
+    FROM unnest(:queues::text[], :slots::int[], :vts::float8[]) AS w(queue, n, vt)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
 ),
@@ -136,7 +137,7 @@ withdrawn AS (
 -- include: offers
 -- include: claimed_rows
 UNION ALL
-SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
+SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
@@ -148,7 +149,8 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
        ARRAY(SELECT attempt FROM settled),
        ARRAY(SELECT DISTINCT queue FROM settled WHERE kind IN ('retry', 'released')),
        ARRAY(SELECT queue FROM wanted WHERE unlocked),
-       ARRAY(SELECT queue FROM offered)
+       ARRAY(SELECT queue FROM offered),
+-- include: passes_out
 
 -- name: claim
 -- The exchange cut down to its claim, for a worker with nothing to report and no rescue
@@ -157,13 +159,14 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- time. The exchange's claim parameters; same rows back.
 -- Only for queues the caller holds no lock on: a limited queue claims nothing and is named
 -- in unlocked_in, as in the exchange.
-WITH wanted AS (
+WITH RECURSIVE wanted AS (
     SELECT w.queue,
-           CASE WHEN q.concurrency_limit IS NULL THEN w.n ELSE 0 END AS n,
-           q.concurrency_limit IS NOT NULL AS unlocked,
-           q.concurrency_limit IS NOT NULL AS limited,
-           :kinds::text[] AS kinds
-    FROM unnest(:queues::text[], :slots::int[]) AS w(queue, n)
+           CASE WHEN q.concurrency_limit IS NULL AND q.tenant_caps IS NOT TRUE THEN w.n
+                ELSE 0 END AS n,
+           coalesce(q.concurrency_limit IS NOT NULL OR q.tenant_caps, false) AS unlocked,
+           coalesce(q.concurrency_limit IS NOT NULL OR q.tenant_caps, false) AS limited,
+           :kinds::text[] AS kinds, w.vt
+    FROM unnest(:queues::text[], :slots::int[], :vts::float8[]) AS w(queue, n, vt)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
 ),
@@ -179,36 +182,140 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
        END,
        '{}', '{}', '{}',
        ARRAY(SELECT queue FROM wanted WHERE unlocked),
-       ARRAY(SELECT queue FROM offered)
+       ARRAY(SELECT queue FROM offered),
+-- include: passes_out
 
 -- part: claim_jobs
 -- The claim proper, shared by exchange and claim: per wanted queue (wanted: queue, n,
--- kinds) the first n due jobs of those kinds in priority, run_at, id order, skipping rows
--- another claimer holds, made running under :worker_id with a lease of :lease_s seconds.
+-- kinds, vt) up to n due jobs of those kinds, the tenants of the queue taken in turn and
+-- strict priority, run_at, id order within each tenant, skipping rows another claimer
+-- holds, made running under :worker_id with a lease of :lease_s seconds.
 --
--- One limited walk of the claim index per (queue, kind) — its first n due rows, locked —
--- then the candidates of all kinds merged in claim order and the first n taken: strict
--- priority and FIFO hold across the kinds, and jobs of kinds the worker lacks are never
--- read, however many sit at the head of the queue. A filter on kind over one walk of the
--- queue would read past all of them. Candidates locked but not taken in the merge (at
--- most n per kind beyond the n taken) stay locked only until this statement commits;
--- meanwhile other claimers skip them as they skip any row being claimed.
-picked AS (
-    SELECT c.id
-    FROM wanted w
+-- Turns are stride scheduling: a tenant's k-th job in this claim ranks at its pass plus
+-- k / weight, and the first n by rank are taken. The caller keeps each tenant's pass
+-- between claims (:fair_queues, :fair_tenants, :fair_passes; a tenant it does not know
+-- starts at its queue's vt) and gets the new passes back in the summary. Equal ranks go
+-- to the tenant further behind, then in claim order.
+--
+-- The tenants come from a skip scan of the claim index (one descent per tenant that holds
+-- queued jobs of a kind); each tenant's range is walked for its share of n
+-- (ceil(n * weight / total weight), cut to the room its concurrency cap leaves), locked.
+-- Where those shares left the queue short, the tenants whose walk came back full are
+-- walked again past their last row for what is missing: a claim returns fewer than n only
+-- when the queue has no more due jobs it may take (or another claimer holds them). With
+-- one tenant its share is n: one walk per kind, as without fairness. Candidates locked but
+-- not taken stay locked only until this statement commits; meanwhile other claimers skip
+-- them as they skip any row being claimed (and a claim that leaves some untaken was full,
+-- so its worker claims again).
+active (queue, kind, n, tenant_id) AS (
+    SELECT w.queue, wk.kind, w.n, (
+        SELECT j.tenant_id FROM conveyor_jobs j
+        WHERE j.state = 'queued' AND j.queue = w.queue AND j.kind = wk.kind
+        ORDER BY j.tenant_id LIMIT 1)
+    FROM wanted w CROSS JOIN unnest(w.kinds) AS wk(kind)
+    WHERE w.n > 0
+    UNION ALL
+    SELECT a.queue, a.kind, a.n, (
+        SELECT j.tenant_id FROM conveyor_jobs j
+        WHERE j.state = 'queued' AND j.queue = a.queue AND j.kind = a.kind
+          AND j.tenant_id > a.tenant_id
+        ORDER BY j.tenant_id LIMIT 1)
+    FROM active a WHERE a.tenant_id IS NOT NULL
+),
+tenants AS MATERIALIZED (
+    SELECT t.queue, t.tenant_id, t.n, t.weight,
+           sum(t.weight) OVER (PARTITION BY t.queue) AS total,
+           CASE WHEN t.cap IS NULL THEN t.n
+                ELSE greatest(0, least(t.n, t.cap - (
+                    SELECT count(*) FROM conveyor_jobs r
+                    WHERE r.state = 'running' AND r.queue = t.queue
+                      AND r.tenant_id = t.tenant_id)))
+           END AS room
+    FROM (
+        SELECT DISTINCT a.queue, a.tenant_id, a.n, coalesce(l.weight, 1) AS weight,
+               l.concurrency AS cap
+        FROM active a
+        LEFT JOIN conveyor_tenant_limits l ON l.queue = a.queue AND l.tenant_id = a.tenant_id
+        WHERE a.tenant_id IS NOT NULL
+    ) t
+),
+shares AS (
+    SELECT a.queue, a.kind, a.tenant_id, t.room,
+           least(t.room, ceil(t.n * t.weight / t.total::float8)::int) AS share
+    FROM active a JOIN tenants t ON t.queue = a.queue AND t.tenant_id = a.tenant_id
+),
+walked AS MATERIALIZED (
+    SELECT s.queue, s.kind, s.tenant_id, s.room, s.share, c.id, c.priority, c.run_at
+    FROM shares s
     CROSS JOIN LATERAL (
-        SELECT k.id
-        FROM unnest(w.kinds) AS wk(kind)
-        CROSS JOIN LATERAL (
-            SELECT id, priority, run_at FROM conveyor_jobs
-            WHERE state = 'queued' AND queue = w.queue AND kind = wk.kind AND run_at <= now()
-            ORDER BY priority, run_at, id
-            LIMIT greatest(w.n, 0)
-            FOR UPDATE SKIP LOCKED
-        ) k
-        ORDER BY k.priority, k.run_at, k.id
-        LIMIT greatest(w.n, 0)
+        SELECT id, priority, run_at FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = s.queue AND kind = s.kind
+          AND tenant_id = s.tenant_id AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT s.share
+        FOR UPDATE SKIP LOCKED
     ) c
+),
+short AS (
+    SELECT w.queue, w.n - (SELECT count(*) FROM walked k WHERE k.queue = w.queue) AS missing
+    FROM wanted w
+),
+-- The tenants whose walk came back full, with their last row: they may hold more.
+full_walks AS (
+    SELECT k.queue, k.kind, k.tenant_id, k.room - k.share AS more,
+           (array_agg(k.id ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1] AS last_id
+    FROM walked k
+    GROUP BY k.queue, k.kind, k.tenant_id, k.room, k.share
+    HAVING count(*) = k.share AND k.room > k.share
+),
+refilled AS (
+    SELECT f.queue, f.tenant_id, c.id, c.priority, c.run_at
+    FROM full_walks f JOIN short m ON m.queue = f.queue AND m.missing > 0
+    JOIN walked l ON l.id = f.last_id
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = f.queue AND kind = f.kind
+          AND tenant_id = f.tenant_id AND run_at <= now()
+          AND (priority, run_at, id) > (l.priority, l.run_at, l.id)
+        ORDER BY priority, run_at, id
+        LIMIT least(m.missing, f.more)
+        FOR UPDATE SKIP LOCKED
+    ) c
+),
+ranked AS (
+    SELECT c.queue, c.tenant_id, c.id, c.priority, c.run_at, t.room,
+           coalesce(p.pass, w.vt) AS base,
+           coalesce(p.pass, w.vt) + row_number() OVER (
+               PARTITION BY c.queue, c.tenant_id ORDER BY c.priority, c.run_at, c.id
+           )::float8 / t.weight AS rank,
+           row_number() OVER (
+               PARTITION BY c.queue, c.tenant_id ORDER BY c.priority, c.run_at, c.id) AS pos
+    FROM (SELECT queue, tenant_id, id, priority, run_at FROM walked
+          UNION ALL
+          SELECT queue, tenant_id, id, priority, run_at FROM refilled) c
+    JOIN tenants t ON t.queue = c.queue AND t.tenant_id = c.tenant_id
+    JOIN wanted w ON w.queue = c.queue
+    LEFT JOIN unnest(:fair_queues::text[], :fair_tenants::text[], :fair_passes::float8[])
+         AS p(queue, tenant_id, pass) ON p.queue = c.queue AND p.tenant_id = c.tenant_id
+),
+picked AS MATERIALIZED (
+    SELECT r.queue, r.tenant_id, r.id, r.base, r.rank
+    FROM (
+        SELECT r.*, row_number() OVER (
+                   PARTITION BY r.queue ORDER BY r.rank, r.base, r.priority, r.run_at, r.id
+               ) AS turn
+        FROM ranked r WHERE r.pos <= r.room
+    ) r
+    JOIN wanted w ON w.queue = r.queue
+    WHERE r.turn <= w.n
+),
+-- Each tenant's pass after this claim: the rank of its last job taken, or where it stood
+-- if it held candidates and got none.
+passes AS (
+    SELECT r.queue, r.tenant_id,
+           coalesce(max(p.rank), min(r.base)) AS pass
+    FROM ranked r LEFT JOIN picked p ON p.id = r.id
+    GROUP BY r.queue, r.tenant_id
 ),
 claimed AS (
     UPDATE conveyor_jobs j
@@ -253,12 +360,13 @@ unoffered AS (
 -- running jobs with a snapshot taken after this lock, so two workers cannot both take the
 -- last slot. Queues without a limit are not locked.
 SELECT name, concurrency_limit FROM conveyor_queues
-WHERE name = ANY(:queues::text[]) AND concurrency_limit IS NOT NULL AND NOT paused
+WHERE name = ANY(:queues::text[]) AND (concurrency_limit IS NOT NULL OR tenant_caps)
+  AND NOT paused
 ORDER BY name
 FOR UPDATE
 
 -- name: limited_queues
-SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL
+SELECT name FROM conveyor_queues WHERE concurrency_limit IS NOT NULL OR tenant_caps
 
 -- name: heartbeat
 -- Renews only the jobs the worker names with their attempt, so a job it lost track of
@@ -291,8 +399,15 @@ WHERE state = 'running' AND locked_by = :worker_id AND id <> ALL(:known::bigint[
 -- The claimed jobs as the first rows of the exchange's and the claim's answer.
 SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
        NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
-       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in
+       NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in,
+       NULL::text[] AS fair_queues, NULL::text[] AS fair_tenants, NULL::float8[] AS fair_passes
 FROM claimed c
+
+-- part: passes_out
+-- The tenants' passes after the claim, for the summary row.
+       ARRAY(SELECT queue FROM passes ORDER BY queue, tenant_id),
+       ARRAY(SELECT tenant_id FROM passes ORDER BY queue, tenant_id),
+       ARRAY(SELECT pass FROM passes ORDER BY queue, tenant_id)
 
 -- part: next_due
 -- When a claim came back short: the next run_at of a scheduled job of the worker's kinds

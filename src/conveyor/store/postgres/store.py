@@ -44,6 +44,7 @@ from conveyor.store.postgres.jobs import Jobs
 from conveyor.store.postgres.listener import NoticeListener
 from conveyor.store.postgres.queues import Queues
 from conveyor.store.postgres.requests import Requests
+from conveyor.store.postgres.tenant_limits import TenantLimitsStore
 from conveyor.store.postgres.workers import Workers
 from conveyor.store.records import (
     ClaimRequest,
@@ -61,6 +62,7 @@ from conveyor.store.records import (
     RescueResult,
     SettleResult,
     StoredRequest,
+    TenantLimits,
     WorkerInfo,
 )
 
@@ -108,6 +110,7 @@ class PostgresStore(PostgresAccounts):
         self._requests = Requests(self._db, self._fanout.publish)
         self._jobs = Jobs(self._db, self._fanout.publish)
         self._queues = Queues(self._db, self._fanout.publish, self._limits)
+        self._tenant_limits = TenantLimitsStore(self._db, self._fanout.publish, self._limits)
         self._workers = Workers(self._db)
 
     # -- connection ----------------------------------------------------------------
@@ -212,6 +215,20 @@ class PostgresStore(PostgresAccounts):
         self, finished: bool = True, tenant_id: str | None = None
     ) -> list[QueueStats]:
         return await self._queues.stats(finished, tenant_id)
+
+    async def set_tenant_limits(
+        self,
+        queue: str,
+        tenant_id: str,
+        *,
+        concurrency: int | None,
+        rate: str | None,
+        weight: int | None,
+    ) -> None:
+        await self._tenant_limits.set(queue, tenant_id, concurrency, rate, weight)
+
+    async def list_tenant_limits(self, queue: str | None = None) -> list[TenantLimits]:
+        return await self._tenant_limits.list(queue)
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         await self._workers.register(info, lease_s)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
+from conveyor.store.fairness import Candidate, Turns, share, take_turns
 from conveyor.store.records import (
     ClaimRequest,
     Job,
@@ -31,6 +33,7 @@ _CANCELLED = ordered("cancelled", "now", *_GUARD)
 _RELEASE = ordered("release", *_GUARD)
 _SETTINGS_FOR = ordered("queue_settings_for", "queue")
 _COUNT_RUNNING = ordered("count_running", "queue")
+_HAS_TENANT_CAPS = ordered("has_tenant_caps", "queue")
 
 _REQUEUEING = frozenset({OutcomeKind.RETRY, OutcomeKind.RELEASED})
 
@@ -43,6 +46,7 @@ def settle_and_claim(
     worker_id: str,
     claim: ClaimRequest | None,
     rescue: bool,
+    turns: Turns,
 ) -> tuple[SettleResult, frozenset[str]]:
     """Record reports, rescue if asked, claim; also the queues to wake."""
     # Progress first: a job's last report may ride with its outcome, and must be
@@ -58,9 +62,8 @@ def settle_and_claim(
     claimed: list[Job] = []
     next_run_at: float | None = None
     if claim is not None:
-        kinds = dumps(claim.kinds)
         for queue, limit in claim.slots.items():
-            jobs, upcoming = _claim_queue(conn, now, claim, kinds, queue, limit)
+            jobs, upcoming = _claim_queue(conn, now, claim, turns, queue, limit)
             claimed.extend(jobs)
             if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
                 next_run_at = upcoming
@@ -92,7 +95,7 @@ def _queues_to_wake(
     conn: sqlite3.Connection, outcomes: Sequence[Outcome], applied: Sequence[bool]
 ) -> frozenset[str]:
     """Queues where a job may now be claimable: a job went back to the queue, or a job of
-    a queue with a cluster-wide limit stopped running and freed a slot."""
+    a queue with a cluster-wide limit or a tenant's cap stopped running and freed a slot."""
     wake: set[str] = set()
     ended: set[str] = set()
     for outcome, ok in zip(outcomes, applied, strict=True):
@@ -100,7 +103,9 @@ def _queues_to_wake(
             (wake if outcome.kind in _REQUEUEING else ended).add(outcome.queue)
     for queue in ended - wake:
         settings = conn.execute(_SETTINGS_FOR, (queue,)).fetchone()
-        if settings is not None and settings[1] is not None:
+        if (settings is not None and settings[1] is not None) or conn.execute(
+            _HAS_TENANT_CAPS, (queue,)
+        ).fetchone()[0]:
             wake.add(queue)
     return frozenset(wake)
 
@@ -109,37 +114,114 @@ def _claim_queue(
     conn: sqlite3.Connection,
     now: float,
     claim: ClaimRequest,
-    kinds: str,
+    turns: Turns,
     queue: str,
     limit: int,
 ) -> tuple[list[Job], float | None]:
-    """Claim up to ``limit`` due jobs of ``queue`` whose kind is in ``kinds`` (a JSON
-    array); also the next ``run_at`` of such a job when the claim came back short."""
+    """Claim up to ``limit`` due jobs of ``queue`` of the claim's kinds, the queue's
+    tenants in turn (:mod:`conveyor.store.fairness`); also the next ``run_at`` of such a
+    job when the claim came back short. The write lock is held, so the running counts
+    read here cannot change before the claim."""
     settings = conn.execute(_SETTINGS_FOR, (queue,)).fetchone()
     if settings is not None:
         paused, cluster_limit = settings
         if paused:
             return [], None
         if cluster_limit is not None:
-            # The write lock is held, so this count cannot change before the claim.
             running = conn.execute(_COUNT_RUNNING, (queue,)).fetchone()[0]
             limit = min(limit, cluster_limit - running)
-    values = {
+    values: dict[str, Any] = {
         "worker_id": claim.worker_id,
         "now": now,
         "lease_s": claim.lease_s,
         "queue": queue,
-        "kinds": kinds,
-        "limit": limit,
+        "kinds": dumps(claim.kinds),
     }
     jobs: list[Job] = []
     if limit > 0:
-        rows = execute(conn, "claim", values).fetchall()
-        jobs = sorted(map(JOB.decode, rows), key=lambda j: (j.priority, j.run_at, j.id))
+        ids = _choose(conn, values, claim.kinds, turns, limit)
+        if ids:
+            values["ids"] = dumps(ids)
+            rows = execute(conn, "claim", values).fetchall()
+            jobs = sorted(map(JOB.decode, rows), key=lambda j: (j.priority, j.run_at, j.id))
         if len(jobs) == limit:
             return jobs, None
     upcoming = execute(conn, "next_run_at", values).fetchone()[0]
     return jobs, upcoming
+
+
+def _choose(
+    conn: sqlite3.Connection,
+    values: dict[str, Any],
+    kinds: Sequence[str],
+    turns: Turns,
+    limit: int,
+) -> list[int]:
+    """The ids of the jobs a claim of ``limit`` takes: each tenant's share of candidates
+    per kind, then, where the shares left the claim short, more of the tenants whose
+    share came back full, merged in turn order. Fewer than ``limit`` only when the queue
+    has no more due jobs the claim may take."""
+    queue = values["queue"]
+    capped: dict[str, int] = {}
+    weights: dict[str, int] = {}
+    for tenant, concurrency, weight in execute(conn, "tenant_limits_for", values):
+        if concurrency is not None:
+            capped[tenant] = concurrency
+        if weight is not None:
+            weights[tenant] = weight
+    tenants: dict[str, list[str]] = {}
+    for kind in kinds:
+        found = execute(conn, "queue_tenants", {**values, "kind": kind}).fetchall()
+        tenants[kind] = [t for (t,) in found]
+    active = {t for found in tenants.values() for t in found}
+    rooms = {t: limit for t in active}
+    for tenant in active & capped.keys():
+        running = execute(conn, "count_running_of_tenant", {**values, "tenant_id": tenant})
+        rooms[tenant] = max(0, min(limit, capped[tenant] - running.fetchone()[0]))
+    total = sum(weights.get(t, 1) for t in active)
+    candidates: list[Candidate] = []
+    full: list[tuple[str, str, int, Candidate]] = []
+    for kind, found in tenants.items():
+        for tenant in found:
+            n = share(limit, weights.get(tenant, 1), total, rooms[tenant])
+            got = _candidates(conn, values, kind, tenant, n, None)
+            candidates.extend(got)
+            if got and len(got) == n < rooms[tenant]:
+                full.append((kind, tenant, rooms[tenant] - n, got[-1]))
+    missing = limit - len(candidates)
+    for kind, tenant, more, last in full:
+        if missing <= 0:
+            break
+        got = _candidates(conn, values, kind, tenant, min(missing, more), last)
+        candidates.extend(got)
+        missing -= len(got)
+    return take_turns(limit, candidates, weights, rooms, turns, queue)
+
+
+def _candidates(
+    conn: sqlite3.Connection,
+    values: dict[str, Any],
+    kind: str,
+    tenant: str,
+    n: int,
+    after: Candidate | None,
+) -> list[Candidate]:
+    if n <= 0:
+        return []
+    rows = execute(
+        conn,
+        "tenant_candidates",
+        {
+            **values,
+            "kind": kind,
+            "tenant_id": tenant,
+            "limit": n,
+            "after_priority": after.priority if after else 0,
+            "after_run_at": after.run_at if after else 0.0,
+            "after_id": after.id if after else 0,
+        },
+    )
+    return [Candidate(*row) for row in rows]
 
 
 def rescue_expired(

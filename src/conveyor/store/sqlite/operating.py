@@ -8,8 +8,9 @@ import sqlite3
 import statistics
 
 from conveyor.store.base import ConflictError
+from conveyor.store.fairness import TENANT_LIMITS
 from conveyor.store.filters import ListQuery
-from conveyor.store.records import Job, JobFilter, QueueStats, WorkerInfo
+from conveyor.store.records import Job, JobFilter, QueueStats, TenantLimits, WorkerInfo
 from conveyor.store.sqlite.queries import PARTS, execute
 from conveyor.store.sqlite.rows import JOB, WORKER, dumps, job_or_none
 from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
@@ -139,3 +140,16 @@ def queue_stats(
 def _percentile(sorted_values: list[float], fraction: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
     return sorted_values[index]
+
+
+def set_tenant_limits(conn: sqlite3.Connection, now: float, limits: TenantLimits) -> None:
+    """Set (or, all None, clear) what a tenant may do in a queue."""
+    values = {**limits.to_json(), "now": now}
+    clear = limits.concurrency is None and limits.rate is None and limits.weight is None
+    execute(conn, "delete_tenant_limits" if clear else "upsert_tenant_limits", values)
+
+
+def list_tenant_limits(conn: sqlite3.Connection, queue: str | None) -> list[TenantLimits]:
+    return [
+        TENANT_LIMITS.decode(row) for row in execute(conn, "list_tenant_limits", {"queue": queue})
+    ]

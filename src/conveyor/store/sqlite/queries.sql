@@ -69,12 +69,46 @@ SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'conveyor_jobs'), 
 SELECT id FROM conveyor_jobs
 WHERE tenant_id = :tenant_id AND unique_key = :unique_key AND state IN ('queued', 'running')
 
+-- name: queue_tenants
+-- The tenants holding queued jobs of :kind in :queue: a skip scan of the claim index, one
+-- seek per tenant, never a read of each tenant's jobs.
+WITH RECURSIVE t(tenant_id) AS (
+    SELECT (SELECT tenant_id FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = :queue AND kind = :kind
+            ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant_id FROM conveyor_jobs AS j
+            WHERE j.state = 'queued' AND j.queue = :queue AND j.kind = :kind
+              AND j.tenant_id > t.tenant_id
+            ORDER BY j.tenant_id LIMIT 1)
+    FROM t WHERE t.tenant_id IS NOT NULL
+)
+SELECT tenant_id FROM t WHERE tenant_id IS NOT NULL
+
+-- name: tenant_candidates
+-- A tenant's first :limit due jobs of :kind in :queue in claim order, after the row
+-- (:after_priority, :after_run_at, :after_id) (0, 0, 0 from the start): a range of the
+-- claim index.
+SELECT id, tenant_id, priority, run_at FROM conveyor_jobs
+WHERE state = 'queued' AND queue = :queue AND kind = :kind AND tenant_id = :tenant_id
+  AND run_at <= :now AND (priority, run_at, id) > (:after_priority, :after_run_at, :after_id)
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: tenant_limits_for
+SELECT tenant_id, concurrency, weight FROM conveyor_tenant_limits WHERE queue = :queue
+
+-- name: has_tenant_caps
+SELECT EXISTS (
+    SELECT 1 FROM conveyor_tenant_limits WHERE queue = :queue AND concurrency IS NOT NULL)
+
+-- name: count_running_of_tenant
+SELECT count(*) FROM conveyor_jobs
+WHERE state = 'running' AND queue = :queue AND tenant_id = :tenant_id
+
 -- name: claim
--- The first :limit due jobs of the queue whose kind is in :kinds (a JSON array), in
--- priority, run_at, id order across those kinds. The correlated subquery walks the claim
--- index once per kind, at most :limit rows each, and only those candidates are sorted:
--- jobs of kinds the worker lacks are never read, however many sit at the head of the
--- queue. RETURNING order is unspecified in SQLite: the store sorts the claimed rows itself.
+-- The jobs the merge chose (:ids, a JSON array), made running. RETURNING order is
+-- unspecified in SQLite: the store sorts the claimed rows itself.
 UPDATE conveyor_jobs
 SET state = 'running',
     attempt = attempt + 1,
@@ -83,17 +117,7 @@ SET state = 'running',
     started_at = :now,
     progress = NULL,
     progress_message = NULL
-WHERE id IN (
-    SELECT c.id FROM json_each(:kinds) AS k, conveyor_jobs AS c
-    WHERE c.id IN (
-        SELECT id FROM conveyor_jobs
-        WHERE state = 'queued' AND queue = :queue AND kind = k.value AND run_at <= :now
-        ORDER BY priority, run_at, id
-        LIMIT :limit
-    )
-    ORDER BY c.priority, c.run_at, c.id
-    LIMIT :limit
-)
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
 RETURNING *
 
 -- name: queue_settings_for
@@ -401,3 +425,19 @@ r.id < :before_id
 
 -- part: list_requests_tail
 ORDER BY r.id DESC LIMIT :limit
+
+-- -- tenant limits --------------------------------------------------------------------
+-- name: upsert_tenant_limits
+INSERT INTO conveyor_tenant_limits (queue, tenant_id, concurrency, rate, weight, updated_at)
+VALUES (:queue, :tenant_id, :concurrency, :rate, :weight, :now)
+ON CONFLICT (queue, tenant_id) DO UPDATE
+SET concurrency = excluded.concurrency, rate = excluded.rate, weight = excluded.weight,
+    updated_at = excluded.updated_at
+
+-- name: delete_tenant_limits
+DELETE FROM conveyor_tenant_limits WHERE queue = :queue AND tenant_id = :tenant_id
+
+-- name: list_tenant_limits
+SELECT queue, tenant_id, concurrency, rate, weight FROM conveyor_tenant_limits
+WHERE :queue IS NULL OR queue = :queue
+ORDER BY queue, tenant_id

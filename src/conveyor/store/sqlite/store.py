@@ -22,6 +22,7 @@ from conveyor.store.base import (
     Listener,
     StoreError,
 )
+from conveyor.store.fairness import Turns
 from conveyor.store.fanout import Fanout
 from conveyor.store.records import (
     ClaimRequest,
@@ -40,6 +41,7 @@ from conveyor.store.records import (
     RescueResult,
     SettleResult,
     StoredRequest,
+    TenantLimits,
     WorkerInfo,
 )
 from conveyor.store.sqlite import exchange, migrations, operating, requests
@@ -72,6 +74,7 @@ class SqliteStore(SqliteAccounts):
         self.path = self._db.path
         self._poll_interval = poll_interval
         self._fanout = Fanout()
+        self._turns = Turns()
         self._poller: asyncio.Task[None] | None = None
 
     # -- connection ------------------------------------------------------------------
@@ -121,7 +124,7 @@ class SqliteStore(SqliteAccounts):
     ) -> SettleResult:
         result, wake = await self._db.write(
             lambda conn, now: exchange.settle_and_claim(
-                conn, now, outcomes, progress, worker_id, claim, rescue
+                conn, now, outcomes, progress, worker_id, claim, rescue, self._turns
             )
         )
         if wake:
@@ -218,6 +221,22 @@ class SqliteStore(SqliteAccounts):
         return await self._db.read(
             lambda conn, now: operating.queue_stats(conn, now, finished, tenant_id)
         )
+
+    async def set_tenant_limits(
+        self,
+        queue: str,
+        tenant_id: str,
+        *,
+        concurrency: int | None,
+        rate: str | None,
+        weight: int | None,
+    ) -> None:
+        limits = TenantLimits(queue, tenant_id, concurrency, rate, weight)
+        await self._db.write(lambda conn, now: operating.set_tenant_limits(conn, now, limits))
+        self._fanout.publish(JobsAvailable(frozenset({queue})))
+
+    async def list_tenant_limits(self, queue: str | None = None) -> list[TenantLimits]:
+        return await self._db.read(lambda conn, now: operating.list_tenant_limits(conn, queue))
 
     async def register_worker(self, info: WorkerInfo, lease_s: float) -> None:
         await self._db.write(lambda conn, now: operating.register_worker(conn, now, info, lease_s))

@@ -1,0 +1,76 @@
+"""Passwords: argon2id hashes (argon2-cffi), with the settings' costs.
+
+Hashing and verifying take tens of milliseconds of CPU and ``password_memory_kib`` of
+memory by design, so they run off the event loop (:func:`asyncio.to_thread`). A login
+for an email that has no account verifies a dummy hash all the same, so the time an
+answer takes does not tell whether the account exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from conveyor.accounts.errors import Invalid
+from conveyor.config import Settings
+
+MIN_LENGTH = 8
+MAX_LENGTH = 1024
+"""Longer passwords are refused before hashing: argon2 would take them, but an attacker
+could make every login hash megabytes."""
+
+
+def check_password(password: str) -> str:
+    """``password`` if acceptable as a new password, else :class:`Invalid`."""
+    if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
+        raise Invalid("password", f"must be {MIN_LENGTH} to {MAX_LENGTH} characters long")
+    if "\x00" in password:
+        raise Invalid("password", "must not contain NUL characters")
+    return password
+
+
+class Passwords:
+    """Hashes and verifies passwords with one set of argon2id parameters."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.hasher = PasswordHasher(
+            time_cost=settings.password_time_cost,
+            memory_cost=settings.password_memory_kib,
+            parallelism=settings.password_parallelism,
+            type=Type.ID,
+        )
+        self._dummy: str | None = None
+
+    async def hash(self, password: str) -> str:
+        """The argon2id hash of ``password`` (encoded, with its salt and parameters)."""
+        return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Whether ``password`` matches ``password_hash``. With no hash (an unknown email,
+        a user without a password) a dummy hash is verified instead and False returned,
+        so both paths cost the same."""
+        if password_hash is None:
+            await asyncio.to_thread(self._verify, await self._dummy_hash(), password)
+            return False
+        return await asyncio.to_thread(self._verify, password_hash, password)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """Whether the hash was made with other parameters than the current ones."""
+        try:
+            return self.hasher.check_needs_rehash(password_hash)
+        except (InvalidHashError, ValueError):
+            return True
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = await self.hash(secrets.token_urlsafe(16))
+        return self._dummy

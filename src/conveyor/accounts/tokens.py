@@ -1,0 +1,197 @@
+"""Access tokens: JWTs signed with Ed25519 (``EdDSA``), each naming its key by ``kid``.
+
+The server fixes the algorithm: verification accepts ``EdDSA`` only, whatever the token's
+header says, so ``alg: none`` and an HS256 token "signed" with the public key are refused.
+The key is looked up by the header's ``kid`` among the stored keys (active and retired;
+an unknown kid reloads them once, for a key another process added); a kid that names no
+key is refused. ``iss``, ``aud``, ``sub``, ``tid``, ``role``, ``op``, ``iat``, ``exp``
+and ``jti`` are all required.
+
+Rotation: a new key signs from then on; a retired key still verifies what it signed
+until those tokens have expired (``access_token_seconds`` after its retirement), so a
+rotation logs nobody out.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from conveyor.accounts.errors import Unauthenticated
+from conveyor.config import Settings
+from conveyor.store.accounts import Role, SigningKey
+
+ALGORITHM = "EdDSA"
+REQUIRED = ("iss", "aud", "sub", "tid", "role", "op", "iat", "exp", "jti")
+MAX_TOKEN_LENGTH = 4096
+RELOAD_INTERVAL_S = 5.0
+"""An unknown kid reloads the keys at most this often: garbage kids cannot make every
+call a query."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified access token says."""
+
+    user_id: str
+    tenant_id: str | None
+    role: Role | None
+    operator: bool
+    expires_at: float
+
+
+def new_signing_key() -> SigningKey:
+    """A fresh Ed25519 key with a random kid, not stored yet."""
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return SigningKey(
+        kid=f"k_{secrets.token_urlsafe(12)}",
+        algorithm=ALGORITHM,
+        private_pem=private_pem,
+        public_pem=public_pem,
+        created_at=time.time(),
+        retired_at=None,
+    )
+
+
+class AccessTokens:
+    """Signs and verifies access tokens with the keys it was given (:meth:`load`).
+
+    ``reload`` fetches the stored keys again; it is called when a token names a kid this
+    process does not know (another process rotated)."""
+
+    def __init__(
+        self, settings: Settings, reload: Callable[[], Awaitable[list[SigningKey]]]
+    ) -> None:
+        self.settings = settings
+        self._reload = reload
+        self._signing: tuple[str, Ed25519PrivateKey] | None = None
+        self._verifying: dict[str, tuple[Ed25519PublicKey, float | None]] = {}
+        self._reloaded_at = float("-inf")
+
+    def load(self, keys: Sequence[SigningKey]) -> None:
+        """Use ``keys``: the active one signs, every EdDSA one verifies."""
+        signing = None
+        verifying: dict[str, tuple[Ed25519PublicKey, float | None]] = {}
+        for key in keys:
+            if key.algorithm != ALGORITHM:
+                continue
+            public = serialization.load_pem_public_key(key.public_pem.encode())
+            if not isinstance(public, Ed25519PublicKey):
+                continue
+            verifying[key.kid] = (public, key.retired_at)
+            if key.retired_at is None and signing is None:
+                private = serialization.load_pem_private_key(key.private_pem.encode(), None)
+                if isinstance(private, Ed25519PrivateKey):
+                    signing = (key.kid, private)
+        self._signing = signing
+        self._verifying = verifying
+
+    @property
+    def kid(self) -> str | None:
+        """The kid of the key that signs; None before :meth:`load` found one."""
+        return self._signing[0] if self._signing else None
+
+    def issue(
+        self, user_id: str, tenant_id: str | None, role: Role | None, operator: bool
+    ) -> tuple[str, int]:
+        """An access token and its lifetime in seconds."""
+        if self._signing is None:
+            raise RuntimeError("no active signing key: call Accounts.start() first")
+        kid, private = self._signing
+        now = int(time.time())
+        lifetime = self.settings.access_token_seconds
+        claims: dict[str, Any] = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "sub": user_id,
+            "tid": tenant_id,
+            "role": role.value if role else None,
+            "op": operator,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(12),
+        }
+        token = jwt.encode(claims, private, algorithm=ALGORITHM, headers={"kid": kid})
+        return token, lifetime
+
+    async def verify(self, token: str) -> Claims:
+        """The claims of a valid token; :class:`Unauthenticated` (reason logged by the
+        caller) for anything else."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("token too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthenticated(f"algorithm {header.get('alg')!r} refused")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise Unauthenticated("token without kid")
+        public = await self._key(kid)
+        try:
+            claims = jwt.decode(
+                token,
+                public,
+                algorithms=[ALGORITHM],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                leeway=self.settings.jwt_leeway_seconds,
+                options={"require": ["iss", "aud", "sub", "iat", "exp", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"token refused: {exc}") from None
+        return _claims(claims)
+
+    async def _key(self, kid: str) -> Ed25519PublicKey:
+        entry = self._verifying.get(kid)
+        if entry is None and time.monotonic() - self._reloaded_at >= RELOAD_INTERVAL_S:
+            self._reloaded_at = time.monotonic()
+            self.load(await self._reload())
+            entry = self._verifying.get(kid)
+        if entry is None:
+            raise Unauthenticated(f"unknown kid {kid[:64]!r}")
+        public, retired_at = entry
+        horizon = self.settings.access_token_seconds + self.settings.jwt_leeway_seconds
+        if retired_at is not None and time.time() > retired_at + horizon:
+            raise Unauthenticated(f"kid {kid!r} retired")
+        return public
+
+
+def _claims(claims: dict[str, Any]) -> Claims:
+    missing = [name for name in REQUIRED if name not in claims]
+    if missing:
+        raise Unauthenticated(f"claims missing: {', '.join(missing)}")
+    sub, tid, role, op = claims["sub"], claims["tid"], claims["role"], claims["op"]
+    if not (isinstance(sub, str) and sub.startswith("usr_")):
+        raise Unauthenticated("bad sub claim")
+    if not (tid is None or isinstance(tid, str)) or not isinstance(op, bool):
+        raise Unauthenticated("bad tid or op claim")
+    if role is not None and role not in Role.__members__.values():
+        raise Unauthenticated("bad role claim")
+    if (tid is None) != (role is None) or (tid is None and not op):
+        raise Unauthenticated("tid and role disagree")
+    return Claims(
+        user_id=sub,
+        tenant_id=tid,
+        role=Role(role) if role is not None else None,
+        operator=op,
+        expires_at=float(claims["exp"]),
+    )

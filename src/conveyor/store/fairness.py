@@ -1,0 +1,123 @@
+"""Fair share between the tenants of a queue, the part both stores share: where each
+tenant stands in a store's claims, and the rows of ``conveyor_tenant_limits``.
+
+Claims take a queue's tenants in turn by stride scheduling: a tenant's k-th job in a claim
+ranks at the tenant's pass plus k / weight, and a claim of n takes the first n by rank
+(equal ranks go to the tenant further behind, then by priority, run_at, id). A tenant's
+pass moves on by 1 / weight for each job it is given, so that over many claims, small or
+large, tenants with jobs waiting are served in proportion to their weights, and strict
+priority and FIFO hold within each tenant. A tenant that had no job in a queue's last
+claim starts at the queue's vt (the least pass of those that had): it cannot bank turns
+while idle, and a newcomer is served within the first claims.
+
+The passes are kept in memory by each store (each worker process): none is written to
+the database, so a claim pays nothing for them, and several workers each keep their own,
+which shares fairly as each of them does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from conveyor.store.columns import Column, Table
+from conveyor.store.records import TenantLimits
+
+TENANT_LIMITS: Table[TenantLimits] = Table(
+    TenantLimits,
+    (
+        Column("queue"),
+        Column("tenant_id"),
+        Column("concurrency"),
+        Column("rate"),
+        Column("weight"),
+    ),
+)
+
+
+class Turns:
+    """The pass of each tenant that held candidates in each queue's last claim."""
+
+    def __init__(self) -> None:
+        self._passes: dict[str, dict[str, float]] = {}
+
+    def passes(self, queue: str) -> Mapping[str, float]:
+        return self._passes.get(queue, {})
+
+    def vt(self, queue: str) -> float:
+        """Where a tenant not seen in ``queue``'s last claim starts."""
+        return min(self.passes(queue).values(), default=0.0)
+
+    def values(self, queues: Sequence[str]) -> dict[str, list[str] | list[float]]:
+        """The PostgreSQL claim's parameters for ``queues`` (see its exchange.sql)."""
+        fair_queues: list[str] = []
+        fair_tenants: list[str] = []
+        fair_passes: list[float] = []
+        for queue in queues:
+            for tenant, at in self.passes(queue).items():
+                fair_queues.append(queue)
+                fair_tenants.append(tenant)
+                fair_passes.append(at)
+        return {
+            "vts": [self.vt(q) for q in queues],
+            "fair_queues": fair_queues,
+            "fair_tenants": fair_tenants,
+            "fair_passes": fair_passes,
+        }
+
+    def learn(self, queues: Iterable[str], passes: Iterable[tuple[str, str, float]]) -> None:
+        """Keep the (queue, tenant, pass) a claim of ``queues`` left; a tenant of those
+        queues not among them is forgotten, and starts at the vt when it comes back."""
+        for queue in queues:
+            self._passes.pop(queue, None)
+        for queue, tenant, at in passes:
+            self._passes.setdefault(queue, {})[tenant] = at
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A due job a claim may take: its tenant and its place in the tenant's order."""
+
+    id: int
+    tenant_id: str
+    priority: int
+    run_at: float
+
+
+def share(n: int, weight: int, total: int, room: int) -> int:
+    """How many candidates a claim of ``n`` reads of a tenant of ``weight`` among
+    tenants of ``total`` weight, cut to the ``room`` its concurrency cap leaves."""
+    return min(room, math.ceil(n * weight / total))
+
+
+def take_turns(
+    n: int,
+    candidates: Iterable[Candidate],
+    weights: Mapping[str, int],
+    rooms: Mapping[str, int],
+    turns: Turns,
+    queue: str,
+) -> list[int]:
+    """The ids of the first ``n`` candidates in turn order, and the queue's passes
+    learnt: the SQLite claim's merge (PostgreSQL's is the same in SQL)."""
+    vt = turns.vt(queue)
+    known = turns.passes(queue)
+    by_tenant: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_tenant.setdefault(c.tenant_id, []).append(c)
+    ranked: list[tuple[float, float, int, float, int, str]] = []
+    for tenant, jobs in by_tenant.items():
+        base = known.get(tenant, vt)
+        weight = weights.get(tenant, 1)
+        jobs.sort(key=lambda c: (c.priority, c.run_at, c.id))
+        for k, c in enumerate(jobs[: rooms.get(tenant, n)], start=1):
+            ranked.append((base + k / weight, base, c.priority, c.run_at, c.id, tenant))
+    ranked.sort()
+    taken = ranked[:n]
+    passes = {t: known.get(t, vt) for t in by_tenant}
+    # In rank order: each tenant ends at the rank of its last job taken.
+    for rank, _base, _priority, _run_at, _id, tenant in taken:
+        passes[tenant] = rank
+    turns.learn((queue,), ((queue, t, at) for t, at in passes.items()))
+    return [row[4] for row in taken]

@@ -1,0 +1,74 @@
+"""The store contract, fair share: a queue's tenants are claimed in turn, by weight, within
+their concurrency caps, with strict priority within each tenant."""
+
+from __future__ import annotations
+
+from contract_support import W1, W2, NewJobFactory, claim, completed, settle
+
+from conveyor.store.base import Store
+
+
+async def test_a_burst_of_one_tenant_does_not_hold_back_another(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job(tenant_id="a") for _ in range(10_000)])
+    [b] = await store.enqueue([new_job(tenant_id="b")])
+
+    first: list[int] = []
+    for _ in range(3):
+        first.extend(j.id for j in (await claim(store, W1, {"default": 1})).claimed)
+
+    assert b.id in first
+
+
+async def test_tenants_take_turns_and_priority_is_strict_within_each(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    for tenant in ("a", "b", "c"):
+        await store.enqueue([new_job(tenant_id=tenant, priority=3) for _ in range(3)])
+    [urgent] = await store.enqueue([new_job(tenant_id="a", priority=1)])
+
+    order = []
+    for _ in range(6):
+        [job] = (await claim(store, W1, {"default": 1})).claimed
+        order.append(job)
+
+    assert sorted(j.tenant_id for j in order[:3]) == ["a", "b", "c"]
+    assert sorted(j.tenant_id for j in order[3:]) == ["a", "b", "c"]
+    assert next(j for j in order if j.tenant_id == "a").id == urgent.id
+
+
+async def test_weights_share_the_claims(store: Store, new_job: NewJobFactory) -> None:
+    for tenant in ("a", "b"):
+        await store.enqueue([new_job(tenant_id=tenant) for _ in range(50)])
+    await store.set_tenant_limits("default", "a", concurrency=None, rate=None, weight=3)
+
+    got = (await claim(store, W1, {"default": 40})).claimed
+
+    assert sum(j.tenant_id == "a" for j in got) == 30
+
+
+async def test_a_tenant_cap_holds_across_workers(store: Store, new_job: NewJobFactory) -> None:
+    await store.enqueue([new_job(tenant_id="a") for _ in range(10)])
+    await store.enqueue([new_job(tenant_id="b") for _ in range(10)])
+    await store.set_tenant_limits("default", "a", concurrency=2, rate=None, weight=None)
+
+    one = (await claim(store, W1, {"default": 5})).claimed
+    two = (await claim(store, W2, {"default": 5})).claimed
+
+    assert sum(j.tenant_id == "a" for j in one + two) == 2
+    assert len(one) + len(two) == 10
+    finished = next(j for j in one + two if j.tenant_id == "a")
+    worker = W1 if finished in one else W2
+    await settle(store, worker, completed(finished))
+    again = (await claim(store, W1, {"default": 5})).claimed
+    assert [j.tenant_id for j in again].count("a") == 1
+
+
+async def test_tenant_limits_are_set_listed_and_cleared(store: Store) -> None:
+    await store.set_tenant_limits("q", "a", concurrency=3, rate="100/minute", weight=2)
+    [limits] = await store.list_tenant_limits("q")
+    assert (limits.concurrency, limits.rate, limits.weight) == (3, "100/minute", 2)
+
+    await store.set_tenant_limits("q", "a", concurrency=None, rate=None, weight=None)
+    assert await store.list_tenant_limits() == []
