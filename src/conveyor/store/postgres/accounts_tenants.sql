@@ -1,7 +1,6 @@
--- The accounts of the PostgreSQL store: tenants, users, memberships, invitations, refresh
--- tokens, API keys and signing keys. Parameters are named (:name); the clock is the
--- server's now(). Each look-up is one plain statement (the pre-authentication ones may
--- move behind SECURITY DEFINER functions); the ones a verb checks before it writes lock
+-- Tenants, users, memberships and invitations of the PostgreSQL store (the rest of the
+-- accounts: accounts_sessions.sql, accounts_api_keys.sql). Parameters are named (:name);
+-- the clock is the server's now(). The statements a verb checks before it writes lock
 -- what they read (FOR UPDATE), so two such verbs at once take turns.
 
 -- part: tenant_columns
@@ -17,17 +16,6 @@ m.tenant_id, m.user_id, u.email, m.role, m.created_at
 -- part: invitation_columns
 id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at, accepted_at,
 revoked
-
--- part: refresh_token_columns
-id, family_id, user_id, tenant_id, token_hash, created_at, expires_at, rotated_at,
-revoked_at
-
--- part: api_key_columns
-id, tenant_id, prefix, secret_hash, name, scopes, created_by, created_at, last_used_at,
-expires_at, revoked_at
-
--- part: signing_key_columns
-kid, algorithm, private_pem, public_pem, created_at, retired_at
 
 -- name: insert_tenant
 INSERT INTO conveyor_tenants (id, name, created_at) VALUES (:tenant_id, :name, now())
@@ -163,100 +151,3 @@ WHERE tenant_id = :tenant_id AND id = :invitation_id AND NOT revoked AND accepte
 
 -- name: mark_invitation_accepted
 UPDATE conveyor_invitations SET accepted_at = now() WHERE id = :invitation_id
-
--- name: insert_refresh_token
-INSERT INTO conveyor_refresh_tokens (
-    id, family_id, user_id, tenant_id, token_hash, created_at, expires_at
-) VALUES (
-    :id, :family_id, :user_id, :tenant_id, :token_hash, now(),
-    now() + make_interval(secs => :ttl_s)
-)
-RETURNING
--- include: refresh_token_columns
-
--- name: find_refresh_token
-SELECT
--- include: refresh_token_columns
-FROM conveyor_refresh_tokens WHERE token_hash = :token_hash
-
--- name: lock_refresh_token
--- The token to rotate, and whether it has expired by the server's clock; locked, so a
--- second rotation of it waits and then sees it rotated (REUSED).
-SELECT
--- include: refresh_token_columns
-, expires_at <= now() AS expired
-FROM conveyor_refresh_tokens WHERE token_hash = :token_hash
-FOR UPDATE
-
--- name: mark_rotated
-UPDATE conveyor_refresh_tokens SET rotated_at = now() WHERE id = :id
-
--- name: revoke_refresh_family
-UPDATE conveyor_refresh_tokens SET revoked_at = now()
-WHERE family_id = :family_id AND revoked_at IS NULL
-
--- name: revoke_user_tokens
--- :tenant_id NULL: the user's tokens of every tenant, and the tenantless ones.
-UPDATE conveyor_refresh_tokens SET revoked_at = now()
-WHERE user_id = :user_id AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
-  AND revoked_at IS NULL
-
--- name: insert_api_key
--- :ttl_s NULL: a key that never expires (now() + NULL is NULL).
-INSERT INTO conveyor_api_keys (
-    id, tenant_id, prefix, secret_hash, name, scopes, created_by, created_at, expires_at
-) VALUES (
-    :id, :tenant_id, :prefix, :secret_hash, :name, :scopes::text::jsonb, :created_by, now(),
-    now() + make_interval(secs => :ttl_s)
-)
-RETURNING
--- include: api_key_columns
-
--- name: find_api_key
-SELECT
--- include: api_key_columns
-FROM conveyor_api_keys WHERE prefix = :prefix
-
--- name: touch_api_key
-UPDATE conveyor_api_keys SET last_used_at = now() WHERE id = :key_id
-
--- name: list_api_keys
-SELECT
--- include: api_key_columns
-FROM conveyor_api_keys WHERE tenant_id = :tenant_id
-ORDER BY created_at DESC, id DESC
-
--- name: list_all_api_keys
-SELECT
--- include: api_key_columns
-FROM conveyor_api_keys
-ORDER BY created_at DESC, id DESC
-
--- name: revoke_api_key
--- :tenant_id NULL: a key of any tenant (an operator's call).
-UPDATE conveyor_api_keys SET revoked_at = now()
-WHERE id = :key_id AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id) AND revoked_at IS NULL
-
--- name: signing_keys
-SELECT
--- include: signing_key_columns
-FROM conveyor_signing_keys ORDER BY created_at DESC, kid DESC
-
--- name: insert_signing_key
-INSERT INTO conveyor_signing_keys (kid, algorithm, private_pem, public_pem, created_at)
-VALUES (:kid, :algorithm, :private_pem, :public_pem, now())
-
--- name: insert_first_signing_key
--- Only while no key is active. Two processes at once can both find none; the second
--- insert then waits for the first on the index conveyor_signing_keys_active, which
--- holds one active key, and does nothing once it commits.
-INSERT INTO conveyor_signing_keys (kid, algorithm, private_pem, public_pem, created_at)
-SELECT :kid, :algorithm, :private_pem, :public_pem, now()
-WHERE NOT EXISTS (SELECT FROM conveyor_signing_keys WHERE retired_at IS NULL)
-ON CONFLICT ((retired_at IS NULL)) WHERE retired_at IS NULL DO NOTHING
-
--- name: retire_active_signing_keys
-UPDATE conveyor_signing_keys SET retired_at = now() WHERE retired_at IS NULL
-
--- name: retire_signing_key
-UPDATE conveyor_signing_keys SET retired_at = now() WHERE kid = :kid AND retired_at IS NULL

@@ -1,7 +1,7 @@
--- The accounts of the SQLite store: tenants, users, memberships, invitations, refresh
--- tokens, API keys and signing keys. Parameters are named (:name); :now is the store's
--- clock, passed by the transaction. Every verb runs under the write lock (BEGIN
--- IMMEDIATE) or in a read snapshot, so a read-then-write in one verb cannot race.
+-- Tenants, users, memberships and invitations of the SQLite store (the rest of the
+-- accounts: accounts_sessions.sql, accounts_api_keys.sql). Parameters are named (:name);
+-- :now is the store's clock, passed by the transaction. Every verb runs under the write
+-- lock (BEGIN IMMEDIATE) or in a read snapshot, so a read-then-write in one verb cannot race.
 
 -- part: tenant_columns
 -- In the order of Tenant's fields (checked at import), as every part *_columns below.
@@ -16,17 +16,6 @@ m.tenant_id, m.user_id, u.email, m.role, m.created_at
 -- part: invitation_columns
 id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at, accepted_at,
 revoked
-
--- part: refresh_token_columns
-id, family_id, user_id, tenant_id, token_hash, created_at, expires_at, rotated_at,
-revoked_at
-
--- part: api_key_columns
-id, tenant_id, prefix, secret_hash, name, scopes, created_by, created_at, last_used_at,
-expires_at, revoked_at
-
--- part: signing_key_columns
-kid, algorithm, private_pem, public_pem, created_at, retired_at
 
 -- name: insert_tenant
 INSERT INTO conveyor_tenants (id, name, created_at) VALUES (:tenant_id, :name, :now)
@@ -138,85 +127,3 @@ WHERE tenant_id = :tenant_id AND id = :invitation_id AND NOT revoked AND accepte
 
 -- name: mark_invitation_accepted
 UPDATE conveyor_invitations SET accepted_at = :now WHERE id = :invitation_id
-
--- name: insert_refresh_token
-INSERT INTO conveyor_refresh_tokens (
-    id, family_id, user_id, tenant_id, token_hash, created_at, expires_at
-) VALUES (:id, :family_id, :user_id, :tenant_id, :token_hash, :now, :now + :ttl_s)
-RETURNING
--- include: refresh_token_columns
-
--- name: find_refresh_token
-SELECT
--- include: refresh_token_columns
-FROM conveyor_refresh_tokens WHERE token_hash = :token_hash
-
--- name: mark_rotated
-UPDATE conveyor_refresh_tokens SET rotated_at = :now WHERE id = :id
-
--- name: revoke_refresh_family
-UPDATE conveyor_refresh_tokens SET revoked_at = :now
-WHERE family_id = :family_id AND revoked_at IS NULL
-
--- name: revoke_user_tokens
--- :tenant_id NULL: the user's tokens of every tenant, and the tenantless ones.
-UPDATE conveyor_refresh_tokens SET revoked_at = :now
-WHERE user_id = :user_id AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
-  AND revoked_at IS NULL
-
--- name: insert_api_key
--- :ttl_s NULL: a key that never expires (:now + NULL is NULL).
-INSERT INTO conveyor_api_keys (
-    id, tenant_id, prefix, secret_hash, name, scopes, created_by, created_at, expires_at
-) VALUES (
-    :id, :tenant_id, :prefix, :secret_hash, :name, :scopes, :created_by, :now, :now + :ttl_s
-)
-RETURNING
--- include: api_key_columns
-
--- name: find_api_key
-SELECT
--- include: api_key_columns
-FROM conveyor_api_keys WHERE prefix = :prefix
-
--- name: touch_api_key
-UPDATE conveyor_api_keys SET last_used_at = :now WHERE id = :key_id
-
--- name: list_api_keys
-SELECT
--- include: api_key_columns
-FROM conveyor_api_keys WHERE tenant_id = :tenant_id
-ORDER BY created_at DESC, id DESC
-
--- name: list_all_api_keys
-SELECT
--- include: api_key_columns
-FROM conveyor_api_keys
-ORDER BY created_at DESC, id DESC
-
--- name: revoke_api_key
--- :tenant_id NULL: a key of any tenant (an operator's call).
-UPDATE conveyor_api_keys SET revoked_at = :now
-WHERE id = :key_id AND (:tenant_id IS NULL OR tenant_id = :tenant_id) AND revoked_at IS NULL
-
--- name: signing_keys
-SELECT
--- include: signing_key_columns
-FROM conveyor_signing_keys ORDER BY created_at DESC, kid DESC
-
--- name: insert_signing_key
-INSERT INTO conveyor_signing_keys (kid, algorithm, private_pem, public_pem, created_at)
-VALUES (:kid, :algorithm, :private_pem, :public_pem, :now)
-
--- name: insert_first_signing_key
--- Only while no key is active; the write lock is held, so no other process can insert
--- one between the check and the insert.
-INSERT INTO conveyor_signing_keys (kid, algorithm, private_pem, public_pem, created_at)
-SELECT :kid, :algorithm, :private_pem, :public_pem, :now
-WHERE NOT EXISTS (SELECT 1 FROM conveyor_signing_keys WHERE retired_at IS NULL)
-
--- name: retire_active_signing_keys
-UPDATE conveyor_signing_keys SET retired_at = :now WHERE retired_at IS NULL
-
--- name: retire_signing_key
-UPDATE conveyor_signing_keys SET retired_at = :now WHERE kid = :kid AND retired_at IS NULL

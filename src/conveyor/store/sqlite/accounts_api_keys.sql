@@ -1,0 +1,42 @@
+-- API keys of the SQLite store: a tenant's keys for server-to-server callers, found by
+-- their prefix. :now is the store's clock, passed by the transaction.
+
+-- part: api_key_columns
+-- In the order of ApiKey's fields (checked at import).
+id, tenant_id, prefix, secret_hash, name, scopes, created_by, created_at, last_used_at,
+expires_at, revoked_at
+
+-- name: insert_api_key
+-- :ttl_s NULL: a key that never expires (:now + NULL is NULL).
+INSERT INTO conveyor_api_keys (
+    id, tenant_id, prefix, secret_hash, name, scopes, created_by, created_at, expires_at
+) VALUES (
+    :id, :tenant_id, :prefix, :secret_hash, :name, :scopes, :created_by, :now, :now + :ttl_s
+)
+RETURNING
+-- include: api_key_columns
+
+-- name: find_api_key
+SELECT
+-- include: api_key_columns
+FROM conveyor_api_keys WHERE prefix = :prefix
+
+-- name: touch_api_key
+UPDATE conveyor_api_keys SET last_used_at = :now WHERE id = :key_id
+
+-- name: list_api_keys
+SELECT
+-- include: api_key_columns
+FROM conveyor_api_keys WHERE tenant_id = :tenant_id
+ORDER BY created_at DESC, id DESC
+
+-- name: list_all_api_keys
+SELECT
+-- include: api_key_columns
+FROM conveyor_api_keys
+ORDER BY created_at DESC, id DESC
+
+-- name: revoke_api_key
+-- :tenant_id NULL: a key of any tenant (an operator's call).
+UPDATE conveyor_api_keys SET revoked_at = :now
+WHERE id = :key_id AND (:tenant_id IS NULL OR tenant_id = :tenant_id) AND revoked_at IS NULL
