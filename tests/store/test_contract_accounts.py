@@ -1,10 +1,12 @@
 """The store contract, accounts: tenants, users, memberships, invitations, refresh
 tokens, API keys and signing keys (:class:`conveyor.store.accounts.AccountStore`).
 
-One behavioural suite that every store kind must pass (tests/store/test_contract_*.py).
-Each test drives the store only through the protocol and asserts on what it reads back.
-Races run on two store instances on one database (``peer_store``: another process's
-view), so on PostgreSQL they are two connections.
+One behavioural suite that every store kind must pass (tests/store/test_contract_*.py),
+and on PostgreSQL also the store the API opens (``role="auto"``), whose every verb acts as
+conveyor_api under row security (migration 0011). Each test drives the store only through
+the protocol and asserts on what it reads back. Races run on two store instances on one
+database (``peer_store``: another process's view), so on PostgreSQL they are two
+connections.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +31,65 @@ from conveyor.store.accounts import (
     SigningKey,
 )
 from conveyor.store.base import ConflictError, DataRejected, Store
+from conveyor.store.postgres import PostgresStore
+from conveyor.store.sqlite import SqliteStore
+from pg_server import PgTestServer
 
 SHORT_TTL_S = 0.3
 """Long enough for the verbs in between, short enough to wait out in a test."""
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-as-api"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Each store, and the PostgreSQL store the API opens (``role="auto"``)."""
+    if request.param != "sqlite":
+        server: PgTestServer = request.getfixturevalue("pg_server")
+        server.empty()
+    kind: str = request.param
+    return kind
+
+
+@asynccontextmanager
+async def _opened(kind: str, tmp_path: Path, server: PgTestServer | None) -> AsyncIterator[Store]:
+    opened: Store
+    if kind == "sqlite":
+        opened = SqliteStore(f"sqlite:///{tmp_path}/t.db")
+    else:
+        assert server is not None
+        opened = PostgresStore(server.url, role="auto" if kind == "postgresql-as-api" else "none")
+    await opened.open()
+    try:
+        await opened.migrate()
+        if kind == "postgresql-as-api":
+            assert isinstance(opened, PostgresStore)
+            assert opened.role == "conveyor_api"
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _server(kind: str, request: pytest.FixtureRequest) -> PgTestServer | None:
+    if kind == "sqlite":
+        return None
+    server: PgTestServer = request.getfixturevalue("pg_server")
+    return server
+
+
+@pytest.fixture
+async def store(
+    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Store]:
+    async with _opened(store_kind, tmp_path, _server(store_kind, request)) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def peer_store(
+    store: Store, store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Store]:
+    """A second store instance on the same database as ``store``, of the same kind."""
+    async with _opened(store_kind, tmp_path, _server(store_kind, request)) as opened:
+        yield opened
 
 
 def _id(prefix: str) -> str:

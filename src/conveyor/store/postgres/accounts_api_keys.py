@@ -1,5 +1,7 @@
 """API keys on PostgreSQL: a tenant's keys for server-to-server callers, stored hashed
-and found by their visible prefix."""
+and found by their visible prefix. A key is found and touched before its tenant is known
+(:data:`NO_TENANT`, through functions of migration 0011); the other verbs run in the
+scope of the tenant they name, or an operator's for every tenant (``tenant_id`` None)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import orjson
 from conveyor.store.accounts import ApiKey, NewApiKey
 from conveyor.store.base import ConflictError, DataRejected
 from conveyor.store.columns import Column, Table, tuple_from_json
-from conveyor.store.postgres.accounts_statements import AccountStatements, timestamp
-from conveyor.store.postgres.connection import Database
+from conveyor.store.postgres.accounts_statements import NO_TENANT, AccountStatements, timestamp
+from conveyor.store.postgres.connection import OPERATOR, Database, Scope
 from conveyor.store.postgres.rows import time_or_none
 
 API_KEYS: Table[ApiKey] = Table(
@@ -50,7 +52,8 @@ class PostgresApiKeys:
         }
         try:
             return await self._db.run(
-                lambda conn: _SQL.inserted(conn, API_KEYS, "insert_api_key", values)
+                lambda conn: _SQL.inserted(conn, API_KEYS, "insert_api_key", values),
+                Scope(new.tenant_id),
             )
         except ConflictError as exc:
             raise ConflictError(f"API key id {new.id!r} or prefix {new.prefix!r} is taken") from exc
@@ -59,21 +62,28 @@ class PostgresApiKeys:
 
     async def find_api_key(self, prefix: str) -> ApiKey | None:
         return await self._db.run(
-            lambda conn: _SQL.one(conn, API_KEYS, "find_api_key", {"prefix": prefix})
+            lambda conn: _SQL.one(conn, API_KEYS, "find_api_key", {"prefix": prefix}), NO_TENANT
         )
 
     async def touch_api_key(self, key_id: str) -> None:
-        await self._db.run(lambda conn: _SQL.changed(conn, "touch_api_key", {"key_id": key_id}))
+        await self._db.run(
+            lambda conn: _SQL.count(conn, "touch_api_key", {"key_id": key_id}), NO_TENANT
+        )
 
     async def list_api_keys(self, tenant_id: str | None) -> list[ApiKey]:
         if tenant_id is None:
             return await self._db.run(
-                lambda conn: _SQL.all(conn, API_KEYS, "list_all_api_keys", {})
+                lambda conn: _SQL.all(conn, API_KEYS, "list_all_api_keys", {}), OPERATOR
             )
         return await self._db.run(
-            lambda conn: _SQL.all(conn, API_KEYS, "list_api_keys", {"tenant_id": tenant_id})
+            lambda conn: _SQL.all(conn, API_KEYS, "list_api_keys", {"tenant_id": tenant_id}),
+            Scope(tenant_id),
         )
 
     async def revoke_api_key(self, key_id: str, tenant_id: str | None) -> bool:
         values = {"key_id": key_id, "tenant_id": tenant_id}
-        return bool(await self._db.run(lambda conn: _SQL.changed(conn, "revoke_api_key", values)))
+        return bool(
+            await self._db.run(
+                lambda conn: _SQL.changed(conn, "revoke_api_key", values), Scope(tenant_id)
+            )
+        )

@@ -1,5 +1,7 @@
 -- API keys of the PostgreSQL store: a tenant's keys for server-to-server callers, found
--- by their prefix. The clock is the server's now().
+-- by their prefix. The clock is the server's now(). A key is found and touched before its
+-- tenant is known, through functions of migration 0011; the rest run in the tenant's
+-- scope (or an operator's), held to its rows by row security.
 
 -- part: api_key_columns
 -- In the order of ApiKey's fields (checked at import).
@@ -20,10 +22,10 @@ RETURNING
 -- name: find_api_key
 SELECT
 -- include: api_key_columns
-FROM conveyor_api_keys WHERE prefix = :prefix
+FROM conveyor_api_key_by_prefix(:prefix)
 
 -- name: touch_api_key
-UPDATE conveyor_api_keys SET last_used_at = now() WHERE id = :key_id
+SELECT conveyor_touch_api_key(:key_id)
 
 -- name: list_api_keys
 SELECT

@@ -1,6 +1,8 @@
 -- Sessions of the PostgreSQL store: refresh tokens (rotated, revoked by family) and the
--- keys that sign access tokens. The clock is the server's now(); the token to rotate is
--- read FOR UPDATE, so two rotations of it take turns.
+-- keys that sign access tokens. No tenant owns them, so each statement calls a function
+-- of migration 0011 (SECURITY DEFINER: the API's role has no privilege on these tables).
+-- The clock is the server's now(); the token to rotate is read FOR UPDATE (in
+-- conveyor_lock_refresh_token), so two rotations of it take turns.
 
 -- part: refresh_token_columns
 -- In the order of the record's fields (checked at import), as every part *_columns.
@@ -11,62 +13,42 @@ revoked_at
 kid, algorithm, private_pem, public_pem, created_at, retired_at
 
 -- name: insert_refresh_token
-INSERT INTO conveyor_refresh_tokens (
-    id, family_id, user_id, tenant_id, token_hash, created_at, expires_at
-) VALUES (
-    :id, :family_id, :user_id, :tenant_id, :token_hash, now(),
-    now() + make_interval(secs => :ttl_s)
-)
-RETURNING
--- include: refresh_token_columns
-
--- name: find_refresh_token
 SELECT
 -- include: refresh_token_columns
-FROM conveyor_refresh_tokens WHERE token_hash = :token_hash
+FROM conveyor_insert_refresh_token(:id, :family_id, :user_id, :tenant_id, :token_hash, :ttl_s)
 
 -- name: lock_refresh_token
--- The token to rotate, and whether it has expired by the server's clock; locked, so a
--- second rotation of it waits and then sees it rotated (REUSED).
+-- The token to rotate or revoke, and whether it has expired by the server's clock; locked
+-- until the transaction ends, so a second rotation of it waits and then sees it rotated
+-- (REUSED).
 SELECT
 -- include: refresh_token_columns
 , expires_at <= now() AS expired
-FROM conveyor_refresh_tokens WHERE token_hash = :token_hash
-FOR UPDATE
+FROM conveyor_lock_refresh_token(:token_hash)
 
 -- name: mark_rotated
-UPDATE conveyor_refresh_tokens SET rotated_at = now() WHERE id = :id
+SELECT conveyor_mark_refresh_token_rotated(:token_hash)
 
 -- name: revoke_refresh_family
-UPDATE conveyor_refresh_tokens SET revoked_at = now()
-WHERE family_id = :family_id AND revoked_at IS NULL
+SELECT conveyor_revoke_refresh_family(:family_id)
 
 -- name: revoke_user_tokens
 -- :tenant_id NULL: the user's tokens of every tenant, and the tenantless ones.
-UPDATE conveyor_refresh_tokens SET revoked_at = now()
-WHERE user_id = :user_id AND (:tenant_id::text IS NULL OR tenant_id = :tenant_id)
-  AND revoked_at IS NULL
+SELECT conveyor_revoke_user_refresh_tokens(:user_id, :tenant_id::text)
 
 -- name: signing_keys
+-- Newest first; refused in a tenant's scope.
 SELECT
 -- include: signing_key_columns
-FROM conveyor_signing_keys ORDER BY created_at DESC, kid DESC
-
--- name: insert_signing_key
-INSERT INTO conveyor_signing_keys (kid, algorithm, private_pem, public_pem, created_at)
-VALUES (:kid, :algorithm, :private_pem, :public_pem, now())
+FROM conveyor_signing_keys()
 
 -- name: insert_first_signing_key
--- Only while no key is active. Two processes at once can both find none; the second
--- insert then waits for the first on the index conveyor_signing_keys_active, which
--- holds one active key, and does nothing once it commits.
-INSERT INTO conveyor_signing_keys (kid, algorithm, private_pem, public_pem, created_at)
-SELECT :kid, :algorithm, :private_pem, :public_pem, now()
-WHERE NOT EXISTS (SELECT FROM conveyor_signing_keys WHERE retired_at IS NULL)
-ON CONFLICT ((retired_at IS NULL)) WHERE retired_at IS NULL DO NOTHING
+-- Only while no key is active, race-safe (see the function in migration 0011).
+SELECT conveyor_ensure_signing_key(:kid, :algorithm, :private_pem, :public_pem)
 
--- name: retire_active_signing_keys
-UPDATE conveyor_signing_keys SET retired_at = now() WHERE retired_at IS NULL
+-- name: add_signing_key
+-- Retires the active key and stores this one active.
+SELECT conveyor_add_signing_key(:kid, :algorithm, :private_pem, :public_pem)
 
 -- name: retire_signing_key
-UPDATE conveyor_signing_keys SET retired_at = now() WHERE kid = :kid AND retired_at IS NULL
+SELECT conveyor_retire_signing_key(:kid)

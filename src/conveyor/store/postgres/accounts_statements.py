@@ -1,6 +1,6 @@
 """The statements of the PostgreSQL accounts modules (``accounts_*.py``): each module's
-``.sql`` file loaded once, its column parts checked against the records they decode, and
-the ways a verb runs one."""
+``.sql`` file loaded once, its column parts checked against the records they decode, the
+ways a verb runs one, and the scope of the verbs no tenant is known for."""
 
 from __future__ import annotations
 
@@ -14,10 +14,17 @@ import asyncpg
 from conveyor.store.accounts import TENANT_ID_PATTERN
 from conveyor.store.base import ConflictError, DataRejected, StoreError
 from conveyor.store.columns import Table, column_list
-from conveyor.store.postgres.connection import Conn
+from conveyor.store.postgres.connection import Conn, Scope
 from conveyor.store.sqlfile import load_parts, load_statements
 
 R = TypeVar("R")
+
+NO_TENANT = Scope("")
+"""The scope of a verb made before a tenant is known, or for what no tenant owns (users,
+refresh tokens, signing keys): the API's store runs it as its role with the tenant set to
+``''``, which no tenant id matches, so row security shows it no tenant's row and only the
+functions of migration 0011 reach what it needs. Unlike an operator's scope, it widens
+nothing."""
 
 
 def timestamp(value: datetime) -> float:
@@ -50,6 +57,12 @@ class AccountStatements:
         stmt = self._sql[name]
         status = await conn.execute(stmt.sql, *stmt.args(values))
         return int(status.rsplit(" ", 1)[-1])
+
+    async def count(self, conn: Conn, name: str, values: Mapping[str, Any]) -> int:
+        """The count a statement selects (a function of migration 0011 that changes rows
+        answers how many)."""
+        stmt = self._sql[name]
+        return int(await conn.fetchval(stmt.sql, *stmt.args(values)))
 
     async def one(
         self, conn: Conn, table: Table[R], name: str, values: Mapping[str, Any]

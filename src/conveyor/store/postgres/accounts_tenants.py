@@ -2,7 +2,13 @@
 :class:`~conveyor.store.accounts.AccountStore` that say who belongs to which tenant, each
 one transaction. What a verb checks before it writes is read with ``FOR UPDATE`` (the
 tenant's owners, the invitation to accept), so two such verbs at once take turns and the
-second sees what the first did."""
+second sees what the first did.
+
+A verb naming a tenant runs in that tenant's scope (for the API's store, as conveyor_api
+under row security, migration 0011); the tenants' list in an operator's. Users, whom no
+tenant owns, and the look-ups made before a tenant is known (a user's memberships at
+login, an invitation by its token) run in :data:`NO_TENANT`'s scope, through functions of
+that migration."""
 
 from __future__ import annotations
 
@@ -20,12 +26,13 @@ from conveyor.store.accounts import (
 from conveyor.store.base import ConflictError, DataRejected
 from conveyor.store.columns import Column, Table
 from conveyor.store.postgres.accounts_statements import (
+    NO_TENANT,
     AccountStatements,
     taken,
     tenant_refused,
     timestamp,
 )
-from conveyor.store.postgres.connection import Conn, Database
+from conveyor.store.postgres.connection import OPERATOR, Conn, Database, Scope
 from conveyor.store.postgres.rows import time_or_none
 
 TENANTS: Table[Tenant] = Table(
@@ -107,7 +114,8 @@ class PostgresTenancy:
         values = {"tenant_id": tenant_id, "name": name}
         try:
             tenant = await self._db.run(
-                lambda conn: _SQL.inserted(conn, TENANTS, "insert_tenant", values)
+                lambda conn: _SQL.inserted(conn, TENANTS, "insert_tenant", values),
+                Scope(tenant_id),
             )
         except DataRejected as exc:
             raise tenant_refused(tenant_id, exc) from exc.__cause__
@@ -128,7 +136,8 @@ class PostgresTenancy:
                 return tenant, user
 
         try:
-            return await self._db.run(tx)
+            # In the new tenant's scope: the tenant and the membership are its rows.
+            return await self._db.run(tx, Scope(tenant_id))
         except DataRejected as exc:
             raise tenant_refused(tenant_id, exc) from exc.__cause__
         except ConflictError as exc:
@@ -136,22 +145,29 @@ class PostgresTenancy:
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         return await self._db.run(
-            lambda conn: _SQL.one(conn, TENANTS, "get_tenant", {"tenant_id": tenant_id})
+            lambda conn: _SQL.one(conn, TENANTS, "get_tenant", {"tenant_id": tenant_id}),
+            Scope(tenant_id),
         )
 
     async def list_tenants(self) -> list[Tenant]:
-        return await self._db.run(lambda conn: _SQL.all(conn, TENANTS, "list_tenants", {}))
+        return await self._db.run(
+            lambda conn: _SQL.all(conn, TENANTS, "list_tenants", {}), OPERATOR
+        )
 
     async def set_tenant_disabled(self, tenant_id: str, disabled: bool) -> bool:
         values = {"tenant_id": tenant_id, "disabled": disabled}
         return bool(
-            await self._db.run(lambda conn: _SQL.changed(conn, "set_tenant_disabled", values))
+            await self._db.run(
+                lambda conn: _SQL.changed(conn, "set_tenant_disabled", values), Scope(tenant_id)
+            )
         )
 
     async def set_tenant_rate_limit(self, tenant_id: str, rate_limit: str | None) -> bool:
         values = {"tenant_id": tenant_id, "rate_limit": rate_limit}
         return bool(
-            await self._db.run(lambda conn: _SQL.changed(conn, "set_tenant_rate_limit", values))
+            await self._db.run(
+                lambda conn: _SQL.changed(conn, "set_tenant_rate_limit", values), Scope(tenant_id)
+            )
         )
 
     # -- users -----------------------------------------------------------------------
@@ -160,34 +176,40 @@ class PostgresTenancy:
     ) -> User:
         try:
             return await self._db.run(
-                lambda conn: _insert_user(conn, user_id, email, password_hash, operator)
+                lambda conn: _insert_user(conn, user_id, email, password_hash, operator),
+                NO_TENANT,
             )
         except ConflictError as exc:
             raise _user_conflict(exc, user_id, email) from exc
 
     async def get_user(self, user_id: str) -> User | None:
         return await self._db.run(
-            lambda conn: _SQL.one(conn, USERS, "get_user", {"user_id": user_id})
+            lambda conn: _SQL.one(conn, USERS, "get_user", {"user_id": user_id}), NO_TENANT
         )
 
     async def get_user_by_email(self, email: str) -> User | None:
         return await self._db.run(
-            lambda conn: _SQL.one(conn, USERS, "get_user_by_email", {"email": email})
+            lambda conn: _SQL.one(conn, USERS, "get_user_by_email", {"email": email}),
+            NO_TENANT,
         )
 
     async def list_users(self) -> list[User]:
-        return await self._db.run(lambda conn: _SQL.all(conn, USERS, "list_users", {}))
+        return await self._db.run(lambda conn: _SQL.all(conn, USERS, "list_users", {}), NO_TENANT)
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
         values = {"user_id": user_id, "password_hash": password_hash}
         return bool(
-            await self._db.run(lambda conn: _SQL.changed(conn, "set_password_hash", values))
+            await self._db.run(
+                lambda conn: _SQL.count(conn, "set_password_hash", values), NO_TENANT
+            )
         )
 
     async def set_user_disabled(self, user_id: str, disabled: bool) -> bool:
         values = {"user_id": user_id, "disabled": disabled}
         return bool(
-            await self._db.run(lambda conn: _SQL.changed(conn, "set_user_disabled", values))
+            await self._db.run(
+                lambda conn: _SQL.count(conn, "set_user_disabled", values), NO_TENANT
+            )
         )
 
     # -- members ---------------------------------------------------------------------
@@ -200,7 +222,7 @@ class PostgresTenancy:
                 )
 
         try:
-            return await self._db.run(tx)
+            return await self._db.run(tx, Scope(tenant_id))
         except ConflictError as exc:
             raise ConflictError(
                 f"user {user_id!r} is a member of tenant {tenant_id!r} already"
@@ -212,18 +234,20 @@ class PostgresTenancy:
 
     async def get_role(self, tenant_id: str, user_id: str) -> Role | None:
         row = await self._db.run(
-            lambda conn: _SQL.fetchrow(conn, "get_role", _member_key(tenant_id, user_id))
+            lambda conn: _SQL.fetchrow(conn, "get_role", _member_key(tenant_id, user_id)),
+            Scope(tenant_id),
         )
         return None if row is None else Role(row["role"])
 
     async def memberships(self, user_id: str) -> list[Member]:
         return await self._db.run(
-            lambda conn: _SQL.all(conn, MEMBERS, "memberships", {"user_id": user_id})
+            lambda conn: _SQL.all(conn, MEMBERS, "memberships", {"user_id": user_id}), NO_TENANT
         )
 
     async def list_members(self, tenant_id: str) -> list[Member]:
         return await self._db.run(
-            lambda conn: _SQL.all(conn, MEMBERS, "list_members", {"tenant_id": tenant_id})
+            lambda conn: _SQL.all(conn, MEMBERS, "list_members", {"tenant_id": tenant_id}),
+            Scope(tenant_id),
         )
 
     async def set_role(self, tenant_id: str, user_id: str, role: Role) -> Member | None:
@@ -236,7 +260,7 @@ class PostgresTenancy:
                     return None
                 return await _SQL.inserted(conn, MEMBERS, "get_member", key)
 
-        changed = await self._db.run(tx)
+        changed = await self._db.run(tx, Scope(tenant_id))
         if isinstance(changed, _LastOwner):
             raise changed.refusal()
         return changed
@@ -250,7 +274,7 @@ class PostgresTenancy:
                     await _SQL.changed(conn, "remove_member", _member_key(tenant_id, user_id))
                 )
 
-        removed = await self._db.run(tx)
+        removed = await self._db.run(tx, Scope(tenant_id))
         if isinstance(removed, _LastOwner):
             raise removed.refusal()
         return removed
@@ -277,30 +301,42 @@ class PostgresTenancy:
         }
         try:
             return await self._db.run(
-                lambda conn: _SQL.inserted(conn, INVITATIONS, "insert_invitation", values)
+                lambda conn: _SQL.inserted(conn, INVITATIONS, "insert_invitation", values),
+                Scope(tenant_id),
             )
         except DataRejected as exc:
             raise DataRejected(f"tenant {tenant_id!r} does not exist: {exc}") from exc
 
     async def find_invitation(self, token_hash: str) -> Invitation | None:
         return await self._db.run(
-            lambda conn: _SQL.one(conn, INVITATIONS, "find_invitation", {"token_hash": token_hash})
+            lambda conn: _SQL.one(conn, INVITATIONS, "find_invitation", {"token_hash": token_hash}),
+            NO_TENANT,
         )
 
     async def list_invitations(self, tenant_id: str) -> list[Invitation]:
         return await self._db.run(
-            lambda conn: _SQL.all(conn, INVITATIONS, "list_invitations", {"tenant_id": tenant_id})
+            lambda conn: _SQL.all(conn, INVITATIONS, "list_invitations", {"tenant_id": tenant_id}),
+            Scope(tenant_id),
         )
 
     async def revoke_invitation(self, tenant_id: str, invitation_id: str) -> bool:
         values = {"tenant_id": tenant_id, "invitation_id": invitation_id}
         return bool(
-            await self._db.run(lambda conn: _SQL.changed(conn, "revoke_invitation", values))
+            await self._db.run(
+                lambda conn: _SQL.changed(conn, "revoke_invitation", values), Scope(tenant_id)
+            )
         )
 
     async def accept_invitation(self, token_hash: str, user_id: str) -> Member | None:
         async def tx(conn: Conn) -> Member | None:
             async with conn.transaction():
+                invited = await _SQL.one(
+                    conn, INVITATIONS, "find_invitation", {"token_hash": token_hash}
+                )
+                if invited is None:
+                    return None
+                # Found by its token; what follows is its tenant's rows only.
+                await _SQL.fetchrow(conn, "enter_tenant", {"tenant_id": invited.tenant_id})
                 row = await _SQL.fetchrow(conn, "lock_invitation", {"token_hash": token_hash})
                 if row is None:
                     return None
@@ -316,7 +352,7 @@ class PostgresTenancy:
                         await _SQL.changed(conn, "set_role", member)
                 return await _SQL.inserted(conn, MEMBERS, "get_member", key)
 
-        return await self._db.run(tx)
+        return await self._db.run(tx, NO_TENANT)
 
 
 def _member_key(tenant_id: str, user_id: str) -> dict[str, Any]:

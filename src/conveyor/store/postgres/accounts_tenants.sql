@@ -2,6 +2,11 @@
 -- accounts: accounts_sessions.sql, accounts_api_keys.sql). Parameters are named (:name);
 -- the clock is the server's now(). The statements a verb checks before it writes lock
 -- what they read (FOR UPDATE), so two such verbs at once take turns.
+--
+-- A verb for a tenant runs in its scope (the API's store: as conveyor_api, held to the
+-- tenant's rows by row security, migration 0011). Users belong to no one tenant and are
+-- reached through functions of that migration, as are the look-ups made before a tenant
+-- is known (a user's memberships at login, an invitation by its token).
 
 -- part: tenant_columns
 -- In the order of Tenant's fields (checked at import), as every part *_columns below.
@@ -39,31 +44,31 @@ UPDATE conveyor_tenants SET disabled = :disabled WHERE id = :tenant_id
 UPDATE conveyor_tenants SET rate_limit = :rate_limit WHERE id = :tenant_id
 
 -- name: insert_user
-INSERT INTO conveyor_users (id, email, password_hash, operator, created_at)
-VALUES (:user_id, :email, :password_hash, :operator, now())
-RETURNING
+SELECT
 -- include: user_columns
+FROM conveyor_create_user(:user_id, :email, :password_hash, :operator)
 
 -- name: get_user
 SELECT
 -- include: user_columns
-FROM conveyor_users WHERE id = :user_id
+FROM conveyor_user(:user_id)
 
 -- name: get_user_by_email
 SELECT
 -- include: user_columns
-FROM conveyor_users WHERE email = :email
+FROM conveyor_user_by_email(:email)
 
 -- name: list_users
+-- Oldest first; refused in a tenant's scope.
 SELECT
 -- include: user_columns
-FROM conveyor_users ORDER BY created_at, id
+FROM conveyor_list_users()
 
 -- name: set_password_hash
-UPDATE conveyor_users SET password_hash = :password_hash WHERE id = :user_id
+SELECT conveyor_set_password_hash(:user_id, :password_hash)
 
 -- name: set_user_disabled
-UPDATE conveyor_users SET disabled = :disabled WHERE id = :user_id
+SELECT conveyor_set_user_disabled(:user_id, :disabled)
 
 -- name: insert_member
 INSERT INTO conveyor_memberships (tenant_id, user_id, role, created_at)
@@ -90,11 +95,8 @@ SELECT role FROM conveyor_memberships WHERE tenant_id = :tenant_id AND user_id =
 FOR UPDATE
 
 -- name: memberships
-SELECT
--- include: member_columns
-FROM conveyor_memberships m JOIN conveyor_users u ON u.id = m.user_id
-WHERE m.user_id = :user_id
-ORDER BY m.created_at, m.tenant_id
+-- Every tenant of the user (at login, before one is chosen), oldest first.
+SELECT tenant_id, user_id, email, role, created_at FROM conveyor_user_memberships(:user_id)
 
 -- name: list_members
 SELECT
@@ -128,7 +130,7 @@ RETURNING
 -- name: find_invitation
 SELECT
 -- include: invitation_columns
-FROM conveyor_invitations WHERE token_hash = :token_hash
+FROM conveyor_invitation_by_token(:token_hash)
 
 -- name: lock_invitation
 -- The invitation to accept, and whether it has expired by the server's clock; locked, so
@@ -151,3 +153,8 @@ WHERE tenant_id = :tenant_id AND id = :invitation_id AND NOT revoked AND accepte
 
 -- name: mark_invitation_accepted
 UPDATE conveyor_invitations SET accepted_at = now() WHERE id = :invitation_id
+
+-- name: enter_tenant
+-- Accepting an invitation: the transaction, which started in no tenant's scope, takes
+-- the scope of the invitation's tenant (found by its token) for what it does next.
+SELECT set_config('conveyor.tenant_id', :tenant_id, true)
