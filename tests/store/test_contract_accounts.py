@@ -662,3 +662,38 @@ async def test_two_processes_ensuring_a_signing_key_at_once_leave_one_active(
         assert active[0] == active[1]
         assert await store.retire_signing_key(active[0][0])
     assert len(await store.signing_keys()) == 5
+
+
+# -- hostile text ----------------------------------------------------------------------------
+async def test_text_holding_nul_is_refused_alike_and_nothing_is_stored(store: Store) -> None:
+    # PostgreSQL's text cannot hold NUL; SQLite could, and must not keep what the other
+    # store refuses.
+    with pytest.raises(DataRejected, match=r"create_user: email holds a NUL"):
+        await store.create_user(_id("usr"), "ann\x00@example.com", "hash")
+    with pytest.raises(DataRejected, match=r"signup: tenant_name holds a NUL"):
+        await store.signup(_id("tnt"), "Ac\x00me", _id("usr"), "bob@example.com", "hash")
+    with pytest.raises(DataRejected, match=r"create_tenant: name holds a NUL"):
+        await store.create_tenant("acme", "\x00")
+    assert await store.list_users() == []
+    assert await store.list_tenants() == []
+
+    tenant_id, _ = await _tenant_with_owner(store)
+    key = _api_key(tenant_id)
+    bad_key = NewApiKey(
+        key.id, tenant_id, key.prefix, key.secret_hash, "ci", (READ, "x\x00"), None, None
+    )
+    with pytest.raises(DataRejected, match=r"create_api_key: new\.scopes\[1\] holds a NUL"):
+        await store.create_api_key(bad_key)
+    assert await store.list_api_keys(tenant_id) == []
+
+
+async def test_look_ups_with_nul_are_refused_alike(store: Store) -> None:
+    await _tenant_with_owner(store)
+    with pytest.raises(DataRejected, match=r"get_user_by_email: email holds a NUL"):
+        await store.get_user_by_email("owner@example.com\x00")
+    with pytest.raises(DataRejected, match=r"find_api_key: prefix holds a NUL"):
+        await store.find_api_key("abc\x00")
+    with pytest.raises(DataRejected, match=r"get_tenant: tenant_id holds a NUL"):
+        await store.get_tenant("t\x00")
+    # The store is fine after a refusal.
+    assert await store.get_user_by_email("owner@example.com") is not None

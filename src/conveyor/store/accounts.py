@@ -226,7 +226,9 @@ class AccountStore(Protocol):
     Every verb raises :class:`~conveyor.store.base.StoreError` when the database cannot
     be reached; the ones that write raise :class:`~conveyor.store.base.DataRejected` for
     data the database cannot hold (a tenant id outside :data:`TENANT_ID_PATTERN`, text
-    that is not UTF-8), with nothing written."""
+    that is not UTF-8), with nothing written. Every verb, reads too, raises
+    :class:`~conveyor.store.base.DataRejected` for text holding NUL, which no store keeps
+    (:mod:`conveyor.store.accounts_text`)."""
 
     # -- tenants ---------------------------------------------------------------------
     async def create_tenant(self, tenant_id: str, name: str) -> Tenant:
