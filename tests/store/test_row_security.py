@@ -5,8 +5,10 @@ and the API store that runs as the role."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -416,3 +418,63 @@ async def test_the_api_store_runs_the_accounts_verbs_within_the_tenant(
     assert (
         await conn.fetchval("SELECT count(*) FROM conveyor_api_keys WHERE revoked_at IS NULL") == 2
     )
+
+
+async def test_every_accounts_verb_works_for_an_api_login_role_with_no_rights_of_its_own(
+    url: str, accounts: Accounts
+) -> None:
+    # docs/operations.md's NOINHERIT login role: a verb that did not take conveyor_api
+    # would be refused outright, so each one passing shows it ran as the API's role.
+    name = f"conveyor_api_login_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(url)
+    await admin.execute(f"CREATE ROLE {name} LOGIN NOINHERIT IN ROLE conveyor_api")
+    try:
+        parts = urlsplit(url)
+        login_url = urlunsplit(parts._replace(netloc=f"{name}@{parts.hostname}:{parts.port}"))
+        store = PostgresStore(login_url, role="auto")
+        await store.open()
+        try:
+            assert store.role == "conveyor_api"
+            tenant, user = await store.signup("tenant-c", "C", "usr_c", "c@c.example", "hash")
+            assert await store.get_user_by_email("c@c.example") == user
+            assert [m.tenant_id for m in await store.memberships(user.id)] == [tenant.id]
+            assert await store.get_tenant(tenant.id) == tenant
+            assert await store.set_password_hash(user.id, "rehash")
+            await store.add_refresh_token(
+                NewRefreshToken("rft_c", "fam_c", user.id, tenant.id, "rft-hash-c", 60)
+            )
+            new = NewRefreshToken("rft_c2", "", "", None, "rft-hash-c2", 60)
+            assert (await store.rotate_refresh_token("rft-hash-c", new)).outcome.value == (
+                "rotated"
+            )
+            key = await store.create_api_key(
+                NewApiKey("key_c", tenant.id, "pfxc", "h", "ci", ("admin",), user.id, None)
+            )
+            assert await store.find_api_key("pfxc") == key
+            await store.touch_api_key(key.id)
+            assert len(await store.list_api_keys(None)) == 3
+            await store.create_invitation(
+                "inv_c", tenant.id, "d@c.example", Role.ADMIN, "inv-hash-c", user.id, 60
+            )
+            assert await store.find_invitation("inv-hash-c") is not None
+            invited = await store.create_user("usr_d", "d@c.example", "hash")
+            member = await store.accept_invitation("inv-hash-c", invited.id)
+            assert member is not None
+            assert member.role is Role.ADMIN
+            assert [m.user_id for m in await store.list_members(tenant.id)] == ["usr_c", "usr_d"]
+            assert await store.set_role(tenant.id, invited.id, Role.VIEWER) is not None
+            assert await store.revoke_user_tokens(user.id, tenant.id) == 2  # rotated and new
+            assert await store.remove_member(tenant.id, invited.id)
+            assert await store.set_user_disabled(invited.id, True)
+            assert len(await store.list_users()) == 4
+            assert len(await store.list_tenants()) == 3
+            assert await store.revoke_refresh_token("rft-hash-c2")
+            assert await store.revoke_api_key(key.id, tenant.id)
+            keys = await store.add_signing_key(SigningKey("sk_2", "EdDSA", "p", "q", 0, None))
+            assert [k.kid for k in keys] == ["sk_2", "sk_1"]
+            assert await store.retire_signing_key("sk_2")
+        finally:
+            await store.close()
+    finally:
+        await admin.execute(f"DROP ROLE {name}")
+        await admin.close()
