@@ -17,21 +17,24 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from importlib import metadata
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from conveyor.accounts.service import Accounts
 from conveyor.api import docs
-from conveyor.api.access import Access, caller_for, undeclared_routes
+from conveyor.api.access import Access, caller_for, document_access, undeclared_routes
 from conveyor.api.docs import install_docs
 from conveyor.api.errors import install_error_handlers
 from conveyor.api.metrics import Metrics
 from conveyor.api.middleware import install_middleware
-from conveyor.api.routes import health, jobs, queues, requests, seed
-from conveyor.api.state import ApiState, open_store
+from conveyor.api.routes import api_keys, auth, health, jobs, members, queues, requests, seed
+from conveyor.api.state import CONNECT_RETRY_MAX_S, ApiState, open_store
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry, import_modules, registry
 from conveyor.logs import get_logger
 from conveyor.store import Store, make_store
+from conveyor.store.base import StoreError
 from conveyor.store.records import QueueStats
 from conveyor.workloads import register_builtin
 
@@ -94,8 +97,9 @@ def create_app(
         connecting: asyncio.Task[None] | None = None
         if store is not None:
             api.attach(store)
+            await _start_accounts(app, store, settings)
         elif owned is not None:
-            connecting = await _open(api, owned)
+            connecting = await _open(app, api, owned, settings)
         try:
             yield
         finally:
@@ -103,6 +107,7 @@ def create_app(
                 connecting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await connecting
+            app.state.accounts = None
             api.detach()
             if owned is not None:
                 await owned.close()
@@ -118,14 +123,19 @@ def create_app(
     )
     install_docs(app, dependencies=[Depends(caller_for(Access.PUBLIC))])
     app.state.conveyor = api
+    app.state.accounts = None
     app.state.kind_names = kinds.names()
     install_error_handlers(app)
+    app.include_router(auth.router)
+    app.include_router(members.router)
+    app.include_router(api_keys.router)
     app.include_router(requests.build_router(api))
     app.include_router(jobs.router)
     app.include_router(queues.router)
     app.include_router(health.router)
     app.include_router(seed.router)
     _install_cross_cutting(app, settings, api)
+    _document_access(app)
     undeclared = undeclared_routes(app, public_paths=_framework_paths(app))
     if undeclared:
         raise RuntimeError(
@@ -134,6 +144,19 @@ def create_app(
             f"none: {', '.join(undeclared)}"
         )
     return app
+
+
+def _document_access(app: FastAPI) -> None:
+    """The OpenAPI document with the bearer scheme and each route's security (built
+    once, at its first request, as FastAPI does)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_access(app, build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _framework_paths(app: FastAPI) -> set[str]:
@@ -145,15 +168,45 @@ def _framework_paths(app: FastAPI) -> set[str]:
     return paths
 
 
-async def _open(api: ApiState, store: Store) -> asyncio.Task[None] | None:
+async def _start_accounts(app: FastAPI, store: Store, settings: Settings) -> None:
+    """The accounts service on ``store``, its signing keys loaded, as
+    ``app.state.accounts``: until it is set, a call with a credential answers 503."""
+    accounts = Accounts(store, settings)
+    await accounts.start()
+    app.state.accounts = accounts
+
+
+async def _try_start_accounts(
+    app: FastAPI, store: Store, settings: Settings, retry_in_s: float
+) -> bool:
+    try:
+        await _start_accounts(app, store, settings)
+    except StoreError as exc:
+        log.warning("accounts not started; retrying", error=str(exc), retry_in_s=retry_in_s)
+        return False
+    return True
+
+
+async def _open(
+    app: FastAPI, api: ApiState, store: Store, settings: Settings
+) -> asyncio.Task[None] | None:
     """Open and migrate the app's own store now, or start retrying in the background
     (returned) if the database does not answer yet."""
     error = await open_store(store)
     if error is None:
         api.attach(store)
+        await _start_accounts(app, store, settings)
         return None
     log.error("database unreachable at start-up; serving 503 until it answers", error=error)
-    return asyncio.create_task(api.connect(store), name="conveyor-api-connect")
+
+    async def connect() -> None:
+        await api.connect(store)
+        delay = 0.1
+        while not await _try_start_accounts(app, store, settings, delay):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
+
+    return asyncio.create_task(connect(), name="conveyor-api-connect")
 
 
 def _install_cross_cutting(app: FastAPI, settings: Settings, api: ApiState) -> None:

@@ -25,6 +25,12 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {
     429: _problem("Rate limit exceeded; see Retry-After."),
     503: _problem("The database is unavailable; see Retry-After."),
 }
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: _problem("No valid credential (the same message whatever was wrong).")
+}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: _problem("The credential lacks the scope or role this needs.")
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("No such resource for this caller.")}
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: _problem("Not possible in the resource's current state.")
@@ -46,6 +52,10 @@ IdempotencyKey = Annotated[
         description="Repeat a submission safely: the same key (per caller) returns the "
         "request it created first, with 200.",
     ),
+]
+AccountId = Annotated[
+    str,
+    Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="The id."),
 ]
 ResourceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The id.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
