@@ -10,7 +10,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from api_support import api_settings, serving
+from api_support import api_key, api_settings, bearer, serving
+from fastapi import FastAPI
 
 import conveyor
 from conveyor.api import create_app
@@ -44,7 +45,10 @@ async def test_sqlite_recovers_when_its_folder_appears(
 ) -> None:
     folder = tmp_path / "later"
     settings = api_settings(tmp_path, database_url=f"sqlite:///{folder}/api.db")
-    async with serving(create_app(settings, kinds=kinds)) as http:
+    app = create_app(settings, kinds=kinds)
+    async with serving(app) as http:
+        # A credential cannot be checked without the database: 503, not 401.
+        http.headers["Authorization"] = bearer("cvk_notcheckable_yet")
         down = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert down.status_code == 503
         assert down.headers["Retry-After"] == "5"
@@ -52,6 +56,8 @@ async def test_sqlite_recovers_when_its_folder_appears(
         assert (await http.get("/health")).json()["status"] == "degraded"
         folder.mkdir()
         await _until(http, "/ready", 200)
+        await _accounts_started(app)
+        http.headers["Authorization"] = bearer(await api_key(app))
         up = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert up.status_code == 202
 
@@ -62,7 +68,9 @@ async def test_postgresql_recovers_when_its_database_appears(
     name = f"{pg_server.database}_late"
     url = pg_server.url.rsplit("/", 1)[0] + f"/{name}"
     settings = api_settings(tmp_path, database_url=url)
-    async with serving(create_app(settings, kinds=kinds)) as http:
+    app = create_app(settings, kinds=kinds)
+    async with serving(app) as http:
+        http.headers["Authorization"] = bearer("cvk_notcheckable_yet")
         assert (await http.get("/v1/requests")).status_code == 503
         assert (await http.get("/ready")).status_code == 503
         conn = await asyncpg.connect(pg_server.admin_url)
@@ -72,8 +80,18 @@ async def test_postgresql_recovers_when_its_database_appears(
             await conn.close()
         # The app migrates the new database itself.
         await _until(http, "/ready", 200)
+        await _accounts_started(app)
+        http.headers["Authorization"] = bearer(await api_key(app))
         up = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert up.status_code == 202
+
+
+async def _accounts_started(app: FastAPI, timeout: float = 10) -> None:
+    """Wait for the accounts service, which starts once the store is open."""
+    deadline = time.monotonic() + timeout
+    while app.state.accounts is None:
+        assert time.monotonic() < deadline, "the accounts service did not start"
+        await asyncio.sleep(0.05)
 
 
 class FakeStats:

@@ -48,7 +48,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from conveyor.accounts.errors import Unauthenticated
 from conveyor.api.deps import Caller
 from conveyor.api.errors import UNAUTHENTICATED
-from conveyor.api.ratelimit import limit_address, limit_caller
+from conveyor.api.ratelimit import (
+    DEFAULT_EXEMPT_PATHS,
+    DEFAULT_EXEMPT_PREFIXES,
+    limit_address,
+    limit_caller,
+)
 from conveyor.logs import get_logger
 from conveyor.store.accounts import ADMIN, READ, WRITE
 from conveyor.store.base import StoreError
@@ -158,7 +163,10 @@ async def _authenticate(request: Request, access: Access) -> Caller:
 
 def _public() -> Callable[[Request], Awaitable[None]]:
     async def public(request: Request) -> None:
-        if bearer_token(request) is not None or "authorization" in request.headers:
+        path = request.url.path
+        if path in DEFAULT_EXEMPT_PATHS or path.startswith(DEFAULT_EXEMPT_PREFIXES):
+            return
+        if "authorization" in request.headers:
             await limit_address(request)
 
     return public
@@ -166,7 +174,8 @@ def _public() -> Callable[[Request], Awaitable[None]]:
 
 def _metrics() -> Callable[[Request], Awaitable[None]]:
     async def metrics(request: Request) -> None:
-        expected: str | None = request.app.state.conveyor.settings.metrics_token
+        # Set by install_middleware, which every app serving /metrics goes through.
+        expected: str | None = getattr(request.app.state, "metrics_token", None)
         if expected is None:
             return
         token = bearer_token(request) or ""
