@@ -81,6 +81,7 @@ def api_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "database_url": f"sqlite:///{tmp_path}/api.db",
         "rate_limit_per_ip": "1000000/minute",
         "rate_limit_per_caller": "1000000/minute",
+        "login_rate_per_account": "1000000/minute",
         "max_memory_mb": 0,
         "log_format": "json",
         # A password hash costs little in tests; the parameters' effect is not under test.

@@ -66,6 +66,7 @@ __all__ = [
     "caller_for",
     "declared_access",
     "document_access",
+    "flat_routes",
     "missing",
     "scope_of",
     "tenant_of",
@@ -247,20 +248,20 @@ def undeclared_routes(app: FastAPI, *, public_paths: Iterable[str] = ()) -> list
     """``"METHODS path"`` of every route of ``app`` that declares no single level."""
     paths = set(public_paths)
     found = []
-    for route in _flat(app.routes):
+    for route in flat_routes(app.routes):
         if declared_access(route, public_paths=paths) is None:
             methods = ",".join(sorted(getattr(route, "methods", None) or ()))
             found.append(f"{methods} {getattr(route, 'path', route)!s}".strip())
     return found
 
 
-def _flat(routes: Iterable[BaseRoute]) -> Iterable[BaseRoute]:
+def flat_routes(routes: Iterable[BaseRoute]) -> Iterable[BaseRoute]:
     """The routes, those of included routers among them (this FastAPI keeps an included
     router as one entry, ``original_router``)."""
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _flat(inner.routes)
+            yield from flat_routes(inner.routes)
         else:
             yield route
 
@@ -280,7 +281,7 @@ def document_access(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
         "description": "An access token (POST /v1/auth/login) or an API key (cvk_…).",
     }
     problem = {"$ref": "#/components/schemas/Problem"}
-    for route in _flat(app.routes):
+    for route in flat_routes(app.routes):
         if not isinstance(route, APIRoute):
             continue
         access = declared_access(route)

@@ -8,9 +8,9 @@ a hash. Times are ISO 8601 in UTC, as in :mod:`conveyor.api.schemas`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from conveyor.accounts.checks import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH
 from conveyor.accounts.passwords import MAX_LENGTH as MAX_PASSWORD
@@ -64,6 +64,22 @@ class InvitedSignupIn(_In):
 
     invitation_token: Secret
     password: NewPassword
+
+
+def _signup_kind(body: Any) -> str:
+    if isinstance(body, dict):
+        return "invited" if "invitation_token" in body else "new"
+    return "invited" if isinstance(body, InvitedSignupIn) else "new"
+
+
+SIGNUP_KINDS = ("new", "invited")
+"""The tags of :data:`SignupBody`, which the 422 answers leave out of ``loc``."""
+
+SignupBody = Annotated[
+    Annotated[SignupIn, Tag("new")] | Annotated[InvitedSignupIn, Tag("invited")],
+    Discriminator(_signup_kind),
+]
+"""A signup's body: an invited one when it has ``invitation_token``."""
 
 
 class LoginIn(_In):

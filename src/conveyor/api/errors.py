@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.accounts import errors as accounts
+from conveyor.api.account_schemas import SIGNUP_KINDS
 from conveyor.api.deps import request_id
 from conveyor.engine.errors import (
     ConveyorError,
@@ -110,6 +111,14 @@ def _clean_errors(request: Request, errors: list[dict[str, Any]]) -> list[dict[s
     """
     route = request.scope.get("route")
     kinds: list[str] = getattr(request.app.state, "kind_names", [])
+    if getattr(route, "name", None) == "signup":
+        # The signup body is a union tagged by the keys it has (account_schemas).
+        return [
+            {**e, "loc": [e["loc"][0], *e["loc"][2:]]}
+            if len(e.get("loc", ())) > 1 and e["loc"][1] in SIGNUP_KINDS
+            else e
+            for e in errors
+        ]
     if getattr(route, "name", None) != "create_request":
         return errors
     cleaned = []

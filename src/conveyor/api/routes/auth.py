@@ -22,7 +22,7 @@ from conveyor.api.account_schemas import (
     MeOut,
     RefreshIn,
     SessionOut,
-    SignupIn,
+    SignupBody,
 )
 from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_accounts
@@ -48,7 +48,7 @@ public = [Depends(caller_for(Access.PUBLIC))]
     summary="Sign up: a new tenant and its owner, or an invited account",
 )
 async def signup(
-    body: SignupIn | InvitedSignupIn,
+    body: SignupBody,
     accounts: Annotated[Accounts, Depends(get_accounts)],
 ) -> SessionOut:
     """With ``email``, ``password`` and ``tenant_name``: a new tenant whose owner is the
