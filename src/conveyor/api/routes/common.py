@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Header, Path, Query
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
 
 from conveyor.api.errors import validation_detail
 from conveyor.api.pagination import MAX_LIMIT
@@ -69,12 +71,25 @@ StateAlias = Annotated[
     Query(alias="status", description="The same as state (kept for earlier clients)."),
 ]
 KindFilter = Annotated[str | None, Query(max_length=200, description="Only this kind.")]
+_NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def _iso_only(value: Any) -> Any:
+    """Refuse a number where an ISO 8601 time is documented: pydantic would read it as
+    Unix seconds, which the OpenAPI document does not promise."""
+    if isinstance(value, str) and _NUMBER.match(value):
+        raise ValueError("give an ISO 8601 time such as 2026-12-03T10:00:00Z, not a number")
+    return value
+
+
 CreatedAfter = Annotated[
     datetime | None,
+    BeforeValidator(_iso_only),
     Query(description="Only those created at or after this time (ISO 8601; UTC if no zone)."),
 ]
 CreatedBefore = Annotated[
     datetime | None,
+    BeforeValidator(_iso_only),
     Query(description="Only those created before this time (ISO 8601; UTC if no zone)."),
 ]
 
