@@ -45,7 +45,10 @@ Submit work and get an answer at once (202); workers run it in the background.
 
 * **Requests** (`/v1/requests`): what a user asked for, with its status, progress,
   result, errors and asset URLs. Send `Idempotency-Key` to repeat a submission safely.
-* **Jobs and queues** (`/v1/jobs`, `/v1/queues`): for operators.
+* **Jobs and queues** (`/v1/jobs`, `/v1/queues`): the tenant's jobs and its queue counts;
+  pausing, resuming and limiting a queue is for platform operators.
+* **Accounts** (`/v1/auth`, `/v1/me`, `/v1/invitations`, `/v1/members`, `/v1/api-keys`):
+  signup, login, sessions, who calls, the tenant's members and API keys.
 * **Health**: `/health` (the QuDemo seed's shape), `/ready`, `/metrics` (Prometheus);
   each answers `HEAD` too. These and the documentation are not rate-limited.
 * **QuDemo seed** (`/api/...`): the seed backend's routes on the same engine.
