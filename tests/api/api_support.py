@@ -97,9 +97,10 @@ AppClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @asynccontextmanager
-async def serving(app: FastAPI, *, auth: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client on ``app``, its lifespan running; with ``auth`` (and the app's
-    store open), sending an API key of the ``default`` tenant with every scope."""
+async def serving(app: FastAPI, *, auth: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on ``app``, its lifespan running, sending no credential; with
+    ``auth`` (and the app's store open), an API key of the ``default`` tenant with every
+    scope."""
     async with (
         lifespan(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,

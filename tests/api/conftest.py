@@ -47,7 +47,7 @@ def app_client(store: Store, kinds: conveyor.Registry, tmp_path: Path) -> AppCli
 
     def make(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
         app = create_app(api_settings(tmp_path, **overrides), store=store, kinds=kinds)
-        return serving(app)
+        return serving(app, auth=True)
 
     return make
 

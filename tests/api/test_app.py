@@ -36,7 +36,7 @@ async def test_per_address_limit_answers_429(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = create_app(api_settings(tmp_path, rate_limit_per_ip="2/hour"), store=store, kinds=kinds)
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         statuses = [(await http.get("/v1/queues")).status_code for _ in range(3)]
         assert statuses == [401, 401, 429]
         limited = await http.get("/v1/requests")
@@ -55,7 +55,7 @@ async def test_per_caller_limit_answers_429(
     app = create_app(
         api_settings(tmp_path, rate_limit_per_caller="1/hour"), store=store, kinds=kinds
     )
-    async with serving(app) as http:
+    async with serving(app, auth=True) as http:
         assert (await http.get("/v1/jobs")).status_code == 200
         refused = await http.get("/v1/jobs")
         assert refused.status_code == 429
@@ -75,7 +75,7 @@ async def test_callers_do_not_share_a_caller_limit(
     app = create_app(
         api_settings(tmp_path, rate_limit_per_caller="1/hour"), store=store, kinds=kinds
     )
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         first = {"Authorization": bearer(await api_key(app, name="first"))}
         second = {"Authorization": bearer(await api_key(app, name="second"))}
         assert (await http.get("/v1/jobs", headers=first)).status_code == 200

@@ -372,7 +372,7 @@ async def test_the_authorisation_matrix(
 ) -> None:
     app = create_app(api_settings(tmp_path), store=store, kinds=kinds)
     failures: list[str] = []
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         world = await _world(app, store, http)
         for key, caller in itertools.product(RULES, CALLERS):
             rule = RULES[key]

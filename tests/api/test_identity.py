@@ -48,7 +48,7 @@ async def _signup(http: httpx.AsyncClient, email: str, tenant_name: str = "Acme"
 async def test_signup_logs_the_owner_in_and_me_says_who(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         session = await _signup(http, "Ada@Example.com")
         assert session["role"] == "owner"
         assert session["token_type"] == "bearer"
@@ -76,7 +76,7 @@ async def test_signup_logs_the_owner_in_and_me_says_who(
 async def test_a_refused_login_tells_nothing_of_which_accounts_exist(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         await _signup(http, "ada@example.com")
         wrong = await http.post(
             "/v1/auth/login", json={"email": "ada@example.com", "password": "not the password"}
@@ -99,7 +99,7 @@ async def test_login_is_throttled_per_account(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = _app(store, kinds, tmp_path, login_rate_per_account="2/hour")
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         await _signup(http, "ada@example.com")
         bad = {"email": "ada@example.com", "password": "wrong password"}
         statuses = [(await http.post("/v1/auth/login", json=bad)).status_code for _ in range(2)]
@@ -120,7 +120,7 @@ async def test_login_is_throttled_per_address(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = _app(store, kinds, tmp_path, rate_limit_per_ip="3/hour")
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         await _signup(http, "ada@example.com")
         statuses = [
             (
@@ -143,7 +143,7 @@ async def test_a_user_of_several_tenants_chooses_one(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = _app(store, kinds, tmp_path)
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         first = await _signup(http, "ada@example.com", "First")
         second = await tenant(app, "second")
         await accounts_of(app).add_member(second, "ada@example.com", Role.VIEWER)
@@ -163,7 +163,7 @@ async def test_a_user_of_several_tenants_chooses_one(
 async def test_refresh_rotates_reuse_revokes_and_logout_ends_the_session(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         session = await _signup(http, "ada@example.com")
         first = session["refresh_token"]
         rotated = await http.post("/v1/auth/refresh", json={"refresh_token": first})
@@ -197,7 +197,7 @@ async def test_refresh_rotates_reuse_revokes_and_logout_ends_the_session(
 async def test_invitations_members_and_roles(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         owner = await _signup(http, "owner@example.com")
         as_owner = _auth(owner["access_token"])
         made = await http.post(
@@ -278,7 +278,7 @@ async def test_invitations_members_and_roles(
 async def test_api_keys_are_shown_once_listed_without_secret_and_revoked_at_once(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         owner = _auth((await _signup(http, "owner@example.com"))["access_token"])
         made = await http.post(
             "/v1/api-keys", json={"name": "backend", "scopes": ["requests:write"]}, headers=owner
@@ -327,7 +327,7 @@ async def test_queue_counts_are_the_tenants_own(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = _app(store, kinds, tmp_path)
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         alpha = _auth(await api_key(app, "alpha"))
         bravo = _auth(await api_key(app, "bravo"))
         for _ in range(2):
@@ -350,7 +350,7 @@ async def test_a_tenants_own_rate_limit_applies_to_its_callers(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = _app(store, kinds, tmp_path)
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         slow = _auth(await api_key(app, "slow"))
         fast = _auth(await api_key(app, "fast"))
         await accounts_of(app).set_tenant_rate_limit("slow", "2/hour")
@@ -366,7 +366,7 @@ async def test_metrics_need_the_token_when_it_is_set_and_probes_need_nothing(
 ) -> None:
     token = "metrics-token-0123456789"
     app = _app(store, kinds, tmp_path, metrics_token=token)
-    async with serving(app, auth=False) as http:
+    async with serving(app) as http:
         refused = await http.get("/metrics")
         assert refused.status_code == 401
         assert refused.headers["WWW-Authenticate"] == "Bearer"
@@ -378,14 +378,14 @@ async def test_metrics_need_the_token_when_it_is_set_and_probes_need_nothing(
         assert (await http.get("/metrics", headers=_auth(token))).status_code == 200
         for probe in ("/health", "/ready"):
             assert (await http.get(probe)).status_code == 200
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         assert (await http.get("/metrics")).status_code == 200
 
 
 async def test_seed_routes_and_v1_need_credentials(
     store: Store, kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
-    async with serving(_app(store, kinds, tmp_path), auth=False) as http:
+    async with serving(_app(store, kinds, tmp_path)) as http:
         seed = await http.get("/api/queue/status")
         assert seed.status_code == 401
         assert seed.json()["success"] is False

@@ -64,7 +64,7 @@ async def _populate(app_settings: Settings, kinds: Registry) -> tuple[Tenant, Te
     """Two tenants with data of their own, made through the API and the accounts service
     on the database the schemathesis app will open."""
     tenants = []
-    async with serving(create_app(app_settings, kinds=kinds), auth=False) as http:
+    async with serving(create_app(app_settings, kinds=kinds)) as http:
         app: Any = http._transport.app  # type: ignore[attr-defined]
         accounts = accounts_of(app)
         for name, secret in (

@@ -33,7 +33,7 @@ async def test_an_app_with_its_own_store_serves_and_closes_it(
     kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = create_app(api_settings(tmp_path), kinds=kinds)
-    async with serving(app) as http:
+    async with serving(app, auth=True) as http:
         response = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert response.status_code == 202
         assert (await http.get("/ready")).status_code == 200
