@@ -32,13 +32,13 @@ from api_support import (
     tenant,
     user_token,
 )
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.routing import Mount
 
 import conveyor
 from conveyor.accounts import Principal
 from conveyor.api import create_app
-from conveyor.api.access import Access, declared_access, flat_routes
+from conveyor.api.access import Access, caller_for, declared_access, flat_routes
 from conveyor.api.app import _framework_paths
 from conveyor.api.errors import UNAUTHENTICATED
 from conveyor.store.accounts import ADMIN, READ, WRITE, Role
@@ -334,6 +334,17 @@ def test_every_route_has_a_rule(kinds: conveyor.Registry, tmp_path: Path) -> Non
     assert not stale, f"rules for routes the app no longer has: {stale}"
     differ = {k: (keys[k], RULES[k].access) for k in keys if keys[k] is not RULES[k].access}
     assert not differ, f"routes whose declared level is not the matrix's: {differ}"
+
+
+def test_a_new_route_without_a_rule_is_caught(kinds: conveyor.Registry, tmp_path: Path) -> None:
+    app = create_app(api_settings(tmp_path), kinds=kinds)
+
+    @app.get("/v1/unruled", dependencies=[Depends(caller_for(Access.READ))])
+    async def unruled() -> None: ...
+
+    keys = route_keys(app)
+    assert keys["GET /v1/unruled"] is Access.READ
+    assert "GET /v1/unruled" not in RULES
 
 
 def _url(key: str, params: dict[str, Any]) -> tuple[str, str]:

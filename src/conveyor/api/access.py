@@ -22,7 +22,8 @@ to build while any does. An operator passes every level.
 Answers: no credential, or one that does not authenticate: **401** with
 ``WWW-Authenticate: Bearer`` and always the same message (the reason is only logged, so
 a client cannot probe which part was wrong); a valid caller without what the level
-needs: **403** naming what is missing.
+needs: **403** naming what is missing; a credential while the accounts service has not
+started (the database not reached yet): **503**, so a client keeps its credential.
 
 Rate limits: an authenticated call counts against its caller's budget (one per user and
 per API key; the tenant's ``rate_limit``, else ``CONVEYOR_RATE_LIMIT_PER_CALLER``) and

@@ -52,7 +52,7 @@ failing open``) per outage, then ``rate limit storage available again`` when it 
 After a failure Redis is not asked again for ``retry_after_failure_s`` (5 s), so a
 black-holed Redis costs at most one connect timeout (0.5 s) per 5 s, not one per request.
 
-Wiring (``app.py`` / ``deps.py``)::
+Wiring (``app.py`` / ``access.py``)::
 
     from conveyor.api.middleware import install_middleware
     from conveyor.api.ratelimit import RateLimiter, limit_caller
@@ -64,8 +64,10 @@ Wiring (``app.py`` / ``deps.py``)::
     install_middleware(app, settings, rate_limiter=limiter)
     ...  # lifespan finally: await limiter.aclose()
 
-    # deps.py, once the caller is authenticated (deps.admit):
+    # access.py, once the caller is authenticated (caller_for's dependency):
     await limit_caller(request, caller)  # 429 HTTPException when over the limit
+    # routes/auth.py, a login, before the password is checked:
+    await limit_account(request, email)  # 429 when the account's budget is spent
 """
 
 from __future__ import annotations
