@@ -161,12 +161,16 @@ async def user_token(
     return (await accounts.login(email, PASSWORD, tenant_id)).access_token
 
 
-async def operator_token(app: FastAPI) -> str:
-    """An access token of a new platform operator, in no tenant."""
+async def operator_token(app: FastAPI, tenant_id: str | None = None) -> str:
+    """An access token of a new platform operator: in no tenant, or logged in to
+    ``tenant_id`` (made if needed) as its owner, where it passes every route."""
     accounts = accounts_of(app)
     email = f"operator.{conveyor_id()}@example.com"
     await accounts.create_operator(email, PASSWORD)
-    return (await accounts.login(email, PASSWORD)).access_token
+    if tenant_id is not None:
+        await tenant(app, tenant_id)
+        await accounts.add_member(tenant_id, email, Role.OWNER)
+    return (await accounts.login(email, PASSWORD, tenant_id)).access_token
 
 
 def conveyor_id() -> str:
