@@ -394,3 +394,22 @@ async def test_seed_routes_and_v1_need_credentials(
             response = await http.get(path, headers={"Authorization": "Bearer not-a-credential"})
             assert response.status_code == 401, path
             assert response.json()["detail"] == UNAUTHENTICATED
+
+
+async def test_a_user_has_one_budget_whichever_token_it_sends(
+    store: Store, kinds: conveyor.Registry, tmp_path: Path
+) -> None:
+    app = _app(store, kinds, tmp_path, rate_limit_per_caller="1/hour")
+    async with serving(app) as http:
+        ada = await _signup(http, "ada@example.com")
+        assert (await http.get("/v1/me", headers=_auth(ada["access_token"]))).status_code == 200
+        again = (
+            await http.post(
+                "/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
+            )
+        ).json()
+        refused = await http.get("/v1/me", headers=_auth(again["access_token"]))
+        assert refused.status_code == 429
+        assert "this caller" in refused.json()["detail"]
+        bob = await _signup(http, "bob@example.com")
+        assert (await http.get("/v1/me", headers=_auth(bob["access_token"]))).status_code == 200
