@@ -29,12 +29,11 @@ from conveyor.api.errors import install_error_handlers
 from conveyor.api.metrics import Metrics
 from conveyor.api.middleware import install_middleware
 from conveyor.api.routes import api_keys, auth, health, jobs, members, queues, requests, seed
-from conveyor.api.state import CONNECT_RETRY_MAX_S, ApiState, open_store
+from conveyor.api.state import ApiState, open_store
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry, import_modules, registry
 from conveyor.logs import get_logger
 from conveyor.store import Store, make_store
-from conveyor.store.base import StoreError
 from conveyor.store.records import QueueStats
 from conveyor.workloads import register_builtin
 
@@ -99,8 +98,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connecting: asyncio.Task[None] | None = None
         if store is not None:
-            api.attach(store)
             await _start_accounts(app, store, settings)
+            api.attach(store)
         elif owned is not None:
             connecting = await _open(app, api, owned, settings)
         try:
@@ -179,37 +178,23 @@ async def _start_accounts(app: FastAPI, store: Store, settings: Settings) -> Non
     app.state.accounts = accounts
 
 
-async def _try_start_accounts(
-    app: FastAPI, store: Store, settings: Settings, retry_in_s: float
-) -> bool:
-    try:
-        await _start_accounts(app, store, settings)
-    except StoreError as exc:
-        log.warning("accounts not started; retrying", error=str(exc), retry_in_s=retry_in_s)
-        return False
-    return True
-
-
 async def _open(
     app: FastAPI, api: ApiState, store: Store, settings: Settings
 ) -> asyncio.Task[None] | None:
-    """Open and migrate the app's own store now, or start retrying in the background
-    (returned) if the database does not answer yet."""
-    error = await open_store(store)
+    """Open and migrate the app's own store and start the accounts service now, or start
+    retrying in the background (returned) if the database does not answer yet. The app
+    serves with the store (``/ready`` answers 200) only once both are done, so that a
+    credential is never refused for want of the service."""
+
+    async def prepare() -> None:
+        await _start_accounts(app, store, settings)
+
+    error = await open_store(store, prepare)
     if error is None:
         api.attach(store)
-        await _start_accounts(app, store, settings)
         return None
     log.error("database unreachable at start-up; serving 503 until it answers", error=error)
-
-    async def connect() -> None:
-        await api.connect(store)
-        delay = 0.1
-        while not await _try_start_accounts(app, store, settings, delay):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, CONNECT_RETRY_MAX_S)
-
-    return asyncio.create_task(connect(), name="conveyor-api-connect")
+    return asyncio.create_task(api.connect(store, prepare), name="conveyor-api-connect")
 
 
 def _install_cross_cutting(app: FastAPI, settings: Settings, api: ApiState) -> None:
