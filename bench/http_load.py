@@ -36,6 +36,15 @@ cost about the same API CPU per request, within this machine's noise. The rate l
 raised to ``10000000/minute`` per address and per caller (the defaults, 200 per 15 minutes
 per address and 1,000 per caller, would answer 429 within seconds).
 
+Callers (``--auth``, repeatable; default both): every request carries ``Authorization:
+Bearer`` with either an API key (``key``: looked up by its prefix and its digest compared
+on every call) or a JWT access token (``jwt``: a signature check, then the tenant read),
+of a tenant and a member user made on the fresh database through the accounts service
+once the API has migrated it. Each caller is a setup of its own in the report
+(``postgresql/key``, ``postgresql/jwt``...). Before issue 12 the API took anonymous calls;
+their figures are in ``docs/benchmarks.md``. An access token lives
+``CONVEYOR_ACCESS_TOKEN_SECONDS`` (15 minutes), longer than one run of a setup.
+
 Each run of a setup gets a fresh database and fresh processes, then steps through the rates
 in order; each step is a warm-up at the step's rate followed by the measured window at the
 same rate. On PostgreSQL the bench runs ``ANALYZE conveyor_jobs, conveyor_requests``
@@ -82,6 +91,7 @@ KIND = "bench.noop"
 QUEUE = "bench"
 UNLIMITED = "10000000/minute"
 SETUPS = ("postgresql", "postgresql-uvloop", "postgresql-2api", "sqlite")
+AUTHS = ("key", "jwt")
 TARGET_RATE = 1000
 TARGET_P99_MS = 50.0
 STATUS_ERROR = -1
@@ -107,15 +117,17 @@ def app_factory() -> Any:
 
 
 # -- the HTTP client -----------------------------------------------------------------------
-def post_request(host: str, port: int, path: str, body: bytes) -> bytes:
+def post_request(host: str, port: int, path: str, body: bytes, authorization: str = "") -> bytes:
+    auth = f"Authorization: {authorization}\r\n" if authorization else ""
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
-def get_request(host: str, port: int, path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+def get_request(host: str, port: int, path: str, authorization: str = "") -> bytes:
+    auth = f"Authorization: {authorization}\r\n" if authorization else ""
+    return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}\r\n".encode()
 
 
 class Connection:
@@ -169,10 +181,10 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
+async def http_get(host: str, port: int, path: str, authorization: str = "") -> tuple[int, bytes]:
     conn = Connection(host, port)
     try:
-        return await conn.call(get_request(host, port, path))
+        return await conn.call(get_request(host, port, path, authorization))
     finally:
         conn.close()
 
@@ -691,19 +703,21 @@ async def wait_ready(port: int, proc: asyncio.subprocess.Process, timeout: float
     raise BenchError("the API did not become ready")
 
 
-async def wait_worker(port: int, proc: asyncio.subprocess.Process, timeout: float = 60.0) -> None:
+async def wait_worker(
+    port: int, proc: asyncio.subprocess.Process, authorization: str, timeout: float = 60.0
+) -> None:
     """Until ``GET /v1/queues`` shows a limit for the bench queue (a live worker)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.returncode is None:
-        queue = await queue_stats(port)
+        queue = await queue_stats(port, authorization)
         if queue is not None and queue.get("limit") is not None:
             return
         await asyncio.sleep(0.1)
     raise BenchError("the worker did not register")
 
 
-async def queue_stats(port: int) -> dict[str, Any] | None:
-    status, body = await http_get("127.0.0.1", port, "/v1/queues")
+async def queue_stats(port: int, authorization: str) -> dict[str, Any] | None:
+    status, body = await http_get("127.0.0.1", port, "/v1/queues", authorization)
     if status != 200:
         raise BenchError(f"GET /v1/queues answered {status}: {body[:200]!r}")
     queues: list[dict[str, Any]] = orjson.loads(body)["queues"]
@@ -717,6 +731,8 @@ class Servers:
     worker: asyncio.subprocess.Process | None
     database: str | None
     """PostgreSQL: the database's name (its backends' CPU is measured)."""
+    callers: dict[str, str]
+    """``Authorization`` values by ``--auth`` mode (see :func:`provision`)."""
 
     @property
     def watch(self) -> Watch:
@@ -734,19 +750,48 @@ async def servers(setup: str, url: str, port: int) -> AsyncIterator[Servers]:
         try:
             try:
                 await wait_ready(port, api)
+                callers = await provision(url)
                 if worker_cmd is not None:
                     worker = await spawn(worker_cmd, env, worker_log)
-                await wait_worker(port, worker if worker is not None else api)
+                await wait_worker(port, worker if worker is not None else api, callers["key"])
             except BenchError as exc:
                 logs = f"API:\n{tail(api_log)}"
                 if worker is not None:
                     logs += f"\nworker:\n{tail(worker_log)}"
                 raise BenchError(f"{setup}: {exc}\n{logs}") from exc
-            yield Servers(port, api, worker, database_name(url))
+            yield Servers(port, api, worker, database_name(url), callers)
         finally:
             if worker is not None:
                 await stop(worker)
             await stop(api)
+
+
+async def provision(url: str) -> dict[str, str]:
+    """A tenant, a member user and an API key on the (migrated) database at ``url``,
+    made through the accounts service as the CLI makes them: ``Authorization`` values
+    for each ``--auth`` mode."""
+    from conveyor.accounts import Accounts, Principal
+    from conveyor.config import Settings
+    from conveyor.store import make_store
+    from conveyor.store.accounts import READ, WRITE, Role
+
+    settings = Settings(database_url=url)
+    store = make_store(settings)
+    await store.open()
+    try:
+        accounts = Accounts(store, settings)
+        await accounts.start()
+        tenant = await accounts.create_tenant("Bench")
+        email, password = f"bench-{secrets.token_hex(4)}@bench.example.com", secrets.token_urlsafe()
+        await accounts.create_user(email, password)
+        await accounts.add_member(tenant.id, email, Role.MEMBER)
+        token = (await accounts.login(email, password, tenant.id)).access_token
+        _, key = await accounts.create_api_key(
+            Principal.console(), "bench", [READ, WRITE], tenant_id=tenant.id
+        )
+    finally:
+        await store.close()
+    return {"key": f"Bearer {key}", "jwt": f"Bearer {token}"}
 
 
 @contextlib.asynccontextmanager
@@ -821,23 +866,26 @@ class Options:
     analyze: bool
     postgres_url: str
     tmpdir: str | None
+    auths: tuple[str, ...] = AUTHS
 
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def run_setup(setup: str, run: int, opts: Options) -> list[StepResult]:
-    """One run of one setup: fresh database and processes, every rate in order."""
+async def run_setup(setup: str, auth: str, run: int, opts: Options) -> list[StepResult]:
+    """One run of one setup with one kind of caller (``auth``): fresh database and
+    processes, every rate in order."""
     body = orjson.dumps({"kind": KIND, "input": {"source": "bench.http_load"}})
     results: list[StepResult] = []
+    label = f"{setup}/{auth}"
     async with fresh_database(setup, opts.postgres_url, opts.tmpdir) as url:
         port = free_port()
         async with servers(setup, url, port) as procs:
             load = Load(
                 "127.0.0.1",
                 port,
-                post_request("127.0.0.1", port, "/v1/requests", body),
+                post_request("127.0.0.1", port, "/v1/requests", body, procs.callers[auth]),
                 opts.connections,
                 opts.drain_timeout_s,
             )
@@ -850,14 +898,14 @@ async def run_setup(setup: str, run: int, opts: Options) -> list[StepResult]:
                 samples, cpu = await run_step(
                     load, rate, warmup, opts.duration_s, procs.watch, midway
                 )
-                result = summarize(setup, run, rate, samples, cpu)
+                result = summarize(label, run, rate, samples, cpu)
                 await asyncio.sleep(opts.pause_s)
-                queue = await queue_stats(port)
+                queue = await queue_stats(port, procs.callers["key"])
                 if queue is not None:
                     result.queued_after = int(queue.get("due", 0))
                 result.extra = {**timings, "jobs_in_table": await count_jobs(url)}
                 results.append(result)
-                progress(f"  {setup} run {run} {line(result)}")
+                progress(f"  {label} run {run} {line(result)}")
                 if procs.api.returncode is not None:
                     raise BenchError(f"{setup}: the API exited with {procs.api.returncode}")
     return results
@@ -939,14 +987,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
+    lines = []
     for row in rows:
-        if row["setup"] == "postgresql" and row["rate"] == TARGET_RATE:
+        if row["setup"].startswith("postgresql/") and row["rate"] == TARGET_RATE:
             met = row["p99_ms"] <= TARGET_P99_MS and set(row["statuses"]) == {"202"}
-            return (
+            lines.append(
                 f"target p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_RATE:,}/s on PostgreSQL "
-                f"(all 202): {'MET' if met else 'MISSED'} (median p99 {row['p99_ms']:.1f} ms)"
+                f"with {row['setup'].split('/', 1)[1]} (all 202): "
+                f"{'MET' if met else 'MISSED'} (median p99 {row['p99_ms']:.1f} ms)"
             )
-    return "target not measured (needs --setup postgresql and rate 1000)"
+    return "\n".join(lines) or "target not measured (needs --setup postgresql and rate 1000)"
 
 
 def machine() -> dict[str, Any]:
@@ -1000,8 +1050,9 @@ async def run_all(opts: Options) -> list[StepResult]:
     results: list[StepResult] = []
     for run in range(1, opts.runs + 1):
         for setup in opts.setups:
-            progress(f"{setup}: run {run} of {opts.runs}")
-            results += await run_setup(setup, run, opts)
+            for auth in opts.auths:
+                progress(f"{setup}/{auth}: run {run} of {opts.runs}")
+                results += await run_setup(setup, auth, run, opts)
     return results
 
 
@@ -1028,6 +1079,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="postgresql (conveyor api + conveyor worker), postgresql-uvloop / "
         "postgresql-2api (the same app under uvicorn's command on uvloop, 1 or 2 "
         "processes), sqlite (conveyor serve); repeatable (default: postgresql and sqlite)",
+    )
+    parser.add_argument(
+        "--auth",
+        action="append",
+        choices=AUTHS,
+        help="the callers' credential: key (an API key) or jwt (an access token); "
+        "repeatable (default: both)",
     )
     parser.add_argument("--rates", type=_ints, default=(250, 500, 1000), help="req/s, in order")
     parser.add_argument("--runs", type=int, default=3, help="runs per setup (3)")
@@ -1089,6 +1147,7 @@ def options_from(args: argparse.Namespace) -> Options:
         analyze=not args.no_analyze,
         postgres_url=args.postgres_url,
         tmpdir=args.tmpdir,
+        auths=tuple(dict.fromkeys(args.auth or AUTHS)),
     )
     if opts.runs < 1 or opts.connections < 1 or opts.duration_s <= 0 or opts.warmup_s < 0:
         raise BenchError("--runs and --connections must be >= 1, --duration > 0, --warmup >= 0")

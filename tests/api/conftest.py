@@ -3,7 +3,8 @@
 
 Each test gets its own :class:`conveyor.Registry` holding the test kinds of
 ``api_support`` (the app adds the built-in ``video.process`` and ``qa.answer``), and
-settings with rate limits high enough never to interfere.
+settings with rate limits high enough never to interfere. ``http`` sends an API key of
+the ``default`` tenant with every scope; ``operator`` gives the headers of an operator.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import FAST_WORKER, AppClient, api_settings, register_test_kinds, serving
+from api_support import (
+    FAST_WORKER,
+    AppClient,
+    api_settings,
+    app_of,
+    bearer,
+    operator_token,
+    register_test_kinds,
+    serving,
+)
 
 import conveyor
 from conveyor.api import create_app
@@ -37,7 +47,7 @@ def app_client(store: Store, kinds: conveyor.Registry, tmp_path: Path) -> AppCli
 
     def make(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
         app = create_app(api_settings(tmp_path, **overrides), store=store, kinds=kinds)
-        return serving(app)
+        return serving(app, auth=True)
 
     return make
 
@@ -47,6 +57,12 @@ async def http(app_client: AppClient) -> AsyncIterator[httpx.AsyncClient]:
     """A client on an app with the default test settings."""
     async with app_client() as client:
         yield client
+
+
+@pytest.fixture
+async def operator(http: httpx.AsyncClient) -> dict[str, str]:
+    """Headers of a platform operator on ``http``'s app (pause, resume, limits)."""
+    return {"Authorization": bearer(await operator_token(app_of(http)))}
 
 
 @pytest.fixture

@@ -1,19 +1,17 @@
 """The app's wiring: the cross-cutting middlewares and /metrics are installed, the caller
-dependency counts against the per-caller limit, and the request id travels."""
+dependency counts against the per-caller limit (one budget per user and per API key), the
+per-address limit holds the unauthenticated calls, and the request id travels."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
-from api_support import AppClient, api_settings, serving, submit
-from fastapi import Request
+from api_support import api_key, api_settings, bearer, serving, submit
 
 import conveyor
 from conveyor.api import create_app
-from conveyor.api.deps import Caller, admit, get_caller
 from conveyor.store.base import Store
-from conveyor.store.records import DEFAULT_TENANT
 
 
 async def test_responses_carry_the_request_id_and_security_headers(
@@ -34,14 +32,21 @@ async def test_the_request_id_reaches_the_job(http: httpx.AsyncClient, store: St
     assert job.meta == {"request_id": "from-the-client"}
 
 
-async def test_per_address_limit_answers_429(app_client: AppClient) -> None:
-    async with app_client(rate_limit_per_ip="2/hour") as http:
+async def test_per_address_limit_answers_429(
+    store: Store, kinds: conveyor.Registry, tmp_path: Path
+) -> None:
+    app = create_app(api_settings(tmp_path, rate_limit_per_ip="2/hour"), store=store, kinds=kinds)
+    async with serving(app) as http:
         statuses = [(await http.get("/v1/queues")).status_code for _ in range(3)]
-        assert statuses == [200, 200, 429]
+        assert statuses == [401, 401, 429]
         limited = await http.get("/v1/requests")
+        assert limited.status_code == 429
         assert limited.headers["Retry-After"]
         assert limited.headers["RateLimit-Limit"] == "2"
         assert (await http.get("/health")).status_code == 200  # probes are not limited
+        # A backend calling with an API key from the same address is not held to it.
+        key = {"Authorization": bearer(await api_key(app))}
+        assert (await http.get("/v1/queues", headers=key)).status_code == 200
 
 
 async def test_per_caller_limit_answers_429(
@@ -50,12 +55,7 @@ async def test_per_caller_limit_answers_429(
     app = create_app(
         api_settings(tmp_path, rate_limit_per_caller="1/hour"), store=store, kinds=kinds
     )
-
-    async def alice(request: Request) -> Caller:
-        return await admit(request, Caller(tenant_id=DEFAULT_TENANT, caller_id="alice"))
-
-    app.dependency_overrides[get_caller] = alice
-    async with serving(app) as http:
+    async with serving(app, auth=True) as http:
         assert (await http.get("/v1/jobs")).status_code == 200
         refused = await http.get("/v1/jobs")
         assert refused.status_code == 429
@@ -67,12 +67,22 @@ async def test_per_caller_limit_answers_429(
         assert seed.json()["success"] is False
 
 
-async def test_anonymous_clients_do_not_share_a_caller_limit(app_client: AppClient) -> None:
-    # Every unauthenticated client is the one anonymous caller; only the per-address
-    # limit applies to them.
-    async with app_client(rate_limit_per_caller="1/hour") as http:
+async def test_callers_do_not_share_a_caller_limit(
+    store: Store, kinds: conveyor.Registry, tmp_path: Path
+) -> None:
+    # Each API key (and each user) has a budget of its own, whatever address it calls
+    # from; a call without a credential is refused (401), not counted against one.
+    app = create_app(
+        api_settings(tmp_path, rate_limit_per_caller="1/hour"), store=store, kinds=kinds
+    )
+    async with serving(app) as http:
+        first = {"Authorization": bearer(await api_key(app, name="first"))}
+        second = {"Authorization": bearer(await api_key(app, name="second"))}
+        assert (await http.get("/v1/jobs", headers=first)).status_code == 200
+        assert (await http.get("/v1/jobs", headers=second)).status_code == 200
+        assert (await http.get("/v1/jobs", headers=first)).status_code == 429
         statuses = [(await http.get("/v1/jobs")).status_code for _ in range(3)]
-    assert statuses == [200, 200, 200]
+    assert statuses == [401, 401, 401]
 
 
 async def test_metrics_are_served(http: httpx.AsyncClient) -> None:

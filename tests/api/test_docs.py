@@ -55,9 +55,27 @@ async def test_probes_and_docs_are_not_rate_limited_but_v1_is(app_client: Any) -
             "/openapi.json",
             f"{ASSETS_PATH}/swagger-ui.css",
         ]
-        for _ in range(3):
-            for path in free:
-                assert (await http.get(path)).status_code == 200, path
-            assert (await http.head("/health")).status_code == 200
+        key = http.headers.pop("Authorization")
+        # Neither without a credential nor with one (which public routes count).
+        for headers in ({}, {"Authorization": key}):
+            for _ in range(3):
+                for path in free:
+                    assert (await http.get(path, headers=headers)).status_code == 200, path
+                assert (await http.head("/health", headers=headers)).status_code == 200
         statuses = [(await http.get("/v1/queues")).status_code for _ in range(6)]
-    assert statuses == [200] * 5 + [429]
+    assert statuses == [401] * 5 + [429]
+
+
+async def test_the_document_names_the_bearer_scheme_and_who_needs_it(
+    http: httpx.AsyncClient,
+) -> None:
+    document = (await http.get("/openapi.json")).json()
+    scheme = document["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    paths = document["paths"]
+    for public in (paths["/v1/auth/login"]["post"], paths["/health"]["get"]):
+        assert "security" not in public
+    submit = paths["/v1/requests"]["post"]
+    assert submit["security"] == [{"bearer": []}]
+    assert {"401", "403"} <= set(submit["responses"])
+    assert paths["/v1/me"]["get"]["security"] == [{"bearer": []}]

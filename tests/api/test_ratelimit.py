@@ -32,6 +32,7 @@ REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 class Caller:
     tenant_id: str
     caller_id: str
+    rate_limit: str | None = None
 
 
 def make_settings(**overrides: Any) -> Settings:

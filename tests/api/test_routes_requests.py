@@ -59,7 +59,8 @@ async def test_submit_answers_202_with_the_request_and_its_prospects(
     request = await store.get_request(body["request_id"], "default")
     assert request is not None
     assert request.http_request_id == "req-42"
-    assert request.caller_id == "anonymous"
+    assert request.caller_id == (await http.get("/v1/me")).json()["caller_id"]
+    assert request.caller_id.startswith("key:")
 
 
 async def test_queue_position_and_wait_follow_the_queue(

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from api_support import api_settings, serving
+from api_support import api_key, api_settings, bearer, serving
 
 import conveyor
 from conveyor.api import create_app
@@ -32,7 +32,7 @@ async def test_an_app_with_its_own_store_serves_and_closes_it(
     kinds: conveyor.Registry, tmp_path: Path
 ) -> None:
     app = create_app(api_settings(tmp_path), kinds=kinds)
-    async with serving(app) as http:
+    async with serving(app, auth=True) as http:
         response = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert response.status_code == 202
         assert (await http.get("/ready")).status_code == 200
@@ -44,7 +44,10 @@ async def test_sqlite_recovers_when_its_folder_appears(
 ) -> None:
     folder = tmp_path / "later"
     settings = api_settings(tmp_path, database_url=f"sqlite:///{folder}/api.db")
-    async with serving(create_app(settings, kinds=kinds)) as http:
+    app = create_app(settings, kinds=kinds)
+    async with serving(app) as http:
+        # A credential cannot be checked without the database: 503, not 401.
+        http.headers["Authorization"] = bearer("cvk_notcheckable_yet")
         down = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert down.status_code == 503
         assert down.headers["Retry-After"] == "5"
@@ -52,6 +55,9 @@ async def test_sqlite_recovers_when_its_folder_appears(
         assert (await http.get("/health")).json()["status"] == "degraded"
         folder.mkdir()
         await _until(http, "/ready", 200)
+        # Ready means the accounts service has started too: a credential is checked.
+        assert app.state.accounts is not None
+        http.headers["Authorization"] = bearer(await api_key(app))
         up = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert up.status_code == 202
 
@@ -62,7 +68,9 @@ async def test_postgresql_recovers_when_its_database_appears(
     name = f"{pg_server.database}_late"
     url = pg_server.url.rsplit("/", 1)[0] + f"/{name}"
     settings = api_settings(tmp_path, database_url=url)
-    async with serving(create_app(settings, kinds=kinds)) as http:
+    app = create_app(settings, kinds=kinds)
+    async with serving(app) as http:
+        http.headers["Authorization"] = bearer("cvk_notcheckable_yet")
         assert (await http.get("/v1/requests")).status_code == 503
         assert (await http.get("/ready")).status_code == 503
         conn = await asyncpg.connect(pg_server.admin_url)
@@ -72,6 +80,9 @@ async def test_postgresql_recovers_when_its_database_appears(
             await conn.close()
         # The app migrates the new database itself.
         await _until(http, "/ready", 200)
+        # Ready means the accounts service has started too: a credential is checked.
+        assert app.state.accounts is not None
+        http.headers["Authorization"] = bearer(await api_key(app))
         up = await http.post("/v1/requests", json={"kind": "test.echo", "input": {}})
         assert up.status_code == 202
 

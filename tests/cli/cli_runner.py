@@ -15,6 +15,12 @@ from typing import Any
 
 import orjson
 
+from conveyor.accounts import Accounts, Conflict, Principal
+from conveyor.config import Settings
+from conveyor.store import make_store
+from conveyor.store.accounts import SCOPES
+from conveyor.store.records import DEFAULT_TENANT
+
 
 def conveyor_command() -> list[str]:
     """The installed console script next to this interpreter, else ``python -m``."""
@@ -99,10 +105,18 @@ def free_port() -> int:
 class Served:
     """A ``conveyor serve`` (or ``api``) process started by the ``launch`` fixture."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], url: str, log: Path, database_url: str
+    ) -> None:
         self.popen = popen
         self.url = url
         self.log = log
+        self.database_url = database_url
+
+    async def api_key(self) -> dict[str, str]:
+        """Headers with a new API key of the ``default`` tenant with every scope, made
+        on the server's database (the way ``conveyor api-keys`` does)."""
+        return {"Authorization": f"Bearer {await provision_api_key(self.database_url)}"}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -143,7 +157,8 @@ def launching(folder: Path) -> Iterator[Launch]:
             popen = subprocess.Popen(
                 [*conveyor_command(), command], env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        started.append(Served(popen, f"http://127.0.0.1:{port}", log))
+        url = env["CONVEYOR_DATABASE_URL"]
+        started.append(Served(popen, f"http://127.0.0.1:{port}", log, url))
         return started[-1]
 
     try:
@@ -153,3 +168,22 @@ def launching(folder: Path) -> Iterator[Launch]:
             if served.popen.poll() is None:
                 served.popen.kill()
                 served.popen.wait(10)
+
+
+async def provision_api_key(database_url: str) -> str:
+    """The text of a new API key of the ``default`` tenant (made if needed) with every
+    scope, on the database at ``database_url`` (migrated first)."""
+    settings = Settings(database_url=database_url)
+    store = make_store(settings)
+    await store.open()
+    try:
+        await store.migrate()
+        accounts = Accounts(store, settings)
+        with contextlib.suppress(Conflict):
+            await accounts.create_tenant("Default", DEFAULT_TENANT)
+        _, text = await accounts.create_api_key(
+            Principal.console(), "cli tests", sorted(SCOPES), tenant_id=DEFAULT_TENANT
+        )
+    finally:
+        await store.close()
+    return text

@@ -7,6 +7,7 @@ second; every wait is a ``recv`` with a timeout, the thing under test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -118,10 +119,14 @@ def _status_of_one_request(sock: socket.socket) -> int:
     return int(head.split(b" ", 2)[1])
 
 
-def _post_head(length: int | None = None, *, chunked: bool = False) -> bytes:
+def _post_head(
+    length: int | None = None, *, chunked: bool = False, headers: dict[str, str] | None = None
+) -> bytes:
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % length
+    extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in (headers or {}).items())
     return (
         b"POST /v1/requests HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + extra
         + framing
         + b"\r\n\r\n"
     )
@@ -140,7 +145,9 @@ def test_half_a_body_then_silence_is_answered_408_while_others_are_served(
     slow.sendall(_post_head(100) + b'{"kind": "demo')
     with httpx.Client(base_url=served.url, timeout=5) as http:
         assert http.get("/health").status_code == 200  # the server is not held up
-        assert http.post("/v1/requests", json={"kind": "demo.echo", "input": {}}).status_code == 202
+        key = asyncio.run(served.api_key())
+        echo = {"kind": "demo.echo", "input": {}}
+        assert http.post("/v1/requests", json=echo, headers=key).status_code == 202
     status, body = _answer(slow, TIMEOUT + MARGIN)
     elapsed = time.monotonic() - started
     assert status == 408
@@ -196,7 +203,7 @@ def test_a_body_trickled_a_byte_at_a_time_is_dropped_below_the_minimum_rate(
 def test_a_slow_upload_that_keeps_its_rate_is_accepted(served: Served, connect: Connect) -> None:
     body = _echo_body(3000)
     sock = connect()
-    sock.sendall(_post_head(len(body)))
+    sock.sendall(_post_head(len(body), headers=asyncio.run(served.api_key())))
     started = time.monotonic()
     sock.settimeout(0.35)
     for start in range(0, len(body) - 600, 600):

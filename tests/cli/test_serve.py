@@ -54,6 +54,7 @@ async def test_serve_runs_a_submitted_request_and_stops_on_sigterm(served: Serve
                 return False
 
         await _eventually(up, 30, "the API answering /ready")
+        http.headers.update(await served.api_key())
         response = await http.post(
             "/v1/requests",
             json={"kind": "demo.sleep", "input": {"seconds": 0.2, "steps": 2}},
@@ -117,6 +118,7 @@ async def test_api_alone_waits_for_its_database_and_stops_on_sigterm(
         assert await status("/ready") == 503
         folder.mkdir()
         await _eventually(lambda: _is(status("/ready"), 200), 15, "the database reached")
+        http.headers.update(await api.api_key())
         question = {"interaction_id": "i", "question": "q", "company_name": "c"}
         response = await http.post("/v1/requests", json={"kind": "qa.answer", "input": question})
         assert response.status_code == 202

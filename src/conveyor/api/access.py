@@ -22,7 +22,8 @@ to build while any does. An operator passes every level.
 Answers: no credential, or one that does not authenticate: **401** with
 ``WWW-Authenticate: Bearer`` and always the same message (the reason is only logged, so
 a client cannot probe which part was wrong); a valid caller without what the level
-needs: **403** naming what is missing.
+needs: **403** naming what is missing; a credential while the accounts service has not
+started (the database not reached yet): **503**, so a client keeps its credential.
 
 Rate limits: an authenticated call counts against its caller's budget (one per user and
 per API key; the tenant's ``rate_limit``, else ``CONVEYOR_RATE_LIMIT_PER_CALLER``) and
@@ -45,10 +46,18 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Mount, Route
 
+from conveyor.accounts.errors import Unauthenticated
 from conveyor.api.deps import Caller
-from conveyor.api.ratelimit import limit_address, limit_caller
+from conveyor.api.errors import UNAUTHENTICATED
+from conveyor.api.ratelimit import (
+    DEFAULT_EXEMPT_PATHS,
+    DEFAULT_EXEMPT_PREFIXES,
+    limit_address,
+    limit_caller,
+)
 from conveyor.logs import get_logger
 from conveyor.store.accounts import ADMIN, READ, WRITE
+from conveyor.store.base import StoreError
 
 __all__ = [
     "UNAUTHENTICATED",
@@ -57,6 +66,8 @@ __all__ = [
     "bearer_token",
     "caller_for",
     "declared_access",
+    "document_access",
+    "flat_routes",
     "missing",
     "scope_of",
     "tenant_of",
@@ -64,9 +75,6 @@ __all__ = [
 ]
 
 _log = get_logger("access")
-
-UNAUTHENTICATED = "Missing or invalid credentials: send Authorization: Bearer <token or API key>."
-"""The one message of every 401."""
 
 
 class Access(enum.Enum):
@@ -93,12 +101,9 @@ class Authenticator(Protocol):
     """What the access dependency needs of the accounts service."""
 
     async def authenticate(self, bearer: str) -> Caller:
-        """The caller a JWT or API key stands for; raises on any invalid credential."""
+        """The caller a JWT or API key stands for; raises
+        :class:`~conveyor.accounts.Unauthenticated` for any invalid credential."""
         ...
-
-
-class AuthenticationFailed(Exception):
-    """Raised by an :class:`Authenticator` for a credential that does not authenticate."""
 
 
 def missing(access: Access, caller: Caller) -> str | None:
@@ -140,13 +145,14 @@ async def _authenticate(request: Request, access: Access) -> Caller:
         raise _unauthenticated()
     accounts: Authenticator | None = getattr(request.app.state, "accounts", None)
     if accounts is None:
-        # No accounts service (not attached yet): nobody can be authenticated.
-        await limit_address(request)
-        raise _unauthenticated()
+        # The store has not been reached yet, so the credential cannot be checked: the
+        # same 503 as every route that needs the database, not a 401 that would make a
+        # client drop a valid credential.
+        raise StoreError("the database has not been reached yet")
     try:
         caller = await accounts.authenticate(token)
-    except AuthenticationFailed as exc:
-        _log.info("authentication failed", reason=str(exc), path=request.url.path)
+    except Unauthenticated as exc:
+        _log.info("authentication failed", reason=exc.reason, path=request.url.path)
         await limit_address(request)
         raise _unauthenticated() from None
     request.state.caller = caller
@@ -159,7 +165,10 @@ async def _authenticate(request: Request, access: Access) -> Caller:
 
 def _public() -> Callable[[Request], Awaitable[None]]:
     async def public(request: Request) -> None:
-        if bearer_token(request) is not None or "authorization" in request.headers:
+        path = request.url.path
+        if path in DEFAULT_EXEMPT_PATHS or path.startswith(DEFAULT_EXEMPT_PREFIXES):
+            return
+        if "authorization" in request.headers:
             await limit_address(request)
 
     return public
@@ -167,7 +176,8 @@ def _public() -> Callable[[Request], Awaitable[None]]:
 
 def _metrics() -> Callable[[Request], Awaitable[None]]:
     async def metrics(request: Request) -> None:
-        expected: str | None = request.app.state.conveyor.settings.metrics_token
+        # Set by install_middleware, which every app serving /metrics goes through.
+        expected: str | None = getattr(request.app.state, "metrics_token", None)
         if expected is None:
             return
         token = bearer_token(request) or ""
@@ -239,19 +249,65 @@ def undeclared_routes(app: FastAPI, *, public_paths: Iterable[str] = ()) -> list
     """``"METHODS path"`` of every route of ``app`` that declares no single level."""
     paths = set(public_paths)
     found = []
-    for route in _flat(app.routes):
+    for route in flat_routes(app.routes):
         if declared_access(route, public_paths=paths) is None:
             methods = ",".join(sorted(getattr(route, "methods", None) or ()))
             found.append(f"{methods} {getattr(route, 'path', route)!s}".strip())
     return found
 
 
-def _flat(routes: Iterable[BaseRoute]) -> Iterable[BaseRoute]:
+def flat_routes(routes: Iterable[BaseRoute]) -> Iterable[BaseRoute]:
     """The routes, those of included routers among them (this FastAPI keeps an included
     router as one entry, ``original_router``)."""
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _flat(inner.routes)
+            yield from flat_routes(inner.routes)
         else:
             yield route
+
+
+BEARER_SCHEME = "bearer"
+"""The name of the security scheme in the OpenAPI document."""
+
+
+def document_access(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (the app's OpenAPI document) with the bearer security scheme, each
+    operation's ``security`` (none for ``PUBLIC``, optional for ``METRICS``) and its
+    401 and 403 answers, from the level each route declares."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An access token (POST /v1/auth/login) or an API key (cvk_…).",
+    }
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for route in flat_routes(app.routes):
+        if not isinstance(route, APIRoute):
+            continue
+        access = declared_access(route)
+        item = schema.get("paths", {}).get(route.path_format, {})
+        for method in route.methods or ():
+            operation = item.get(method.lower())
+            if operation is None or access is None or access is Access.PUBLIC:
+                continue
+            required: list[dict[str, list[str]]] = [{BEARER_SCHEME: []}]
+            operation["security"] = [{}, *required] if access is Access.METRICS else required
+            responses = operation.setdefault("responses", {})
+            responses.setdefault(
+                "401",
+                {
+                    "description": "No valid credential (the same message whatever was "
+                    "wrong); WWW-Authenticate: Bearer.",
+                    "content": {"application/json": {"schema": problem}},
+                },
+            )
+            if access is not Access.METRICS:
+                responses.setdefault(
+                    "403",
+                    {
+                        "description": "The caller lacks the scope or role the route needs.",
+                        "content": {"application/json": {"schema": problem}},
+                    },
+                )
+    return schema

@@ -17,16 +17,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from importlib import metadata
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from conveyor.accounts.service import Accounts
 from conveyor.api import docs
-from conveyor.api.access import Access, caller_for, undeclared_routes
+from conveyor.api.access import Access, caller_for, document_access, undeclared_routes
 from conveyor.api.docs import install_docs
 from conveyor.api.errors import install_error_handlers
 from conveyor.api.metrics import Metrics
 from conveyor.api.middleware import install_middleware
-from conveyor.api.routes import health, jobs, queues, requests, seed
+from conveyor.api.routes import api_keys, auth, health, jobs, members, queues, requests, seed
 from conveyor.api.state import ApiState, open_store
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry, import_modules, registry
@@ -42,7 +44,10 @@ Submit work and get an answer at once (202); workers run it in the background.
 
 * **Requests** (`/v1/requests`): what a user asked for, with its status, progress,
   result, errors and asset URLs. Send `Idempotency-Key` to repeat a submission safely.
-* **Jobs and queues** (`/v1/jobs`, `/v1/queues`): for operators.
+* **Jobs and queues** (`/v1/jobs`, `/v1/queues`): the tenant's jobs and its queue counts;
+  pausing, resuming and limiting a queue is for platform operators.
+* **Accounts** (`/v1/auth`, `/v1/me`, `/v1/invitations`, `/v1/members`, `/v1/api-keys`):
+  signup, login, sessions, who calls, the tenant's members and API keys.
 * **Health**: `/health` (the QuDemo seed's shape), `/ready`, `/metrics` (Prometheus);
   each answers `HEAD` too. These and the documentation are not rate-limited.
 * **QuDemo seed** (`/api/...`): the seed backend's routes on the same engine.
@@ -93,9 +98,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connecting: asyncio.Task[None] | None = None
         if store is not None:
+            await _start_accounts(app, store, settings)
             api.attach(store)
         elif owned is not None:
-            connecting = await _open(api, owned)
+            connecting = await _open(app, api, owned, settings)
         try:
             yield
         finally:
@@ -103,6 +109,7 @@ def create_app(
                 connecting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await connecting
+            app.state.accounts = None
             api.detach()
             if owned is not None:
                 await owned.close()
@@ -118,14 +125,19 @@ def create_app(
     )
     install_docs(app, dependencies=[Depends(caller_for(Access.PUBLIC))])
     app.state.conveyor = api
+    app.state.accounts = None
     app.state.kind_names = kinds.names()
     install_error_handlers(app)
+    app.include_router(auth.router)
+    app.include_router(members.router)
+    app.include_router(api_keys.router)
     app.include_router(requests.build_router(api))
     app.include_router(jobs.router)
     app.include_router(queues.router)
     app.include_router(health.router)
     app.include_router(seed.router)
     _install_cross_cutting(app, settings, api)
+    _document_access(app)
     undeclared = undeclared_routes(app, public_paths=_framework_paths(app))
     if undeclared:
         raise RuntimeError(
@@ -134,6 +146,19 @@ def create_app(
             f"none: {', '.join(undeclared)}"
         )
     return app
+
+
+def _document_access(app: FastAPI) -> None:
+    """The OpenAPI document with the bearer scheme and each route's security (built
+    once, at its first request, as FastAPI does)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_access(app, build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _framework_paths(app: FastAPI) -> set[str]:
@@ -145,15 +170,31 @@ def _framework_paths(app: FastAPI) -> set[str]:
     return paths
 
 
-async def _open(api: ApiState, store: Store) -> asyncio.Task[None] | None:
-    """Open and migrate the app's own store now, or start retrying in the background
-    (returned) if the database does not answer yet."""
-    error = await open_store(store)
+async def _start_accounts(app: FastAPI, store: Store, settings: Settings) -> None:
+    """The accounts service on ``store``, its signing keys loaded, as
+    ``app.state.accounts``: until it is set, a call with a credential answers 503."""
+    accounts = Accounts(store, settings)
+    await accounts.start()
+    app.state.accounts = accounts
+
+
+async def _open(
+    app: FastAPI, api: ApiState, store: Store, settings: Settings
+) -> asyncio.Task[None] | None:
+    """Open and migrate the app's own store and start the accounts service now, or start
+    retrying in the background (returned) if the database does not answer yet. The app
+    serves with the store (``/ready`` answers 200) only once both are done, so that a
+    credential is never refused for want of the service."""
+
+    async def prepare() -> None:
+        await _start_accounts(app, store, settings)
+
+    error = await open_store(store, prepare)
     if error is None:
         api.attach(store)
         return None
     log.error("database unreachable at start-up; serving 503 until it answers", error=error)
-    return asyncio.create_task(api.connect(store), name="conveyor-api-connect")
+    return asyncio.create_task(api.connect(store, prepare), name="conveyor-api-connect")
 
 
 def _install_cross_cutting(app: FastAPI, settings: Settings, api: ApiState) -> None:

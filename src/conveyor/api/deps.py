@@ -1,40 +1,28 @@
 """What every route depends on: who calls (:class:`Caller`, yielded by
-:func:`conveyor.api.access.caller_for`), the shared state, the request id (set by
-``middleware.ConveyorMiddleware``, re-exported here).
+:func:`conveyor.api.access.caller_for`), the shared state, the accounts service, the
+request id (set by ``middleware.ConveyorMiddleware``, re-exported here).
 
 Routes take the tenant from the :class:`Caller` and hold no tenant logic of their own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from conveyor.accounts.principal import Principal
+from conveyor.accounts.service import Accounts
 from conveyor.api.request_id import request_id
-from conveyor.store.accounts import Role
+from conveyor.store.base import StoreError
 
 if TYPE_CHECKING:
     from conveyor.api.state import ApiState
 
-__all__ = ["Caller", "get_api", "request_id"]
+__all__ = ["Caller", "get_accounts", "get_api", "request_id"]
 
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the fields of ``conveyor.accounts.Principal`` (the plan of issue
-    12), which this type becomes once the accounts service is merged."""
-
-    tenant_id: str | None
-    """The tenant whose data the call may see; None only for an operator without one."""
-    caller_id: str
-    """``user:usr_…`` or ``key:key_…``: idempotency keys and rate limits are per caller."""
-    role: Role | None = None
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    operator: bool = False
-    rate_limit: str | None = None
-    """The tenant's per-caller budget; None: ``CONVEYOR_RATE_LIMIT_PER_CALLER``."""
+Caller = Principal
+"""Who is calling: the accounts service's :class:`~conveyor.accounts.Principal`."""
 
 
 async def get_api(request: Request) -> ApiState:
@@ -44,3 +32,12 @@ async def get_api(request: Request) -> ApiState:
     the thread pool on every request."""
     api: ApiState = request.app.state.conveyor
     return api
+
+
+async def get_accounts(request: Request) -> Accounts:
+    """The application's accounts service (``app.state.accounts``), set once the store
+    is open; until then the database is unavailable (503)."""
+    accounts: Accounts | None = getattr(request.app.state, "accounts", None)
+    if accounts is None:
+        raise StoreError("the database has not been reached yet")
+    return accounts

@@ -5,9 +5,17 @@ raised                                 status  body
 =====================================  ======  =====================================
 pydantic validation (body, query...)   422     ``{"detail": [{loc, msg, type}...]}``
 ``UnknownKind`` / ``InvalidJob``       422     same shape, one entry
-``JobNotFound``, unknown route         404     ``{"detail": "..."}``
+``Unauthenticated`` (accounts)         401     the one 401 message +
+                                               ``WWW-Authenticate: Bearer``
+``Forbidden`` (accounts)               403     ``{"detail": "..."}``
+``JobNotFound``, ``NotFound``          404     ``{"detail": "..."}``
+(accounts), unknown route
+``Invalid`` (accounts)                 422     one entry at ``body.<field>``;
+                                               ``ChooseTenant``'s ``ctx`` lists the
+                                               tenant ids
 :class:`Conflict`, ``ConflictError``,  409     ``{"detail": "..."}``
-``JobConflict``
+``JobConflict``, ``Conflict``
+(accounts)
 :class:`Overloaded` (backpressure)     503     ``{"detail": "..."}`` + ``Retry-After``
 ``StoreError`` (database unreachable)  503     ``{"detail": "..."}`` + ``Retry-After``
 anything else                          500     ``{"detail": "Internal server error"}``
@@ -32,6 +40,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conveyor.accounts import errors as accounts
+from conveyor.api.account_schemas import SIGNUP_KINDS
 from conveyor.api.deps import request_id
 from conveyor.engine.errors import (
     ConveyorError,
@@ -101,6 +111,14 @@ def _clean_errors(request: Request, errors: list[dict[str, Any]]) -> list[dict[s
     """
     route = request.scope.get("route")
     kinds: list[str] = getattr(request.app.state, "kind_names", [])
+    if getattr(route, "name", None) == "signup":
+        # The signup body is a union tagged by the keys it has (account_schemas).
+        return [
+            {**e, "loc": [e["loc"][0], *e["loc"][2:]]}
+            if len(e.get("loc", ())) > 1 and e["loc"][1] in SIGNUP_KINDS
+            else e
+            for e in errors
+        ]
     if getattr(route, "name", None) != "create_request":
         return errors
     cleaned = []
@@ -223,6 +241,34 @@ async def _on_store(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, 503, message, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
 
+UNAUTHENTICATED = "Missing or invalid credentials: send Authorization: Bearer <token or API key>."
+"""The one message of every 401, whatever was wrong (the reason is only logged, so that
+an answer tells nothing about which accounts, tokens or keys exist)."""
+
+
+async def _on_account(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, accounts.AccountError)
+    if isinstance(exc, accounts.Unauthenticated):
+        log.info("credentials refused", reason=exc.reason, path=request.url.path)
+        return error_response(request, 401, UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, accounts.Forbidden):
+        return error_response(request, 403, str(exc))
+    if isinstance(exc, accounts.NotFound):
+        return error_response(request, 404, str(exc))
+    if isinstance(exc, accounts.Conflict):
+        return error_response(request, 409, str(exc))
+    if isinstance(exc, accounts.Invalid):
+        entry: dict[str, Any] = {
+            "loc": ["body", exc.field],
+            "msg": str(exc),
+            "type": "choose_tenant" if isinstance(exc, accounts.ChooseTenant) else "invalid",
+        }
+        if isinstance(exc, accounts.ChooseTenant):
+            entry["ctx"] = {"tenant_ids": list(exc.tenant_ids)}
+        return error_response(request, 422, [entry], message=str(exc))
+    return error_response(request, 400, str(exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers in the table above."""
     app.add_exception_handler(RequestValidationError, _on_validation)
@@ -234,3 +280,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, _on_store)
     app.add_exception_handler(Overloaded, _on_overloaded)
     app.add_exception_handler(ConveyorError, _on_conveyor)
+    app.add_exception_handler(accounts.AccountError, _on_account)

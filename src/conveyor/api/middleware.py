@@ -285,10 +285,12 @@ def install_middleware(
     ``rate_limiter``: None builds one from ``settings`` that the app owns (closed at
     lifespan shutdown); a given one is the caller's to close. Either way it becomes
     ``app.state.rate_limiter``, which :func:`~conveyor.api.ratelimit.limit_caller` uses.
-    ``metrics``: when given, every request is timed into it.
+    ``metrics``: when given, every request is timed into it. ``settings.metrics_token``
+    becomes ``app.state.metrics_token``, which the ``/metrics`` route checks.
     """
     limiter = rate_limiter if rate_limiter is not None else RateLimiter.from_settings(settings)
     app.state.rate_limiter = limiter
+    app.state.metrics_token = settings.metrics_token
     app.add_middleware(
         ConveyorMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -12,6 +12,10 @@ Each request counts against one of two limits:
   even malformed ones count; :func:`limit_address` counts, from the access dependency,
   a request whose credential fails and a public call (login, signup) that carries one.
 
+A login also counts against its **account** (``CONVEYOR_LOGIN_RATE_PER_ACCOUNT``, keyed
+by the email as typed, normalised), failed or not, by :func:`limit_account`: guessing
+one account's password from many addresses is held to that budget as well.
+
 Counters live in memory (one process), or in Redis when ``CONVEYOR_REDIS_URL`` is set, so
 that several API processes share them. The Redis path uses limits' asyncio storage with
 ``implementation="redispy"`` (``redis.asyncio``): limits' default asyncio Redis client is
@@ -48,7 +52,7 @@ failing open``) per outage, then ``rate limit storage available again`` when it 
 After a failure Redis is not asked again for ``retry_after_failure_s`` (5 s), so a
 black-holed Redis costs at most one connect timeout (0.5 s) per 5 s, not one per request.
 
-Wiring (``app.py`` / ``deps.py``)::
+Wiring (``app.py`` / ``access.py``)::
 
     from conveyor.api.middleware import install_middleware
     from conveyor.api.ratelimit import RateLimiter, limit_caller
@@ -60,8 +64,10 @@ Wiring (``app.py`` / ``deps.py``)::
     install_middleware(app, settings, rate_limiter=limiter)
     ...  # lifespan finally: await limiter.aclose()
 
-    # deps.py, once the caller is authenticated (deps.admit):
+    # access.py, once the caller is authenticated (caller_for's dependency):
     await limit_caller(request, caller)  # 429 HTTPException when over the limit
+    # routes/auth.py, a login, before the password is checked:
+    await limit_account(request, email)  # 429 when the account's budget is spent
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ __all__ = [
     "RateLimiter",
     "caller_key",
     "client_address",
+    "limit_account",
     "limit_address",
     "limit_caller",
     "mark_address_counted",
@@ -160,7 +167,7 @@ def client_address(scope: Scope) -> str:
 class LimitStatus:
     """The state of one limit after a request was counted (or refused) against it."""
 
-    scope: Literal["ip", "caller"]
+    scope: Literal["ip", "caller", "account"]
     allowed: bool
     limit: int
     remaining: int
@@ -199,6 +206,11 @@ class LimitStatus:
         return headers
 
     def message(self) -> str:
+        if self.scope == "account":
+            return (
+                f"Too many login attempts for this account: {self.limit} per "
+                f"{self.window_s} seconds; retry in {self.retry_after} seconds."
+            )
         who = "this address" if self.scope == "ip" else "this caller"
         return (
             f"Rate limit exceeded: {self.limit} requests per {self.window_s} seconds from "
@@ -258,12 +270,14 @@ class RateLimiter:
         *,
         per_ip: str,
         per_caller: str,
+        per_account: str = "10/15minutes",
         backend: Literal["memory", "redis"] = "memory",
         pool: redis.asyncio.ConnectionPool | None = None,
         retry_after_failure_s: float = 5.0,
     ) -> None:
         self.per_ip: RateLimitItem = parse(per_ip)
         self.per_caller: RateLimitItem = parse(per_caller)
+        self.per_account: RateLimitItem = parse(per_account)
         self.backend = backend
         self._items: dict[str, RateLimitItem] = {}
         self._storage = storage
@@ -284,15 +298,26 @@ class RateLimiter:
                 settings.redis_url,
                 per_ip=settings.rate_limit_per_ip,
                 per_caller=settings.rate_limit_per_caller,
+                per_account=settings.login_rate_per_account,
                 key_prefix=key_prefix,
             )
         return cls.in_memory(
-            per_ip=settings.rate_limit_per_ip, per_caller=settings.rate_limit_per_caller
+            per_ip=settings.rate_limit_per_ip,
+            per_caller=settings.rate_limit_per_caller,
+            per_account=settings.login_rate_per_account,
         )
 
     @classmethod
-    def in_memory(cls, *, per_ip: str, per_caller: str) -> RateLimiter:
-        return cls(_MemoryStorage(), per_ip=per_ip, per_caller=per_caller, backend="memory")
+    def in_memory(
+        cls, *, per_ip: str, per_caller: str, per_account: str = "10/15minutes"
+    ) -> RateLimiter:
+        return cls(
+            _MemoryStorage(),
+            per_ip=per_ip,
+            per_caller=per_caller,
+            per_account=per_account,
+            backend="memory",
+        )
 
     @classmethod
     def with_redis(
@@ -301,6 +326,7 @@ class RateLimiter:
         *,
         per_ip: str,
         per_caller: str,
+        per_account: str = "10/15minutes",
         key_prefix: str = DEFAULT_KEY_PREFIX,
         timeout_s: float = 0.5,
         retry_after_failure_s: float = 5.0,
@@ -327,6 +353,7 @@ class RateLimiter:
             cast(Storage, storage),
             per_ip=per_ip,
             per_caller=per_caller,
+            per_account=per_account,
             backend="redis",
             pool=pool,
             retry_after_failure_s=retry_after_failure_s,
@@ -342,6 +369,10 @@ class RateLimiter:
         item = self.per_caller if limit is None else self._parsed(limit)
         return await self._hit("caller", item, key)
 
+    async def hit_account(self, account: str) -> LimitStatus | None:
+        """Count one login attempt for ``account`` (a normalised email)."""
+        return await self._hit("account", self.per_account, account)
+
     def _parsed(self, limit: str) -> RateLimitItem:
         item = self._items.get(limit)
         if item is None:
@@ -356,7 +387,7 @@ class RateLimiter:
         return item
 
     async def _hit(
-        self, scope: Literal["ip", "caller"], item: RateLimitItem, key: str
+        self, scope: Literal["ip", "caller", "account"], item: RateLimitItem, key: str
     ) -> LimitStatus | None:
         if self._closed or time.monotonic() < self._skip_until:
             return None
@@ -467,6 +498,20 @@ async def limit_address(request: Request) -> None:
         return
     state[_ADDRESS_DONE_KEY] = True
     status = await limiter.hit_ip(client_address(request.scope))
+    if status is None:
+        return
+    record_limit(request.scope, status)
+    if not status.allowed:
+        raise HTTPException(status_code=429, detail=status.message(), headers=status.headers())
+
+
+async def limit_account(request: Request, account: str) -> None:
+    """Count a login attempt against ``account`` (the email, normalised); raise 429 when
+    the account's budget is spent. A no-op when no limiter is installed."""
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        return
+    status = await limiter.hit_account(account)
     if status is None:
         return
     record_limit(request.scope, status)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from conveyor.config import Settings
 from conveyor.engine.client import Client
@@ -28,6 +29,8 @@ check backpressure against them and estimate waits with them."""
 CONNECT_RETRY_MAX_S = 5.0
 
 StatsByQueue = dict[str, QueueStats]
+Prepare = Callable[[], Awaitable[None]]
+"""What must be done on an open store before the app serves with it."""
 
 
 class StatsCache:
@@ -118,11 +121,12 @@ class ApiState:
         """Serve with ``store``, already open and migrated."""
         self._client = Client(store, kinds=self.kinds)
 
-    async def connect(self, store: Store) -> None:
-        """Open and migrate ``store``, retrying with backoff until it works, then serve
-        with it. Meanwhile every route that needs the database answers 503."""
+    async def connect(self, store: Store, prepare: Prepare | None = None) -> None:
+        """Open and migrate ``store`` and run ``prepare`` (the accounts service's start),
+        retrying with backoff until it all works, then serve with it. Meanwhile every
+        route that needs the database answers 503."""
         delay = 0.1
-        while (error := await open_store(store)) is not None:
+        while (error := await open_store(store, prepare)) is not None:
             log.error("database unreachable; retrying", error=error, retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, CONNECT_RETRY_MAX_S)
@@ -135,11 +139,14 @@ class ApiState:
         self.stats.stop()
 
 
-async def open_store(store: JobQueue) -> str | None:
-    """Open and migrate ``store``; None when done, else why it failed."""
+async def open_store(store: JobQueue, prepare: Prepare | None = None) -> str | None:
+    """Open and migrate ``store``, then run ``prepare``; None when done, else why it
+    failed."""
     try:
         await store.open()
         await store.migrate()
+        if prepare is not None:
+            await prepare()
     except StoreError as exc:
         return str(exc)
     return None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Header, Path, Query
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
 
 from conveyor.api.errors import validation_detail
 from conveyor.api.pagination import MAX_LIMIT
@@ -24,6 +26,12 @@ def _problem(description: str) -> dict[str, Any]:
 READ_ERRORS: dict[int | str, dict[str, Any]] = {
     429: _problem("Rate limit exceeded; see Retry-After."),
     503: _problem("The database is unavailable; see Retry-After."),
+}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: _problem("No valid credential (the same message whatever was wrong).")
+}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: _problem("The credential lacks the scope or role this needs.")
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _problem("No such resource for this caller.")}
 CONFLICT: dict[int | str, dict[str, Any]] = {
@@ -47,6 +55,10 @@ IdempotencyKey = Annotated[
         "request it created first, with 200.",
     ),
 ]
+AccountId = Annotated[
+    str,
+    Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="The id."),
+]
 ResourceId = Annotated[int, Path(ge=1, le=MAX_ID, description="The id.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
 Cursor = Annotated[
@@ -59,12 +71,25 @@ StateAlias = Annotated[
     Query(alias="status", description="The same as state (kept for earlier clients)."),
 ]
 KindFilter = Annotated[str | None, Query(max_length=200, description="Only this kind.")]
+_NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def _iso_only(value: Any) -> Any:
+    """Refuse a number where an ISO 8601 time is documented: pydantic would read it as
+    Unix seconds, which the OpenAPI document does not promise."""
+    if isinstance(value, str) and _NUMBER.match(value):
+        raise ValueError("give an ISO 8601 time such as 2026-12-03T10:00:00Z, not a number")
+    return value
+
+
 CreatedAfter = Annotated[
     datetime | None,
+    BeforeValidator(_iso_only),
     Query(description="Only those created at or after this time (ISO 8601; UTC if no zone)."),
 ]
 CreatedBefore = Annotated[
     datetime | None,
+    BeforeValidator(_iso_only),
     Query(description="Only those created before this time (ISO 8601; UTC if no zone)."),
 ]
 

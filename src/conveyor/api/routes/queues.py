@@ -1,9 +1,9 @@
 """``/v1/queues``: the engine's queue statistics; pause, resume and cluster-wide limits.
 
 Queues are shared by every tenant (a queue is where workers take jobs from): the
-statistics are ``READ`` (a tenant's own counts once the store scopes them; every tenant's
-for an operator); pause, resume and limits change every tenant's work, so they are
-``OPERATOR`` routes.
+statistics are ``READ`` (a tenant's own jobs' counts; every tenant's for an operator;
+pauses, limits and workers are every tenant's); pause, resume and limits change every
+tenant's work, so they are ``OPERATOR`` routes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 
-from conveyor.api.access import Access, caller_for
+from conveyor.api.access import Access, caller_for, scope_of
 from conveyor.api.body import StrictJsonRoute
 from conveyor.api.deps import Caller, get_api
 from conveyor.api.routes.common import NOT_FOUND, READ_ERRORS
@@ -42,10 +42,10 @@ async def list_queues(
     caller: Annotated[Caller, Depends(caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> QueueList:
-    """Every queue that has jobs, a live worker or a setting: jobs by state, due and
+    """Every queue that has jobs, a live worker or a setting: the tenant's jobs by state, due and
     scheduled, running against its limit, oldest due age, recent run times, which kinds
     its live workers serve and the queued jobs of kinds none of them runs."""
-    stats = await api.client.queues()
+    stats = await api.client.queues(tenant_id=scope_of(caller))
     return QueueList(queues=[QueueOut.of(s) for s in stats])
 
 

@@ -222,8 +222,13 @@ async def ask_question(
     return await _accepted(api, done, response, "Question queued for AI processing")
 
 
-async def _status(api: ApiState) -> SeedStatusData:
-    stats = await api.stats.get(api.client, fresh=True)
+async def _status(api: ApiState, caller: Caller) -> SeedStatusData:
+    tenant = scope_of(caller)
+    if tenant is None:
+        stats = await api.stats.get(api.client, fresh=True)
+    else:
+        # A tenant's own counts; the cache holds every tenant's, for admission.
+        stats = {s.name: s for s in await api.client.queues(tenant_id=tenant)}
     queues = {
         name: SeedQueue(
             waiting=due(s),
@@ -258,7 +263,7 @@ async def queue_status(
     api: Annotated[ApiState, Depends(get_api)],
 ) -> SeedStatusOut:
     """Waiting, active, scheduled, completed and failed jobs per queue, and memory."""
-    return SeedStatusOut(data=await _status(api))
+    return SeedStatusOut(data=await _status(api, caller))
 
 
 @router.get("/queue/monitor")
@@ -267,7 +272,7 @@ async def queue_monitor(
     api: Annotated[ApiState, Depends(get_api)],
 ) -> SeedStatusOut:
     """The queue status, also written to the server log (the seed printed it)."""
-    data = await _status(api)
+    data = await _status(api, caller)
     log.info(
         "queue monitor",
         queues={name: q.model_dump() for name, q in data.queues.items()},
