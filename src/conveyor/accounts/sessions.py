@@ -116,6 +116,7 @@ class Sessions(AccountsBase):
         except Unauthenticated:
             await self.store.revoke_refresh_family(old.family_id)
             raise
+        await self.tokens.fresh()
         access, lifetime = self.tokens.issue(user.id, old.tenant_id, role, user.operator)
         return Session(access, lifetime, secret, old.tenant_id, role, user)
 
@@ -136,6 +137,7 @@ class Sessions(AccountsBase):
                 ttl_s=self.settings.refresh_token_seconds,
             )
         )
+        await self.tokens.fresh()
         access, lifetime = self.tokens.issue(user.id, tenant_id, role, user.operator)
         return Session(access, lifetime, secret, tenant_id, role, user)
 
