@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from conveyor.accounts.checks import check_id
 from conveyor.accounts.errors import Forbidden, Invalid, NotFound, Unauthenticated
 from conveyor.accounts.ids import digest
 from conveyor.accounts.passwords import Passwords
@@ -51,6 +52,7 @@ class AccountsBase:
         target = tenant_id if tenant_id is not None else principal.tenant_id
         if target is None:
             raise Invalid("tenant_id", "name the tenant (an operator's session has none)")
+        check_id("tenant_id", target)
         if principal.operator:
             return target
         if target != principal.tenant_id:

@@ -5,7 +5,7 @@ anything, in any tenant (:meth:`Principal.console`)."""
 from __future__ import annotations
 
 from conveyor.accounts.base import AccountsBase
-from conveyor.accounts.checks import check_name, check_rate_limit, normalise_email
+from conveyor.accounts.checks import check_id, check_name, check_rate_limit, normalise_email
 from conveyor.accounts.errors import Conflict, Invalid, NotFound
 from conveyor.accounts.ids import new_id
 from conveyor.accounts.passwords import check_password
@@ -19,10 +19,9 @@ class Console(AccountsBase):
 
     async def create_tenant(self, name: str, tenant_id: str | None = None) -> Tenant:
         """A new tenant with no members (add one with :meth:`add_member`)."""
+        ident = check_id("tenant_id", tenant_id) if tenant_id is not None else new_id("tnt")
         try:
-            return await self.store.create_tenant(
-                tenant_id or new_id("tnt"), check_name("name", name)
-            )
+            return await self.store.create_tenant(ident, check_name("name", name))
         except ConflictError:
             raise Conflict(f"tenant {tenant_id!r} exists") from None
         except DataRejected as exc:
@@ -30,19 +29,21 @@ class Console(AccountsBase):
 
     async def tenant(self, tenant_id: str) -> Tenant:
         """The tenant; :class:`NotFound` if there is none."""
-        tenant = await self.store.get_tenant(tenant_id)
+        tenant = await self.store.get_tenant(check_id("tenant_id", tenant_id))
         if tenant is None:
             raise NotFound(f"no tenant {tenant_id[:64]!r} (see `conveyor tenants list`)")
         return tenant
 
     async def set_tenant_disabled(self, tenant_id: str, disabled: bool) -> Tenant:
         """Disable a tenant (its users and keys are refused at once) or enable it."""
+        check_id("tenant_id", tenant_id)
         if not await self.store.set_tenant_disabled(tenant_id, disabled):
             await self.tenant(tenant_id)
         return await self.tenant(tenant_id)
 
     async def set_tenant_rate_limit(self, tenant_id: str, rate_limit: str | None) -> Tenant:
         """Set the per-caller budget of the tenant's users and keys (None: the setting)."""
+        check_id("tenant_id", tenant_id)
         rate = check_rate_limit(rate_limit) if rate_limit is not None else None
         if not await self.store.set_tenant_rate_limit(tenant_id, rate):
             await self.tenant(tenant_id)
@@ -66,11 +67,14 @@ class Console(AccountsBase):
 
     async def user(self, user: str) -> User:
         """The user with this id (``usr_…``) or email; :class:`NotFound` if none."""
-        found = (
-            await self.store.get_user(user)
-            if user.startswith("usr_")
-            else await self.store.get_user_by_email(user.strip().lower())
-        )
+        if user.startswith("usr_"):
+            found = await self.store.get_user(check_id("user", user))
+        else:
+            try:
+                email = normalise_email(user)
+            except Invalid:
+                raise Invalid("user", "name a user by id (usr_…) or email address") from None
+            found = await self.store.get_user_by_email(email)
         if found is None:
             raise NotFound(f"no user {user[:254]!r} (see `conveyor users list`)")
         return found

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from conveyor.accounts.authentication import Authentication, Me
 from conveyor.accounts.console import Console
+from conveyor.accounts.errors import Conflict
 from conveyor.accounts.ids import new_secret
 from conveyor.accounts.principal import Principal
 from conveyor.accounts.sessions import Session, Sessions
@@ -60,7 +61,11 @@ class Accounts(Sessions, Authentication, TenantAdmin, Console):
         if await self.store.list_users() or await self.store.list_api_keys(None):
             return None
         password = new_secret("pw")[3:27]
-        session = await self.signup(DEMO_EMAIL, password, "Demo")
+        try:
+            session = await self.signup(DEMO_EMAIL, password, "Demo")
+        except Conflict:
+            # Another process starting at once made it: it prints the account, not us.
+            return None
         assert session.tenant_id is not None
         key, text = await self.create_api_key(
             Principal.console(), "demo", sorted(SCOPES), tenant_id=session.tenant_id

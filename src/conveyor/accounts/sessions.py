@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conveyor.accounts.base import AccountsBase
-from conveyor.accounts.checks import check_name, normalise_email
+from conveyor.accounts.checks import check_id, check_name, normalise_email
 from conveyor.accounts.errors import (
     ChooseTenant,
     Conflict,
@@ -146,6 +146,8 @@ class Sessions(AccountsBase):
     ) -> tuple[str | None, Role | None]:
         if tenant_id is None and user.operator:
             return None, None
+        if tenant_id is not None:
+            check_id("tenant_id", tenant_id)
         memberships = await self.store.memberships(user.id)
         if tenant_id is None:
             if not memberships:

@@ -9,12 +9,12 @@ from collections.abc import Iterable
 
 from conveyor.accounts import api_keys
 from conveyor.accounts.base import AccountsBase
-from conveyor.accounts.checks import check_name, normalise_email
+from conveyor.accounts.checks import check_id, check_name, normalise_email
 from conveyor.accounts.errors import Conflict, Forbidden, Invalid, NotFound
 from conveyor.accounts.ids import digest, new_id, new_secret
 from conveyor.accounts.principal import Principal
 from conveyor.store.accounts import ApiKey, Invitation, Member, NewApiKey, Role
-from conveyor.store.base import ConflictError
+from conveyor.store.base import ConflictError, DataRejected
 
 
 class TenantAdmin(AccountsBase):
@@ -28,15 +28,19 @@ class TenantAdmin(AccountsBase):
         tenant = self._managed_tenant(principal, tenant_id)
         self._check_may_grant(principal, role)
         token = new_secret("cvi")
-        invitation = await self.store.create_invitation(
-            new_id("inv"),
-            tenant,
-            normalise_email(email),
-            role,
-            digest(token),
-            principal.user_id,
-            self.settings.invitation_seconds,
-        )
+        try:
+            invitation = await self.store.create_invitation(
+                new_id("inv"),
+                tenant,
+                normalise_email(email),
+                role,
+                digest(token),
+                principal.user_id,
+                self.settings.invitation_seconds,
+            )
+        except DataRejected:
+            # Only an operator names a tenant other than its own: one that may not exist.
+            raise NotFound(f"no tenant {tenant!r} (see `conveyor tenants list`)") from None
         return invitation, token
 
     async def list_invitations(
@@ -50,6 +54,7 @@ class TenantAdmin(AccountsBase):
     ) -> None:
         """Revoke a pending invitation; :class:`NotFound` if there is none such."""
         tenant = self._managed_tenant(principal, tenant_id)
+        check_id("invitation_id", invitation_id)
         if not await self.store.revoke_invitation(tenant, invitation_id):
             raise NotFound(f"no pending invitation {invitation_id[:64]!r} in this tenant")
 
@@ -76,7 +81,7 @@ class TenantAdmin(AccountsBase):
     ) -> Member:
         """Change a member's role. Making or unmaking an owner takes an owner."""
         tenant = self._managed_tenant(principal, tenant_id)
-        current = await self.store.get_role(tenant, user_id)
+        current = await self.store.get_role(tenant, check_id("user_id", user_id))
         if current is None:
             raise NotFound(f"no member {user_id[:64]!r} in this tenant")
         self._check_may_grant(principal, role)
@@ -96,7 +101,7 @@ class TenantAdmin(AccountsBase):
         in the tenant; access tokens already issued run out within
         ``access_token_seconds``."""
         tenant = self._managed_tenant(principal, tenant_id)
-        current = await self.store.get_role(tenant, user_id)
+        current = await self.store.get_role(tenant, check_id("user_id", user_id))
         if current is None:
             raise NotFound(f"no member {user_id[:64]!r} in this tenant")
         self._check_may_grant(principal, current)
@@ -127,18 +132,20 @@ class TenantAdmin(AccountsBase):
         if ttl_s is not None and not 60 <= ttl_s <= 10 * 365 * 86_400:
             raise Invalid("ttl_s", "must be from 60 seconds to 10 years (or none: no expiry)")
         text = api_keys.new_key_text()
-        key = await self.store.create_api_key(
-            NewApiKey(
-                id=new_id("key"),
-                tenant_id=tenant,
-                prefix=text.prefix,
-                secret_hash=digest(text.secret),
-                name=check_name("name", name),
-                scopes=chosen,
-                created_by=principal.caller_id,
-                ttl_s=ttl_s,
-            )
+        new = NewApiKey(
+            id=new_id("key"),
+            tenant_id=tenant,
+            prefix=text.prefix,
+            secret_hash=digest(text.secret),
+            name=check_name("name", name),
+            scopes=chosen,
+            created_by=principal.caller_id,
+            ttl_s=ttl_s,
         )
+        try:
+            key = await self.store.create_api_key(new)
+        except DataRejected:
+            raise NotFound(f"no tenant {tenant!r} (see `conveyor tenants list`)") from None
         return key, str(text)
 
     async def list_api_keys(
@@ -153,5 +160,5 @@ class TenantAdmin(AccountsBase):
     async def revoke_api_key(self, principal: Principal, key_id: str) -> None:
         """Revoke a key now: the next call with it is refused."""
         scope = None if principal.operator else self._managed_tenant(principal, None)
-        if not await self.store.revoke_api_key(key_id, scope):
+        if not await self.store.revoke_api_key(check_id("key_id", key_id), scope):
             raise NotFound(f"no active API key {key_id[:64]!r} in this tenant")
