@@ -28,15 +28,19 @@ async def test_a_key_is_shown_once_and_stored_hashed(
 ) -> None:
     key, text = await accounts.create_api_key(owner_principal, "ci", [WRITE, READ])
 
-    assert text.startswith(MARK) and len(text) == TEXT_LENGTH
+    assert text.startswith(MARK)
+    assert len(text) == TEXT_LENGTH
     parts = parse_key(text)
     assert parts is not None
-    assert parts.prefix == key.prefix and len(key.prefix) == PREFIX_LENGTH
+    assert parts.prefix == key.prefix
+    assert len(key.prefix) == PREFIX_LENGTH
     assert key.secret_hash == digest(parts.secret)
     assert key.scopes == (READ, WRITE)
     assert (key.name, key.tenant_id) == ("ci", owner_principal.tenant_id)
     assert key.created_by == owner_principal.caller_id
-    assert key.expires_at is None and key.revoked_at is None and key.last_used_at is None
+    assert key.expires_at is None
+    assert key.revoked_at is None
+    assert key.last_used_at is None
     rows = await raw_rows("conveyor_api_keys")
     assert key.prefix in rows
     assert text not in rows
@@ -56,18 +60,24 @@ async def test_a_key_authenticates_with_its_scopes_and_no_role(
 
     assert principal.tenant_id == owner_principal.tenant_id
     assert principal.caller_id == f"key:{key.id}"
-    assert principal.api_key_id == key.id and principal.user_id is None
-    assert principal.role is None and not principal.operator
+    assert principal.api_key_id == key.id
+    assert principal.user_id is None
+    assert principal.role is None
+    assert not principal.operator
     assert principal.scopes == {READ}
-    assert principal.has(READ) and not principal.has(WRITE) and not principal.has(ADMIN)
+    assert principal.has(READ)
+    assert not principal.has(WRITE)
+    assert not principal.has(ADMIN)
     me = await accounts.me(principal)
-    assert me.user is None and me.api_key is not None and me.api_key.id == key.id
+    assert me.user is None
+    assert me.api_key is not None
+    assert me.api_key.id == key.id
 
 
 async def test_a_use_records_when_the_key_was_last_used(
     accounts: Accounts, owner_principal: Principal
 ) -> None:
-    key, text = await accounts.create_api_key(owner_principal, "ci", [READ])
+    _key, text = await accounts.create_api_key(owner_principal, "ci", [READ])
     before = time.time()
 
     await accounts.authenticate(text)

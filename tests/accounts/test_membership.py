@@ -57,7 +57,8 @@ async def test_an_invitation_is_accepted_by_signing_up(
 
     assert invitation.email == "new@example.com"
     assert invitation.invited_by == owner_principal.user_id
-    assert token.startswith("cvi_") and token not in repr(invitation)
+    assert token.startswith("cvi_")
+    assert token not in repr(invitation)
     session = await accounts.signup_invited(token, PASSWORD)
 
     assert (session.tenant_id, session.role) == (owner_principal.tenant_id, Role.MEMBER)
