@@ -71,17 +71,20 @@ async def test_hostile_text_is_refused_cleanly(
 ) -> None:
     assert owner.tenant_id is not None
     crashes = []
+    unnamed = []
     for text in HOSTILE:
         try:
             await VERBS[verb](accounts, owner_principal, owner.tenant_id, text)
         except Invalid as exc:
-            assert str(exc).startswith(f"{exc.field}: "), exc
-            assert exc.field.isidentifier()
+            if not (exc.field.isidentifier() and str(exc).startswith(f"{exc.field}: ")):
+                unnamed.append(str(exc))
         except AccountError:
             pass
         except Exception as exc:
+            # What the test looks for: any other error is a crash of the service.
             crashes.append((text[:40], f"{type(exc).__name__}: {exc}"[:200]))
     assert crashes == []
+    assert unnamed == []
     # The owner's own account is intact.
     assert (await accounts.authenticate(owner.access_token)).user_id == owner.user.id
 
