@@ -41,7 +41,7 @@ def check_id(field: str, ident: str) -> str:
     """An id the service made (``tnt_…``, ``usr_…``, ``key_…``, ``inv_…``) or a tenant
     id given at creation: 1 to 64 letters, digits, ``-`` and ``_``."""
     if not _ID.fullmatch(ident):
-        raise Invalid(field, "must be an id of 1 to 64 letters, digits, - and _ (e.g. usr_Ab3…)")
+        raise Invalid(field, "must be an id: 1 to 64 letters, digits, - and _")
     return ident
 
 

@@ -34,6 +34,10 @@ class Console(AccountsBase):
             raise NotFound(f"no tenant {tenant_id[:64]!r} (see `conveyor tenants list`)")
         return tenant
 
+    async def tenants(self) -> list[Tenant]:
+        """Every tenant, oldest first."""
+        return await self.store.list_tenants()
+
     async def set_tenant_disabled(self, tenant_id: str, disabled: bool) -> Tenant:
         """Disable a tenant (its users and keys are refused at once) or enable it."""
         check_id("tenant_id", tenant_id)
@@ -78,6 +82,14 @@ class Console(AccountsBase):
         if found is None:
             raise NotFound(f"no user {user[:254]!r} (see `conveyor users list`)")
         return found
+
+    async def users(self) -> list[User]:
+        """Every user, oldest first."""
+        return await self.store.list_users()
+
+    async def memberships(self, user: str) -> list[Member]:
+        """The tenants the user (id or email) belongs to, with its role in each."""
+        return await self.store.memberships((await self.user(user)).id)
 
     async def set_user_disabled(self, user: str, disabled: bool) -> User:
         """Disable a user (login and refresh refused, sessions revoked) or enable it."""
