@@ -109,8 +109,9 @@ class Console(AccountsBase):
 
     async def add_member(self, tenant_id: str, user: str, role: Role) -> Member:
         """Make a user a member of a tenant with ``role``."""
-        await self.tenant(tenant_id)
+        check_id("tenant_id", tenant_id)
         found = await self.user(user)
+        await self.tenant(tenant_id)
         try:
             return await self.store.add_member(tenant_id, found.id, role)
         except ConflictError:
