@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from conveyor.accounts import api_keys
-from conveyor.accounts.base import AccountsBase, log
+from conveyor.accounts.base import AccountsBase, log, without_hash
 from conveyor.accounts.errors import Unauthenticated
 from conveyor.accounts.principal import Principal
 from conveyor.store.accounts import READ, ApiKey, Member, User
@@ -25,6 +25,7 @@ class Me:
 
     principal: Principal
     user: User | None
+    """Without its password hash."""
     memberships: list[Member]
     api_key: ApiKey | None
 
@@ -61,7 +62,7 @@ class Authentication(AccountsBase):
                 ),
                 None,
             )
-        return Me(principal, user, memberships, key)
+        return Me(principal, without_hash(user) if user else None, memberships, key)
 
     async def _token_principal(self, bearer: str) -> Principal:
         claims = await self.tokens.verify(bearer)

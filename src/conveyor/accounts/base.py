@@ -3,6 +3,7 @@ hasher and token signer, and the checks of who may act on which tenant."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from conveyor.accounts.checks import check_id
@@ -13,9 +14,15 @@ from conveyor.accounts.principal import Principal
 from conveyor.accounts.tokens import AccessTokens
 from conveyor.config import Settings
 from conveyor.logs import get_logger
-from conveyor.store.accounts import ADMIN, AccountStore, Invitation, Role, Tenant
+from conveyor.store.accounts import ADMIN, AccountStore, Invitation, Role, Tenant, User
 
 log = get_logger("accounts")
+
+
+def without_hash(user: User) -> User:
+    """``user`` as the service hands it to a client: the password hash is none of its
+    business."""
+    return dataclasses.replace(user, password_hash=None)
 
 
 class AccountsBase:

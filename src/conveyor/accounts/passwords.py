@@ -90,6 +90,11 @@ class Passwords:
         except (VerificationError, InvalidHashError):
             return False
 
+    async def prepare(self) -> None:
+        """Make the dummy hash now, so that the first unknown email does not cost a hash
+        more than a known one."""
+        await self._dummy_hash()
+
     async def _dummy_hash(self) -> str:
         if self._dummy is None:
             self._dummy = await self.hash(secrets.token_urlsafe(16))

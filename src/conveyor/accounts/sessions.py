@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conveyor.accounts.base import AccountsBase
+from conveyor.accounts.base import AccountsBase, without_hash
 from conveyor.accounts.checks import check_id, check_name, normalise_email
 from conveyor.accounts.errors import (
     ChooseTenant,
@@ -31,6 +31,7 @@ class Session:
     tenant_id: str | None
     role: Role | None
     user: User
+    """The user, without its password hash (``password_hash`` None)."""
 
 
 class Sessions(AccountsBase):
@@ -118,7 +119,7 @@ class Sessions(AccountsBase):
             raise
         await self.tokens.fresh()
         access, lifetime = self.tokens.issue(user.id, old.tenant_id, role, user.operator)
-        return Session(access, lifetime, secret, old.tenant_id, role, user)
+        return Session(access, lifetime, secret, old.tenant_id, role, without_hash(user))
 
     async def logout(self, refresh_token: str) -> None:
         """Revoke the session's refresh tokens (its family); an unknown token is no
@@ -139,7 +140,7 @@ class Sessions(AccountsBase):
         )
         await self.tokens.fresh()
         access, lifetime = self.tokens.issue(user.id, tenant_id, role, user.operator)
-        return Session(access, lifetime, secret, tenant_id, role, user)
+        return Session(access, lifetime, secret, tenant_id, role, without_hash(user))
 
     async def _login_tenant(
         self, user: User, tenant_id: str | None

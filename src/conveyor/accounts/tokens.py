@@ -96,8 +96,17 @@ class AccessTokens:
         """Read the stored keys again if the loaded copy is older than
         ``keys_max_age_s``: a key another process rotated in signs here too, and the one
         it retired is known as retired."""
-        if time.monotonic() - self._loaded_at >= self.keys_max_age_s:
+        loaded_at = self._loaded_at
+        if time.monotonic() - loaded_at < self.keys_max_age_s:
+            return
+        # Marked fresh before the query, so that the calls arriving meanwhile use the
+        # copy they have instead of each reading the keys again.
+        self._loaded_at = time.monotonic()
+        try:
             self.load(await self._reload())
+        except BaseException:
+            self._loaded_at = loaded_at
+            raise
 
     def load(self, keys: Sequence[SigningKey]) -> None:
         """Use ``keys``: the active one signs, every EdDSA one verifies."""
