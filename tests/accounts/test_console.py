@@ -57,6 +57,11 @@ async def test_users_are_made_members_and_found_by_id_or_email(accounts: Account
         await accounts.create_user("u@example.com", PASSWORD)
     with pytest.raises(NotFound, match="users list"):
         await accounts.user("nobody@example.com")
+    with pytest.raises(NotFound, match="users list"):
+        await accounts.user("usr_nobody")
+    # An email that looks like an id is an email.
+    odd = await accounts.create_user("usr_x@example.com", PASSWORD)
+    assert (await accounts.user("usr_x@example.com")).id == odd.id
     with pytest.raises(NotFound, match="tenants list"):
         await accounts.add_member("tnt_nowhere", user.id, Role.VIEWER)
     session = await accounts.login("u@example.com", PASSWORD)

@@ -71,7 +71,7 @@ class Console(AccountsBase):
 
     async def user(self, user: str) -> User:
         """The user with this id (``usr_…``) or email; :class:`NotFound` if none."""
-        if user.startswith("usr_"):
+        if "@" not in user:
             found = await self.store.get_user(check_id("user", user))
         else:
             try:
