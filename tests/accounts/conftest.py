@@ -1,49 +1,90 @@
-"""Fixtures of the accounts suite: an :class:`Accounts` over a real store of each kind
-(``store`` from tests/conftest.py: SQLite in ``tmp_path``, the session's PostgreSQL
-emptied), cheap argon2 parameters, and a reader of the raw tables to check what is
-stored.
+"""Fixtures of the accounts suite: an :class:`Accounts` over a real store of each kind,
+cheap argon2 parameters (``accounts_support``), and a reader of the raw tables to check
+what is stored.
 
-PostgreSQL: the store acts as its login role (``role="none"``, the default), as the CLI
-and the workers do; the API's role is the row-security suite's concern
-(tests/store/test_row_security.py).
+Store kinds: ``sqlite`` (a file in ``tmp_path``); ``postgresql``, the session's database
+emptied, the store acting as its login role (as the CLI and the workers do);
+``postgresql-api``, the same database with the store the API opens (``role="auto"``: each
+call as ``conveyor_api`` under row security), which needs the accounts tables granted to
+that role (migration 0011) and is skipped, saying so, on a tree without it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
+from accounts_support import PASSWORD, RawRows, account_settings, started
 
-from conveyor.accounts import Accounts, Principal
-from conveyor.accounts.sessions import Session
-from conveyor.config import Settings
+import conveyor.store.postgres
+from conveyor.accounts import Accounts, Principal, Session
 from conveyor.store.base import Store
+from conveyor.store.postgres import PostgresStore
+from conveyor.store.sqlite import SqliteStore
 from pg_server import PgTestServer
 
-FAST_HASHING: dict[str, Any] = {
-    "password_time_cost": 1,
-    "password_memory_kib": 64,
-    "password_parallelism": 1,
-}
-"""argon2id at its cheapest: the suite hashes hundreds of passwords."""
-PASSWORD = "correct horse battery"
+API_ROLE_MIGRATION = (
+    Path(conveyor.store.postgres.__file__).parent / "migrations" / "0011_accounts_security.sql"
+)
+"""The migration that lets ``conveyor_api`` use the accounts tables."""
 
 
-def account_settings(**overrides: Any) -> Settings:
-    """Settings with cheap hashing, plus ``overrides``. Lifetimes below the settings'
-    floors (a test waiting out an expiry) go through ``model_copy``, unvalidated."""
-    settings = Settings(**FAST_HASHING)
-    return settings.model_copy(update=overrides)
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-api"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    if kind == "postgresql-api" and not API_ROLE_MIGRATION.is_file():
+        pytest.skip("the API's role uses the accounts tables from migration 0011 on")
+    if kind.startswith("postgresql"):
+        server: PgTestServer = request.getfixturevalue("pg_server")
+        server.empty()
+    return kind
 
 
-async def started(store: Store, settings: Settings) -> Accounts:
-    accounts = Accounts(store, settings)
-    await accounts.start()
-    return accounts
+@pytest.fixture
+def database_url(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if store_kind == "sqlite":
+        return f"sqlite:///{tmp_path}/t.db"
+    server: PgTestServer = request.getfixturevalue("pg_server")
+    return server.url
+
+
+async def _open(kind: str, url: str) -> Store:
+    if kind == "sqlite":
+        store: Store = SqliteStore(url)
+        await store.open()
+        await store.migrate()
+        return store
+    # The login role migrates and owns the tables; the API's store only acts.
+    owner = PostgresStore(url)
+    await owner.open()
+    try:
+        await owner.migrate()
+    finally:
+        await owner.close()
+    pg = PostgresStore(url, role="auto" if kind == "postgresql-api" else "none")
+    await pg.open()
+    if kind == "postgresql-api":
+        assert pg.role == "conveyor_api", pg.role
+    return pg
+
+
+@pytest.fixture
+async def store(store_kind: str, database_url: str) -> AsyncIterator[Store]:
+    """A fresh store for one test, of each kind above."""
+    opened = await _open(store_kind, database_url)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def peer_store(store: Store, store_kind: str, database_url: str) -> AsyncIterator[Store]:
+    """A second store instance on the same database: another process's view."""
+    opened = await _open(store_kind, database_url)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
@@ -69,31 +110,25 @@ async def owner_principal(accounts: Accounts, owner: Session) -> Principal:
     return await accounts.authenticate(owner.access_token)
 
 
-RawRows = Callable[[str], Awaitable[str]]
-
-
 @pytest.fixture
-async def raw_rows(
-    store: Store, store_kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[RawRows]:
-    """``await raw_rows(table)``: every row of the table as one text, read behind the
-    store's back."""
-    if store_kind == "postgresql":
-        server: PgTestServer = request.getfixturevalue("pg_server")
-        conn = await asyncpg.connect(server.url)
-
-        async def read_pg(table: str) -> str:
-            return repr([tuple(r.values()) for r in await conn.fetch(f"SELECT * FROM {table}")])
-
-        yield read_pg
-        await conn.close()
-    else:
+async def raw_rows(store_kind: str, database_url: str) -> AsyncIterator[RawRows]:
+    """Every row of a table as one text, read behind the store's back."""
+    if store_kind == "sqlite":
+        path = database_url.removeprefix("sqlite:///")
 
         async def read_sqlite(table: str) -> str:
-            db = sqlite3.connect(tmp_path / "t.db")
+            db = sqlite3.connect(path)
             try:
                 return repr(db.execute(f"SELECT * FROM {table}").fetchall())
             finally:
                 db.close()
 
         yield read_sqlite
+        return
+    conn = await asyncpg.connect(database_url)
+
+    async def read_pg(table: str) -> str:
+        return repr([tuple(r.values()) for r in await conn.fetch(f"SELECT * FROM {table}")])
+
+    yield read_pg
+    await conn.close()

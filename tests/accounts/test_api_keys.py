@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import pytest
+from accounts_support import RawRows
 
-from conftest import RawRows
 from conveyor.accounts import (
     Accounts,
     Forbidden,

@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from accounts_support import PASSWORD, account_settings, started
 
-from conftest import PASSWORD, account_settings, started
 from conveyor.accounts import Accounts, Conflict, NotFound, Principal, Unauthenticated
 from conveyor.accounts.service import DEMO_EMAIL
 from conveyor.store.accounts import SCOPES, Role

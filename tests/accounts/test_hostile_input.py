@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pytest
+from accounts_support import PASSWORD
 
-from conftest import PASSWORD
 from conveyor.accounts import (
     AccountError,
     Accounts,

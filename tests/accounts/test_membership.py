@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from accounts_support import PASSWORD, account_settings, started
 
-from conftest import PASSWORD, account_settings, started
 from conveyor.accounts import (
     Accounts,
     Conflict,

@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import pytest
+from accounts_support import PASSWORD, RawRows, account_settings, started
 
-from conftest import PASSWORD, RawRows, account_settings, started
 from conveyor.accounts import (
     Accounts,
     ChooseTenant,

@@ -13,11 +13,11 @@ from typing import Any
 
 import jwt
 import pytest
+from accounts_support import PASSWORD, account_settings, started
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 
-from conftest import PASSWORD, account_settings, started
 from conveyor.accounts import Accounts, Session, Unauthenticated
 from conveyor.accounts.tokens import KEYS_MAX_AGE_S, new_signing_key
 from conveyor.store.base import Store
