@@ -73,7 +73,12 @@ class Passwords:
         acceptable = len(password) <= MAX_LENGTH and _is_unicode(password)
         secret = password[:MAX_LENGTH].encode("utf-8", "surrogatepass")
         if password_hash is None:
-            await asyncio.to_thread(self._verify, await self._dummy_hash(), secret)
+            if self._dummy is None:
+                # Making the dummy hash costs what verifying one does: the first unknown
+                # email takes no longer than the next ones.
+                self._dummy = await self.hash(secrets.token_urlsafe(16))
+            else:
+                await asyncio.to_thread(self._verify, self._dummy, secret)
             return False
         return await asyncio.to_thread(self._verify, password_hash, secret) and acceptable
 
@@ -89,13 +94,3 @@ class Passwords:
             return self.hasher.verify(password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
-
-    async def prepare(self) -> None:
-        """Make the dummy hash now, so that the first unknown email does not cost a hash
-        more than a known one."""
-        await self._dummy_hash()
-
-    async def _dummy_hash(self) -> str:
-        if self._dummy is None:
-            self._dummy = await self.hash(secrets.token_urlsafe(16))
-        return self._dummy

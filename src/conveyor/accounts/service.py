@@ -51,9 +51,8 @@ class Accounts(Sessions, Authentication, TenantAdmin, Console):
 
     async def start(self) -> None:
         """Load the signing keys, creating the first one if there is none (race-safe:
-        processes starting at once agree on one), and make the dummy password hash."""
+        processes starting at once agree on one)."""
         self.tokens.load(await self.store.ensure_signing_key(new_signing_key()))
-        await self.passwords.prepare()
 
     async def bootstrap_demo(self) -> Demo | None:
         """On a first start (no user and no API key yet): a demo tenant, its owner
