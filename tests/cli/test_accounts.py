@@ -158,6 +158,16 @@ def test_a_password_is_never_taken_from_the_command_line(cli: Cli) -> None:
     assert not cli.db_path.exists()  # refused before the database was opened
 
 
+def test_a_role_without_a_tenant_is_refused(cli: Cli) -> None:
+    lost_role = with_stdin(
+        cli, PASSWORD + "\n", "users", "create", "u@example.com", "--role", "admin",
+        "--password-stdin",
+    )  # fmt: skip
+    assert lost_role.code == 2
+    assert "--tenant" in lost_role.stderr
+    assert not cli.db_path.exists()
+
+
 @pytest.mark.parametrize(
     ("stdin", "fragment"),
     [("short\n", "password"), ("\n", "no password"), ("", "no password"), ("a\x00" * 8, "NUL")],

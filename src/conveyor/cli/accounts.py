@@ -252,12 +252,20 @@ def users_create(
     tenant: Annotated[
         str | None, typer.Option(help="Also make the user a member of this tenant.")
     ] = None,
-    role: RoleOption = Role.MEMBER,
+    role: Annotated[
+        Role | None,
+        typer.Option(
+            case_sensitive=False,
+            help="With --tenant: owner, admin, member (the default) or viewer.",
+        ),
+    ] = None,
     password_stdin: PasswordStdin = False,
     json: JsonFlag = False,
     database_url: DatabaseUrlOption = None,
 ) -> None:
     """Create a user (with --tenant, a member of it with --role, default member)."""
+    if role is not None and tenant is None:
+        raise CliError("--role: a role is held in a tenant; name it with --tenant")
     password = _check_password(_password(password_stdin))
 
     async def create(accounts: Accounts) -> User:
@@ -265,7 +273,7 @@ def users_create(
             await accounts.tenant(tenant)  # before the user exists: nothing half-made
         user = await accounts.create_user(email, password, operator=operator)
         if tenant is not None:
-            await accounts.add_member(tenant, user.id, role)
+            await accounts.add_member(tenant, user.id, role or Role.MEMBER)
         return user
 
     _show_user(_accounts(database_url, create), json)
