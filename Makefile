@@ -21,9 +21,7 @@ install: $(STAMP)  ## Create the virtualenv and install the locked dependencies.
 
 run: install  ## Start Conveyor (HTTP API + worker) on ./conveyor.db with the demo kinds.
 	@echo "Conveyor: http://$${CONVEYOR_HOST:-127.0.0.1}:$${CONVEYOR_PORT:-8000}  API docs: http://$${CONVEYOR_HOST:-127.0.0.1}:$${CONVEYOR_PORT:-8000}/docs"
-	@echo "No login yet: every call acts as the default tenant until the accounts issue. Try:"
-	@echo "  curl -X POST http://$${CONVEYOR_HOST:-127.0.0.1}:$${CONVEYOR_PORT:-8000}/v1/requests -H 'Content-Type: application/json' \\"
-	@echo "       -d '{\"kind\": \"demo.sleep\", \"input\": {\"seconds\": 3}}'"
+	@$(BIN)/conveyor bootstrap-demo
 	@echo "Database: $${CONVEYOR_DATABASE_URL:-sqlite:///./conveyor.db}. Ctrl-C stops it gracefully."
 	@$(BIN)/conveyor serve
 

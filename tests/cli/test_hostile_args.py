@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import conveyor.workloads.demo  # noqa: F401  (registers the demo kinds in this process)
 from conveyor.cli.main import main
-from hostile import argument_text, json_texts
+from hostile import argument_text, hostile_text, json_texts
 from pg_server import PgTestServer
 
 EXAMPLES = settings(
@@ -60,12 +60,14 @@ def database(
     return url
 
 
-def run(argv: list[str]) -> tuple[int, str]:
-    """Exit code and stderr of ``conveyor ARGV``."""
+def run(argv: list[str], stdin: str = "") -> tuple[int, str]:
+    """Exit code and stderr of ``conveyor ARGV`` (``stdin``: what it may read, never a
+    terminal)."""
     with pytest.MonkeyPatch.context() as patch:
         err = io.StringIO()
         patch.setattr(sys, "stderr", err)
         patch.setattr(sys, "stdout", io.StringIO())
+        patch.setattr(sys, "stdin", io.StringIO(stdin))
         try:
             main(argv)
             code = 0
@@ -132,6 +134,86 @@ def test_a_bad_argument_is_one_line_naming_it_and_exit_2(
     database: str, argv: list[str], fragment: str
 ) -> None:
     code, err = run(argv)
+
+    assert code == 2, err
+    assert err.count("\n") == 1, err
+    assert err.startswith("conveyor: error: "), err
+    assert fragment in err, err
+
+
+# -- the accounts commands (tenants, users, api-keys, keys, bootstrap-demo) ---------------
+def _command(
+    words: list[str], positional: int, names: list[str], flags: list[str] | None = None
+) -> st.SearchStrategy[list[str]]:
+    """``words``, then ``positional`` hostile arguments, hostile values for ``names``
+    and any of ``flags``."""
+    return st.tuples(
+        st.just(words),
+        st.lists(argument_text, min_size=positional, max_size=positional),
+        options(names) if names else st.just([]),
+        st.lists(st.sampled_from(flags or ["--json"]), max_size=2, unique=True),
+    ).map(lambda parts: [a for part in parts for a in part])
+
+
+account_commands = st.one_of(
+    _command(["tenants", "create"], 1, ["--id"]),
+    st.sampled_from([["tenants", "disable"], ["tenants", "enable"]]).flatmap(
+        lambda words: _command(words, 1, [])
+    ),
+    _command(["tenants", "set-rate-limit"], 2, []),
+    _command(["users", "create"], 1, ["--tenant", "--role"], ["--operator", "--password-stdin"]),
+    st.sampled_from([["users", "disable"], ["users", "enable"]]).flatmap(
+        lambda words: _command(words, 1, [])
+    ),
+    _command(["users", "set-password"], 1, [], ["--password-stdin"]),
+    _command(["users", "add-member"], 2, ["--role"]),
+    _command(["api-keys", "create"], 1, ["--name", "--scope", "--expires-in"]),
+    _command(["api-keys", "list"], 0, ["--tenant"]),
+    _command(["api-keys", "revoke"], 1, []),
+    st.sampled_from([["tenants", "list"], ["users", "list"], ["keys", "rotate"]]),
+    st.just(["bootstrap-demo"]),
+)
+"""Argument vectors of every accounts command, hostile in every position."""
+
+
+@EXAMPLES
+@given(argv=account_commands, stdin=st.one_of(st.just(""), hostile_text))
+def test_no_argument_makes_an_accounts_command_fail(
+    database: str, argv: list[str], stdin: str
+) -> None:
+    code, err = run(argv, stdin=stdin)
+
+    assert code in (0, 1, 2, 3), (argv, code, err)
+    if code != 0:
+        lines = err.splitlines()
+        assert len(lines) == 1, (argv, err)
+        assert lines[0].startswith("conveyor: error: "), (argv, err)
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "fragment"),
+    [
+        (["tenants", "create", "a\x00"], "", "name"),
+        (["tenants", "create", "Acme", "--id", "\ud800"], "", "tenant_id"),
+        (["tenants", "disable", "x" * 5000], "", "tenant_id"),
+        (["tenants", "set-rate-limit", "default", "1e400/minute"], "", "rate_limit"),
+        (["users", "create", "not-an-email", "--password-stdin"], "long enough pw\n", "email"),
+        (["users", "create", "a@b.co", "--password-stdin"], "\ud800" * 9, "password"),
+        (["users", "create", "a@b.co", "--password-stdin"], "x" * 5000, "password"),
+        (["users", "create", "a@b.co", "--role", "root", "--password-stdin"], "", "--role"),
+        (["users", "disable", "usr_\x00"], "", "user"),
+        (["users", "add-member", "a\x00@b.co", "default"], "", "user"),
+        (["api-keys", "create", "default", "--scope", "\x00"], "", "scopes"),
+        (["api-keys", "create", "default", "--expires-in", "1e400"], "", "ttl_s"),
+        (["api-keys", "create", "default", "--name", "\x1b[2J"], "", "name"),
+        (["api-keys", "revoke", "key_\ud800"], "", "key_id"),
+    ],
+)
+def test_a_bad_accounts_argument_is_one_line_naming_it_and_exit_2(
+    database: str, argv: list[str], stdin: str, fragment: str
+) -> None:
+    code, err = run(argv, stdin=stdin)
 
     assert code == 2, err
     assert err.count("\n") == 1, err

@@ -1,4 +1,5 @@
-"""The checks of what a person types: emails, names, rate limits."""
+"""The checks of what a person types: emails, names, ids, rate limits. Each refuses
+with :class:`Invalid` naming the field, before anything reaches a store."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import unicodedata
 from limits import parse
 
 from conveyor.accounts.errors import Invalid
+from conveyor.store.accounts import TENANT_ID_PATTERN
 
 MAX_EMAIL_LENGTH = 254
 MAX_NAME_LENGTH = 200
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ID = re.compile(TENANT_ID_PATTERN)
 
 
 def normalise_email(email: str) -> str:
@@ -34,10 +37,27 @@ def check_name(field: str, name: str) -> str:
     return text
 
 
+def check_id(field: str, ident: str) -> str:
+    """An id the service made (``tnt_…``, ``usr_…``, ``key_…``, ``inv_…``) or a tenant
+    id given at creation: 1 to 64 letters, digits, ``-`` and ``_``."""
+    if not _ID.fullmatch(ident):
+        raise Invalid(field, "must be an id: 1 to 64 letters, digits, - and _")
+    return ident
+
+
+MAX_RATE_AMOUNT = 1_000_000_000
+
+
 def check_rate_limit(text: str) -> str:
-    """A rate such as ``1000/minute`` or ``200/15minutes``; :class:`Invalid` otherwise."""
+    """One rate such as ``1000/minute`` or ``200/15minutes``, of 1 to a billion calls;
+    :class:`Invalid` otherwise."""
+    problem = "write N/PERIOD with N from 1 to 1000000000, e.g. 1000/minute or 200/15minutes"
+    if len(text) > 64 or any(sep in text for sep in ";,|"):
+        raise Invalid("rate_limit", problem)
     try:
-        parse(text)
+        rate = parse(text)
     except ValueError:
-        raise Invalid("rate_limit", "write N/PERIOD, e.g. 1000/minute or 200/15minutes") from None
+        raise Invalid("rate_limit", problem) from None
+    if not 1 <= rate.amount <= MAX_RATE_AMOUNT:
+        raise Invalid("rate_limit", problem)
     return text.strip()

@@ -29,13 +29,30 @@ def check_password(password: str) -> str:
         raise Invalid("password", f"must be {MIN_LENGTH} to {MAX_LENGTH} characters long")
     if "\x00" in password:
         raise Invalid("password", "must not contain NUL characters")
+    if not _is_unicode(password):
+        raise Invalid("password", "must be Unicode text (it holds a lone surrogate)")
     return password
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Passwords:
     """Hashes and verifies passwords with one set of argon2id parameters."""
 
     def __init__(self, settings: Settings) -> None:
+        # argon2 needs 8 KiB per lane; refused now rather than at the first signup.
+        if settings.password_memory_kib < 8 * settings.password_parallelism:
+            raise ValueError(
+                f"CONVEYOR_PASSWORD_MEMORY_KIB ({settings.password_memory_kib}) must be at "
+                f"least 8 x CONVEYOR_PASSWORD_PARALLELISM "
+                f"({8 * settings.password_parallelism})"
+            )
         self.hasher = PasswordHasher(
             time_cost=settings.password_time_cost,
             memory_cost=settings.password_memory_kib,
@@ -51,11 +68,19 @@ class Passwords:
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether ``password`` matches ``password_hash``. With no hash (an unknown email,
         a user without a password) a dummy hash is verified instead and False returned,
-        so both paths cost the same."""
+        so both paths cost the same. A password no signup accepts (too long, not
+        Unicode) is verified all the same, cut and encoded losslessly, and never matches."""
+        acceptable = len(password) <= MAX_LENGTH and _is_unicode(password)
+        secret = password[:MAX_LENGTH].encode("utf-8", "surrogatepass")
         if password_hash is None:
-            await asyncio.to_thread(self._verify, await self._dummy_hash(), password)
+            if self._dummy is None:
+                # Making the dummy hash costs what verifying one does: the first unknown
+                # email takes no longer than the next ones.
+                self._dummy = await self.hash(secrets.token_urlsafe(16))
+            else:
+                await asyncio.to_thread(self._verify, self._dummy, secret)
             return False
-        return await asyncio.to_thread(self._verify, password_hash, password)
+        return await asyncio.to_thread(self._verify, password_hash, secret) and acceptable
 
     def needs_rehash(self, password_hash: str) -> bool:
         """Whether the hash was made with other parameters than the current ones."""
@@ -64,13 +89,8 @@ class Passwords:
         except (InvalidHashError, ValueError):
             return True
 
-    def _verify(self, password_hash: str, password: str) -> bool:
+    def _verify(self, password_hash: str, password: bytes) -> bool:
         try:
             return self.hasher.verify(password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
-
-    async def _dummy_hash(self) -> str:
-        if self._dummy is None:
-            self._dummy = await self.hash(secrets.token_urlsafe(16))
-        return self._dummy

@@ -9,7 +9,9 @@ and ``jti`` are all required.
 
 Rotation: a new key signs from then on; a retired key still verifies what it signed
 until those tokens have expired (``access_token_seconds`` after its retirement), so a
-rotation logs nobody out.
+rotation logs nobody out. Every process reads the stored keys again when its copy is
+older than :data:`KEYS_MAX_AGE_S`, so a rotation made elsewhere (``conveyor keys
+rotate``) signs everywhere within that time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ MAX_TOKEN_LENGTH = 4096
 RELOAD_INTERVAL_S = 5.0
 """An unknown kid reloads the keys at most this often: garbage kids cannot make every
 call a query."""
+KEYS_MAX_AGE_S = 60.0
+"""The keys are read again when the loaded copy is older than this: how long another
+process's rotation takes to be seen here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,24 @@ class AccessTokens:
         self._signing: tuple[str, Ed25519PrivateKey] | None = None
         self._verifying: dict[str, tuple[Ed25519PublicKey, float | None]] = {}
         self._reloaded_at = float("-inf")
+        self._loaded_at = float("-inf")
+        self.keys_max_age_s = KEYS_MAX_AGE_S
+
+    async def fresh(self) -> None:
+        """Read the stored keys again if the loaded copy is older than
+        ``keys_max_age_s``: a key another process rotated in signs here too, and the one
+        it retired is known as retired."""
+        loaded_at = self._loaded_at
+        if time.monotonic() - loaded_at < self.keys_max_age_s:
+            return
+        # Marked fresh before the query, so that the calls arriving meanwhile use the
+        # copy they have instead of each reading the keys again.
+        self._loaded_at = time.monotonic()
+        try:
+            self.load(await self._reload())
+        except BaseException:
+            self._loaded_at = loaded_at
+            raise
 
     def load(self, keys: Sequence[SigningKey]) -> None:
         """Use ``keys``: the active one signs, every EdDSA one verifies."""
@@ -102,6 +125,7 @@ class AccessTokens:
                     signing = (key.kid, private)
         self._signing = signing
         self._verifying = verifying
+        self._loaded_at = time.monotonic()
 
     @property
     def kid(self) -> str | None:
@@ -136,6 +160,10 @@ class AccessTokens:
         caller) for anything else."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthenticated("token too long")
+        if not token.isascii():
+            # A JWT is base64url and dots; PyJWT would fail to encode a lone surrogate.
+            raise Unauthenticated("token is not ASCII")
+        await self.fresh()
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from conveyor.cli import jobs, output
+from conveyor.cli import accounts, jobs, output
 from conveyor.cli.common import (
     EXIT_BAD_INPUT,
     CliError,
@@ -52,6 +52,11 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(accounts.tenants, name="tenants")
+app.add_typer(accounts.users, name="users")
+app.add_typer(accounts.api_keys, name="api-keys")
+app.add_typer(accounts.keys, name="keys")
+app.command("bootstrap-demo")(accounts.bootstrap_demo)
 
 
 # -- commands ---------------------------------------------------------------------------
