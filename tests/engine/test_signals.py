@@ -65,10 +65,13 @@ async def test_next_idle_waits_for_a_claim_made_after_it_was_asked(
     # No handoff (it would start the job without a claim) and no poll: only the
     # enqueue's notice makes the worker claim.
     worker = await workers.start_idle(handoff=False, safety_poll_interval=30, rescue_interval=30)
+    # Both asked before the enqueue: its notice can reach the worker, and the worker claim,
+    # before the enqueue returns.
+    claimed = worker.signals.exchanged.wait(lambda e: e.claim is not None and e.result.claimed)
+    next_idle = worker.signals.next_idle()
     enqueued = await client.enqueue("t.noop")
-    claimed = worker.signals.exchanged.wait(lambda e: e.claim is not None)
 
-    idle = await worker.signals.next_idle()
+    idle = await next_idle
     exchange = await claimed
     assert [job.id for job in exchange.result.claimed] == [enqueued.id]
     assert idle.claimed_at >= exchange.began
