@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from conveyor.cli import jobs, output
+from conveyor.cli import jobs, limits, output
 from conveyor.cli.common import (
     EXIT_BAD_INPUT,
     CliError,
@@ -52,6 +52,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(limits.app, name="limits")
 
 
 # -- commands ---------------------------------------------------------------------------
