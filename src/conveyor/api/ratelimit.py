@@ -160,7 +160,7 @@ def client_address(scope: Scope) -> str:
 class LimitStatus:
     """The state of one limit after a request was counted (or refused) against it."""
 
-    scope: Literal["ip", "caller"]
+    scope: Literal["ip", "caller", "submission"]
     allowed: bool
     limit: int
     remaining: int
@@ -342,6 +342,12 @@ class RateLimiter:
         item = self.per_caller if limit is None else self._parsed(limit)
         return await self._hit("caller", item, key)
 
+    async def hit_submission(self, queue: str, tenant_id: str, limit: str) -> LimitStatus | None:
+        """Count one submission by ``tenant_id`` into ``queue`` against ``limit``, the
+        tenant's cap there (``conveyor_tenant_limits.rate``, see :mod:`conveyor.api.submit`)."""
+        # A queue name holds no '/', so the key names one (queue, tenant) whatever the id.
+        return await self._hit("submission", self._parsed(limit), f"{queue}/{tenant_id}")
+
     def _parsed(self, limit: str) -> RateLimitItem:
         item = self._items.get(limit)
         if item is None:
@@ -356,7 +362,7 @@ class RateLimiter:
         return item
 
     async def _hit(
-        self, scope: Literal["ip", "caller"], item: RateLimitItem, key: str
+        self, scope: Literal["ip", "caller", "submission"], item: RateLimitItem, key: str
     ) -> LimitStatus | None:
         if self._closed or time.monotonic() < self._skip_until:
             return None
