@@ -52,12 +52,17 @@ def run_bench(src: Path, bench_args: list[str]) -> dict[tuple[str, str, str], di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.against", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    own, bench_args = argv[:split], argv[split + 1 :]
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.against",
+        usage="python -m bench.against OTHER_SRC [--rounds N] -- BENCH_ARGS",
+        description=__doc__,
+    )
     parser.add_argument("other_src", type=Path, help="the other checkout's src folder")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then python -m bench's")
-    args = parser.parse_args(argv)
-    bench_args = [a for a in args.bench_args if a != "--"]
+    args = parser.parse_args(own)
     other: list[dict[tuple[str, str, str], dict[str, float]]] = []
     this: list[dict[tuple[str, str, str], dict[str, float]]] = []
     for i in range(args.rounds):
