@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ import pytest
 from contract_support import W1, claim
 
 from conveyor.store.postgres import PostgresStore
+from conveyor.store.postgres.connection import MAX_CACHED_STATEMENT
 from conveyor.store.postgres.enqueue import _SQL as PG_ENQUEUE
 from conveyor.store.postgres.exchange import _SQL as PG_EXCHANGE
-from conveyor.store.sqlfile import Statement
+from conveyor.store.sqlfile import Statement, load_statements
 from conveyor.store.sqlite import SqliteStore
 from conveyor.store.sqlite.queries import Q as SQLITE_Q
 from pg_server import PgTestServer
@@ -335,3 +337,15 @@ async def test_postgres_handoff_check_skips_unserved_kinds(
     scans = _assert_index_walks(plan)
     assert sum(n.get("Actual Rows", 0) for n in scans) == 0
     assert plan["Actual Rows"] == 1
+
+
+def test_every_postgres_statement_stays_prepared() -> None:
+    """asyncpg prepares anew, at every call, a statement longer than its cache takes:
+    every statement of the store's .sql files (the exchange is the longest) must fit, or
+    it is planned again each time it runs."""
+    package = "conveyor.store.postgres"
+    files = [f.name for f in resources.files(package).iterdir() if f.name.endswith(".sql")]
+    assert "exchange.sql" in files
+    for filename in files:
+        for name, stmt in load_statements(package, "$", filename).items():
+            assert len(stmt.sql) <= MAX_CACHED_STATEMENT, (filename, name, len(stmt.sql))
