@@ -136,6 +136,15 @@ def test_sqlite_tenant_candidates_walk_the_tenants_range(sqlite_db: sqlite3.Conn
     _no_scan(details)
 
 
+def test_sqlite_candidates_of_many_tenants_walk_each_range(
+    sqlite_db: sqlite3.Connection,
+) -> None:
+    tenants = orjson.dumps([f"t{i:02d}" for i in range(20)]).decode()
+    details = _sqlite_plan(sqlite_db, "tenants_candidates", **SQLITE_PARAMS, tenants=tenants)
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id=?" in d for d in details), details
+    assert not any(d.startswith("SCAN conveyor_jobs") for d in details), details
+
+
 def test_sqlite_claim_updates_the_chosen_ids_by_key(sqlite_db: sqlite3.Connection) -> None:
     details = _sqlite_plan(sqlite_db, "claim", **SQLITE_PARAMS)
     assert any("USING INTEGER PRIMARY KEY (rowid=?)" in d for d in details), details

@@ -72,3 +72,19 @@ async def test_tenant_limits_are_set_listed_and_cleared(store: Store) -> None:
 
     await store.set_tenant_limits("q", "a", concurrency=None, rate=None, weight=None)
     assert await store.list_tenant_limits() == []
+
+
+async def test_a_claim_left_short_by_a_small_tenant_is_filled_from_the_others(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job(tenant_id="a") for _ in range(30)])
+    await store.enqueue([new_job(tenant_id="b")])
+    await store.enqueue([new_job(tenant_id="c") for _ in range(2)])
+
+    got = (await claim(store, W1, {"default": 10})).claimed
+
+    assert len(got) == 10
+    assert sorted(j.tenant_id for j in got) == ["a"] * 7 + ["b"] + ["c"] * 2
+    # Within each tenant, in its own order.
+    a_ids = [j.id for j in got if j.tenant_id == "a"]
+    assert sorted(a_ids) == list(range(min(a_ids), min(a_ids) + 7))

@@ -182,12 +182,20 @@ def _choose(
     candidates: list[Candidate] = []
     full: list[tuple[str, str, int, Candidate]] = []
     for kind, found in tenants.items():
+        # Tenants of one share are read in one statement: with equal weights, all of them.
+        by_share: dict[int, list[str]] = {}
         for tenant in found:
             n = share(limit, weights.get(tenant, 1), total, rooms[tenant])
-            got = _candidates(conn, values, kind, tenant, n, None)
+            if n > 0:
+                by_share.setdefault(n, []).append(tenant)
+        for n, group in by_share.items():
+            got = _candidates_of(conn, values, kind, group, n)
             candidates.extend(got)
-            if got and len(got) == n < rooms[tenant]:
-                full.append((kind, tenant, rooms[tenant] - n, got[-1]))
+            full.extend(
+                (kind, tenant, rooms[tenant] - n, last)
+                for tenant, (count, last) in _walks(got).items()
+                if count == n < rooms[tenant]
+            )
     missing = limit - len(candidates)
     for kind, tenant, more, last in full:
         if missing <= 0:
@@ -196,6 +204,28 @@ def _choose(
         candidates.extend(got)
         missing -= len(got)
     return take_turns(limit, candidates, weights, rooms, turns, queue)
+
+
+def _walks(got: list[Candidate]) -> dict[str, tuple[int, Candidate]]:
+    """Per tenant, how many candidates came back and the last in claim order."""
+    walks: dict[str, tuple[int, Candidate]] = {}
+    for c in got:
+        count, last = walks.get(c.tenant_id, (0, c))
+        later = (c.priority, c.run_at, c.id) > (last.priority, last.run_at, last.id)
+        walks[c.tenant_id] = (count + 1, c if later else last)
+    return walks
+
+
+def _candidates_of(
+    conn: sqlite3.Connection,
+    values: dict[str, Any],
+    kind: str,
+    tenants: list[str],
+    n: int,
+) -> list[Candidate]:
+    """The first ``n`` candidates of ``kind`` of each of ``tenants``."""
+    params = {**values, "kind": kind, "tenants": dumps(tenants), "limit": n}
+    return [Candidate(*row) for row in execute(conn, "tenants_candidates", params)]
 
 
 def _candidates(
