@@ -19,6 +19,7 @@ import orjson
 import pytest
 from contract_support import W1, claim
 
+from conveyor.store.fairness import TENANTS_PER_CLAIM
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.postgres.connection import MAX_CACHED_STATEMENT
 from conveyor.store.postgres.enqueue import _SQL as PG_ENQUEUE
@@ -55,16 +56,16 @@ def _rows(tenants: int) -> list[tuple[str, str, int]]:
 
 
 def _first_served(tenants: int) -> list[int]:
-    """The ids a fair claim of SLOTS takes: with one tenant the first SLOTS served jobs,
-    with more each tenant's first before any tenant's second."""
+    """The ids a fair claim of SLOTS takes: with one tenant the first SLOTS served jobs;
+    with as many tenants as slots or more, the first job of each of the first SLOTS
+    tenants (at equal passes, in tenant id order)."""
     served = range(PILE + 1, PILE + SERVED + 1)
-    nth: dict[str, int] = {}
-    order = []
+    if tenants == 1:
+        return list(served)[:SLOTS]
+    first: dict[str, int] = {}
     for g in served:
-        tenant = _row(g, tenants)[0]
-        nth[tenant] = nth.get(tenant, 0) + 1
-        order.append((nth[tenant], g))
-    return sorted(g for _, g in sorted(order)[:SLOTS])
+        first.setdefault(_row(g, tenants)[0], g)
+    return sorted(first[t] for t in sorted(first)[:SLOTS])
 
 
 # -- SQLite ----------------------------------------------------------------------------------
@@ -262,6 +263,7 @@ def _claim(kinds: str) -> dict[str, str]:
         "fair_queues": "'{}'",
         "fair_tenants": "'{}'",
         "fair_passes": "'{}'",
+        "tenants_per_claim": str(TENANTS_PER_CLAIM),
         "worker_id": "'w'",
         "lease_s": "30",
         "offer_key": "NULL",
