@@ -8,7 +8,10 @@ pass moves on by 1 / weight for each job it is given, so that over many claims, 
 large, tenants with jobs waiting are served in proportion to their weights, and strict
 priority and FIFO hold within each tenant. A tenant that had no job in a queue's last
 claim starts at the queue's vt (the least pass of those that had): it cannot bank turns
-while idle, and a newcomer is served within the first claims.
+while idle, and a newcomer is served within the first claims. With more tenants than
+about :data:`TENANTS_PER_CLAIM`, a claim reads only the tenants furthest behind, each at
+least ``n // TENANTS_PER_CLAIM`` jobs, and those it left out keep their passes, so the
+next claim serves them.
 
 The passes are kept in memory by each store (each worker process): none is written to
 the database, so a claim pays nothing for them, and several workers each keep their own,

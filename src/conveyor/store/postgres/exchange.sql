@@ -296,6 +296,8 @@ full_walks AS (
                AS last_run_at,
            (array_agg(k.id ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1] AS last_id
     FROM walked k JOIN short m ON m.queue = k.queue AND m.missing > 0
+    -- Uncorrelated: a one-time filter, so that nothing here runs when no queue is short.
+    WHERE EXISTS (SELECT FROM short s WHERE s.missing > 0)
     GROUP BY k.queue, k.kind, k.tenant_id, k.room, k.share, k.n, k.weight, k.base, m.missing
     HAVING count(*) = k.share AND k.room > k.share
 ),
@@ -327,7 +329,7 @@ extra AS (
         LIMIT t.share
         FOR UPDATE SKIP LOCKED
     ) c
-    WHERE NOT t.chosen AND t.share > 0
+    WHERE NOT t.chosen AND t.share > 0 AND EXISTS (SELECT FROM short s WHERE s.missing > 0)
 ),
 ranked AS (
     SELECT c.queue, c.tenant_id, c.id, c.priority, c.run_at, c.room, c.n, c.base,
