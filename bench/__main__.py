@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import backlog, enqueue, http_load, latency, memory, throughput
+from bench import backlog, enqueue, http_load, latency, memory, tenants, throughput
 from bench.report import (
     Case,
     Options,
@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, Callable[[list[StoreConfig], Options], list[Case]]] = {
     "latency": latency.cases,
     "backlog": backlog.cases,
     "rss": memory.cases,
+    "tenants": tenants.cases,
 }
 
 HTTP = "http"

@@ -16,6 +16,7 @@ EXPECTED = {
     "QueueNotFound",
     "Registry",
     "Settings",
+    "TenantLimits",
     "UnknownKind",
     "Worker",
     "WorkerConfig",

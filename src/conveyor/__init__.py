@@ -19,7 +19,7 @@ from conveyor.engine.kinds import Registry, job, registry
 from conveyor.engine.periodic import periodic
 from conveyor.engine.retry import Backoff
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.store.records import Job, JobState
+from conveyor.store.records import Job, JobState, TenantLimits
 
 __all__ = [
     "Backoff",
@@ -35,6 +35,7 @@ __all__ = [
     "QueueNotFound",
     "Registry",
     "Settings",
+    "TenantLimits",
     "UnknownKind",
     "Worker",
     "WorkerConfig",

@@ -289,6 +289,10 @@ RULES: dict[str, Rule] = {
     "POST /v1/jobs/{job_id}/retry": Rule(Access.WRITE, target=_job),
     "GET /v1/queues": Rule(Access.READ),
     "POST /v1/queues/{name}/pause": Rule(Access.OPERATOR, path_params={"name": "default"}),
+    "GET /v1/queues/{name}/tenant-limits": Rule(Access.OPERATOR, path_params={"name": "default"}),
+    "PUT /v1/queues/{name}/tenant-limits/{tenant_id}": Rule(
+        Access.OPERATOR, path_params={"name": "default", "tenant_id": OWN}, body=_json({})
+    ),
     "POST /v1/queues/{name}/resume": Rule(Access.OPERATOR, path_params={"name": "default"}),
     "POST /v1/queues/{name}/limit": Rule(
         Access.OPERATOR, path_params={"name": "default"}, body=_json({"limit": 5})

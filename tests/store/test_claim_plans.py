@@ -1,23 +1,30 @@
-"""The claim by kind reads the claim index, one short walk per (queue, kind), on both
-stores: a pile of queued jobs of a kind the worker lacks, at the head of its queue, is
-neither read nor sorted by the claim, the next-due lookup or the handoff's check. Asserted
-on the plans (EXPLAIN), which do not depend on the machine's speed."""
+"""The fair claim reads the claim index (queue, kind, tenant_id, priority, run_at, id) on
+both stores, for one tenant and for many: the tenants holding jobs of a kind are found by
+a skip scan (one descent each), each tenant's share is a short walk of its range, and a
+pile of queued jobs of a kind the worker lacks, at the head of its queue, is neither read
+nor sorted by the claim, the next-due lookup or the handoff's check. Asserted on the plans
+(EXPLAIN), which do not depend on the machine's speed."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from contract_support import W1, claim
 
+from conveyor.store.fairness import TENANTS_PER_CLAIM
 from conveyor.store.postgres import PostgresStore
+from conveyor.store.postgres.connection import MAX_CACHED_STATEMENT
 from conveyor.store.postgres.enqueue import _SQL as PG_ENQUEUE
 from conveyor.store.postgres.exchange import _SQL as PG_EXCHANGE
-from conveyor.store.sqlfile import Statement
+from conveyor.store.sqlfile import Statement, load_statements
 from conveyor.store.sqlite import SqliteStore
 from conveyor.store.sqlite.queries import Q as SQLITE_Q
 from pg_server import PgTestServer
@@ -26,15 +33,44 @@ PILE = 5000
 """Queued jobs of a kind nobody serves, ahead of the served ones (priority 1)."""
 SERVED = 30
 """Queued jobs of kinds k0, k1 and k2 (priority 3), behind the pile."""
+KINDS = ("k0", "k1", "k2")
+SLOTS = 10
+INDEX = "conveyor_jobs_claim_tenant"
 
 
-def _kind_and_priority(g: int) -> tuple[str, int]:
-    return ("nobody.runs", 1) if g <= PILE else (f"k{g % 3}", 3)
+@pytest.fixture(params=[1, 20], ids=["one-tenant", "20-tenants"])
+def tenants(request: pytest.FixtureRequest) -> int:
+    """How many tenants the jobs (the pile's and the served ones) are spread over."""
+    n: int = request.param
+    return n
+
+
+def _row(g: int, tenants: int) -> tuple[str, str, int]:
+    """Job ``g``'s tenant, kind and priority."""
+    tenant = f"t{g % tenants:02d}"
+    return (tenant, "nobody.runs", 1) if g <= PILE else (tenant, f"k{g % 3}", 3)
+
+
+def _rows(tenants: int) -> list[tuple[str, str, int]]:
+    return [_row(g, tenants) for g in range(1, PILE + SERVED + 1)]
+
+
+def _first_served(tenants: int) -> list[int]:
+    """The ids a fair claim of SLOTS takes: with one tenant the first SLOTS served jobs;
+    with as many tenants as slots or more, the first job of each of the first SLOTS
+    tenants (at equal passes, in tenant id order)."""
+    served = range(PILE + 1, PILE + SERVED + 1)
+    if tenants == 1:
+        return list(served)[:SLOTS]
+    first: dict[str, int] = {}
+    for g in served:
+        first.setdefault(_row(g, tenants)[0], g)
+    return sorted(first[t] for t in sorted(first)[:SLOTS])
 
 
 # -- SQLite ----------------------------------------------------------------------------------
 @pytest.fixture
-async def sqlite_db(tmp_path: Path) -> AsyncIterator[sqlite3.Connection]:
+async def sqlite_path(tmp_path: Path, tenants: int) -> Path:
     path = tmp_path / "jobs.db"
     store = SqliteStore(f"sqlite:///{path}")
     await store.open()
@@ -44,19 +80,26 @@ async def sqlite_db(tmp_path: Path) -> AsyncIterator[sqlite3.Connection]:
     conn.executemany(
         "INSERT INTO conveyor_jobs (tenant_id, queue, kind, priority, state, payload, "
         "max_attempts, run_at, created_at) "
-        "VALUES ('default', 'default', ?, ?, 'queued', '{}', 3, 0, 0)",
-        [_kind_and_priority(g) for g in range(1, PILE + SERVED + 1)],
+        "VALUES (?, 'default', ?, ?, 'queued', '{}', 3, 0, 0)",
+        _rows(tenants),
     )
     conn.execute("ANALYZE")
     conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.fixture
+def sqlite_db(sqlite_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(sqlite_path)
     yield conn
     conn.close()
 
 
-def _sqlite_plan(conn: sqlite3.Connection, query: str, **params: Any) -> list[tuple[int, int, str]]:
+def _sqlite_plan(conn: sqlite3.Connection, query: str, **params: Any) -> list[str]:
     statement = SQLITE_Q[query]
     rows = conn.execute(f"EXPLAIN QUERY PLAN {statement.sql}", statement.args(params)).fetchall()
-    return [(node_id, parent, detail) for node_id, parent, _, detail in rows]
+    return [detail for _, _, _, detail in rows]
 
 
 SQLITE_PARAMS = {
@@ -64,54 +107,79 @@ SQLITE_PARAMS = {
     "now": 1.0,
     "lease_s": 30.0,
     "queue": "default",
-    "kinds": orjson.dumps(["k0", "k1", "k2"]).decode(),
-    "limit": 10,
+    "kinds": orjson.dumps(KINDS).decode(),
+    "kind": "k0",
+    "tenant_id": "t00",
+    "limit": SLOTS,
+    "after_priority": 0,
+    "after_run_at": 0.0,
+    "after_id": 0,
+    "ids": orjson.dumps([PILE + 1, PILE + 2]).decode(),
 }
 
 
-def test_sqlite_claim_walks_the_index_per_kind(sqlite_db: sqlite3.Connection) -> None:
-    plan = _sqlite_plan(sqlite_db, "claim", **SQLITE_PARAMS)
-    details = [d for _, _, d in plan]
-    assert any("conveyor_jobs_claim_kind (queue=? AND kind=?" in d for d in details), details
+def _no_scan(details: list[str]) -> None:
     assert not any(d.startswith("SCAN conveyor_jobs") for d in details), details
-    # The one sort is the merge of the candidates (at most n per kind), outside the
-    # correlated walk: never a sort of the queue.
-    walk = next(node for node, _, d in plan if d.startswith("CORRELATED LIST SUBQUERY"))
-    sorts = [(node, parent) for node, parent, d in plan if "TEMP B-TREE" in d]
-    assert all(not _under(plan, node, walk) for node, _ in sorts), plan
+    assert not any("TEMP B-TREE" in d for d in details), details
 
-    claim = SQLITE_Q["claim"]
-    claimed = sqlite_db.execute(claim.sql, claim.args(SQLITE_PARAMS)).fetchall()
-    # The first ten served jobs in claim order: ids right after the pile's.
-    assert sorted(row[0] for row in claimed) == list(range(PILE + 1, PILE + 11))
+
+def test_sqlite_tenants_of_a_kind_are_a_skip_scan(sqlite_db: sqlite3.Connection) -> None:
+    details = _sqlite_plan(sqlite_db, "queue_tenants", **SQLITE_PARAMS)
+    assert any(f"{INDEX} (queue=? AND kind=?)" in d for d in details), details
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id>?)" in d for d in details), details
+    _no_scan(details)
+
+
+def test_sqlite_tenant_candidates_walk_the_tenants_range(sqlite_db: sqlite3.Connection) -> None:
+    details = _sqlite_plan(sqlite_db, "tenant_candidates", **SQLITE_PARAMS)
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id=?" in d for d in details), details
+    # The index's order is the claim order: no sort at all.
+    _no_scan(details)
+
+
+def test_sqlite_candidates_of_many_tenants_walk_each_range(
+    sqlite_db: sqlite3.Connection,
+) -> None:
+    tenants = orjson.dumps([f"t{i:02d}" for i in range(20)]).decode()
+    details = _sqlite_plan(sqlite_db, "tenants_candidates", **SQLITE_PARAMS, tenants=tenants)
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id=?" in d for d in details), details
+    assert not any(d.startswith("SCAN conveyor_jobs") for d in details), details
+
+
+def test_sqlite_claim_updates_the_chosen_ids_by_key(sqlite_db: sqlite3.Connection) -> None:
+    details = _sqlite_plan(sqlite_db, "claim", **SQLITE_PARAMS)
+    assert any("USING INTEGER PRIMARY KEY (rowid=?)" in d for d in details), details
+    _no_scan(details)
+
+
+async def test_sqlite_claim_takes_the_served_jobs_in_turn(sqlite_path: Path, tenants: int) -> None:
+    store = SqliteStore(f"sqlite:///{sqlite_path}")
+    await store.open()
+    try:
+        got = (await claim(store, W1, {"default": SLOTS}, kinds=KINDS)).claimed
+    finally:
+        await store.close()
+    assert sorted(j.id for j in got) == _first_served(tenants)
+    assert len({j.tenant_id for j in got}) == min(tenants, SLOTS)
 
 
 def test_sqlite_next_run_at_reads_the_claimed_kinds_only(sqlite_db: sqlite3.Connection) -> None:
-    details = [d for _, _, d in _sqlite_plan(sqlite_db, "next_run_at", **SQLITE_PARAMS)]
-    assert any("conveyor_jobs_claim_kind (queue=? AND kind=?" in d for d in details), details
+    details = _sqlite_plan(sqlite_db, "next_run_at", **SQLITE_PARAMS)
+    assert any(f"{INDEX} (queue=? AND kind=?" in d for d in details), details
     assert not any(d.startswith("SCAN conveyor_jobs") for d in details), details
-
-
-def _under(plan: list[tuple[int, int, str]], node: int, ancestor: int) -> bool:
-    parents = {n: p for n, p, _ in plan}
-    while node in parents:
-        node = parents[node]
-        if node == ancestor:
-            return True
-    return False
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
 _PG_FILL = (
     "INSERT INTO conveyor_jobs (tenant_id, queue, kind, priority, state, payload, "
     "max_attempts, run_at, created_at) "
-    "SELECT 'default', 'default', k, p, 'queued', '{}', 3, now(), now() "
-    "FROM unnest($1::text[], $2::int[]) AS s(k, p)"
+    "SELECT t, 'default', k, p, 'queued', '{}', 3, now(), now() "
+    "FROM unnest($1::text[], $2::text[], $3::int[]) AS s(t, k, p)"
 )
 
 
 @pytest.fixture
-async def pg_db(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
+async def pg_db(pg: PgTestServer, tenants: int) -> AsyncIterator[asyncpg.Connection]:
     """The emptied test database, filled with the pile and the served jobs."""
     store = PostgresStore(pg.url)
     await store.open()
@@ -119,8 +187,10 @@ async def pg_db(pg: PgTestServer) -> AsyncIterator[asyncpg.Connection]:
     await store.close()
     # The stores' own session setting: their statements run with generic plans.
     conn = await asyncpg.connect(pg.url, server_settings={"plan_cache_mode": "force_generic_plan"})
-    rows = [_kind_and_priority(g) for g in range(1, PILE + SERVED + 1)]
-    await conn.execute(_PG_FILL, [k for k, _ in rows], [p for _, p in rows])
+    rows = _rows(tenants)
+    await conn.execute(
+        _PG_FILL, [t for t, _, _ in rows], [k for _, k, _ in rows], [p for _, _, p in rows]
+    )
     await conn.execute("ANALYZE conveyor_jobs")
     try:
         yield conn
@@ -153,6 +223,11 @@ def _nodes(
         yield from _nodes(child, (*above, node["Node Type"]))
 
 
+def _read(node: dict[str, Any]) -> int:
+    rows: int = node.get("Actual Rows", 0) * node.get("Actual Loops", 0)
+    return rows
+
+
 def _assert_index_walks(plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Every read of conveyor_jobs goes through an index, and every one that ends in a sort
     is cut by a LIMIT first: the sort holds candidates, never the queue."""
@@ -164,9 +239,13 @@ def _assert_index_walks(plan: dict[str, Any]) -> list[dict[str, Any]]:
     assert scans
     for node, above in scans:
         assert node["Node Type"] in ("Index Scan", "Index Only Scan"), node
-        # By id (the claimed rows' update), or a range of one (queue, kind).
-        assert node["Index Name"] == "conveyor_jobs_pkey" or (
-            node["Index Name"] == "conveyor_jobs_claim_kind" and "kind = " in node["Index Cond"]
+        name = node["Index Name"]
+        # By id (the claimed rows' update), a range of one (queue, kind), or a capped
+        # tenant's running jobs (none here: it never runs).
+        assert (
+            name == "conveyor_jobs_pkey"
+            or (name == INDEX and "kind = " in node["Index Cond"])
+            or (name == "conveyor_jobs_running" and node["Actual Loops"] == 0)
         ), node
         if "Sort" in above:
             below_sort = above[len(above) - above[::-1].index("Sort") :]
@@ -175,10 +254,16 @@ def _assert_index_walks(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _claim(kinds: str) -> dict[str, str]:
-    """The claim statement's parameters as SQL literals: ten slots in queue default."""
+    """The claim statement's parameters as SQL literals: SLOTS slots in queue default, no
+    tenant's pass known yet."""
     return {
         "queues": "'{default}'",
-        "slots": "'{10}'",
+        "slots": f"'{{{SLOTS}}}'",
+        "vts": "'{0}'",
+        "fair_queues": "'{}'",
+        "fair_tenants": "'{}'",
+        "fair_passes": "'{}'",
+        "tenants_per_claim": str(TENANTS_PER_CLAIM),
         "worker_id": "'w'",
         "lease_s": "30",
         "offer_key": "NULL",
@@ -186,15 +271,37 @@ def _claim(kinds: str) -> dict[str, str]:
     }
 
 
-async def test_postgres_claim_walks_the_index_per_kind(pg_db: asyncpg.Connection) -> None:
+async def test_postgres_claim_walks_each_tenants_range(
+    pg_db: asyncpg.Connection, tenants: int
+) -> None:
     plan = await _pg_plan(pg_db, PG_EXCHANGE["claim"], **_claim(kinds="'{k0,k1,k2}'"))
     scans = _assert_index_walks(plan)
-    walks = [n for n in scans if "kind = wk.kind" in n.get("Index Cond", "")]
+    cond = [(n, n["Index Cond"]) for n in scans if n["Index Name"] == INDEX]
+    # The skip scan: one row per (kind, tenant), each its own descent.
+    skips = [n for n, c in cond if "tenant_id = " not in c and "run_at" not in c]
+    assert skips, scans
+    assert sum(_read(n) for n in skips) <= len(KINDS) * tenants
+    # The walks: a range of one (queue, kind, tenant), each cut at the tenant's share.
+    walks = [n for n, c in cond if "tenant_id = " in c and "ROW(" not in c]
     assert walks, scans
-    assert all(n["Index Name"] == "conveyor_jobs_claim_kind" for n in walks)
-    # Three kinds, each walk stops at its limit: the pile of nobody.runs is never read.
-    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in walks) <= 30
-    assert plan["Actual Rows"] == 11  # ten claimed and the summary
+    share = math.ceil(SLOTS / tenants)
+    assert sum(_read(n) for n in walks) <= min(SERVED, len(KINDS) * tenants * share)
+    # However many tenants, the pile of nobody.runs is never read.
+    assert sum(_read(n) for n in scans) < PILE / 10
+    assert plan["Actual Rows"] == SLOTS + 1  # the claimed and the summary
+
+
+async def test_postgres_claim_takes_the_served_jobs_in_turn(
+    pg_db: asyncpg.Connection, pg: PgTestServer, tenants: int
+) -> None:
+    store = PostgresStore(pg.url)
+    await store.open()
+    try:
+        got = (await claim(store, W1, {"default": SLOTS}, kinds=KINDS)).claimed
+    finally:
+        await store.close()
+    assert sorted(j.id for j in got) == _first_served(tenants)
+    assert len({j.tenant_id for j in got}) == min(tenants, SLOTS)
 
 
 async def test_postgres_next_run_at_reads_the_claimed_kinds_only(pg_db: asyncpg.Connection) -> None:
@@ -223,7 +330,7 @@ async def test_postgres_handoff_check_skips_unserved_kinds(
         plan = await _pg_plan(
             pg_db,
             PG_ENQUEUE["insert_job"],
-            tenant_id="'default'",
+            tenant_id="'t00'",
             queue="'default'",
             kind="'k9'",
             priority="3",
@@ -241,3 +348,15 @@ async def test_postgres_handoff_check_skips_unserved_kinds(
     scans = _assert_index_walks(plan)
     assert sum(n.get("Actual Rows", 0) for n in scans) == 0
     assert plan["Actual Rows"] == 1
+
+
+def test_every_postgres_statement_stays_prepared() -> None:
+    """asyncpg prepares anew, at every call, a statement longer than its cache takes:
+    every statement of the store's .sql files (the exchange is the longest) must fit, or
+    it is planned again each time it runs."""
+    package = "conveyor.store.postgres"
+    files = [f.name for f in resources.files(package).iterdir() if f.name.endswith(".sql")]
+    assert "exchange.sql" in files
+    for filename in files:
+        for name, stmt in load_statements(package, "$", filename).items():
+            assert len(stmt.sql) <= MAX_CACHED_STATEMENT, (filename, name, len(stmt.sql))

@@ -72,3 +72,38 @@ async def test_tenant_limits_are_set_listed_and_cleared(store: Store) -> None:
 
     await store.set_tenant_limits("q", "a", concurrency=None, rate=None, weight=None)
     assert await store.list_tenant_limits() == []
+
+
+async def test_a_claim_left_short_by_a_small_tenant_is_filled_from_the_others(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    await store.enqueue([new_job(tenant_id="a") for _ in range(30)])
+    await store.enqueue([new_job(tenant_id="b")])
+    await store.enqueue([new_job(tenant_id="c") for _ in range(2)])
+
+    got = (await claim(store, W1, {"default": 10})).claimed
+
+    assert len(got) == 10
+    assert sorted(j.tenant_id for j in got) == ["a"] * 7 + ["b"] + ["c"] * 2
+    # Within each tenant, in its own order.
+    a_ids = [j.id for j in got if j.tenant_id == "a"]
+    assert sorted(a_ids) == list(range(min(a_ids), min(a_ids) + 7))
+
+
+async def test_with_many_tenants_each_claim_serves_the_next_ones(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """A claim of 20 serves at most about 10 tenants, 2 jobs each: with 30 tenants the
+    second claim serves 10 others, the third the last 10, and none is served twice
+    before every one was served once."""
+    tenants = [f"t{i:02d}" for i in range(30)]
+    await store.enqueue([new_job(tenant_id=t) for _ in range(5) for t in tenants])
+
+    served: list[set[str]] = []
+    for _ in range(3):
+        got = (await claim(store, W1, {"default": 20})).claimed
+        assert len(got) == 20
+        served.append({j.tenant_id for j in got})
+
+    assert [len(s) for s in served] == [10, 10, 10]
+    assert set().union(*served) == set(tenants)

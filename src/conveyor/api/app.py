@@ -28,7 +28,17 @@ from conveyor.api.docs import install_docs
 from conveyor.api.errors import install_error_handlers
 from conveyor.api.metrics import Metrics
 from conveyor.api.middleware import install_middleware
-from conveyor.api.routes import api_keys, auth, health, jobs, members, queues, requests, seed
+from conveyor.api.routes import (
+    api_keys,
+    auth,
+    health,
+    jobs,
+    limits,
+    members,
+    queues,
+    requests,
+    seed,
+)
 from conveyor.api.state import ApiState, open_store
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry, import_modules, registry
@@ -134,6 +144,7 @@ def create_app(
     app.include_router(requests.build_router(api))
     app.include_router(jobs.router)
     app.include_router(queues.router)
+    app.include_router(limits.router)
     app.include_router(health.router)
     app.include_router(seed.router)
     _install_cross_cutting(app, settings, api)

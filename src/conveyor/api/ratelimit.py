@@ -167,7 +167,7 @@ def client_address(scope: Scope) -> str:
 class LimitStatus:
     """The state of one limit after a request was counted (or refused) against it."""
 
-    scope: Literal["ip", "caller", "account"]
+    scope: Literal["ip", "caller", "account", "submission"]
     allowed: bool
     limit: int
     remaining: int
@@ -373,6 +373,12 @@ class RateLimiter:
         """Count one login attempt for ``account`` (a normalised email)."""
         return await self._hit("account", self.per_account, account)
 
+    async def hit_submission(self, queue: str, tenant_id: str, limit: str) -> LimitStatus | None:
+        """Count one submission by ``tenant_id`` into ``queue`` against ``limit``, the
+        tenant's cap there (``conveyor_tenant_limits.rate``, see :mod:`conveyor.api.submit`)."""
+        # A queue name holds no '/', so the key names one (queue, tenant) whatever the id.
+        return await self._hit("submission", self._parsed(limit), f"{queue}/{tenant_id}")
+
     def _parsed(self, limit: str) -> RateLimitItem:
         item = self._items.get(limit)
         if item is None:
@@ -387,7 +393,7 @@ class RateLimiter:
         return item
 
     async def _hit(
-        self, scope: Literal["ip", "caller", "account"], item: RateLimitItem, key: str
+        self, scope: Literal["ip", "caller", "account", "submission"], item: RateLimitItem, key: str
     ) -> LimitStatus | None:
         if self._closed or time.monotonic() < self._skip_until:
             return None

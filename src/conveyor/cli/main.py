@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from conveyor.cli import accounts, jobs, output
+from conveyor.cli import accounts, jobs, limits, output
 from conveyor.cli.common import (
     EXIT_BAD_INPUT,
     CliError,
@@ -57,6 +57,7 @@ app.add_typer(accounts.users, name="users")
 app.add_typer(accounts.api_keys, name="api-keys")
 app.add_typer(accounts.keys, name="keys")
 app.command("bootstrap-demo")(accounts.bootstrap_demo)
+app.add_typer(limits.app, name="limits")
 
 
 # -- commands ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from conveyor.store.records import (
     JobState,
     NewJob,
     QueueStats,
+    TenantLimits,
     WorkerInfo,
 )
 
@@ -60,7 +61,8 @@ def check_can_cancel(job: Job) -> None:
 
 
 class Client:
-    """Enqueue, inspect, cancel and retry jobs; pause and resume queues.
+    """Enqueue, inspect, cancel and retry jobs; pause and resume queues; set each
+    tenant's limits in a queue.
 
     Options an enqueue leaves out come from the kind's registration when the kind is
     registered in this process (the module that defines it is imported); its payload is
@@ -309,6 +311,49 @@ class Client:
             limits.check_int(limit, "limit", 1, limits.MAX_CONCURRENCY)
         if not await self.store.set_queue_limit(check_queue_name(queue), limit):
             raise QueueNotFound(queue)
+
+    async def set_tenant_limits(
+        self,
+        queue: str,
+        tenant_id: str,
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        weight: int | None = None,
+    ) -> TenantLimits | None:
+        """Set what ``tenant_id`` may do in ``queue``, replacing what was set (a limit
+        left None is lifted; all None clears the tenant's row): at most ``concurrency``
+        of its jobs of the queue run at once across all workers, the API admits at most
+        ``rate`` of its submissions into the queue (``"100/minute"``, see
+        :func:`~conveyor.engine.limits.check_rate`), and its share of the queue's claims
+        is ``weight`` (1 .. 1000, default 1) against the other tenants'. The queue need
+        not exist yet. Returns the limits now set, None once cleared."""
+        queue = check_queue_name(queue)
+        tenant_id = limits.check_tenant(tenant_id)
+        if concurrency is not None:
+            limits.check_int(concurrency, "concurrency", 1, limits.MAX_CONCURRENCY)
+        if rate is not None:
+            rate = limits.check_rate(rate)
+        if weight is not None:
+            limits.check_weight(weight)
+        await self.store.set_tenant_limits(
+            queue, tenant_id, concurrency=concurrency, rate=rate, weight=weight
+        )
+        if concurrency is None and rate is None and weight is None:
+            return None
+        return TenantLimits(queue, tenant_id, concurrency, rate, weight)
+
+    async def tenant_limits(
+        self, queue: str | None = None, *, tenant_id: str | None = None
+    ) -> builtins.list[TenantLimits]:
+        """The tenants' limits set in ``queue`` (None: in every queue), by queue and
+        tenant; only ``tenant_id``'s when given."""
+        if queue is not None:
+            queue = check_queue_name(queue)
+        if tenant_id is not None:
+            tenant_id = limits.check_tenant(tenant_id)
+        found = await self.store.list_tenant_limits(queue)
+        return [t for t in found if tenant_id is None or t.tenant_id == tenant_id]
 
     async def prune(self, older_than_s: float) -> int:
         """Delete finished jobs that finished more than ``older_than_s`` seconds ago."""

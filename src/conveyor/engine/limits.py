@@ -21,6 +21,9 @@ queue              1-100 of ``A-Z a-z 0-9 _ . -``
 kind               1-200 of ``A-Z a-z 0-9 _ . - : /``
 unique_key         1-200 characters, no NUL or lone surrogate
 tenant_id          1-100 characters, no NUL or lone surrogate
+tenant weight      1 .. 1000 (a tenant's share of a queue's claims)
+tenant rate        ``N/[M ]unit``: N 1 .. 10**9 submissions per M (1 .. 1000) seconds,
+                   minutes, hours or days (``100/minute``, ``5/10 seconds``)
 filters            (queue, kind... of a list): no NUL or lone surrogate, at most 200
 =================  =============================================================
 
@@ -63,11 +66,19 @@ MAX_CONCURRENCY = 10_000
 MAX_FILTER_LENGTH = 200
 MAX_UNIQUE_KEY_LENGTH = 200
 MAX_TENANT_LENGTH = 100
+MAX_WEIGHT = 1000
+"""The most a tenant's weight in a queue's turns may be (the stores' CHECK too)."""
+MAX_RATE_AMOUNT = 10**9
+MAX_RATE_MULTIPLE = 1000
 EXCERPT_CHARS = 60
 """How much of a refused value a message quotes."""
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 KIND_NAME = re.compile(r"[A-Za-z0-9_.\-:/]{1,200}")
+RATE = re.compile(
+    r"\s*(\d{1,10})\s*(?:/|per)\s*(\d{1,4})?\s*(second|minute|hour|day)s?\s*",
+    re.IGNORECASE | re.ASCII,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -238,6 +249,32 @@ def check_unique_key(unique_key: object) -> str:
 
 def check_tenant(tenant_id: object) -> str:
     return check_text(tenant_id, "tenant_id", MAX_TENANT_LENGTH)
+
+
+def check_weight(weight: object) -> int:
+    return check_int(weight, "weight", 1, MAX_WEIGHT)
+
+
+def check_rate(rate: object, field: str = "rate") -> str:
+    """A submission rate cap in the rate-limit notation, written the one way the API's
+    limiter reads it back: ``"100 per minute"`` and ``"100/minute"`` both give
+    ``"100/minute"``, ``"5/10 seconds"`` stays ``"5/10 second"``."""
+    match = RATE.fullmatch(rate) if isinstance(rate, str) else None
+    amount = int(match.group(1)) if match else 0
+    multiple = int(match.group(2) or 1) if match else 0
+    if (
+        match is None
+        or not 1 <= amount <= MAX_RATE_AMOUNT
+        or not 1 <= multiple <= MAX_RATE_MULTIPLE
+    ):
+        raise LimitError(
+            f"{field} {excerpt(rate)} is not valid: write N/unit or N/M unit, e.g. "
+            f"100/minute or 5/10 seconds, with N from 1 to {MAX_RATE_AMOUNT}, M from 1 to "
+            f"{MAX_RATE_MULTIPLE} and unit second, minute, hour or day",
+            (field,),
+        )
+    unit = match.group(3).lower()
+    return f"{amount}/{unit}" if multiple == 1 else f"{amount}/{multiple} {unit}"
 
 
 def check_filter(value: str | None, field: str) -> str | None:

@@ -8,7 +8,10 @@ pass moves on by 1 / weight for each job it is given, so that over many claims, 
 large, tenants with jobs waiting are served in proportion to their weights, and strict
 priority and FIFO hold within each tenant. A tenant that had no job in a queue's last
 claim starts at the queue's vt (the least pass of those that had): it cannot bank turns
-while idle, and a newcomer is served within the first claims.
+while idle, and a newcomer is served within the first claims. With more tenants than
+about :data:`TENANTS_PER_CLAIM`, a claim reads only the tenants furthest behind, each at
+least ``n // TENANTS_PER_CLAIM`` jobs, and those it left out keep their passes, so the
+next claim serves them.
 
 The passes are kept in memory by each store (each worker process): none is written to
 the database, so a claim pays nothing for them, and several workers each keep their own,
@@ -49,7 +52,7 @@ class Turns:
         """Where a tenant not seen in ``queue``'s last claim starts."""
         return min(self.passes(queue).values(), default=0.0)
 
-    def values(self, queues: Sequence[str]) -> dict[str, list[str] | list[float]]:
+    def values(self, queues: Sequence[str]) -> dict[str, list[str] | list[float] | int]:
         """The PostgreSQL claim's parameters for ``queues`` (see its exchange.sql)."""
         fair_queues: list[str] = []
         fair_tenants: list[str] = []
@@ -64,6 +67,7 @@ class Turns:
             "fair_queues": fair_queues,
             "fair_tenants": fair_tenants,
             "fair_passes": fair_passes,
+            "tenants_per_claim": TENANTS_PER_CLAIM,
         }
 
     def learn(self, queues: Iterable[str], passes: Iterable[tuple[str, str, float]]) -> None:
@@ -85,10 +89,34 @@ class Candidate:
     run_at: float
 
 
+TENANTS_PER_CLAIM = 10
+"""About how many tenants one claim serves at most: each tenant a claim of ``n`` serves
+gets at least ``n // TENANTS_PER_CLAIM`` jobs (and 1), so that with more tenants than that
+a claim serves those furthest behind and the next claim the next ones. Fewer, longer walks
+of the claim index: one job of each of 100 tenants per claim of 100 cost a third of the
+throughput (docs/benchmarks.md)."""
+
+
 def share(n: int, weight: int, total: int, room: int) -> int:
     """How many candidates a claim of ``n`` reads of a tenant of ``weight`` among
-    tenants of ``total`` weight, cut to the ``room`` its concurrency cap leaves."""
-    return min(room, math.ceil(n * weight / total))
+    tenants of ``total`` weight: ``ceil(n * weight / total)``, at least
+    ``n // TENANTS_PER_CLAIM``, cut to the ``room`` its concurrency cap leaves."""
+    least = max(1, n // TENANTS_PER_CLAIM)
+    return min(room, n, max(least, math.ceil(n * weight / total)))
+
+
+def chosen(n: int, shares: Mapping[str, int], bases: Mapping[str, float]) -> list[str]:
+    """The tenants a claim of ``n`` walks first: those furthest behind (least base, then
+    id), until their shares fill the claim."""
+    out: list[str] = []
+    filled = 0
+    for tenant in sorted(shares, key=lambda t: (bases[t], t)):
+        if filled >= n:
+            break
+        if shares[tenant] > 0:
+            out.append(tenant)
+            filled += shares[tenant]
+    return out
 
 
 def take_turns(
@@ -100,7 +128,8 @@ def take_turns(
     queue: str,
 ) -> list[int]:
     """The ids of the first ``n`` candidates in turn order, and the queue's passes
-    learnt: the SQLite claim's merge (PostgreSQL's is the same in SQL)."""
+    learnt, for every tenant of ``rooms`` (those that hold jobs: one the claim left out
+    keeps its place): the SQLite claim's merge (PostgreSQL's is the same in SQL)."""
     vt = turns.vt(queue)
     known = turns.passes(queue)
     by_tenant: dict[str, list[Candidate]] = {}
@@ -115,7 +144,7 @@ def take_turns(
             ranked.append((base + k / weight, base, c.priority, c.run_at, c.id, tenant))
     ranked.sort()
     taken = ranked[:n]
-    passes = {t: known.get(t, vt) for t in by_tenant}
+    passes = {t: known.get(t, vt) for t in (*rooms, *by_tenant)}
     # In rank order: each tenant ends at the rank of its last job taken.
     for rank, _base, _priority, _run_at, _id, tenant in taken:
         passes[tenant] = rank

@@ -91,6 +91,7 @@ def build_router(api: ApiState) -> APIRouter:
             payload,
             idempotency_key=idempotency_key,
             request_id=request_id(request),
+            http=request,
         )
         response.status_code = 202 if done.created else 200
         response.headers["Location"] = f"/v1/requests/{done.request.id}"

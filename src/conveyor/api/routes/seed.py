@@ -191,6 +191,7 @@ async def process_video(
         body.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         request_id=request_id(request),
+        http=request,
     )
     return await _accepted(api, done, response, "Video processing queued successfully")
 
@@ -218,6 +219,7 @@ async def ask_question(
         payload,
         idempotency_key=idempotency_key,
         request_id=request_id(request),
+        http=request,
     )
     return await _accepted(api, done, response, "Question queued for AI processing")
 

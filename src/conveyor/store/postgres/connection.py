@@ -33,6 +33,11 @@ SESSION_SETTINGS = {
 does not know are refused, so there they are left out: set them on the role instead
 (ALTER ROLE ... SET jit = off)."""
 
+MAX_CACHED_STATEMENT = 64 * 1024
+"""The longest SQL text asyncpg keeps prepared (its default is 15 KiB). A statement past
+the limit is parsed and planned again at every call: the fair-share exchange (16 KiB with
+its comments) spent more time being planned than run, halving a worker's throughput."""
+
 API_ROLE = "conveyor_api"
 """The role migration 0009 creates for the API: it owns nothing, has no BYPASSRLS, and row
 security policies show it one tenant's rows at a time (docs/operations.md)."""
@@ -139,6 +144,7 @@ class Database:
                 timeout=self.connect_timeout,
                 command_timeout=60,
                 server_settings=self._settings,
+                max_cacheable_statement_size=MAX_CACHED_STATEMENT,
             )
         except CONNECT_ERRORS as exc:
             raise StoreError(f"cannot open database {redact(self.url)!r}: {exc}") from exc
@@ -247,6 +253,7 @@ class Database:
                     timeout=self.connect_timeout,
                     command_timeout=60,
                     server_settings=self._settings,
+                    max_cacheable_statement_size=MAX_CACHED_STATEMENT,
                 )
                 await self._init_connection(conn)
                 self._lane = conn

@@ -16,11 +16,12 @@
 WITH taker AS (
     SELECT o.worker_id, o.lease_s
     FROM conveyor_offers o
-    -- For each offer the filters on o leave, any due job in the claim index's range of
-    -- each kind it serves, so that only the index can answer it. Written as NOT EXISTS
-    -- over kind = ANY(o.kinds), the generic plan read the jobs table sequentially, past
-    -- every queued job of the kinds the offer does not serve. Any due job of any tenant
-    -- stops the handoff: the claim must choose whose turn it is.
+    -- For each offer the filters on o leave, the first due job in the claim index's range
+    -- of each kind it serves, in the index's own order, so that only the index can answer
+    -- it: without the ORDER BY, or written as NOT EXISTS over kind = ANY(o.kinds), the
+    -- generic plan reads the jobs table sequentially, past every queued job of the kinds
+    -- the offer does not serve. Any due job of any tenant stops the handoff: the claim
+    -- must choose whose turn it is.
     LEFT JOIN LATERAL (
         SELECT true AS due
         FROM unnest(o.kinds) AS ok(kind)
@@ -28,6 +29,7 @@ WITH taker AS (
             SELECT FROM conveyor_jobs q
             WHERE q.state = 'queued' AND q.queue = :queue AND q.kind = ok.kind
               AND q.run_at <= now()
+            ORDER BY q.tenant_id, q.priority, q.run_at, q.id
             LIMIT 1
         ) head
         LIMIT 1

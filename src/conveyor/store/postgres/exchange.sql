@@ -199,9 +199,13 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 --
 -- The tenants come from a skip scan of the claim index (one descent per tenant that holds
 -- queued jobs of a kind); each tenant's range is walked for its share of n
--- (ceil(n * weight / total weight), cut to the room its concurrency cap leaves), locked.
--- Where those shares left the queue short, the tenants whose walk came back full are
--- walked again past their last row for what is missing: a claim returns fewer than n only
+-- (ceil(n * weight / total weight), at least n / :tenants_per_claim, cut to the room its
+-- concurrency cap leaves), locked: the tenants furthest behind first, until their shares
+-- fill the claim (with many tenants a claim serves some of them, several jobs each, and
+-- the next claim the next ones, rather than every one of them one job: fewer walks, and
+-- fewer places of the index changed). Where those shares left the queue short, the tenants whose walk came back full
+-- are walked again past their last row for what is missing, and the tenants left out are
+-- walked too: a claim returns fewer than n only
 -- when the queue has no more due jobs it may take (or another claimer holds them). With
 -- one tenant its share is n: one walk per kind, as without fairness. Candidates locked but
 -- not taken stay locked only until this statement commits; meanwhile other claimers skip
@@ -222,30 +226,50 @@ active (queue, kind, n, tenant_id) AS (
         ORDER BY j.tenant_id LIMIT 1)
     FROM active a WHERE a.tenant_id IS NOT NULL
 ),
+-- Each tenant's weight, room and base (its pass, else the queue's vt), once per tenant so
+-- that the candidates below carry them without a join per row; its share of the claim
+-- (at least n / :tenants_per_claim, see store/fairness.py), and whether this claim walks
+-- it: the tenants furthest behind, as many as their shares fill the claim.
 tenants AS MATERIALIZED (
-    SELECT t.queue, t.tenant_id, t.n, t.weight,
-           sum(t.weight) OVER (PARTITION BY t.queue) AS total,
-           CASE WHEN t.cap IS NULL THEN t.n
-                ELSE greatest(0, least(t.n, t.cap - (
-                    SELECT count(*) FROM conveyor_jobs r
-                    WHERE r.state = 'running' AND r.queue = t.queue
-                      AND r.tenant_id = t.tenant_id)))
-           END AS room
+    SELECT t.*,
+           sum(t.share) OVER (PARTITION BY t.queue ORDER BY t.base, t.tenant_id
+                              ROWS UNBOUNDED PRECEDING) - t.share < t.n AS chosen
     FROM (
-        SELECT DISTINCT a.queue, a.tenant_id, a.n, coalesce(l.weight, 1) AS weight,
-               l.concurrency AS cap
-        FROM active a
-        LEFT JOIN conveyor_tenant_limits l ON l.queue = a.queue AND l.tenant_id = a.tenant_id
-        WHERE a.tenant_id IS NOT NULL
+        SELECT t.*,
+               least(t.room, t.n, greatest(1, t.n / :tenants_per_claim::int,
+                     ceil(t.n * t.weight / t.total::float8)::int)) AS share
+        FROM (
+            SELECT t.queue, t.tenant_id, t.n, t.weight,
+                   sum(t.weight) OVER (PARTITION BY t.queue) AS total,
+                   coalesce(p.pass, w.vt) AS base,
+                   CASE WHEN t.cap IS NULL THEN t.n
+                        ELSE greatest(0, least(t.n, t.cap - (
+                            SELECT count(*) FROM conveyor_jobs r
+                            WHERE r.state = 'running' AND r.queue = t.queue
+                              AND r.tenant_id = t.tenant_id)))
+                   END AS room
+            FROM (
+                SELECT DISTINCT a.queue, a.tenant_id, a.n, coalesce(l.weight, 1) AS weight,
+                       l.concurrency AS cap
+                FROM active a
+                LEFT JOIN conveyor_tenant_limits l
+                       ON l.queue = a.queue AND l.tenant_id = a.tenant_id
+                WHERE a.tenant_id IS NOT NULL
+            ) t
+            JOIN wanted w ON w.queue = t.queue
+            LEFT JOIN unnest(:fair_queues::text[], :fair_tenants::text[], :fair_passes::float8[])
+                 AS p(queue, tenant_id, pass) ON p.queue = t.queue AND p.tenant_id = t.tenant_id
+        ) t
     ) t
 ),
 shares AS (
-    SELECT a.queue, a.kind, a.tenant_id, t.room,
-           least(t.room, ceil(t.n * t.weight / t.total::float8)::int) AS share
+    SELECT a.queue, a.kind, a.tenant_id, t.room, t.n, t.weight, t.base, t.share
     FROM active a JOIN tenants t ON t.queue = a.queue AND t.tenant_id = a.tenant_id
+    WHERE t.chosen AND t.share > 0
 ),
 walked AS MATERIALIZED (
-    SELECT s.queue, s.kind, s.tenant_id, s.room, s.share, c.id, c.priority, c.run_at
+    SELECT s.queue, s.kind, s.tenant_id, s.room, s.share, s.n, s.weight, s.base,
+           c.id, c.priority, c.run_at
     FROM shares s
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM conveyor_jobs
@@ -260,43 +284,68 @@ short AS (
     SELECT w.queue, w.n - (SELECT count(*) FROM walked k WHERE k.queue = w.queue) AS missing
     FROM wanted w
 ),
--- The tenants whose walk came back full, with their last row: they may hold more.
+-- The tenants whose walk came back full, with their last row: they may hold more. Only
+-- looked for in a queue the walks left short (with many tenants, each walk of one row
+-- comes back full, and the claim is seldom short).
 full_walks AS (
-    SELECT k.queue, k.kind, k.tenant_id, k.room - k.share AS more,
+    SELECT k.queue, k.kind, k.tenant_id, k.room, k.n, k.weight, k.base,
+           k.room - k.share AS more, m.missing,
+           (array_agg(k.priority ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1]
+               AS last_priority,
+           (array_agg(k.run_at ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1]
+               AS last_run_at,
            (array_agg(k.id ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1] AS last_id
-    FROM walked k
-    GROUP BY k.queue, k.kind, k.tenant_id, k.room, k.share
+    FROM walked k JOIN short m ON m.queue = k.queue AND m.missing > 0
+    -- Uncorrelated: a one-time filter, so that nothing here runs when no queue is short.
+    WHERE EXISTS (SELECT FROM short s WHERE s.missing > 0)
+    GROUP BY k.queue, k.kind, k.tenant_id, k.room, k.share, k.n, k.weight, k.base, m.missing
     HAVING count(*) = k.share AND k.room > k.share
 ),
 refilled AS (
-    SELECT f.queue, f.tenant_id, c.id, c.priority, c.run_at
-    FROM full_walks f JOIN short m ON m.queue = f.queue AND m.missing > 0
-    JOIN walked l ON l.id = f.last_id
+    SELECT f.queue, f.tenant_id, f.room, f.n, f.weight, f.base, c.id, c.priority, c.run_at
+    FROM full_walks f
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM conveyor_jobs
         WHERE state = 'queued' AND queue = f.queue AND kind = f.kind
           AND tenant_id = f.tenant_id AND run_at <= now()
-          AND (priority, run_at, id) > (l.priority, l.run_at, l.id)
+          AND (priority, run_at, id) > (f.last_priority, f.last_run_at, f.last_id)
         ORDER BY priority, run_at, id
-        LIMIT least(m.missing, f.more)
+        LIMIT least(f.missing, f.more)
         FOR UPDATE SKIP LOCKED
     ) c
 ),
+-- Where the walks left the queue short, the tenants this claim did not choose are walked
+-- too, for their share.
+extra AS (
+    SELECT t.queue, t.tenant_id, t.room, t.n, t.weight, t.base, c.id, c.priority, c.run_at
+    FROM active a
+    JOIN tenants t ON t.queue = a.queue AND t.tenant_id = a.tenant_id
+    JOIN short m ON m.queue = a.queue AND m.missing > 0
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = a.queue AND kind = a.kind
+          AND tenant_id = a.tenant_id AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT t.share
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE NOT t.chosen AND t.share > 0 AND EXISTS (SELECT FROM short s WHERE s.missing > 0)
+),
 ranked AS (
-    SELECT c.queue, c.tenant_id, c.id, c.priority, c.run_at, t.room,
-           coalesce(p.pass, w.vt) AS base,
-           coalesce(p.pass, w.vt) + row_number() OVER (
-               PARTITION BY c.queue, c.tenant_id ORDER BY c.priority, c.run_at, c.id
-           )::float8 / t.weight AS rank,
-           row_number() OVER (
-               PARTITION BY c.queue, c.tenant_id ORDER BY c.priority, c.run_at, c.id) AS pos
-    FROM (SELECT queue, tenant_id, id, priority, run_at FROM walked
-          UNION ALL
-          SELECT queue, tenant_id, id, priority, run_at FROM refilled) c
-    JOIN tenants t ON t.queue = c.queue AND t.tenant_id = c.tenant_id
-    JOIN wanted w ON w.queue = c.queue
-    LEFT JOIN unnest(:fair_queues::text[], :fair_tenants::text[], :fair_passes::float8[])
-         AS p(queue, tenant_id, pass) ON p.queue = c.queue AND p.tenant_id = c.tenant_id
+    SELECT c.queue, c.tenant_id, c.id, c.priority, c.run_at, c.room, c.n, c.base,
+           c.base + c.pos::float8 / c.weight AS rank, c.pos
+    FROM (
+        SELECT c.*, row_number() OVER (
+                   PARTITION BY c.queue, c.tenant_id ORDER BY c.priority, c.run_at, c.id
+               ) AS pos
+        FROM (SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM walked
+              UNION ALL
+              SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at
+              FROM refilled
+              UNION ALL
+              SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at
+              FROM extra) c
+    ) c
 ),
 picked AS MATERIALIZED (
     SELECT r.queue, r.tenant_id, r.id, r.base, r.rank
@@ -306,16 +355,14 @@ picked AS MATERIALIZED (
                ) AS turn
         FROM ranked r WHERE r.pos <= r.room
     ) r
-    JOIN wanted w ON w.queue = r.queue
-    WHERE r.turn <= w.n
+    WHERE r.turn <= r.n
 ),
 -- Each tenant's pass after this claim: the rank of its last job taken, or where it stood
--- if it held candidates and got none.
+-- if it got none (walked or not: a tenant this claim left for the next keeps its place).
 passes AS (
-    SELECT r.queue, r.tenant_id,
-           coalesce(max(p.rank), min(r.base)) AS pass
-    FROM ranked r LEFT JOIN picked p ON p.id = r.id
-    GROUP BY r.queue, r.tenant_id
+    SELECT t.queue, t.tenant_id, coalesce(max(p.rank), t.base) AS pass
+    FROM tenants t LEFT JOIN picked p ON p.queue = t.queue AND p.tenant_id = t.tenant_id
+    GROUP BY t.queue, t.tenant_id, t.base
 ),
 claimed AS (
     UPDATE conveyor_jobs j

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from conveyor.store.fairness import Candidate, Turns, share, take_turns
+from conveyor.store.fairness import Candidate, Turns, chosen, share, take_turns
 from conveyor.store.records import (
     ClaimRequest,
     Job,
@@ -157,10 +157,11 @@ def _choose(
     turns: Turns,
     limit: int,
 ) -> list[int]:
-    """The ids of the jobs a claim of ``limit`` takes: each tenant's share of candidates
-    per kind, then, where the shares left the claim short, more of the tenants whose
-    share came back full, merged in turn order. Fewer than ``limit`` only when the queue
-    has no more due jobs the claim may take."""
+    """The ids of the jobs a claim of ``limit`` takes: the share of candidates per kind of
+    each tenant the claim serves first (:func:`~conveyor.store.fairness.chosen`); where
+    the shares left the claim short, more of the tenants whose share came back full, then
+    the other tenants' shares; merged in turn order. Fewer than ``limit`` only when the
+    queue has no more due jobs the claim may take."""
     queue = values["queue"]
     capped: dict[str, int] = {}
     weights: dict[str, int] = {}
@@ -179,15 +180,10 @@ def _choose(
         running = execute(conn, "count_running_of_tenant", {**values, "tenant_id": tenant})
         rooms[tenant] = max(0, min(limit, capped[tenant] - running.fetchone()[0]))
     total = sum(weights.get(t, 1) for t in active)
-    candidates: list[Candidate] = []
-    full: list[tuple[str, str, int, Candidate]] = []
-    for kind, found in tenants.items():
-        for tenant in found:
-            n = share(limit, weights.get(tenant, 1), total, rooms[tenant])
-            got = _candidates(conn, values, kind, tenant, n, None)
-            candidates.extend(got)
-            if got and len(got) == n < rooms[tenant]:
-                full.append((kind, tenant, rooms[tenant] - n, got[-1]))
+    shares = {t: share(limit, weights.get(t, 1), total, rooms[t]) for t in active}
+    vt, known = turns.vt(queue), turns.passes(queue)
+    first = set(chosen(limit, shares, {t: known.get(t, vt) for t in active}))
+    candidates, full = _read(conn, values, tenants, first, shares, rooms)
     missing = limit - len(candidates)
     for kind, tenant, more, last in full:
         if missing <= 0:
@@ -195,7 +191,60 @@ def _choose(
         got = _candidates(conn, values, kind, tenant, min(missing, more), last)
         candidates.extend(got)
         missing -= len(got)
+    if missing > 0 and len(first) < len(active):
+        candidates.extend(_read(conn, values, tenants, active - first, shares, rooms)[0])
     return take_turns(limit, candidates, weights, rooms, turns, queue)
+
+
+def _read(
+    conn: sqlite3.Connection,
+    values: dict[str, Any],
+    tenants: Mapping[str, Sequence[str]],
+    which: Collection[str],
+    shares: Mapping[str, int],
+    rooms: Mapping[str, int],
+) -> tuple[list[Candidate], list[tuple[str, str, int, Candidate]]]:
+    """The share of candidates per kind of each tenant of ``which``, and the walks that
+    came back full with room for more (kind, tenant, how many more, last candidate)."""
+    candidates: list[Candidate] = []
+    full: list[tuple[str, str, int, Candidate]] = []
+    for kind, found in tenants.items():
+        # Tenants of one share are read in one statement: with equal weights, all of them.
+        by_share: dict[int, list[str]] = {}
+        for tenant in found:
+            if tenant in which and shares[tenant] > 0:
+                by_share.setdefault(shares[tenant], []).append(tenant)
+        for n, group in by_share.items():
+            got = _candidates_of(conn, values, kind, group, n)
+            candidates.extend(got)
+            full.extend(
+                (kind, tenant, rooms[tenant] - n, last)
+                for tenant, (count, last) in _walks(got).items()
+                if count == n < rooms[tenant]
+            )
+    return candidates, full
+
+
+def _walks(got: list[Candidate]) -> dict[str, tuple[int, Candidate]]:
+    """Per tenant, how many candidates came back and the last in claim order."""
+    walks: dict[str, tuple[int, Candidate]] = {}
+    for c in got:
+        count, last = walks.get(c.tenant_id, (0, c))
+        later = (c.priority, c.run_at, c.id) > (last.priority, last.run_at, last.id)
+        walks[c.tenant_id] = (count + 1, c if later else last)
+    return walks
+
+
+def _candidates_of(
+    conn: sqlite3.Connection,
+    values: dict[str, Any],
+    kind: str,
+    tenants: list[str],
+    n: int,
+) -> list[Candidate]:
+    """The first ``n`` candidates of ``kind`` of each of ``tenants``."""
+    params = {**values, "kind": kind, "tenants": dumps(tenants), "limit": n}
+    return [Candidate(*row) for row in execute(conn, "tenants_candidates", params)]
 
 
 def _candidates(

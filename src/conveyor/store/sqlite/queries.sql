@@ -95,6 +95,20 @@ WHERE state = 'queued' AND queue = :queue AND kind = :kind AND tenant_id = :tena
 ORDER BY priority, run_at, id
 LIMIT :limit
 
+-- name: tenants_candidates
+-- The first :limit due jobs of :kind in :queue of each tenant of :tenants (a JSON array),
+-- in claim order: one short range of the claim index per tenant (the correlated list
+-- subquery runs once per tenant), in one statement however many tenants there are.
+SELECT c.id, c.tenant_id, c.priority, c.run_at
+FROM json_each(:tenants) AS t, conveyor_jobs AS c
+WHERE c.id IN (
+    SELECT id FROM conveyor_jobs
+    WHERE state = 'queued' AND queue = :queue AND kind = :kind AND tenant_id = t.value
+      AND run_at <= :now
+    ORDER BY priority, run_at, id
+    LIMIT :limit
+)
+
 -- name: tenant_limits_for
 SELECT tenant_id, concurrency, weight FROM conveyor_tenant_limits WHERE queue = :queue
 
