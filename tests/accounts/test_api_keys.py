@@ -18,6 +18,7 @@ from conveyor.accounts import (
     Session,
     Unauthenticated,
 )
+from conveyor.accounts import base as accounts_base
 from conveyor.accounts.api_keys import MARK, PREFIX_LENGTH, TEXT_LENGTH, new_key_text, parse_key
 from conveyor.accounts.ids import digest, new_id
 from conveyor.store.accounts import ADMIN, READ, WRITE, NewApiKey, Role
@@ -176,6 +177,29 @@ async def test_a_key_of_a_disabled_tenant_is_refused(
 
     with pytest.raises(Unauthenticated):
         await accounts.authenticate(text)
+
+
+async def test_a_tenant_disabled_by_another_process_is_refused_within_the_cache_window(
+    accounts: Accounts,
+    peer_accounts: Accounts,
+    owner: Session,
+    owner_principal: Principal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accounts_base, "TENANT_CACHE_S", 1.0)
+    _, text = await accounts.create_api_key(owner_principal, "ci", [READ])
+    assert owner_principal.tenant_id is not None
+    assert (await accounts.authenticate(text)).tenant_id == owner_principal.tenant_id
+
+    await peer_accounts.set_tenant_disabled(owner_principal.tenant_id, True)
+    # Read within the window: still the tenant this process saw, for the key and the token.
+    await accounts.authenticate(text)
+    await accounts.authenticate(owner.access_token)
+    await asyncio.sleep(1.1)
+
+    for credential in (text, owner.access_token):
+        with pytest.raises(Unauthenticated):
+            await accounts.authenticate(credential)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,11 @@ from conveyor.store.accounts import ADMIN, AccountStore, Invitation, Role, Tenan
 
 log = get_logger("accounts")
 
+TENANT_CACHE_S = 2.0
+"""How long a process trusts what it read of a tenant (disabled, rate limit) when
+authenticating: a tenant disabled by another process (the CLI) is refused within this
+long, and a call with a valid token costs no query (docs/security.md)."""
+
 
 def without_hash(user: User) -> User:
     """``user`` as the service hands it to a client: the password hash is none of its
@@ -35,12 +40,25 @@ class AccountsBase:
         self.passwords = Passwords(settings)
         self.tokens = AccessTokens(settings, store.signing_keys)
         self._touched: dict[str, float] = {}
+        self._tenants: dict[str, tuple[float, Tenant | None]] = {}
 
     async def _enabled_tenant(self, tenant_id: str) -> Tenant:
-        tenant = await self.store.get_tenant(tenant_id)
+        """The tenant a credential names, read at most every :data:`TENANT_CACHE_S`."""
+        now = time.monotonic()
+        read_at, tenant = self._tenants.get(tenant_id, (float("-inf"), None))
+        if now - read_at >= TENANT_CACHE_S:
+            tenant = await self.store.get_tenant(tenant_id)
+            if len(self._tenants) >= 10_000:
+                # Bounded: ids come from valid credentials, but a process can serve many.
+                self._tenants.clear()
+            self._tenants[tenant_id] = (now, tenant)
         if tenant is None or tenant.disabled:
             raise Unauthenticated(f"tenant {tenant_id} gone or disabled")
         return tenant
+
+    def _forget_tenant(self, tenant_id: str) -> None:
+        """This process changed the tenant: its next credential reads it again."""
+        self._tenants.pop(tenant_id, None)
 
     async def _valid_invitation(self, token: str) -> Invitation:
         invitation = await self.store.find_invitation(digest(token[:512]))

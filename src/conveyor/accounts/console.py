@@ -39,9 +39,12 @@ class Console(AccountsBase):
         return await self.store.list_tenants()
 
     async def set_tenant_disabled(self, tenant_id: str, disabled: bool) -> Tenant:
-        """Disable a tenant (its users and keys are refused at once) or enable it."""
+        """Disable a tenant (its users and keys are refused from the next call in this
+        process, within ``TENANT_CACHE_S`` in others) or enable it."""
         check_id("tenant_id", tenant_id)
-        if not await self.store.set_tenant_disabled(tenant_id, disabled):
+        changed = await self.store.set_tenant_disabled(tenant_id, disabled)
+        self._forget_tenant(tenant_id)
+        if not changed:
             await self.tenant(tenant_id)
         return await self.tenant(tenant_id)
 
@@ -49,7 +52,9 @@ class Console(AccountsBase):
         """Set the per-caller budget of the tenant's users and keys (None: the setting)."""
         check_id("tenant_id", tenant_id)
         rate = check_rate_limit(rate_limit) if rate_limit is not None else None
-        if not await self.store.set_tenant_rate_limit(tenant_id, rate):
+        changed = await self.store.set_tenant_rate_limit(tenant_id, rate)
+        self._forget_tenant(tenant_id)
+        if not changed:
             await self.tenant(tenant_id)
         return await self.tenant(tenant_id)
 
