@@ -32,10 +32,9 @@ SLOTS = 100
 
 async def timed_run(admin_url: str, jobs: int, calls: int, tenants: int) -> dict[str, float]:
     """One run in this process: the exchange's p10 and median, in ms."""
+    from bench import kinds
     from conveyor.store import make_store
     from conveyor.store.records import ClaimRequest, Outcome, OutcomeKind
-
-    from bench import kinds
 
     backend = PostgresBackend(admin_url)
     store_config = StoreConfig(backend, "postgresql")
