@@ -94,6 +94,9 @@ async def test_a_tampered_token_is_refused(accounts: Accounts, owner: Session) -
     claims["tid"] = "tnt_someone_else"
     forged_body = _b64(json.dumps(claims).encode())
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    # The genuine token verified first: what the process remembers of it covers only
+    # that exact text.
+    assert (await accounts.authenticate(owner.access_token)).user_id == owner.user.id
 
     await _refused(accounts, f"{head}.{forged_body}.{signature}")
     await _refused(accounts, f"{head}.{body}.{flipped}")
