@@ -159,8 +159,9 @@ def _choose(
 ) -> list[int]:
     """The ids of the jobs a claim of ``limit`` takes: the share of candidates per kind of
     each tenant the claim serves first (:func:`~conveyor.store.fairness.chosen`); where
-    the shares left the claim short, more of the tenants whose share came back full, then
-    the other tenants' shares; merged in turn order. Fewer than ``limit`` only when the
+    the shares left the claim short, the tenants whose share came back full and the
+    tenants left out are walked in pass order, each for what is still missing (within its
+    room); merged in turn order. Fewer than ``limit`` only when the
     queue has no more due jobs the claim may take."""
     queue = values["queue"]
     capped: dict[str, int] = {}
@@ -182,17 +183,29 @@ def _choose(
     total = sum(weights.get(t, 1) for t in active)
     shares = {t: share(limit, weights.get(t, 1), total, rooms[t]) for t in active}
     vt, known = turns.vt(queue), turns.passes(queue)
-    first = set(chosen(limit, shares, {t: known.get(t, vt) for t in active}))
+    bases = {t: known.get(t, vt) for t in active}
+    first = set(chosen(limit, shares, bases))
     candidates, full = _read(conn, values, tenants, first, shares, rooms)
     missing = limit - len(candidates)
-    for kind, tenant, more, last in full:
-        if missing <= 0:
-            break
-        got = _candidates(conn, values, kind, tenant, min(missing, more), last)
-        candidates.extend(got)
-        missing -= len(got)
-    if missing > 0 and len(first) < len(active):
-        candidates.extend(_read(conn, values, tenants, active - first, shares, rooms)[0])
+    if missing > 0:
+        # Walked in pass order, each for what is still missing: a tenant left out may
+        # hold all of it, whatever its share.
+        walks: list[tuple[float, str, str, int, Candidate | None]] = [
+            (bases[tenant], tenant, kind, more, last) for kind, tenant, more, last in full
+        ]
+        walks.extend(
+            (bases[tenant], tenant, kind, rooms[tenant], None)
+            for kind, found in tenants.items()
+            for tenant in found
+            if tenant not in first and rooms[tenant] > 0
+        )
+        walks.sort(key=lambda w: w[:3])
+        for _base, tenant, kind, more, last in walks:
+            if missing <= 0:
+                break
+            got = _candidates(conn, values, kind, tenant, min(missing, more), last)
+            candidates.extend(got)
+            missing -= len(got)
     return take_turns(limit, candidates, weights, rooms, turns, queue)
 
 
