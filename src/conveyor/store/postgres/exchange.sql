@@ -203,10 +203,11 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- concurrency cap leaves), locked: the tenants furthest behind first, until their shares
 -- fill the claim (with many tenants a claim serves some of them, several jobs each, and
 -- the next claim the next ones, rather than every one of them one job: fewer walks, and
--- fewer places of the index changed). Where those shares left the queue short, the tenants whose walk came back full
--- are walked again past their last row for what is missing, and the tenants left out are
--- walked too: a claim returns fewer than n only
--- when the queue has no more due jobs it may take (or another claimer holds them). With
+-- fewer places of the index changed). Where those shares left the queue short, the tenants
+-- whose walk came back full (past their last row) and the tenants left out (from their
+-- first) are walked in pass order, each for what is still missing within its room, until
+-- the queue has n: a claim returns fewer than n only when the queue has no more due jobs
+-- it may take (or another claimer holds them). With
 -- one tenant its share is n: one walk per kind, as without fairness. Candidates locked but
 -- not taken stay locked only until this statement commits; meanwhile other claimers skip
 -- them as they skip any row being claimed (and a claim that leaves some untaken was full,
