@@ -3,7 +3,7 @@ their concurrency caps, with strict priority within each tenant."""
 
 from __future__ import annotations
 
-from contract_support import W1, W2, NewJobFactory, claim, completed, settle
+from contract_support import NOOP, W1, W2, NewJobFactory, claim, completed, settle
 
 from conveyor.store.base import Store
 
@@ -142,3 +142,20 @@ async def test_with_many_tenants_a_claim_is_filled_from_those_left_out_within_th
     assert len(got) == 100
     counts = {t: sum(j.tenant_id == t for j in got) for t in {j.tenant_id for j in got}}
     assert counts == {**dict.fromkeys(small, 1), "t18": 30, "t19": 52}
+
+
+async def test_a_refill_walks_a_capped_tenant_of_two_kinds_within_one_cap(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """``x``'s walks of both kinds share its cap of 5: the refill takes 5 of ``x`` in all
+    and the other 14 missing of ``y``."""
+    await store.enqueue([new_job(tenant_id="a")])
+    await store.set_tenant_limits("default", "a", concurrency=None, rate=None, weight=1000)
+    for kind in (NOOP, "test.other"):
+        await store.enqueue([new_job(tenant_id="x", kind=kind) for _ in range(10)])
+    await store.set_tenant_limits("default", "x", concurrency=5, rate=None, weight=None)
+    await store.enqueue([new_job(tenant_id="y") for _ in range(20)])
+
+    got = (await claim(store, W1, {"default": 20}, kinds=(NOOP, "test.other"))).claimed
+
+    assert sorted(j.tenant_id for j in got) == ["a"] + ["x"] * 5 + ["y"] * 14

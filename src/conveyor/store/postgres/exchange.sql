@@ -294,8 +294,11 @@ short AS (
 -- looked for in a queue the walks left short (with many tenants, each walk of one row
 -- comes back full, and the claim is seldom short).
 full_walks AS (
+    -- more: the room its walks of all kinds left the tenant.
     SELECT k.queue, k.kind, k.tenant_id, k.room, k.n, k.weight, k.base,
-           k.room - k.share AS more, m.missing,
+           k.room - (SELECT count(*) FROM walked o
+                     WHERE o.queue = k.queue AND o.tenant_id = k.tenant_id) AS more,
+           m.missing,
            (array_agg(k.priority ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1]
                AS last_priority,
            (array_agg(k.run_at ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1]
@@ -326,21 +329,24 @@ pending AS MATERIALIZED (
         WHERE NOT t.chosen AND t.share > 0 AND EXISTS (SELECT FROM short s WHERE s.missing > 0)
     ) p
 ),
--- Those walks one after another, each for what is still missing (within its room), until
+-- Those walks one after another, each for what is still missing within its room, until
 -- the queue has n: a tenant left out may hold all that is missing, whatever its share.
 -- Each step's rows travel as arrays, one row a step, so that the next step knows what is
--- left.
-refill (queue, ord, missing, tenant_id, room, n, weight, base, ids, priorities, run_ats)
+-- left; used: what the refill took of the step's tenant (its walks of each kind are
+-- consecutive), so that they share its room.
+refill (queue, ord, missing, used, tenant_id, room, n, weight, base, ids, priorities,
+        run_ats)
 AS (
-    SELECT m.queue, 0::bigint, m.missing, NULL::text, 0::bigint, 0::bigint, 0::bigint, 0::float8,
-           NULL::bigint[], NULL::smallint[], NULL::timestamptz[]
+    SELECT m.queue, 0::bigint, m.missing, 0::bigint, NULL::text, 0::bigint, 0::bigint,
+           0::bigint, 0::float8, NULL::bigint[], NULL::smallint[], NULL::timestamptz[]
     FROM short m WHERE m.missing > 0
     UNION ALL
-    SELECT r.queue, p.ord, r.missing - c.got, p.tenant_id, p.room::bigint, p.n::bigint,
-           p.weight::bigint, p.base::float8,
-           c.ids, c.priorities, c.run_ats
+    SELECT r.queue, p.ord, r.missing - c.got, c.got + u.used, p.tenant_id, p.room::bigint,
+           p.n::bigint, p.weight::bigint, p.base::float8, c.ids, c.priorities, c.run_ats
     FROM refill r
     JOIN pending p ON p.queue = r.queue AND p.ord = r.ord + 1
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN p.tenant_id = r.tenant_id THEN r.used ELSE 0 END AS used) u
     CROSS JOIN LATERAL (
         SELECT count(*) AS got, array_agg(c.id) AS ids, array_agg(c.priority) AS priorities,
                array_agg(c.run_at) AS run_ats
@@ -350,7 +356,7 @@ AS (
               AND tenant_id = p.tenant_id AND run_at <= now()
               AND (priority, run_at, id) > (p.last_priority, p.last_run_at, p.last_id)
             ORDER BY priority, run_at, id
-            LIMIT least(r.missing, p.more)
+            LIMIT greatest(0, least(r.missing, p.more - u.used))
             FOR UPDATE SKIP LOCKED
         ) c
     ) c

@@ -4,6 +4,7 @@ the store's thread, inside the transaction the store opened)."""
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -188,23 +189,27 @@ def _choose(
     candidates, full = _read(conn, values, tenants, first, shares, rooms)
     missing = limit - len(candidates)
     if missing > 0:
-        # Walked in pass order, each for what is still missing: a tenant left out may
-        # hold all of it, whatever its share.
-        walks: list[tuple[float, str, str, int, Candidate | None]] = [
-            (bases[tenant], tenant, kind, more, last) for kind, tenant, more, last in full
+        # Walked in pass order, each for what is still missing within the room the
+        # tenant's walks of every kind left: a tenant left out may hold all of it,
+        # whatever its share.
+        walks: list[tuple[float, str, str, Candidate | None]] = [
+            (bases[tenant], tenant, kind, last) for kind, tenant, last in full
         ]
         walks.extend(
-            (bases[tenant], tenant, kind, rooms[tenant], None)
+            (bases[tenant], tenant, kind, None)
             for kind, found in tenants.items()
             for tenant in found
             if tenant not in first and rooms[tenant] > 0
         )
         walks.sort(key=lambda w: w[:3])
-        for _base, tenant, kind, more, last in walks:
+        taken = Counter(c.tenant_id for c in candidates)
+        for _base, tenant, kind, last in walks:
             if missing <= 0:
                 break
-            got = _candidates(conn, values, kind, tenant, min(missing, more), last)
+            more = min(missing, rooms[tenant] - taken[tenant])
+            got = _candidates(conn, values, kind, tenant, more, last)
             candidates.extend(got)
+            taken[tenant] += len(got)
             missing -= len(got)
     return take_turns(limit, candidates, weights, rooms, turns, queue)
 
@@ -216,11 +221,11 @@ def _read(
     which: Collection[str],
     shares: Mapping[str, int],
     rooms: Mapping[str, int],
-) -> tuple[list[Candidate], list[tuple[str, str, int, Candidate]]]:
+) -> tuple[list[Candidate], list[tuple[str, str, Candidate]]]:
     """The share of candidates per kind of each tenant of ``which``, and the walks that
-    came back full with room for more (kind, tenant, how many more, last candidate)."""
+    came back full with room for more (kind, tenant, last candidate)."""
     candidates: list[Candidate] = []
-    full: list[tuple[str, str, int, Candidate]] = []
+    full: list[tuple[str, str, Candidate]] = []
     for kind, found in tenants.items():
         # Tenants of one share are read in one statement: with equal weights, all of them.
         by_share: dict[int, list[str]] = {}
@@ -231,7 +236,7 @@ def _read(
             got = _candidates_of(conn, values, kind, group, n)
             candidates.extend(got)
             full.extend(
-                (kind, tenant, rooms[tenant] - n, last)
+                (kind, tenant, last)
                 for tenant, (count, last) in _walks(got).items()
                 if count == n < rooms[tenant]
             )
