@@ -3,7 +3,7 @@ their concurrency caps, with strict priority within each tenant."""
 
 from __future__ import annotations
 
-from contract_support import W1, W2, NewJobFactory, claim, completed, settle
+from contract_support import NOOP, W1, W2, NewJobFactory, claim, completed, settle
 
 from conveyor.store.base import Store
 
@@ -107,3 +107,55 @@ async def test_with_many_tenants_each_claim_serves_the_next_ones(
 
     assert [len(s) for s in served] == [10, 10, 10]
     assert set().union(*served) == set(tenants)
+
+
+async def test_a_claim_the_chosen_tenant_leaves_short_is_filled_from_the_tenant_left_out(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """A heavy tenant's share is the whole claim, so the claim chooses it alone; its 3 jobs
+    leave 7 to take, and the other tenant has them."""
+    await store.enqueue([new_job(tenant_id="a") for _ in range(3)])
+    await store.enqueue([new_job(tenant_id="b") for _ in range(10)])
+    await store.set_tenant_limits("default", "a", concurrency=None, rate=None, weight=1000)
+
+    got = (await claim(store, W1, {"default": 10})).claimed
+
+    assert sorted(j.tenant_id for j in got) == ["a"] * 3 + ["b"] * 7
+    b_ids = [j.id for j in got if j.tenant_id == "b"]
+    assert sorted(b_ids) == list(range(min(b_ids), min(b_ids) + 7))
+
+
+async def test_with_many_tenants_a_claim_is_filled_from_those_left_out_within_their_caps(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """Of 20 tenants a claim of 100 chooses the 10 furthest behind (t00 to t09), one job
+    each; t10 to t17 hold one job each too, t18 and t19 many: the 82 missing come from
+    those left out, in pass order, t18 within its cap."""
+    small = [f"t{i:02d}" for i in range(18)]
+    await store.enqueue([new_job(tenant_id=t) for t in small])
+    for tenant in ("t18", "t19"):
+        await store.enqueue([new_job(tenant_id=tenant) for _ in range(200)])
+    await store.set_tenant_limits("default", "t18", concurrency=30, rate=None, weight=None)
+
+    got = (await claim(store, W1, {"default": 100})).claimed
+
+    assert len(got) == 100
+    counts = {t: sum(j.tenant_id == t for j in got) for t in {j.tenant_id for j in got}}
+    assert counts == {**dict.fromkeys(small, 1), "t18": 30, "t19": 52}
+
+
+async def test_a_refill_walks_a_capped_tenant_of_two_kinds_within_one_cap(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """``x``'s walks of both kinds share its cap of 5: the refill takes 5 of ``x`` in all
+    and the other 14 missing of ``y``."""
+    await store.enqueue([new_job(tenant_id="a")])
+    await store.set_tenant_limits("default", "a", concurrency=None, rate=None, weight=1000)
+    for kind in (NOOP, "test.other"):
+        await store.enqueue([new_job(tenant_id="x", kind=kind) for _ in range(10)])
+    await store.set_tenant_limits("default", "x", concurrency=5, rate=None, weight=None)
+    await store.enqueue([new_job(tenant_id="y") for _ in range(20)])
+
+    got = (await claim(store, W1, {"default": 20}, kinds=(NOOP, "test.other"))).claimed
+
+    assert sorted(j.tenant_id for j in got) == ["a"] + ["x"] * 5 + ["y"] * 14

@@ -11,7 +11,10 @@ claim starts at the queue's vt (the least pass of those that had): it cannot ban
 while idle, and a newcomer is served within the first claims. With more tenants than
 about :data:`TENANTS_PER_CLAIM`, a claim reads only the tenants furthest behind, each at
 least ``n // TENANTS_PER_CLAIM`` jobs, and those it left out keep their passes, so the
-next claim serves them.
+next claim serves them. Where those shares leave a claim short (the tenants it chose hold
+fewer jobs), the claim walks on, in pass order, those that may hold more and those it left
+out, each for what is still missing within its cap: a claim returns fewer than ``n`` only
+when no more jobs it may take are due.
 
 The passes are kept in memory by each store (each worker process): none is written to
 the database, so a claim pays nothing for them, and several workers each keep their own,

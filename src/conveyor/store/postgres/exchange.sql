@@ -203,10 +203,11 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- concurrency cap leaves), locked: the tenants furthest behind first, until their shares
 -- fill the claim (with many tenants a claim serves some of them, several jobs each, and
 -- the next claim the next ones, rather than every one of them one job: fewer walks, and
--- fewer places of the index changed). Where those shares left the queue short, the tenants whose walk came back full
--- are walked again past their last row for what is missing, and the tenants left out are
--- walked too: a claim returns fewer than n only
--- when the queue has no more due jobs it may take (or another claimer holds them). With
+-- fewer places of the index changed). Where those shares left the queue short, the tenants
+-- whose walk came back full (past their last row) and the tenants left out (from their
+-- first) are walked in pass order, each for what is still missing within its room, until
+-- the queue has n: a claim returns fewer than n only when the queue has no more due jobs
+-- it may take (or another claimer holds them). With
 -- one tenant its share is n: one walk per kind, as without fairness. Candidates locked but
 -- not taken stay locked only until this statement commits; meanwhile other claimers skip
 -- them as they skip any row being claimed (and a claim that leaves some untaken was full,
@@ -293,8 +294,11 @@ short AS (
 -- looked for in a queue the walks left short (with many tenants, each walk of one row
 -- comes back full, and the claim is seldom short).
 full_walks AS (
+    -- more: the room its walks of all kinds left the tenant.
     SELECT k.queue, k.kind, k.tenant_id, k.room, k.n, k.weight, k.base,
-           k.room - k.share AS more, m.missing,
+           k.room - (SELECT count(*) FROM walked o
+                     WHERE o.queue = k.queue AND o.tenant_id = k.tenant_id) AS more,
+           m.missing,
            (array_agg(k.priority ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1]
                AS last_priority,
            (array_agg(k.run_at ORDER BY k.priority DESC, k.run_at DESC, k.id DESC))[1]
@@ -306,35 +310,63 @@ full_walks AS (
     GROUP BY k.queue, k.kind, k.tenant_id, k.room, k.share, k.n, k.weight, k.base, m.missing
     HAVING count(*) = k.share AND k.room > k.share
 ),
-refilled AS (
-    SELECT f.queue, f.tenant_id, f.room, f.n, f.weight, f.base, c.id, c.priority, c.run_at
-    FROM full_walks f
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM conveyor_jobs
-        WHERE state = 'queued' AND queue = f.queue AND kind = f.kind
-          AND tenant_id = f.tenant_id AND run_at <= now()
-          AND (priority, run_at, id) > (f.last_priority, f.last_run_at, f.last_id)
-        ORDER BY priority, run_at, id
-        LIMIT least(f.missing, f.more)
-        FOR UPDATE SKIP LOCKED
-    ) c
+-- Where the walks left a queue short, the walks that may give more, in pass order (base,
+-- tenant, kind): those that came back full, past their last row, and those of the tenants
+-- this claim did not choose, from the start (priority 0 comes before any job's).
+pending AS MATERIALIZED (
+    SELECT p.*, row_number() OVER (
+               PARTITION BY p.queue ORDER BY p.base, p.tenant_id, p.kind) AS ord
+    FROM (
+        SELECT f.queue, f.kind, f.tenant_id, f.room, f.n, f.weight, f.base, f.more,
+               f.last_priority, f.last_run_at, f.last_id
+        FROM full_walks f
+        UNION ALL
+        SELECT t.queue, a.kind, t.tenant_id, t.room, t.n, t.weight, t.base, t.room,
+               0, '-infinity'::timestamptz, 0
+        FROM active a
+        JOIN tenants t ON t.queue = a.queue AND t.tenant_id = a.tenant_id
+        JOIN short m ON m.queue = a.queue AND m.missing > 0
+        WHERE NOT t.chosen AND t.share > 0 AND EXISTS (SELECT FROM short s WHERE s.missing > 0)
+    ) p
 ),
--- Where the walks left the queue short, the tenants this claim did not choose are walked
--- too, for their share.
-extra AS (
-    SELECT t.queue, t.tenant_id, t.room, t.n, t.weight, t.base, c.id, c.priority, c.run_at
-    FROM active a
-    JOIN tenants t ON t.queue = a.queue AND t.tenant_id = a.tenant_id
-    JOIN short m ON m.queue = a.queue AND m.missing > 0
+-- Those walks one after another, each for what is still missing within its room, until
+-- the queue has n: a tenant left out may hold all that is missing, whatever its share.
+-- Each step's rows travel as arrays, one row a step, so that the next step knows what is
+-- left; used: what the refill took of the step's tenant (its walks of each kind are
+-- consecutive), so that they share its room.
+refill (queue, ord, missing, used, tenant_id, room, n, weight, base, ids, priorities,
+        run_ats)
+AS (
+    SELECT m.queue, 0::bigint, m.missing, 0::bigint, NULL::text, 0::bigint, 0::bigint,
+           0::bigint, 0::float8, NULL::bigint[], NULL::smallint[], NULL::timestamptz[]
+    FROM short m WHERE m.missing > 0
+    UNION ALL
+    SELECT r.queue, p.ord, r.missing - c.got, c.got + u.used, p.tenant_id, p.room::bigint,
+           p.n::bigint, p.weight::bigint, p.base::float8, c.ids, c.priorities, c.run_ats
+    FROM refill r
+    JOIN pending p ON p.queue = r.queue AND p.ord = r.ord + 1
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at FROM conveyor_jobs
-        WHERE state = 'queued' AND queue = a.queue AND kind = a.kind
-          AND tenant_id = a.tenant_id AND run_at <= now()
-        ORDER BY priority, run_at, id
-        LIMIT t.share
-        FOR UPDATE SKIP LOCKED
+        SELECT CASE WHEN p.tenant_id = r.tenant_id THEN r.used ELSE 0 END AS used) u
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS got, array_agg(c.id) AS ids, array_agg(c.priority) AS priorities,
+               array_agg(c.run_at) AS run_ats
+        FROM (
+            SELECT id, priority, run_at FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = p.queue AND kind = p.kind
+              AND tenant_id = p.tenant_id AND run_at <= now()
+              AND (priority, run_at, id) > (p.last_priority, p.last_run_at, p.last_id)
+            ORDER BY priority, run_at, id
+            LIMIT greatest(0, least(r.missing, p.more - u.used))
+            FOR UPDATE SKIP LOCKED
+        ) c
     ) c
-    WHERE NOT t.chosen AND t.share > 0 AND EXISTS (SELECT FROM short s WHERE s.missing > 0)
+    WHERE r.missing > 0
+),
+refilled AS (
+    SELECT r.queue, r.tenant_id, r.room, r.n, r.weight, r.base, c.id, c.priority, c.run_at
+    FROM refill r
+    CROSS JOIN LATERAL unnest(r.ids, r.priorities, r.run_ats) AS c(id, priority, run_at)
+    WHERE r.ord > 0
 ),
 ranked AS (
     SELECT c.queue, c.tenant_id, c.id, c.priority, c.run_at, c.room, c.n, c.base,
@@ -346,10 +378,7 @@ ranked AS (
         FROM (SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM walked
               UNION ALL
               SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at
-              FROM refilled
-              UNION ALL
-              SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at
-              FROM extra) c
+              FROM refilled) c
     ) c
 ),
 -- A claim of one walk that left no queue short (one tenant of one kind with jobs: the

@@ -4,6 +4,7 @@ the store's thread, inside the transaction the store opened)."""
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -159,8 +160,9 @@ def _choose(
 ) -> list[int]:
     """The ids of the jobs a claim of ``limit`` takes: the share of candidates per kind of
     each tenant the claim serves first (:func:`~conveyor.store.fairness.chosen`); where
-    the shares left the claim short, more of the tenants whose share came back full, then
-    the other tenants' shares; merged in turn order. Fewer than ``limit`` only when the
+    the shares left the claim short, the tenants whose share came back full and the
+    tenants left out are walked in pass order, each for what is still missing (within its
+    room); merged in turn order. Fewer than ``limit`` only when the
     queue has no more due jobs the claim may take."""
     queue = values["queue"]
     capped: dict[str, int] = {}
@@ -182,17 +184,33 @@ def _choose(
     total = sum(weights.get(t, 1) for t in active)
     shares = {t: share(limit, weights.get(t, 1), total, rooms[t]) for t in active}
     vt, known = turns.vt(queue), turns.passes(queue)
-    first = set(chosen(limit, shares, {t: known.get(t, vt) for t in active}))
+    bases = {t: known.get(t, vt) for t in active}
+    first = set(chosen(limit, shares, bases))
     candidates, full = _read(conn, values, tenants, first, shares, rooms)
     missing = limit - len(candidates)
-    for kind, tenant, more, last in full:
-        if missing <= 0:
-            break
-        got = _candidates(conn, values, kind, tenant, min(missing, more), last)
-        candidates.extend(got)
-        missing -= len(got)
-    if missing > 0 and len(first) < len(active):
-        candidates.extend(_read(conn, values, tenants, active - first, shares, rooms)[0])
+    if missing > 0:
+        # Walked in pass order, each for what is still missing within the room the
+        # tenant's walks of every kind left: a tenant left out may hold all of it,
+        # whatever its share.
+        walks: list[tuple[float, str, str, Candidate | None]] = [
+            (bases[tenant], tenant, kind, last) for kind, tenant, last in full
+        ]
+        walks.extend(
+            (bases[tenant], tenant, kind, None)
+            for kind, found in tenants.items()
+            for tenant in found
+            if tenant not in first and rooms[tenant] > 0
+        )
+        walks.sort(key=lambda w: w[:3])
+        taken = Counter(c.tenant_id for c in candidates)
+        for _base, tenant, kind, last in walks:
+            if missing <= 0:
+                break
+            more = min(missing, rooms[tenant] - taken[tenant])
+            got = _candidates(conn, values, kind, tenant, more, last)
+            candidates.extend(got)
+            taken[tenant] += len(got)
+            missing -= len(got)
     return take_turns(limit, candidates, weights, rooms, turns, queue)
 
 
@@ -203,11 +221,11 @@ def _read(
     which: Collection[str],
     shares: Mapping[str, int],
     rooms: Mapping[str, int],
-) -> tuple[list[Candidate], list[tuple[str, str, int, Candidate]]]:
+) -> tuple[list[Candidate], list[tuple[str, str, Candidate]]]:
     """The share of candidates per kind of each tenant of ``which``, and the walks that
-    came back full with room for more (kind, tenant, how many more, last candidate)."""
+    came back full with room for more (kind, tenant, last candidate)."""
     candidates: list[Candidate] = []
-    full: list[tuple[str, str, int, Candidate]] = []
+    full: list[tuple[str, str, Candidate]] = []
     for kind, found in tenants.items():
         # Tenants of one share are read in one statement: with equal weights, all of them.
         by_share: dict[int, list[str]] = {}
@@ -218,7 +236,7 @@ def _read(
             got = _candidates_of(conn, values, kind, group, n)
             candidates.extend(got)
             full.extend(
-                (kind, tenant, rooms[tenant] - n, last)
+                (kind, tenant, last)
                 for tenant, (count, last) in _walks(got).items()
                 if count == n < rooms[tenant]
             )
