@@ -1,11 +1,12 @@
-"""``python -m bench.exchange_time [OTHER_SRC] [--rounds N] [--calls N] [--tenants N]``: one
-PostgreSQL exchange timed alone, through the store, on this checkout's code and (given
-``OTHER_SRC``, another checkout's ``src``) on another's, alternated round by round.
+"""``python -m bench.exchange_time [OTHER_SRC] [--rounds N] [--calls N] [--tenants N]
+[--slots N]``: one PostgreSQL exchange timed alone, through the store, on this checkout's
+code and (given ``OTHER_SRC``, another checkout's ``src``) on another's, alternated round
+by round.
 
 Each run makes a fresh database (as the benchmarks do, ``--postgres-url``), queues
-``--jobs`` no-op jobs round-robin over ``--tenants`` tenants, claims 100, then times
-``--calls`` exchanges in a row, each settling the previous claim's 100 jobs as completed
-and claiming 100 more: the worker's steady state at its defaults, without the worker.
+``--jobs`` no-op jobs round-robin over ``--tenants`` tenants, claims ``--slots`` (100), then times
+``--calls`` exchanges in a row, each settling the previous claim's jobs as completed
+and claiming as many more: the worker's steady state at its defaults, without the worker.
 A run prints its p10 and median in ms; the summary gives each side's per round and the
 ratio this / other of their medians. Each run is a subprocess with its code first on
 ``PYTHONPATH``, as in :mod:`bench.against`.
@@ -27,10 +28,10 @@ import orjson
 from bench.stores import DEFAULT_POSTGRES_URL, REPO_ROOT, PostgresBackend, StoreConfig
 from bench.tenants import fill_tenants
 
-SLOTS = 100
 
-
-async def timed_run(admin_url: str, jobs: int, calls: int, tenants: int) -> dict[str, float]:
+async def timed_run(
+    admin_url: str, jobs: int, calls: int, tenants: int, slots: int
+) -> dict[str, float]:
     """One run in this process: the exchange's p10 and median, in ms."""
     from bench import kinds
     from conveyor.store import make_store
@@ -44,7 +45,7 @@ async def timed_run(admin_url: str, jobs: int, calls: int, tenants: int) -> dict
         try:
             await store.migrate()
             await fill_tenants(store_config, url, jobs, tenants)
-            claim = ClaimRequest("w1", {kinds.NOOP_QUEUE: SLOTS}, 60.0, kinds=(kinds.NOOP,))
+            claim = ClaimRequest("w1", {kinds.NOOP_QUEUE: slots}, 60.0, kinds=(kinds.NOOP,))
             held = (await store.settle_and_claim((), (), "w1", claim)).claimed
             times: list[float] = []
             for _ in range(calls):
@@ -55,8 +56,8 @@ async def timed_run(admin_url: str, jobs: int, calls: int, tenants: int) -> dict
                 t0 = time.perf_counter()
                 result = await store.settle_and_claim(done, (), "w1", claim)
                 times.append((time.perf_counter() - t0) * 1000)
-                if len(result.claimed) != SLOTS:
-                    raise SystemExit(f"claimed {len(result.claimed)} of {SLOTS}: raise --jobs")
+                if len(result.claimed) != slots:
+                    raise SystemExit(f"claimed {len(result.claimed)} of {slots}: raise --jobs")
                 held = result.claimed
         finally:
             await store.close()
@@ -69,6 +70,7 @@ def run_side(src: Path, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.exchange_time", "--child"]
     cmd += ["--postgres-url", args.postgres_url, "--jobs", str(args.jobs)]
     cmd += ["--calls", str(args.calls), "--tenants", str(args.tenants)]
+    cmd += ["--slots", str(args.slots)]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"run failed with {src}:\n{done.stderr[-3000:]}")
@@ -83,11 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--tenants", type=int, default=1)
+    parser.add_argument(
+        "--slots", type=int, default=100, help="jobs settled and claimed per exchange (100)"
+    )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = asyncio.run(timed_run(args.postgres_url, args.jobs, args.calls, args.tenants))
+        result = asyncio.run(
+            timed_run(args.postgres_url, args.jobs, args.calls, args.tenants, args.slots)
+        )
         print(orjson.dumps(result).decode())
         return 0
     sides = [("this", REPO_ROOT / "src")]
