@@ -304,6 +304,30 @@ async def test_postgres_claim_takes_the_served_jobs_in_turn(
     assert len({j.tenant_id for j in got}) == min(tenants, SLOTS)
 
 
+@pytest.mark.parametrize("known", ["NULL", "'t00'"], ids=["none-known", "t00-known"])
+async def test_postgres_claim_of_a_lone_tenant_walks_only_when_alone(
+    pg_db: asyncpg.Connection, tenants: int, known: str
+) -> None:
+    """The claim of a queue where the last claim found at most one tenant: a look either
+    side of that tenant (or of the first one) for another, then, if none, the walks of its
+    range; with other tenants it claims nothing (the store claims again, fairly)."""
+    literals = {**_claim(kinds="'{k0,k1,k2}'"), "lone_tenants": f"ARRAY[{known}]::text[]"}
+    plan = await _pg_plan(pg_db, PG_EXCHANGE["claim_lone"], **literals)
+    scans = _assert_index_walks(plan)
+    cond = [(n, n["Index Cond"]) for n in scans if n["Index Name"] == INDEX]
+    walks = [n for n, c in cond if "tenant_id = " in c]
+    looks = [n for n, c in cond if "tenant_id = " not in c]
+    # At most one tenant found per kind, and a descent either side of it.
+    assert sum(_read(n) for n in looks) <= 3 * len(KINDS)
+    if tenants == 1:
+        assert sum(_read(n) for n in walks) <= len(KINDS) * SLOTS
+        assert plan["Actual Rows"] == SLOTS + 1
+    else:
+        assert walks and all(n["Actual Loops"] == 0 for n in walks), walks
+        assert plan["Actual Rows"] == 1  # the summary alone
+    assert sum(_read(n) for n in scans) < PILE / 10
+
+
 async def test_postgres_next_run_at_reads_the_claimed_kinds_only(pg_db: asyncpg.Connection) -> None:
     """A claim that comes back short looks up the next due time; it must not read the
     pile either (here every job is due, so the claim of k9 gets nothing)."""

@@ -21,6 +21,22 @@ async def test_a_burst_of_one_tenant_does_not_hold_back_another(
     assert b.id in first
 
 
+async def test_a_newcomer_to_a_queue_of_one_tenant_is_served_at_the_next_claim(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """Claims of a queue that held one tenant take a short cut (PostgreSQL: claim_lone);
+    the first claim after another tenant's job arrives still serves it."""
+    await store.enqueue([new_job(tenant_id="b") for _ in range(100)])
+    for _ in range(3):
+        assert len((await claim(store, W1, {"default": 10})).claimed) == 10
+    [newcomer] = await store.enqueue([new_job(tenant_id="a")])
+
+    got = (await claim(store, W1, {"default": 2})).claimed
+
+    assert newcomer.id in [j.id for j in got]
+    assert len(got) == 2
+
+
 async def test_tenants_take_turns_and_priority_is_strict_within_each(
     store: Store, new_job: NewJobFactory
 ) -> None:

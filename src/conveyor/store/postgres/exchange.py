@@ -3,6 +3,7 @@ claim, offer free slots, rescue; one statement), heartbeats and adoption."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
@@ -100,10 +101,12 @@ class Exchange:
             queues and not self._hears_limits
         )
         claim_only = not (outcomes or progress or rescue_limit or freed or withdraw)
+        lone = not lock and all(len(self._turns.passes(q)) <= 1 for q in queues)
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
-                stmt = _SQL["claim" if claim_only else "exchange"]
+                name = "claim" if claim_only else "exchange"
+                stmt = _SQL[f"{name}_lone" if lone else name]
                 return await conn.fetch(stmt.sql, *stmt.args(values))
             async with conn.transaction():
                 locking = _SQL["lock_limited_queues"]
@@ -145,6 +148,27 @@ class Exchange:
             claimed.extend(more.claimed)
             if more.next_run_at is not None:
                 next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
+        if claim is not None and lone:
+            # A second tenant found by the claim of one: where it came back short, the
+            # fair claim takes what is missing now rather than at the next exchange.
+            got = Counter(j.queue for j in claimed)
+            short = {
+                q: claim.slots[q] - got[q]
+                for q in queues
+                if got[q] < claim.slots[q] and len(self._turns.passes(q)) > 1
+            }
+            if short:
+                more = await self.settle_and_claim(
+                    (),
+                    (),
+                    worker_id,
+                    replace(claim, slots=short),
+                    0,
+                    Offers() if offers is not None else None,
+                )
+                claimed.extend(more.claimed)
+                if more.next_run_at is not None:
+                    next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
         done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
         applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
         wake = set(summary["requeued_in"])
@@ -180,6 +204,7 @@ class Exchange:
                 "lease_s": 0.0,
                 "offer_key": None,
                 "kinds": [],
+                "lone_tenants": [],
                 **self._turns.values(()),
             }
         return {
@@ -190,6 +215,7 @@ class Exchange:
             "lease_s": claim.lease_s,
             "offer_key": self._offer_key() if offer else None,
             "kinds": list(claim.kinds),
+            "lone_tenants": [next(iter(self._turns.passes(q)), None) for q in queues],
         }
 
     async def heartbeat(

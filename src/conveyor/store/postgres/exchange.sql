@@ -22,6 +22,39 @@
 -- Rows come back tagged: 'claimed' and 'rescued' rows carry the job; the one 'summary'
 -- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
 -- put a job back into, and next_run_at when the claim got fewer jobs than it could take.
+-- include: exchange_head
+-- include: claim_jobs
+-- include: exchange_rest
+-- include: exchange_summary
+
+-- name: exchange_lone
+-- The exchange with the claim of queues that held at most one tenant (claim_lone): for a
+-- caller whose last claim found no second tenant in any of its queues. The exchange's
+-- parameters and :lone_tenants; the same rows back.
+-- include: exchange_head
+-- include: claim_lone
+-- include: exchange_rest
+-- include: exchange_summary
+
+-- name: claim
+-- The exchange cut down to its claim, for a worker with nothing to report and no rescue
+-- due: the pass an idle worker makes when a notice wakes it, so the one on the
+-- enqueue-to-start path, where the full statement's parts that had nothing to do cost
+-- time. The exchange's claim parameters; same rows back.
+-- Only for queues the caller holds no lock on: a limited queue claims nothing and is named
+-- in unlocked_in, as in the exchange.
+-- include: claim_head
+-- include: claim_jobs
+-- include: claim_summary
+
+-- name: claim_lone
+-- The claim cut down as above, with the claim of queues that held at most one tenant.
+-- include: claim_head
+-- include: claim_lone
+-- include: claim_summary
+
+-- part: exchange_head
+-- The exchange's outcomes, progress reports and the queues it claims in (wanted).
 WITH RECURSIVE settled AS (
     UPDATE conveyor_jobs j
     SET state = CASE o.kind
@@ -84,7 +117,9 @@ wanted AS (
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
 ),
--- include: claim_jobs
+
+-- part: exchange_rest
+-- The exchange's rescue and offers after the claim.
 expired AS (
     -- Never a row the outcomes update: one statement must not change a row twice.
     SELECT id FROM conveyor_jobs
@@ -134,6 +169,9 @@ freed AS (
 withdrawn AS (
     DELETE FROM conveyor_offers WHERE :withdraw::boolean AND worker_id = :worker_id
 ),
+
+-- part: exchange_summary
+-- The exchange's answer: claimed and rescued rows, then the summary.
 -- include: offers
 -- include: claimed_rows
 UNION ALL
@@ -152,13 +190,8 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
        ARRAY(SELECT queue FROM offered),
 -- include: passes_out
 
--- name: claim
--- The exchange cut down to its claim, for a worker with nothing to report and no rescue
--- due: the pass an idle worker makes when a notice wakes it, so the one on the
--- enqueue-to-start path, where the full statement's parts that had nothing to do cost
--- time. The exchange's claim parameters; same rows back.
--- Only for queues the caller holds no lock on: a limited queue claims nothing and is named
--- in unlocked_in, as in the exchange.
+-- part: claim_head
+-- The queues the claim alone claims in (wanted).
 WITH RECURSIVE wanted AS (
     SELECT w.queue,
            CASE WHEN q.concurrency_limit IS NULL AND q.tenant_caps IS NOT TRUE THEN w.n
@@ -170,7 +203,9 @@ WITH RECURSIVE wanted AS (
     LEFT JOIN conveyor_queues q ON q.name = w.queue
     WHERE q.paused IS NOT TRUE
 ),
--- include: claim_jobs
+
+-- part: claim_summary
+-- The claim's answer: claimed rows, then the summary.
 -- include: offers
 -- include: claimed_rows
 UNION ALL
@@ -411,6 +446,80 @@ passes AS (
     FROM tenants t LEFT JOIN picked p ON p.queue = t.queue AND p.tenant_id = t.tenant_id
     GROUP BY t.queue, t.tenant_id, t.base
 ),
+-- include: claim_update
+
+-- part: claim_lone
+-- The claim of queues where the caller's last claim found at most one tenant: per
+-- (queue, kind) that tenant (:lone_tenants, one per :queues entry; NULL where it found
+-- none) or else the first tenant holding queued jobs of the kind (a descent of the claim
+-- index), and a look either side of it for any other (a descent each). A queue where all
+-- its kinds have that one tenant (or none) is alone, and is claimed as claim_jobs claims
+-- one tenant: its first n due jobs, walked per kind. A queue that is not alone claims
+-- nothing here; its tenants come back in the passes, so that the caller, seeing a short
+-- claim where it knows of several tenants, claims it at once with the fair claim. What
+-- this part leaves out of claim_jobs (the skip scan's walk over the tenants, the shares,
+-- caps, ranking and refill) is the fixed cost of the fair claim for one tenant. Every
+-- tenant found stays at the queue's vt: a lone tenant's pass is the vt, whatever its
+-- value, and a newcomer starts there.
+-- Materialized, so that the look for the first tenant runs once, not once more in each
+-- look either side of it.
+lone_first AS MATERIALIZED (
+    SELECT w.queue, w.n, w.vt, wk.kind, coalesce(t.tenant_id, (
+        SELECT j.tenant_id FROM conveyor_jobs j
+        WHERE j.state = 'queued' AND j.queue = w.queue AND j.kind = wk.kind
+        ORDER BY j.tenant_id LIMIT 1)) AS tenant_id
+    FROM wanted w
+    JOIN unnest(:queues::text[], :lone_tenants::text[]) AS t(queue, tenant_id)
+      ON t.queue = w.queue
+    CROSS JOIN unnest(w.kinds) AS wk(kind)
+    WHERE w.n > 0
+),
+lone AS MATERIALIZED (
+    SELECT l.*,
+           (SELECT j.tenant_id FROM conveyor_jobs j
+            WHERE j.state = 'queued' AND j.queue = l.queue AND j.kind = l.kind
+              AND j.tenant_id < l.tenant_id
+            ORDER BY j.tenant_id DESC LIMIT 1) AS below,
+           (SELECT j.tenant_id FROM conveyor_jobs j
+            WHERE j.state = 'queued' AND j.queue = l.queue AND j.kind = l.kind
+              AND j.tenant_id > l.tenant_id
+            ORDER BY j.tenant_id LIMIT 1) AS above
+    FROM lone_first l
+),
+alone AS (
+    SELECT queue FROM lone GROUP BY queue
+    HAVING count(DISTINCT tenant_id) <= 1 AND count(below) = 0 AND count(above) = 0
+),
+picked AS (
+    SELECT c.id
+    FROM wanted w
+    CROSS JOIN LATERAL (
+        SELECT k.id
+        FROM lone l
+        CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM conveyor_jobs
+            WHERE state = 'queued' AND queue = l.queue AND kind = l.kind
+              AND tenant_id = l.tenant_id AND run_at <= now()
+            ORDER BY priority, run_at, id
+            LIMIT l.n
+            FOR UPDATE SKIP LOCKED
+        ) k
+        WHERE l.queue = w.queue
+        ORDER BY k.priority, k.run_at, k.id
+        LIMIT greatest(w.n, 0)
+    ) c
+    WHERE w.queue IN (SELECT queue FROM alone)
+),
+passes AS (
+    SELECT DISTINCT l.queue, t.tenant_id, l.vt AS pass
+    FROM lone l
+    CROSS JOIN LATERAL (VALUES (l.tenant_id), (l.below), (l.above)) AS t(tenant_id)
+    WHERE t.tenant_id IS NOT NULL
+),
+-- include: claim_update
+
+-- part: claim_update
+-- The picked jobs made running under :worker_id with a lease of :lease_s seconds.
 claimed AS (
     UPDATE conveyor_jobs j
     SET state = 'running',
