@@ -7,9 +7,11 @@ Each run makes a fresh database (as the benchmarks do, ``--postgres-url``), queu
 ``--jobs`` no-op jobs round-robin over ``--tenants`` tenants, claims ``--slots`` (100), then times
 ``--calls`` exchanges in a row, each settling the previous claim's jobs as completed
 and claiming as many more: the worker's steady state at its defaults, without the worker.
-A run prints its p10 and median in ms; the summary gives each side's per round and the
-ratio this / other of their medians. Each run is a subprocess with its code first on
-``PYTHONPATH``, as in :mod:`bench.against`.
+A run prints its p10 and median in ms, and the CPU time per exchange of the
+PostgreSQL backends (from ``/proc``: the server must run on this machine) and of the
+client process, which a busy machine moves less than it moves wall time; the summary
+gives each side's per round and the ratio this / other of their medians. Each run is a
+subprocess with its code first on ``PYTHONPATH``, as in :mod:`bench.against`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import orjson
 
 from bench.stores import DEFAULT_POSTGRES_URL, REPO_ROOT, PostgresBackend, StoreConfig
@@ -48,6 +51,8 @@ async def timed_run(
             claim = ClaimRequest("w1", {kinds.NOOP_QUEUE: slots}, 60.0, kinds=(kinds.NOOP,))
             held = (await store.settle_and_claim((), (), "w1", claim)).claimed
             times: list[float] = []
+            server_before = await server_cpu_s(admin_url, url)
+            client_before = time.process_time()
             for _ in range(calls):
                 done = [
                     Outcome(j.id, j.attempt, OutcomeKind.COMPLETED, j.queue, result_json="null")
@@ -59,10 +64,42 @@ async def timed_run(
                 if len(result.claimed) != slots:
                     raise SystemExit(f"claimed {len(result.claimed)} of {slots}: raise --jobs")
                 held = result.claimed
+            client_ms = (time.process_time() - client_before) * 1000 / calls
+            server_ms = (await server_cpu_s(admin_url, url) - server_before) * 1000 / calls
         finally:
             await store.close()
     times.sort()
-    return {"p10": times[len(times) // 10], "median": statistics.median(times)}
+    return {
+        "p10": times[len(times) // 10],
+        "median": statistics.median(times),
+        "server_cpu": server_ms,
+        "client_cpu": client_ms,
+    }
+
+
+async def server_cpu_s(admin_url: str, url: str) -> float:
+    """The CPU seconds (user and system) used so far by the PostgreSQL backends connected
+    to ``url``'s database, read from ``/proc``: the server runs on this machine, and CPU
+    time moves far less than wall time when other work shares the cores."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.rsplit("/", 1)[-1],
+        )
+    finally:
+        await conn.close()
+    return sum(map(process_cpu_s, (row["pid"] for row in pids)))
+
+
+def process_cpu_s(pid: int) -> float:
+    """Process ``pid``'s user and system CPU seconds, 0 if it has ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_side(src: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -106,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             runs[side].append(run_side(src, args))
             got = runs[side][-1]
             print(
-                f"round {i + 1} {side}: p10 {got['p10']:.2f} ms, median {got['median']:.2f} ms",
+                f"round {i + 1} {side}: p10 {got['p10']:.2f} ms, median {got['median']:.2f} ms, "
+                f"CPU per exchange: server {got['server_cpu']:.2f} ms, "
+                f"client {got['client_cpu']:.2f} ms",
                 file=sys.stderr,
                 flush=True,
             )
-    for metric in ("p10", "median"):
+    for metric in ("p10", "median", "server_cpu", "client_cpu"):
         medians = {}
         for side, _ in sides:
             values = [r[metric] for r in runs[side]]

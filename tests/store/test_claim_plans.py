@@ -323,7 +323,8 @@ async def test_postgres_claim_of_a_lone_tenant_walks_only_when_alone(
         assert sum(_read(n) for n in walks) <= len(KINDS) * SLOTS
         assert plan["Actual Rows"] == SLOTS + 1
     else:
-        assert walks and all(n["Actual Loops"] == 0 for n in walks), walks
+        assert walks
+        assert all(n["Actual Loops"] == 0 for n in walks), walks
         assert plan["Actual Rows"] == 1  # the summary alone
     assert sum(_read(n) for n in scans) < PILE / 10
 

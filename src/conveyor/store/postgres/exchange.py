@@ -74,9 +74,13 @@ class Exchange:
         claim: ClaimRequest | None,
         rescue_limit: int,
         offers: Offers | None = None,
+        *,
+        fill: bool = False,
     ) -> SettleResult:
         """:meth:`conveyor.store.base.HandoffQueue.settle_and_claim`; ``rescue_limit`` 0:
-        no rescue; ``offers`` None: the claim offers nothing and offers stay as they are."""
+        no rescue; ``offers`` None: the claim offers nothing and offers stay as they are;
+        ``fill``: the claim walks on where the tenants' shares leave it short (the queues
+        another claim named in fill_in)."""
         queues = list(claim.slots) if claim is not None else []
         # Never a claimed queue's offer: the claim sets it, and one statement must not
         # change a row twice.
@@ -101,18 +105,20 @@ class Exchange:
             queues and not self._hears_limits
         )
         claim_only = not (outcomes or progress or rescue_limit or freed or withdraw)
-        lone = not lock and all(len(self._turns.passes(q)) <= 1 for q in queues)
+        # A queue that held one tenant takes the short cut (claim_lone in exchange.sql); a
+        # capped tenant's room is counted under the queue's lock, by the fair claim.
+        lone = not (lock or fill) and all(len(self._turns.passes(q)) <= 1 for q in queues)
+        variant = "_lone" if lone else "_fill" if fill else ""
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             if not lock:
-                name = "claim" if claim_only else "exchange"
-                stmt = _SQL[f"{name}_lone" if lone else name]
+                stmt = _SQL[("claim" if claim_only else "exchange") + variant]
                 return await conn.fetch(stmt.sql, *stmt.args(values))
             async with conn.transaction():
                 locking = _SQL["lock_limited_queues"]
                 locked = await conn.fetch(locking.sql, *locking.args(values))
                 values["locked_queues"] = [r["name"] for r in locked]
-                exchange = _SQL["exchange"]
+                exchange = _SQL["exchange" + variant]
                 return await conn.fetch(exchange.sql, *exchange.args(values))
 
         try:
@@ -133,42 +139,37 @@ class Exchange:
             ),
         )
         next_run_at = time_or_none(summary["next_run_at"])
-        unlocked = list(summary["unlocked_in"])
-        if claim is not None and unlocked:
-            # Queues with a limit this store had not heard of claimed nothing (the notice
-            # is late, or was missed while LISTEN was down): claim them again, locked.
-            self._limits.queues.update(unlocked)
-            slots = {q: claim.slots[q] for q in unlocked}
-            again = replace(claim, slots=slots)
+        again: list[tuple[dict[str, int], bool]] = []
+        if claim is not None:
+            unlocked = list(summary["unlocked_in"])
+            if unlocked:
+                # Queues with a limit this store had not heard of claimed nothing (the
+                # notice is late, or was missed while LISTEN was down): claim them again,
+                # locked.
+                self._limits.queues.update(unlocked)
+                again.append(({q: claim.slots[q] for q in unlocked}, False))
+            got = Counter(j.queue for j in claimed)
+            if summary["fill_in"]:
+                # The tenants' shares (or the one tenant the claim expected) left these
+                # queues short with more due: what is missing is claimed now, not at the
+                # next exchange.
+                again.append(({q: claim.slots[q] - got[q] for q in summary["fill_in"]}, True))
+        for slots, fill_more in again:
+            assert claim is not None
             # With offers if the first pass had them, as it would have: a limited queue
             # offers nothing, and the worker's old offers in it are taken back.
             more = await self.settle_and_claim(
-                (), (), worker_id, again, 0, Offers() if offers is not None else None
+                (),
+                (),
+                worker_id,
+                replace(claim, slots=slots),
+                0,
+                Offers() if offers is not None else None,
+                fill=fill_more,
             )
             claimed.extend(more.claimed)
             if more.next_run_at is not None:
                 next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
-        if claim is not None and lone:
-            # A second tenant found by the claim of one: where it came back short, the
-            # fair claim takes what is missing now rather than at the next exchange.
-            got = Counter(j.queue for j in claimed)
-            short = {
-                q: claim.slots[q] - got[q]
-                for q in queues
-                if got[q] < claim.slots[q] and len(self._turns.passes(q)) > 1
-            }
-            if short:
-                more = await self.settle_and_claim(
-                    (),
-                    (),
-                    worker_id,
-                    replace(claim, slots=short),
-                    0,
-                    Offers() if offers is not None else None,
-                )
-                claimed.extend(more.claimed)
-                if more.next_run_at is not None:
-                    next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
         done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
         applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
         wake = set(summary["requeued_in"])

@@ -23,7 +23,17 @@
 -- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
 -- put a job back into, and next_run_at when the claim got fewer jobs than it could take.
 -- include: exchange_head
--- include: claim_jobs
+-- include: claim_walks
+-- include: claim_fair
+-- include: exchange_rest
+-- include: exchange_summary
+
+-- name: exchange_fill
+-- The exchange with the fair claim's refill (claim_fill), for the queues the fair claim
+-- named in fill_in; the exchange's parameters, the same rows back.
+-- include: exchange_head
+-- include: claim_walks
+-- include: claim_fill
 -- include: exchange_rest
 -- include: exchange_summary
 
@@ -44,7 +54,15 @@
 -- Only for queues the caller holds no lock on: a limited queue claims nothing and is named
 -- in unlocked_in, as in the exchange.
 -- include: claim_head
--- include: claim_jobs
+-- include: claim_walks
+-- include: claim_fair
+-- include: claim_summary
+
+-- name: claim_fill
+-- The claim cut down as above, with the fair claim's refill (claim_fill).
+-- include: claim_head
+-- include: claim_walks
+-- include: claim_fill
 -- include: claim_summary
 
 -- name: claim_lone
@@ -175,7 +193,8 @@ withdrawn AS (
 -- include: offers
 -- include: claimed_rows
 UNION ALL
-SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM rescued r
+SELECT 'rescued', r.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM rescued r
 UNION ALL
 SELECT 'summary', (NULL::conveyor_jobs).*,
        CASE WHEN (SELECT count(*) FROM claimed) < (SELECT coalesce(sum(greatest(n, 0)), 0) FROM wanted)
@@ -220,11 +239,11 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
        ARRAY(SELECT queue FROM offered),
 -- include: passes_out
 
--- part: claim_jobs
--- The claim proper, shared by exchange and claim: per wanted queue (wanted: queue, n,
--- kinds, vt) up to n due jobs of those kinds, the tenants of the queue taken in turn and
--- strict priority, run_at, id order within each tenant, skipping rows another claimer
--- holds, made running under :worker_id with a lease of :lease_s seconds.
+-- part: claim_walks
+-- The fair claim's walks, shared by claim_fair and claim_fill: per wanted queue (wanted:
+-- queue, n, kinds, vt) up to n due jobs of those kinds, the tenants of the queue taken in
+-- turn and strict priority, run_at, id order within each tenant, skipping rows another
+-- claimer holds.
 --
 -- Turns are stride scheduling: a tenant's k-th job in this claim ranks at its pass plus
 -- k / weight, and the first n by rank are taken. The caller keeps each tenant's pass
@@ -238,15 +257,10 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- concurrency cap leaves), locked: the tenants furthest behind first, until their shares
 -- fill the claim (with many tenants a claim serves some of them, several jobs each, and
 -- the next claim the next ones, rather than every one of them one job: fewer walks, and
--- fewer places of the index changed). Where those shares left the queue short, the tenants
--- whose walk came back full (past their last row) and the tenants left out (from their
--- first) are walked in pass order, each for what is still missing within its room, until
--- the queue has n: a claim returns fewer than n only when the queue has no more due jobs
--- it may take (or another claimer holds them). With
--- one tenant its share is n: one walk per kind, as without fairness. Candidates locked but
--- not taken stay locked only until this statement commits; meanwhile other claimers skip
--- them as they skip any row being claimed (and a claim that leaves some untaken was full,
--- so its worker claims again).
+-- fewer places of the index changed). Candidates locked but not taken stay locked only
+-- until this statement commits; meanwhile other claimers skip them as they skip any row
+-- being claimed (and a claim that leaves some untaken was full, so its worker claims
+-- again).
 active (queue, kind, n, tenant_id) AS (
     SELECT w.queue, wk.kind, w.n, (
         SELECT j.tenant_id FROM conveyor_jobs j
@@ -303,26 +317,56 @@ shares AS (
     FROM active a JOIN tenants t ON t.queue = a.queue AND t.tenant_id = a.tenant_id
     WHERE t.chosen AND t.share > 0
 ),
--- Each walk's rows are numbered in the order the walk returns them, its claim order (no
--- sort: the window has no ORDER BY of its own), for the claim of one walk below.
+-- The chosen tenants' walks, each of its share, locked.
 walked AS MATERIALIZED (
     SELECT s.queue, s.kind, s.tenant_id, s.room, s.share, s.n, s.weight, s.base,
-           c.id, c.priority, c.run_at, c.pos
+           c.id, c.priority, c.run_at
     FROM shares s
     CROSS JOIN LATERAL (
-        SELECT c.*, row_number() OVER () AS pos
-        FROM (
-            SELECT id, priority, run_at FROM conveyor_jobs
-            WHERE state = 'queued' AND queue = s.queue AND kind = s.kind
-              AND tenant_id = s.tenant_id AND run_at <= now()
-            ORDER BY priority, run_at, id
-            LIMIT s.share
-            FOR UPDATE SKIP LOCKED
-        ) c
+        SELECT id, priority, run_at FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = s.queue AND kind = s.kind
+          AND tenant_id = s.tenant_id AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT s.share
+        FOR UPDATE SKIP LOCKED
     ) c
 ),
+-- part: claim_fair
+-- The fair claim of the walks alone: the common case, kept small, since every part of a
+-- statement costs at each call whether it runs or not (a refill behind a filter that
+-- never passed cost the claim of 100 tenants a third of its time). Where it left a queue
+-- short and more may be due there (a walk came back full, or a tenant was left out), the
+-- queue is named in fill_in, and the caller claims what is missing at once with
+-- claim_fill.
+candidates AS (
+    SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM walked
+),
+-- include: claim_rank
+fillable AS (
+    SELECT w.queue FROM wanted w
+    WHERE w.n > (SELECT count(*) FROM picked p WHERE p.queue = w.queue)
+      AND (EXISTS (SELECT FROM tenants t
+                   WHERE t.queue = w.queue AND NOT t.chosen AND t.share > 0)
+           OR EXISTS (SELECT FROM shares s
+                      WHERE s.queue = w.queue AND s.room > s.share
+                        AND s.share = (SELECT count(*) FROM walked k
+                                       WHERE k.queue = s.queue AND k.kind = s.kind
+                                         AND k.tenant_id = s.tenant_id)))
+),
+-- include: claim_update
+
+-- part: claim_fill
+-- The fair claim with its refill: where the chosen tenants' shares left a queue short,
+-- the tenants whose walk came back full (past their last row) and the tenants left out
+-- (from their first) are walked in pass order, each for what is still missing within its
+-- room, until the queue has n: a claim returns fewer than n only when the queue has no
+-- more due jobs it may take (or another claimer holds them).
+-- What the walks leave missing: a tenant's walks of several kinds count up to its room.
 short AS (
-    SELECT w.queue, w.n - (SELECT count(*) FROM walked k WHERE k.queue = w.queue) AS missing
+    SELECT w.queue, w.n - coalesce((
+        SELECT sum(least(c.got, c.room))
+        FROM (SELECT count(*) AS got, min(k.room) AS room FROM walked k
+              WHERE k.queue = w.queue GROUP BY k.tenant_id) c), 0) AS missing
     FROM wanted w
 ),
 -- The tenants whose walk came back full, with their last row: they may hold more. Only
@@ -403,6 +447,18 @@ refilled AS (
     CROSS JOIN LATERAL unnest(r.ids, r.priorities, r.run_ats) AS c(id, priority, run_at)
     WHERE r.ord > 0
 ),
+candidates AS (
+    SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM walked
+    UNION ALL
+    SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM refilled
+),
+-- include: claim_rank
+fillable AS (SELECT NULL::text AS queue WHERE false),
+-- include: claim_update
+
+-- part: claim_rank
+-- The candidates (candidates: queue, tenant_id, room, n, weight, base, id, priority,
+-- run_at) ranked in turn, the first n of each queue picked, and each tenant's pass after.
 ranked AS (
     SELECT c.queue, c.tenant_id, c.id, c.priority, c.run_at, c.room, c.n, c.base,
            c.base + c.pos::float8 / c.weight AS rank, c.pos
@@ -410,26 +466,10 @@ ranked AS (
         SELECT c.*, row_number() OVER (
                    PARTITION BY c.queue, c.tenant_id ORDER BY c.priority, c.run_at, c.id
                ) AS pos
-        FROM (SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM walked
-              UNION ALL
-              SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at
-              FROM refilled) c
+        FROM candidates c
     ) c
 ),
--- A claim of one walk that left no queue short (one tenant of one kind with jobs: the
--- common case) takes what the walk returned, ranked by its own numbering: it held at most
--- the share, which is at most n and the room, and nothing was refilled or added. Other
--- claims merge and rank all their walks. Each branch sits behind a one-time filter, so
--- the other's never runs: the merge's sorts cost a twentieth of an exchange of one tenant.
-one_walk AS (
-    SELECT (SELECT count(*) FROM shares) = 1
-           AND NOT EXISTS (SELECT FROM short s WHERE s.missing > 0) AS alone
-),
 picked AS MATERIALIZED (
-    SELECT k.queue, k.tenant_id, k.id, k.base, k.base + k.pos::float8 / k.weight AS rank
-    FROM walked k
-    WHERE (SELECT alone FROM one_walk)
-    UNION ALL
     SELECT r.queue, r.tenant_id, r.id, r.base, r.rank
     FROM (
         SELECT r.*, row_number() OVER (
@@ -437,7 +477,7 @@ picked AS MATERIALIZED (
                ) AS turn
         FROM ranked r WHERE r.pos <= r.room
     ) r
-    WHERE r.turn <= r.n AND NOT (SELECT alone FROM one_walk)
+    WHERE r.turn <= r.n
 ),
 -- Each tenant's pass after this claim: the rank of its last job taken, or where it stood
 -- if it got none (walked or not: a tenant this claim left for the next keeps its place).
@@ -446,21 +486,19 @@ passes AS (
     FROM tenants t LEFT JOIN picked p ON p.queue = t.queue AND p.tenant_id = t.tenant_id
     GROUP BY t.queue, t.tenant_id, t.base
 ),
--- include: claim_update
-
 -- part: claim_lone
 -- The claim of queues where the caller's last claim found at most one tenant: per
 -- (queue, kind) that tenant (:lone_tenants, one per :queues entry; NULL where it found
 -- none) or else the first tenant holding queued jobs of the kind (a descent of the claim
 -- index), and a look either side of it for any other (a descent each). A queue where all
--- its kinds have that one tenant (or none) is alone, and is claimed as claim_jobs claims
--- one tenant: its first n due jobs, walked per kind. A queue that is not alone claims
--- nothing here; its tenants come back in the passes, so that the caller, seeing a short
--- claim where it knows of several tenants, claims it at once with the fair claim. What
--- this part leaves out of claim_jobs (the skip scan's walk over the tenants, the shares,
--- caps, ranking and refill) is the fixed cost of the fair claim for one tenant. Every
--- tenant found stays at the queue's vt: a lone tenant's pass is the vt, whatever its
--- value, and a newcomer starts there.
+-- its kinds have that one tenant (or none) is alone, and is claimed as the fair claim
+-- claims one tenant: its first n due jobs, walked per kind. A queue that is not alone
+-- claims nothing here: its tenants come back in the passes and the queue in fill_in, and
+-- the caller claims it at once with claim_fill. What this part leaves out of the fair
+-- claim (the skip scan's walk over the tenants, the shares, caps and ranking) is its
+-- fixed cost for one tenant. Every tenant found stays at the queue's vt: a lone tenant's
+-- pass is the vt, whatever its value, and a newcomer starts there.
+--
 -- Materialized, so that the look for the first tenant runs once, not once more in each
 -- look either side of it.
 lone_first AS MATERIALIZED (
@@ -515,6 +553,9 @@ passes AS (
     FROM lone l
     CROSS JOIN LATERAL (VALUES (l.tenant_id), (l.below), (l.above)) AS t(tenant_id)
     WHERE t.tenant_id IS NOT NULL
+),
+fillable AS (
+    SELECT DISTINCT queue FROM lone WHERE queue NOT IN (SELECT queue FROM alone)
 ),
 -- include: claim_update
 
@@ -603,14 +644,17 @@ WHERE state = 'running' AND locked_by = :worker_id AND id <> ALL(:known::bigint[
 SELECT 'claimed' AS what, c.*, NULL::timestamptz AS next_run_at,
        NULL::bigint[] AS settled_ids, NULL::int[] AS settled_attempts,
        NULL::text[] AS requeued_in, NULL::text[] AS unlocked_in, NULL::text[] AS offered_in,
-       NULL::text[] AS fair_queues, NULL::text[] AS fair_tenants, NULL::float8[] AS fair_passes
+       NULL::text[] AS fair_queues, NULL::text[] AS fair_tenants, NULL::float8[] AS fair_passes,
+       NULL::text[] AS fill_in
 FROM claimed c
 
 -- part: passes_out
--- The tenants' passes after the claim, for the summary row.
+-- The tenants' passes after the claim, and the queues to fill (fillable: queue), for the
+-- summary row.
        ARRAY(SELECT queue FROM passes ORDER BY queue, tenant_id),
        ARRAY(SELECT tenant_id FROM passes ORDER BY queue, tenant_id),
-       ARRAY(SELECT pass FROM passes ORDER BY queue, tenant_id)
+       ARRAY(SELECT pass FROM passes ORDER BY queue, tenant_id),
+       ARRAY(SELECT queue FROM fillable)
 
 -- part: next_due
 -- When a claim came back short: the next run_at of a scheduled job of the worker's kinds
