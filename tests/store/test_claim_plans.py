@@ -264,6 +264,7 @@ def _claim(kinds: str) -> dict[str, str]:
         "fair_tenants": "'{}'",
         "fair_passes": "'{}'",
         "tenants_per_claim": str(TENANTS_PER_CLAIM),
+        "discover": "true",
         "worker_id": "'w'",
         "lease_s": "30",
         "offer_key": "NULL",
@@ -289,6 +290,27 @@ async def test_postgres_claim_walks_each_tenants_range(
     # However many tenants, the pile of nobody.runs is never read.
     assert sum(_read(n) for n in scans) < PILE / 10
     assert plan["Actual Rows"] == SLOTS + 1  # the claimed and the summary
+
+
+async def test_postgres_claim_among_known_tenants_makes_no_skip_scan(
+    pg_db: asyncpg.Connection, tenants: int
+) -> None:
+    """Between looks for a queue's tenants the claim walks those the caller knows: no
+    descent of the claim index but the walks."""
+    known = [f"t{i:02d}" for i in range(tenants)]
+    literals = {
+        **_claim(kinds="'{k0,k1,k2}'"),
+        "discover": "false",
+        "fair_queues": "'{" + ",".join(["default"] * tenants) + "}'",
+        "fair_tenants": "'{" + ",".join(known) + "}'",
+        "fair_passes": "'{" + ",".join(["0"] * tenants) + "}'",
+    }
+    plan = await _pg_plan(pg_db, PG_EXCHANGE["claim"], **literals)
+    scans = _assert_index_walks(plan)
+    ran = [(n, n["Index Cond"]) for n in scans if n["Index Name"] == INDEX and n["Actual Loops"]]
+    assert ran
+    assert all("tenant_id = " in c for _, c in ran), ran
+    assert plan["Actual Rows"] == SLOTS + 1
 
 
 async def test_postgres_claim_takes_the_served_jobs_in_turn(

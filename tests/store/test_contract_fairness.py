@@ -3,9 +3,12 @@ their concurrency caps, with strict priority within each tenant."""
 
 from __future__ import annotations
 
+import asyncio
+
 from contract_support import NOOP, W1, W2, NewJobFactory, claim, completed, settle
 
 from conveyor.store.base import Store
+from conveyor.store.fairness import DISCOVER_S
 
 
 async def test_a_burst_of_one_tenant_does_not_hold_back_another(
@@ -35,6 +38,37 @@ async def test_a_newcomer_to_a_queue_of_one_tenant_is_served_at_the_next_claim(
 
     assert newcomer.id in [j.id for j in got]
     assert len(got) == 2
+
+
+async def test_a_newcomer_to_a_queue_of_several_tenants_is_served_within_discover_s(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    for tenant in ("a", "b"):
+        await store.enqueue([new_job(tenant_id=tenant) for _ in range(100)])
+    for _ in range(3):
+        assert len((await claim(store, W1, {"default": 10})).claimed) == 10
+    [newcomer] = await store.enqueue([new_job(tenant_id="c")])
+    await asyncio.sleep(DISCOVER_S)
+
+    got = (await claim(store, W1, {"default": 3})).claimed
+
+    assert newcomer.id in [j.id for j in got]
+
+
+async def test_a_newcomer_is_served_at_once_when_the_known_tenants_run_out(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    """The claims of a busy queue walk the tenants they know; one that comes back short
+    looks for the others at once."""
+    for tenant in ("a", "b"):
+        await store.enqueue([new_job(tenant_id=tenant) for _ in range(10)])
+    for _ in range(2):
+        assert len((await claim(store, W1, {"default": 10})).claimed) == 10
+    [newcomer] = await store.enqueue([new_job(tenant_id="c")])
+
+    got = (await claim(store, W1, {"default": 10})).claimed
+
+    assert [j.id for j in got] == [newcomer.id]
 
 
 async def test_tenants_take_turns_and_priority_is_strict_within_each(

@@ -24,7 +24,8 @@ which shares fairly as each of them does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conveyor.store.columns import Column, Table
@@ -43,10 +44,25 @@ TENANT_LIMITS: Table[TenantLimits] = Table(
 
 
 class Turns:
-    """The pass of each tenant that held candidates in each queue's last claim."""
+    """The pass of each tenant that held candidates in each queue's last claim, and when
+    each queue's tenants were last looked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._passes: dict[str, dict[str, float]] = {}
+        self._found_at: dict[str, float] = {}
+        self._full: set[str] = set()
+        self._clock = clock
+
+    def to_discover(self, queues: Iterable[str]) -> bool:
+        """Whether a claim of ``queues`` should look for their tenants again rather than
+        take those it knows: one of them was last looked at :data:`DISCOVER_S` ago or
+        more (or never), or its last claim came back short (a queue with jobs enough to
+        keep the worker busy is the one where the look is worth saving)."""
+        now = self._clock()
+        return any(
+            q not in self._full or now - self._found_at.get(q, -math.inf) >= DISCOVER_S
+            for q in queues
+        )
 
     def passes(self, queue: str) -> Mapping[str, float]:
         return self._passes.get(queue, {})
@@ -73,11 +89,27 @@ class Turns:
             "tenants_per_claim": TENANTS_PER_CLAIM,
         }
 
-    def learn(self, queues: Iterable[str], passes: Iterable[tuple[str, str, float]]) -> None:
+    def learn(
+        self,
+        queues: Iterable[str],
+        passes: Iterable[tuple[str, str, float]],
+        *,
+        found: bool,
+        full: Collection[str] = (),
+    ) -> None:
         """Keep the (queue, tenant, pass) a claim of ``queues`` left; a tenant of those
-        queues not among them is forgotten, and starts at the vt when it comes back."""
+        queues not among them is forgotten, and starts at the vt when it comes back.
+        ``found``: the claim looked for the queues' tenants (rather than taking those it
+        was given); ``full``: the queues where it got all it asked for."""
+        now = self._clock()
         for queue in queues:
             self._passes.pop(queue, None)
+            if found:
+                self._found_at[queue] = now
+            if queue in full:
+                self._full.add(queue)
+            else:
+                self._full.discard(queue)
         for queue, tenant, at in passes:
             self._passes.setdefault(queue, {})[tenant] = at
 
@@ -91,6 +123,15 @@ class Candidate:
     priority: int
     run_at: float
 
+
+DISCOVER_S = 0.05
+"""How long a PostgreSQL store claims among the tenants it knows of a queue before it
+looks for the queue's tenants again (a descent of the claim index per tenant, the claim's
+largest cost with many tenants): a tenant new to a queue of several waits that long at
+most for its first turn. Only a queue whose last claim was full claims so: a claim left
+short looks at once (its refill), and so does every claim of a queue whose last claim was
+short (where the look is cheap beside the wait for jobs) or that held one tenant or none
+(where it costs two descents)."""
 
 TENANTS_PER_CLAIM = 10
 """About how many tenants one claim serves at most: each tenant a claim of ``n`` serves
@@ -151,5 +192,5 @@ def take_turns(
     # In rank order: each tenant ends at the rank of its last job taken.
     for rank, _base, _priority, _run_at, _id, tenant in taken:
         passes[tenant] = rank
-    turns.learn((queue,), ((queue, t, at) for t, at in passes.items()))
+    turns.learn((queue,), ((queue, t, at) for t, at in passes.items()), found=True)
     return [row[4] for row in taken]

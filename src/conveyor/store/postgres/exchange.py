@@ -90,8 +90,14 @@ class Exchange:
             reports = _reports(outcomes, progress)
         except orjson.JSONEncodeError as exc:
             raise DataRejected(f"an outcome could not be encoded: {exc}") from exc
+        # A queue that held one tenant takes the short cut (claim_lone in exchange.sql); a
+        # capped tenant's room is counted under the queue's lock, by the fair claim.
+        lock = self._lock_needed(queues)
+        lone = not (lock or fill) and all(len(self._turns.passes(q)) <= 1 for q in queues)
+        discover = fill or self._turns.to_discover(queues)
         values = {
             **self._claim(claim, queues, worker_id, offers is not None),
+            "discover": discover,
             **reports,
             "rescue": rescue_limit > 0,
             "rescue_limit": rescue_limit,
@@ -100,14 +106,7 @@ class Exchange:
             "withdraw": withdraw,
             "locked_queues": [],
         }
-        # Without LISTEN this store cannot hear of new limits: it always locks.
-        lock = bool(self._limits.queues.intersection(queues)) or bool(
-            queues and not self._hears_limits
-        )
         claim_only = not (outcomes or progress or rescue_limit or freed or withdraw)
-        # A queue that held one tenant takes the short cut (claim_lone in exchange.sql); a
-        # capped tenant's room is counted under the queue's lock, by the fair claim.
-        lone = not (lock or fill) and all(len(self._turns.passes(q)) <= 1 for q in queues)
         variant = "_lone" if lone else "_fill" if fill else ""
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
@@ -129,6 +128,7 @@ class Exchange:
             # retried by the worker.
             raise StoreError(self._db.failure(exc)) from exc
         claimed, rescued, summary = _split(rows)
+        got = Counter(j.queue for j in claimed)
         self._turns.learn(
             queues,
             zip(
@@ -137,6 +137,8 @@ class Exchange:
                 summary["fair_passes"],
                 strict=True,
             ),
+            found=lone or discover,
+            full=[q for q in queues if claim is not None and got[q] >= claim.slots[q]],
         )
         next_run_at = time_or_none(summary["next_run_at"])
         again: list[tuple[dict[str, int], bool]] = []
@@ -148,7 +150,6 @@ class Exchange:
                 # locked.
                 self._limits.queues.update(unlocked)
                 again.append(({q: claim.slots[q] for q in unlocked}, False))
-            got = Counter(j.queue for j in claimed)
             if summary["fill_in"]:
                 # The tenants' shares (or the one tenant the claim expected) left these
                 # queues short with more due: what is missing is claimed now, not at the
@@ -190,6 +191,14 @@ class Exchange:
         )
         return SettleResult(
             applied, tuple(claimed), next_run_at, rescue_result, frozenset(summary["offered_in"])
+        )
+
+    def _lock_needed(self, queues: Collection[str]) -> bool:
+        """Whether a claim of ``queues`` runs under their rows' lock: a queue with a
+        cluster-wide limit or a tenant's cap. Without LISTEN this store cannot hear of new
+        limits: it always locks."""
+        return bool(self._limits.queues.intersection(queues)) or bool(
+            queues and not self._hears_limits
         )
 
     def _claim(

@@ -252,7 +252,7 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- to the tenant further behind, then in claim order.
 --
 -- The tenants come from a skip scan of the claim index (one descent per tenant that holds
--- queued jobs of a kind); each tenant's range is walked for its share of n
+-- queued jobs of a kind) or from the caller (see active); each tenant's range is walked for its share of n
 -- (ceil(n * weight / total weight), at least n / :tenants_per_claim, cut to the room its
 -- concurrency cap leaves), locked: the tenants furthest behind first, until their shares
 -- fill the claim (with many tenants a claim serves some of them, several jobs each, and
@@ -261,20 +261,35 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- until this statement commits; meanwhile other claimers skip them as they skip any row
 -- being claimed (and a claim that leaves some untaken was full, so its worker claims
 -- again).
-active (queue, kind, n, tenant_id) AS (
+-- The tenants of each (queue, kind): with :discover, those the skip scan finds; else
+-- those the caller learnt from its last claims (:fair_queues, :fair_tenants), of every
+-- kind. The skip scan costs a descent per tenant at every claim; the caller asks for it
+-- at most every DISCOVER_S seconds (store/fairness.py) and in every refill, so that a
+-- newcomer waits that long at most, and a tenant whose jobs ran out (its walks come back
+-- empty, leaving the claim short) is dropped by the refill's skip scan.
+found (queue, kind, n, tenant_id) AS (
     SELECT w.queue, wk.kind, w.n, (
         SELECT j.tenant_id FROM conveyor_jobs j
         WHERE j.state = 'queued' AND j.queue = w.queue AND j.kind = wk.kind
         ORDER BY j.tenant_id LIMIT 1)
     FROM wanted w CROSS JOIN unnest(w.kinds) AS wk(kind)
-    WHERE w.n > 0
+    WHERE w.n > 0 AND :discover::boolean
     UNION ALL
     SELECT a.queue, a.kind, a.n, (
         SELECT j.tenant_id FROM conveyor_jobs j
         WHERE j.state = 'queued' AND j.queue = a.queue AND j.kind = a.kind
           AND j.tenant_id > a.tenant_id
         ORDER BY j.tenant_id LIMIT 1)
-    FROM active a WHERE a.tenant_id IS NOT NULL
+    FROM found a WHERE a.tenant_id IS NOT NULL
+),
+active (queue, kind, n, tenant_id) AS (
+    SELECT * FROM found
+    UNION ALL
+    SELECT w.queue, wk.kind, w.n, k.tenant_id
+    FROM wanted w CROSS JOIN unnest(w.kinds) AS wk(kind)
+    JOIN unnest(:fair_queues::text[], :fair_tenants::text[]) AS k(queue, tenant_id)
+      ON k.queue = w.queue
+    WHERE w.n > 0 AND NOT :discover::boolean
 ),
 -- Each tenant's weight, room and base (its pass, else the queue's vt), once per tenant so
 -- that the candidates below carry them without a join per row; its share of the claim
@@ -335,9 +350,9 @@ walked AS MATERIALIZED (
 -- The fair claim of the walks alone: the common case, kept small, since every part of a
 -- statement costs at each call whether it runs or not (a refill behind a filter that
 -- never passed cost the claim of 100 tenants a third of its time). Where it left a queue
--- short and more may be due there (a walk came back full, or a tenant was left out), the
--- queue is named in fill_in, and the caller claims what is missing at once with
--- claim_fill.
+-- short and more may be due there (a walk came back full, a tenant was left out, or the
+-- tenants were the caller's, not found), the queue is named in fill_in, and the caller
+-- claims what is missing at once with claim_fill.
 candidates AS (
     SELECT queue, tenant_id, room, n, weight, base, id, priority, run_at FROM walked
 ),
@@ -345,7 +360,8 @@ candidates AS (
 fillable AS (
     SELECT w.queue FROM wanted w
     WHERE w.n > (SELECT count(*) FROM picked p WHERE p.queue = w.queue)
-      AND (EXISTS (SELECT FROM tenants t
+      AND (NOT :discover::boolean
+           OR EXISTS (SELECT FROM tenants t
                    WHERE t.queue = w.queue AND NOT t.chosen AND t.share > 0)
            OR EXISTS (SELECT FROM shares s
                       WHERE s.queue = w.queue AND s.room > s.share
