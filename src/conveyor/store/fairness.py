@@ -23,6 +23,7 @@ which shares fairly as each of them does.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -71,13 +72,20 @@ class Turns:
         """Where a tenant not seen in ``queue``'s last claim starts."""
         return min(self.passes(queue).values(), default=0.0)
 
-    def values(self, queues: Sequence[str]) -> dict[str, list[str] | list[float] | int]:
-        """The PostgreSQL claim's parameters for ``queues`` (see its exchange.sql)."""
+    def values(
+        self, queues: Sequence[str], *, among: int | None = None
+    ) -> dict[str, list[str] | list[float] | int]:
+        """The PostgreSQL claim's parameters for ``queues`` (see its exchange.sql):
+        every tenant known of each, or with ``among`` only that many furthest behind (a
+        claim that walks only the tenants it is given chooses among those)."""
         fair_queues: list[str] = []
         fair_tenants: list[str] = []
         fair_passes: list[float] = []
         for queue in queues:
-            for tenant, at in self.passes(queue).items():
+            known: Iterable[tuple[str, float]] = self.passes(queue).items()
+            if among is not None and len(self.passes(queue)) > among:
+                known = heapq.nsmallest(among, known, key=lambda item: (item[1], item[0]))
+            for tenant, at in known:
                 fair_queues.append(queue)
                 fair_tenants.append(tenant)
                 fair_passes.append(at)
@@ -97,14 +105,15 @@ class Turns:
         found: bool,
         full: Collection[str] = (),
     ) -> None:
-        """Keep the (queue, tenant, pass) a claim of ``queues`` left; a tenant of those
-        queues not among them is forgotten, and starts at the vt when it comes back.
-        ``found``: the claim looked for the queues' tenants (rather than taking those it
-        was given); ``full``: the queues where it got all it asked for."""
+        """Keep the (queue, tenant, pass) a claim of ``queues`` left. ``found``: the
+        claim looked for the queues' tenants, and a tenant of those queues not among the
+        passes is forgotten (it starts at the vt when it comes back); else it walked the
+        tenants it was given, and the others keep their passes. ``full``: the queues
+        where it got all it asked for."""
         now = self._clock()
         for queue in queues:
-            self._passes.pop(queue, None)
             if found:
+                self._passes.pop(queue, None)
                 self._found_at[queue] = now
             if queue in full:
                 self._full.add(queue)
@@ -132,6 +141,11 @@ most for its first turn. Only a queue whose last claim was full claims so: a cla
 short looks at once (its refill), and so does every claim of a queue whose last claim was
 short (where the look is cheap beside the wait for jobs) or that held one tenant or none
 (where it costs two descents)."""
+
+AMONG = 20
+"""How many of a queue's known tenants, those furthest behind, a PostgreSQL claim among
+known tenants is given: twice the most it serves (:data:`TENANTS_PER_CLAIM`), so that the
+work of its turns does not grow with the tenants of the queue."""
 
 TENANTS_PER_CLAIM = 10
 """About how many tenants one claim serves at most: each tenant a claim of ``n`` serves

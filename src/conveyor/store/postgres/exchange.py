@@ -12,7 +12,7 @@ import asyncpg
 import orjson
 
 from conveyor.store.base import DataRejected, JobsAvailable, Notice, Offers, StoreError
-from conveyor.store.fairness import Turns
+from conveyor.store.fairness import AMONG, Turns
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.enqueue import dumps
 from conveyor.store.postgres.listener import notify_queues
@@ -96,7 +96,9 @@ class Exchange:
         lone = not (lock or fill) and all(len(self._turns.passes(q)) <= 1 for q in queues)
         discover = fill or self._turns.to_discover(queues)
         values = {
-            **self._claim(claim, queues, worker_id, offers is not None),
+            **self._claim(
+                claim, queues, worker_id, offers is not None, among=None if discover else AMONG
+            ),
             "discover": discover,
             **reports,
             "rescue": rescue_limit > 0,
@@ -202,7 +204,13 @@ class Exchange:
         )
 
     def _claim(
-        self, claim: ClaimRequest | None, queues: list[str], worker_id: str, offer: bool
+        self,
+        claim: ClaimRequest | None,
+        queues: list[str],
+        worker_id: str,
+        offer: bool,
+        *,
+        among: int | None = None,
     ) -> dict[str, Any]:
         """The claim's parameters (the claim statement takes these alone); with ``offer``,
         what the claim leaves free is offered under the LISTEN connection's key."""
@@ -218,7 +226,7 @@ class Exchange:
                 **self._turns.values(()),
             }
         return {
-            **self._turns.values(queues),
+            **self._turns.values(queues, among=among),
             "queues": queues,
             "slots": [claim.slots[q] for q in queues],
             "worker_id": worker_id,
