@@ -362,7 +362,7 @@ fillable AS (
     WHERE w.n > (SELECT count(*) FROM picked p WHERE p.queue = w.queue)
       AND (NOT :discover::boolean
            OR EXISTS (SELECT FROM tenants t
-                   WHERE t.queue = w.queue AND NOT t.chosen AND t.share > 0)
+                      WHERE t.queue = w.queue AND NOT t.chosen AND t.share > 0)
            OR EXISTS (SELECT FROM shares s
                       WHERE s.queue = w.queue AND s.room > s.share
                         AND s.share = (SELECT count(*) FROM walked k
