@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conveyor.store.columns import Column, Table
@@ -48,18 +48,17 @@ class Turns:
     """The pass of each tenant that held candidates in each queue's last claim, and when
     each queue's tenants were last looked for."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self) -> None:
         self._passes: dict[str, dict[str, float]] = {}
         self._found_at: dict[str, float] = {}
         self._full: set[str] = set()
-        self._clock = clock
 
     def to_discover(self, queues: Iterable[str]) -> bool:
         """Whether a claim of ``queues`` should look for their tenants again rather than
         take those it knows: one of them was last looked at :data:`DISCOVER_S` ago or
         more (or never), or its last claim came back short (a queue with jobs enough to
         keep the worker busy is the one where the look is worth saving)."""
-        now = self._clock()
+        now = time.monotonic()
         return any(
             q not in self._full or now - self._found_at.get(q, -math.inf) >= DISCOVER_S
             for q in queues
@@ -110,7 +109,7 @@ class Turns:
         passes is forgotten (it starts at the vt when it comes back); else it walked the
         tenants it was given, and the others keep their passes. ``full``: the queues
         where it got all it asked for."""
-        now = self._clock()
+        now = time.monotonic()
         for queue in queues:
             if found:
                 self._passes.pop(queue, None)

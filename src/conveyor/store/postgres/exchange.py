@@ -143,8 +143,8 @@ class Exchange:
             full=[q for q in queues if claim is not None and got[q] >= claim.slots[q]],
         )
         next_run_at = time_or_none(summary["next_run_at"])
-        again: list[tuple[dict[str, int], bool]] = []
         if claim is not None:
+            again: list[tuple[dict[str, int], bool]] = []
             unlocked = list(summary["unlocked_in"])
             if unlocked:
                 # Queues with a limit this store had not heard of claimed nothing (the
@@ -157,22 +157,21 @@ class Exchange:
                 # queues short with more due: what is missing is claimed now, not at the
                 # next exchange.
                 again.append(({q: claim.slots[q] - got[q] for q in summary["fill_in"]}, True))
-        for slots, fill_more in again:
-            assert claim is not None
-            # With offers if the first pass had them, as it would have: a limited queue
-            # offers nothing, and the worker's old offers in it are taken back.
-            more = await self.settle_and_claim(
-                (),
-                (),
-                worker_id,
-                replace(claim, slots=slots),
-                0,
-                Offers() if offers is not None else None,
-                fill=fill_more,
-            )
-            claimed.extend(more.claimed)
-            if more.next_run_at is not None:
-                next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
+            for slots, fill_more in again:
+                # With offers if the first pass had them, as it would have: a limited
+                # queue offers nothing, and the worker's old offers in it are taken back.
+                more = await self.settle_and_claim(
+                    (),
+                    (),
+                    worker_id,
+                    replace(claim, slots=slots),
+                    0,
+                    Offers() if offers is not None else None,
+                    fill=fill_more,
+                )
+                claimed.extend(more.claimed)
+                if more.next_run_at is not None:
+                    next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
         done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
         applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
         wake = set(summary["requeued_in"])
