@@ -56,11 +56,14 @@ class Turns:
     def to_discover(self, queues: Iterable[str]) -> bool:
         """Whether a claim of ``queues`` should look for their tenants again rather than
         take those it knows: one of them was last looked at :data:`DISCOVER_S` ago or
-        more (or never), or its last claim came back short (a queue with jobs enough to
-        keep the worker busy is the one where the look is worth saving)."""
+        more (or never), its last claim came back short, or it held one tenant or none (a
+        queue of several tenants with jobs enough to keep the worker busy is the one
+        where the look is worth saving)."""
         now = time.monotonic()
         return any(
-            q not in self._full or now - self._found_at.get(q, -math.inf) >= DISCOVER_S
+            q not in self._full
+            or len(self.passes(q)) <= 1
+            or now - self._found_at.get(q, -math.inf) >= DISCOVER_S
             for q in queues
         )
 
@@ -70,6 +73,10 @@ class Turns:
     def vt(self, queue: str) -> float:
         """Where a tenant not seen in ``queue``'s last claim starts."""
         return min(self.passes(queue).values(), default=0.0)
+
+    def among(self, queue: str, n: int) -> list[tuple[str, float]]:
+        """The (tenant, pass) of the ``n`` tenants known of ``queue`` furthest behind."""
+        return heapq.nsmallest(n, self.passes(queue).items(), key=lambda item: (item[1], item[0]))
 
     def values(
         self, queues: Sequence[str], *, among: int | None = None
@@ -81,9 +88,7 @@ class Turns:
         fair_tenants: list[str] = []
         fair_passes: list[float] = []
         for queue in queues:
-            known: Iterable[tuple[str, float]] = self.passes(queue).items()
-            if among is not None and len(self.passes(queue)) > among:
-                known = heapq.nsmallest(among, known, key=lambda item: (item[1], item[0]))
+            known = self.passes(queue).items() if among is None else self.among(queue, among)
             for tenant, at in known:
                 fair_queues.append(queue)
                 fair_tenants.append(tenant)
@@ -133,7 +138,7 @@ class Candidate:
 
 
 DISCOVER_S = 0.05
-"""How long a PostgreSQL store claims among the tenants it knows of a queue before it
+"""How long a store claims among the tenants it knows of a queue before it
 looks for the queue's tenants again (a descent of the claim index per tenant, the claim's
 largest cost with many tenants): a tenant new to a queue of several waits that long at
 most for its first turn. Only a queue whose last claim was full claims so: a claim left
@@ -142,8 +147,8 @@ short (where the look is cheap beside the wait for jobs) or that held one tenant
 (where it costs two descents)."""
 
 AMONG = 20
-"""How many of a queue's known tenants, those furthest behind, a PostgreSQL claim among
-known tenants is given: twice the most it serves (:data:`TENANTS_PER_CLAIM`), so that the
+"""How many of a queue's known tenants, those furthest behind, a claim among known
+tenants is given: twice the most it serves (:data:`TENANTS_PER_CLAIM`), so that the
 work of its turns does not grow with the tenants of the queue."""
 
 TENANTS_PER_CLAIM = 10
@@ -183,10 +188,13 @@ def take_turns(
     rooms: Mapping[str, int],
     turns: Turns,
     queue: str,
+    *,
+    found: bool,
 ) -> list[int]:
     """The ids of the first ``n`` candidates in turn order, and the queue's passes
-    learnt, for every tenant of ``rooms`` (those that hold jobs: one the claim left out
-    keeps its place): the SQLite claim's merge (PostgreSQL's is the same in SQL)."""
+    learnt, for every tenant of ``rooms`` (those that hold jobs, or with ``found``
+    false those the claim was given: one the claim left out keeps its place): the SQLite
+    claim's merge (PostgreSQL's is the same in SQL)."""
     vt = turns.vt(queue)
     known = turns.passes(queue)
     by_tenant: dict[str, list[Candidate]] = {}
@@ -205,5 +213,10 @@ def take_turns(
     # In rank order: each tenant ends at the rank of its last job taken.
     for rank, _base, _priority, _run_at, _id, tenant in taken:
         passes[tenant] = rank
-    turns.learn((queue,), ((queue, t, at) for t, at in passes.items()), found=True)
+    turns.learn(
+        (queue,),
+        ((queue, t, at) for t, at in passes.items()),
+        found=found,
+        full=(queue,) if len(taken) >= n else (),
+    )
     return [row[4] for row in taken]

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from conveyor.store.fairness import Candidate, Turns, chosen, share, take_turns
+from conveyor.store.fairness import AMONG, Candidate, Turns, chosen, share, take_turns
 from conveyor.store.records import (
     ClaimRequest,
     Job,
@@ -157,14 +157,23 @@ def _choose(
     kinds: Sequence[str],
     turns: Turns,
     limit: int,
+    *,
+    discover: bool | None = None,
 ) -> list[int]:
     """The ids of the jobs a claim of ``limit`` takes: the share of candidates per kind of
     each tenant the claim serves first (:func:`~conveyor.store.fairness.chosen`); where
     the shares left the claim short, the tenants whose share came back full and the
     tenants left out are walked in pass order, each for what is still missing (within its
     room); merged in turn order. Fewer than ``limit`` only when the
-    queue has no more due jobs the claim may take."""
+    queue has no more due jobs the claim may take.
+
+    The tenants are looked for (a skip scan of the claim index) as
+    :meth:`~conveyor.store.fairness.Turns.to_discover` says; else the claim chooses among
+    the :data:`~conveyor.store.fairness.AMONG` it knows furthest behind, and looks at once
+    if those leave it short."""
     queue = values["queue"]
+    if discover is None:
+        discover = turns.to_discover((queue,))
     capped: dict[str, int] = {}
     weights: dict[str, int] = {}
     for tenant, concurrency, weight in execute(conn, "tenant_limits_for", values):
@@ -173,9 +182,13 @@ def _choose(
         if weight is not None:
             weights[tenant] = weight
     tenants: dict[str, list[str]] = {}
+    among = [t for t, _ in turns.among(queue, AMONG)]
     for kind in kinds:
-        found = execute(conn, "queue_tenants", {**values, "kind": kind}).fetchall()
-        tenants[kind] = [t for (t,) in found]
+        if discover:
+            found = execute(conn, "queue_tenants", {**values, "kind": kind}).fetchall()
+            tenants[kind] = [t for (t,) in found]
+        else:
+            tenants[kind] = among
     active = {t for found in tenants.values() for t in found}
     rooms = {t: limit for t in active}
     for tenant in active & capped.keys():
@@ -211,7 +224,10 @@ def _choose(
             candidates.extend(got)
             taken[tenant] += len(got)
             missing -= len(got)
-    return take_turns(limit, candidates, weights, rooms, turns, queue)
+    if len(candidates) < limit and not discover:
+        # The tenants known may have run out, and a newcomer is not among them.
+        return _choose(conn, values, kinds, turns, limit, discover=True)
+    return take_turns(limit, candidates, weights, rooms, turns, queue, found=discover)
 
 
 def _read(
