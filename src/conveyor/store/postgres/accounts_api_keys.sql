@@ -19,18 +19,21 @@ INSERT INTO conveyor_api_keys (
 RETURNING
 -- include: api_key_columns
 
--- name: find_api_key
--- As the login role (a store that acts as no role).
+-- name: find_api_keys
+-- The keys of :prefixes (text[]) that exist, as the login role (a store that acts as no
+-- role).
 SELECT
 -- include: api_key_columns
-FROM conveyor_api_key_by_prefix(:prefix)
+FROM unnest(:prefixes::text[]) AS wanted (wanted_prefix),
+     conveyor_api_key_by_prefix(wanted.wanted_prefix)
 
--- name: find_api_key_as_role
--- As :role in the scope of no tenant, taken by the function: a statement of its own, so
--- both end with it (migration 0012).
+-- name: find_api_keys_as_role
+-- The same as :role in the scope of no tenant, taken by the function: a statement of its
+-- own, so both end with it (migration 0012).
 SELECT
 -- include: api_key_columns
-FROM conveyor_api_key_by_prefix_as(:role, :prefix)
+FROM unnest(:prefixes::text[]) AS wanted (wanted_prefix),
+     conveyor_api_key_by_prefix_as(:role, wanted.wanted_prefix)
 
 -- name: touch_api_key
 SELECT conveyor_touch_api_key(:key_id)
