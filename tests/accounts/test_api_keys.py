@@ -167,6 +167,25 @@ async def test_a_wrong_secret_or_prefix_is_refused(
         assert str(refused.value) == Unauthenticated.MESSAGE
 
 
+def test_only_text_of_a_keys_exact_shape_parses() -> None:
+    key = new_key_text()
+    assert parse_key(str(key)) == key
+    underscored = f"{MARK}{'_' * PREFIX_LENGTH}_{key.secret}"
+    assert parse_key(underscored) == type(key)("_" * PREFIX_LENGTH, key.secret)
+    text = str(key)
+    for malformed in (
+        text + "\n",
+        " " + text,
+        text[:-1] + "\u00e9",  # a letter, but not an url-safe one
+        text[:-1] + "\uff10",  # a digit, but not an ASCII one
+        text[:-1] + "=",
+        f"{MARK}{key.prefix}-{key.secret}",
+        f"{MARK}{key.prefix}_{key.secret}".upper(),
+        "",
+    ):
+        assert parse_key(malformed) is None, malformed
+
+
 async def test_a_key_of_a_disabled_tenant_is_refused(
     accounts: Accounts, owner_principal: Principal
 ) -> None:

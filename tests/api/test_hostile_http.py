@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor.api.errors import ECHO_CHARS
-from conveyor.store.records import DEFAULT_TENANT
+from conveyor.store.base import Store
+from conveyor.store.records import DEFAULT_TENANT, JobFilter
 from hostile import argument_text, json_texts, json_values, to_json_text, url_quote
 
 EXAMPLES = settings(
@@ -132,6 +133,60 @@ async def test_a_value_json_cannot_store_is_refused_naming_its_place(
     (error,) = response.json()["detail"]
     assert error["loc"][:3] in (["body", "input", "a"], ["body", "input", "name"]), error
     assert (await http.get("/v1/jobs")).json()["items"] == []
+
+
+BIG = "123456789012345678901234567890"
+"""An integer no JSON value here may hold: orjson alone would read it as 1.2345678901234568e+29."""
+
+
+@pytest.mark.parametrize(
+    ("text", "loc"),
+    [
+        (f'{{"n": {BIG}}}', ["body", "n"]),
+        (f'{{"a": [0, {{"b": -{BIG}}}]}}', ["body", "a", 1, "b"]),
+        ('{"n": 18446744073709551616}', ["body", "n"]),  # 2**64
+        ('{"n": -9223372036854775809}', ["body", "n"]),  # -2**63 - 1
+        ('{"n": 1' + "0" * 5000 + "}", ["body", "n"]),  # past the stdlib's 4,300 digits
+    ],
+    ids=["30 digits", "nested", "2**64", "-2**63-1", "5001 digits"],
+)
+async def test_an_integer_past_64_bits_is_refused_by_every_json_route_naming_its_place(
+    http: httpx.AsyncClient, store: Store, text: str, loc: list[str | int]
+) -> None:
+    bodied = [(m, p) for m, p, _, has_body in (await routes(http)) if has_body]
+    assert len(bodied) >= 10
+    for method, template in bodied:
+        response = await http.request(
+            method,
+            _PARAM.sub("1", template),
+            content=text.encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 422, (template, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"] == loc, (template, error)
+        assert "an integer outside -9223372036854775808 .. 18446744073709551615" in error["msg"]
+        # Nothing rounded is echoed (orjson's float would print as 1.2345678901234568e+29).
+        assert "e+" not in response.text, (template, response.text)
+    assert await store.list_jobs(JobFilter()) == []
+
+
+async def test_a_payload_or_limit_at_the_edge_of_64_bits_is_kept_exact(
+    http: httpx.AsyncClient,
+) -> None:
+    edges = {"max": 2**64 - 1, "min": -(2**63), "long": [2**63, -(2**62)], "f": 1e30}
+    accepted = await submit(http, "test.echo", edges)
+    job = await http.get(f"/v1/jobs/{accepted['job_id']}")
+    assert job.json()["payload"] == edges
+    request = await http.get(f"/v1/requests/{accepted['request_id']}")
+    assert request.json()["input"] == edges
+    # A limit within 64 bits but not the field's range: pydantic's answer, quoting it
+    # exactly (as text past 2**63, which a JavaScript client could not hold as a number).
+    response = await http.post("/v1/queues/default/limit", json={"limit": 2**64 - 1})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "limit"]
+    assert error["input"] == str(2**64 - 1)
 
 
 async def test_nesting_past_the_limit_is_refused_and_at_it_accepted(

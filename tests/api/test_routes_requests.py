@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from api_support import AppClient, submit
+from api_support import AppClient, api_key, app_of, bearer, submit, user_token
 
+from conveyor.store.accounts import Role
 from conveyor.store.base import Store
 from conveyor.store.records import JobFilter, RequestFilter, WorkerInfo
 
@@ -165,6 +166,42 @@ async def test_the_same_idempotency_key_returns_the_same_request_with_200(
     other = await http.post("/v1/requests", json=body, headers={"Idempotency-Key": "order-8"})
     assert other.status_code == 202
     assert await stored(store) == (2, 2)
+
+
+async def test_an_idempotency_key_is_the_tenants_whichever_credential_sends_it(
+    http: httpx.AsyncClient, store: Store
+) -> None:
+    app = app_of(http)
+    body = {"kind": "test.typed", "input": {"name": "Ada"}}
+    key = {"Idempotency-Key": "order-9"}
+    first = await http.post("/v1/requests", json=body, headers=key)
+    assert first.status_code == 202
+    # Another API key and a user of the same tenant: the same request, with 200.
+    for credential in (await api_key(app, name="second"), await user_token(app, Role.MEMBER)):
+        again = await http.post(
+            "/v1/requests", json=body, headers={**key, "Authorization": bearer(credential)}
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["request_id"] == first.json()["request_id"]
+        assert again.json()["job_id"] == first.json()["job_id"]
+    # The same tenant's key with another input, from another credential: a conflict.
+    member = bearer(await user_token(app, Role.MEMBER))
+    conflict = await http.post(
+        "/v1/requests",
+        json={"kind": "test.typed", "input": {"name": "Bob"}},
+        headers={**key, "Authorization": member},
+    )
+    assert conflict.status_code == 409
+    # Another tenant's same key: a request of its own, which the first tenant cannot see.
+    other = {**key, "Authorization": bearer(await api_key(app, "other"))}
+    theirs = await http.post("/v1/requests", json=body, headers=other)
+    assert theirs.status_code == 202
+    assert theirs.json()["request_id"] != first.json()["request_id"]
+    mine = await http.get(f"/v1/requests/{theirs.json()['request_id']}")
+    assert mine.status_code == 404
+    assert (await http.post("/v1/requests", json=body, headers=other)).status_code == 200
+    assert await stored(store) == (1, 2)
+    assert len(await store.list_requests(RequestFilter(tenant_id="other"))) == 1
 
 
 async def test_concurrent_submissions_with_one_key_create_one_request(

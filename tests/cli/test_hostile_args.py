@@ -122,6 +122,7 @@ def test_no_argument_makes_a_command_fail(database: str, argv: list[str]) -> Non
         (["enqueue", "demo.echo", "--max-attempts", "1" * 30], "max_attempts"),
         (["enqueue", "demo.echo", "--payload", '{"a": NaN}'], "--payload.a"),
         (["enqueue", "demo.echo", "--payload", '"a\\u0000"'], "--payload"),
+        (["enqueue", "demo.echo", "--payload", '{"a": [' + "1" * 30 + "]}"], "--payload.a[0]"),
         (["enqueue", "demo.echo", "--queue", "a\x00"], "queue"),
         (["jobs", "show", "1" * 30], "job_id"),
         (["jobs", "list", "--before", "1" * 30], "--before"),

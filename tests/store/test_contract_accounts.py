@@ -581,6 +581,22 @@ async def test_an_api_key_is_found_by_prefix_touched_and_revoked(store: Store) -
     assert revoked.revoked_at is not None
 
 
+async def test_keys_looked_up_at_once_each_get_their_own_and_a_revocation_before_counts(
+    store: Store, peer_store: Store
+) -> None:
+    tenant_id, _ = await _tenant_with_owner(store)
+    keys = [await store.create_api_key(_api_key(tenant_id)) for _ in range(3)]
+    prefixes = [k.prefix for k in keys] * 5 + ["nope", keys[0].prefix]
+    found = await asyncio.gather(*(store.find_api_key(p) for p in prefixes))
+    assert found == [*keys * 5, None, keys[0]]
+
+    # A key revoked by another process before the calls began is revoked for each of them,
+    # whichever look-up they share.
+    assert await peer_store.revoke_api_key(keys[1].id, tenant_id)
+    again = await asyncio.gather(*(store.find_api_key(keys[1].prefix) for _ in range(10)))
+    assert all(k is not None and k.revoked_at is not None for k in again)
+
+
 async def test_an_operator_revokes_a_key_of_any_tenant(store: Store) -> None:
     tenant_id, _ = await _tenant_with_owner(store)
     key = await store.create_api_key(_api_key(tenant_id))

@@ -276,3 +276,70 @@ async def test_a_postgresql_database_at_an_earlier_version_upgrades_to_the_fresh
         assert_same_schema(await pg_schema(url), fresh_pg_schema)
     finally:
         await pg_drop(pg_server, name)
+
+
+# -- data the upgrades change ----------------------------------------------------------------
+SHARED_KEY_ROWS = [
+    # (tenant, caller, key): two callers of tenant t sent key k before keys were per tenant.
+    ("t", "user:1", "k"),
+    ("t", "key:2", "k"),
+    ("t2", "user:1", "k"),
+    ("t", "key:2", "other"),
+]
+"""Requests stored while an Idempotency-Key was per caller."""
+KEYS_AFTER = ["k", None, "k", "other"]
+"""Their keys once keys are per tenant: the first request of a tenant's key keeps it."""
+
+
+def _version_of(migrations: list[tuple[int, str]], name: str) -> int:
+    (version,) = [v for v, sql in migrations if name in sql]
+    return version
+
+
+PER_TENANT_INDEX = "ON conveyor_requests (tenant_id, idempotency_key)"
+
+
+async def test_a_sqlite_tenants_key_shared_by_two_callers_stays_with_its_first_request(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    sqlite_at_version(path, _version_of(SQLITE_MIGRATIONS, PER_TENANT_INDEX) - 1)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executemany(
+            "INSERT INTO conveyor_requests (tenant_id, caller_id, kind, input, job_id, "
+            "idempotency_key, created_at) VALUES (?, ?, 'test.noop', '{}', 1, ?, 0)",
+            SHARED_KEY_ROWS,
+        )
+    finally:
+        conn.close()
+    await sqlite_migrated(path)
+    conn = sqlite3.connect(path)
+    try:
+        keys = conn.execute("SELECT idempotency_key FROM conveyor_requests ORDER BY id")
+        assert [key for (key,) in keys] == KEYS_AFTER
+    finally:
+        conn.close()
+
+
+async def test_a_postgresql_tenants_key_shared_by_two_callers_stays_with_its_first_request(
+    pg_server: PgTestServer,
+) -> None:
+    name = f"{pg_server.database}_shared_key"
+    url = await pg_database(pg_server, name)
+    try:
+        await pg_at_version(url, _version_of(POSTGRES_MIGRATIONS, PER_TENANT_INDEX) - 1)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.executemany(
+                "INSERT INTO conveyor_requests (tenant_id, caller_id, kind, input, job_id, "
+                "idempotency_key, created_at) VALUES ($1, $2, 'test.noop', '{}', 1, $3, now())",
+                SHARED_KEY_ROWS,
+            )
+            await pg_migrated(url)
+            keys = await conn.fetch("SELECT idempotency_key FROM conveyor_requests ORDER BY id")
+            assert [key for (key,) in keys] == KEYS_AFTER
+        finally:
+            await conn.close()
+    finally:
+        await pg_drop(pg_server, name)

@@ -61,17 +61,27 @@ async def test_the_same_idempotency_key_returns_the_same_request(
     assert [j.id for j in await store.list_jobs(JobFilter())] == [first.request.job.id]
 
 
-async def test_keys_are_per_caller_and_per_tenant(store: Store, new_job: NewJobFactory) -> None:
-    a = (await store.create_request(_request(new_job, key="k"))).request
-    other_caller = NewRequest("test.noop", {}, "caller-2", new_job(), idempotency_key="k")
-    b = await store.create_request(other_caller)
-    other_tenant = NewRequest(
-        "test.noop", {}, "caller-1", new_job(tenant_id="t2"), idempotency_key="k"
+async def test_a_key_is_the_tenants_whichever_caller_sends_it(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    first = (await store.create_request(_request(new_job, key="k"))).request
+    # Another user or API key of the same tenant: the same request, and no new job.
+    other_caller = NewRequest(
+        "test.noop", {"doctor": "Ada"}, "caller-2", new_job(), idempotency_key="k"
     )
-    c = await store.create_request(other_tenant)
-    assert b.created
-    assert c.created
-    assert len({a.id, b.request.id, c.request.id}) == 3
+    again = await store.create_request(other_caller)
+    assert not again.created
+    assert again.request == first
+    assert again.request.caller_id == "caller-1"
+    # Another tenant: a request of its own.
+    other_tenant = NewRequest(
+        "test.noop", {"doctor": "Ada"}, "caller-1", new_job(tenant_id="t2"), idempotency_key="k"
+    )
+    theirs = await store.create_request(other_tenant)
+    assert theirs.created
+    assert theirs.request.id != first.id
+    assert theirs.request.tenant_id == "t2"
+    assert [j.id for j in await store.list_jobs(JobFilter(tenant_id="default"))] == [first.job.id]
 
 
 async def test_racing_requests_with_one_key_create_one(

@@ -364,6 +364,63 @@ async def test_the_functions_before_a_tenant_is_known_return_the_one_matching_ro
                 assert await conn.fetch(f"SELECT * FROM {function}($1)", probe) == [], function
 
 
+async def test_the_key_look_up_of_one_statement_takes_the_api_role_for_that_statement_only(
+    url: str, accounts: Accounts
+) -> None:
+    # Migration 0012: a NOINHERIT login role of the API has no right of its own, so the
+    # look-up finds a key only by taking conveyor_api, and leaves nothing set behind it.
+    name = f"conveyor_api_login_{secrets.token_hex(3)}"
+    worker = f"conveyor_worker_login_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(url)
+    await admin.execute(f"CREATE ROLE {name} LOGIN NOINHERIT IN ROLE conveyor_api")
+    await admin.execute(f"CREATE ROLE {worker} LOGIN IN ROLE conveyor_worker")
+    parts = urlsplit(url)
+    login = await asyncpg.connect(
+        urlunsplit(parts._replace(netloc=f"{name}@{parts.hostname}:{parts.port}"))
+    )
+    as_worker = await asyncpg.connect(
+        urlunsplit(parts._replace(netloc=f"{worker}@{parts.hostname}:{parts.port}"))
+    )
+    look_up = "SELECT tenant_id FROM conveyor_api_key_by_prefix_as($1, $2)"
+    settings = (
+        "SELECT current_user::text, current_setting('conveyor.tenant_id', true), "
+        "       current_setting('conveyor.operator', true)"
+    )
+    try:
+        assert await login.fetch(look_up, "conveyor_api", accounts.key_prefix[B]) == [(B,)]
+        for probe in ("pfx", "%", ""):
+            assert await login.fetch(look_up, "conveyor_api", probe) == []
+        user, tenant, operator = await login.fetchrow(settings)
+        assert (user, tenant or "", operator or "") == (name, "", "")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await login.fetch("SELECT * FROM conveyor_api_key_by_prefix($1)", "pfx")
+        # It takes no role its caller may not take (PostgreSQL asks whether the session's
+        # login role may, as for SET ROLE).
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="set role"):
+            await login.fetch(look_up, "conveyor_worker", accounts.key_prefix[B])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="set role"):
+            await as_worker.fetch(look_up, "conveyor_api", accounts.key_prefix[B])
+        # Inside a transaction of tenant A's, it drops the tenant: the rest of that
+        # transaction sees no tenant's rows, rather than A's.
+        async with login.transaction():
+            await _as_api(login, A)
+            assert await login.fetchval("SELECT count(*) FROM conveyor_api_keys") == 1
+            assert await login.fetch(look_up, "conveyor_api", accounts.key_prefix[B]) == [(B,)]
+            assert await login.fetchval("SELECT count(*) FROM conveyor_api_keys") == 0
+        row = await admin.fetchrow(
+            "SELECT prosecdef, proconfig FROM pg_proc "
+            "WHERE oid = 'conveyor_api_key_by_prefix_as(text, text)'::regprocedure"
+        )
+        assert not row["prosecdef"]
+        schema = await admin.fetchval("SELECT current_schema()")
+        assert f"search_path=pg_catalog, {schema}, pg_temp" in row["proconfig"]
+    finally:
+        await login.close()
+        await as_worker.close()
+        await admin.execute(f"DROP ROLE {name}, {worker}")
+        await admin.close()
+
+
 async def test_the_accounts_functions_are_the_api_roles_alone_with_a_pinned_search_path(
     conn: asyncpg.Connection, accounts: Accounts
 ) -> None:

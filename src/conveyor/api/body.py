@@ -6,8 +6,10 @@ keeps as given (NaN would turn into null) and that break the error answer itself
 echoes them. Routes of :class:`StrictJsonRoute` parse the body with
 :func:`conveyor.engine.limits.loads` first and hand FastAPI the parsed value, so a body
 is parsed once, by orjson, and anything outside the limits (non-finite numbers, lone
-surrogates, NUL in a string or key, nesting past the limit) is a 422 whose ``loc`` names
-the place (``["body", "input", "a", "b"]``).
+surrogates, NUL in a string or key, nesting past the limit, an integer outside
+-2**63 .. 2**64-1, which orjson alone would read as a rounded float) is a 422 whose
+``loc`` names the place (``["body", "input", "a", "b"]``). Every router of the API with a
+JSON body uses this route class.
 """
 
 from __future__ import annotations

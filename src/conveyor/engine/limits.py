@@ -368,11 +368,12 @@ def _refuse(path: Sequence[str | int], what: str) -> None:
 
 def loads(body: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse JSON text strictly: invalid JSON, NaN or infinity (``1e400`` too), lone
-    surrogates, NUL in strings and nesting past :data:`MAX_DEPTH` raise
-    :class:`LimitError`, with ``loc`` naming the place when it can be found.
+    surrogates, NUL in strings, nesting past :data:`MAX_DEPTH` and integers outside
+    :data:`MIN_JSON_INT` .. :data:`MAX_JSON_INT` raise :class:`LimitError`, with ``loc``
+    naming the place when it can be found.
 
-    Valid input costs one orjson parse and two byte scans; the walk runs only when a scan
-    sees what might be NUL or deep nesting.
+    Valid input costs one orjson parse and three byte scans; the walk runs only when a
+    scan sees what might be NUL, deep nesting or a long integer.
     """
     try:
         value = orjson.loads(body)
@@ -382,9 +383,33 @@ def loads(body: bytes | str, field: str = "body", *, max_depth: int = MAX_DEPTH)
         _locate(body, field, max_depth)
         raise LimitError(f"{field} is not valid JSON: {exc}", (field,)) from None
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    max_bytes = max(len(raw), MAX_PAYLOAD_BYTES)
     if b"\\u0000" in raw or raw.count(b"[") + raw.count(b"{") > max_depth:
-        check_json(value, field, max_bytes=max(len(raw), MAX_PAYLOAD_BYTES), max_depth=max_depth)
+        check_json(value, field, max_bytes=max_bytes, max_depth=max_depth)
+    if _LONG_DIGIT_RUN in raw.translate(_DIGITS_AS_ZERO):
+        # orjson reads an integer outside 64 bits as the nearest float, silently: a
+        # 30-digit id would be stored, or echoed in an error, rounded. Every integer out
+        # of range has at least 19 digits, so only a text holding such a run (in a
+        # number, or in a string) is parsed again, by the stdlib, which keeps integers
+        # exact, and walked.
+        exact = json.loads(body, parse_int=_exact_int)
+        check_json(exact, field, max_bytes=max_bytes, max_depth=max_depth)
     return value
+
+
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * len(str(MIN_JSON_INT).lstrip("-"))
+"""As many digits as the shortest integer out of range has (-2**63 - 1: 19)."""
+
+
+def _exact_int(literal: str) -> int:
+    """An integer literal as the integer it names. One longer than any integer in range
+    could be written is out of range whatever its digits: it stands for
+    ``MAX_JSON_INT + 1``, so no time goes into converting it (the stdlib refuses to past
+    4,300 digits, and a body may hold a million)."""
+    if len(literal) > len(str(MIN_JSON_INT)) + 1:
+        return MAX_JSON_INT + 1
+    return int(literal)
 
 
 class _NonFinite(float):
@@ -393,7 +418,11 @@ class _NonFinite(float):
 
 def _locate(body: bytes | str, field: str, max_depth: int) -> None:
     try:
-        value = json.loads(body, parse_constant=lambda name: _NonFinite(name.replace("-", "")))
+        value = json.loads(
+            body,
+            parse_constant=lambda name: _NonFinite(name.replace("-", "")),
+            parse_int=_exact_int,
+        )
     except RecursionError:
         raise LimitError(
             f"{field} is not valid: nested deeper than {max_depth} levels", (field,)

@@ -44,18 +44,23 @@ def _with_nul(name: str, value: object) -> Iterator[str]:
 
 
 def _checked(verb: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    signature = inspect.signature(method)
+    # The arguments named by position rather than by Signature.bind, and plain text checked
+    # in place: every call with an API key runs a verb, and bind was most of what this
+    # check cost it (docs/benchmarks.md). A call that does not fit the signature still
+    # fails, in the method. The first parameter is the store itself.
+    names = tuple(inspect.signature(method).parameters)[1:]
 
     @functools.wraps(method)
-    async def checked(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        for name, value in bound.arguments.items():
+    async def checked(store: Any, *args: Any, **kwargs: Any) -> Any:
+        for name, value in (*zip(names, args, strict=False), *kwargs.items()):
+            if isinstance(value, str) and "\x00" not in value:
+                continue
             for where in _with_nul(name, value):
                 raise DataRejected(
                     f"{verb}: {where} holds a NUL character (\\x00), which no stored text "
                     "may hold; remove it"
                 )
-        return await method(*args, **kwargs)
+        return await method(store, *args, **kwargs)
 
     return checked
 

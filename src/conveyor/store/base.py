@@ -309,8 +309,9 @@ class RequestStore(Protocol):
     async def create_request(self, new: NewRequest) -> StoredRequest:
         """Create a request and its job in one transaction, and read the job's queue
         position with them (as :meth:`queue_position` counts it). With an idempotency
-        key that this tenant's caller used before, return that request (``created``
-        False) and create nothing, not even a job, even when two such calls race. Raises
+        key that this tenant used before, whichever caller sent it, return that request
+        (``created`` False) and create nothing, not even a job, even when two such calls
+        race. Raises
         :class:`DataRejected` for input or a payload the database cannot hold
         (PostgreSQL: a ``\\u0000`` in a JSON string)."""
 

@@ -51,8 +51,9 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=200,
         pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="Repeat a submission safely: the same key (per caller) returns the "
-        "request it created first, with 200.",
+        description="Repeat a submission safely: the same key returns the request it "
+        "created first, with 200. A key is the tenant's: whichever of its users or API keys "
+        "sends it gets that request; another tenant's same key names another request.",
     ),
 ]
 AccountId = Annotated[

@@ -1,7 +1,7 @@
 -- API keys of the PostgreSQL store: a tenant's keys for server-to-server callers, found
 -- by their prefix. The clock is the server's now(). A key is found and touched before its
--- tenant is known, through functions of migration 0011; the rest run in the tenant's
--- scope (or an operator's), held to its rows by row security.
+-- tenant is known, through functions of migrations 0011 and 0012; the rest run in the
+-- tenant's scope (or an operator's), held to its rows by row security.
 
 -- part: api_key_columns
 -- In the order of ApiKey's fields (checked at import).
@@ -19,10 +19,21 @@ INSERT INTO conveyor_api_keys (
 RETURNING
 -- include: api_key_columns
 
--- name: find_api_key
+-- name: find_api_keys
+-- The keys of :prefixes (text[]) that exist, as the login role (a store that acts as no
+-- role).
 SELECT
 -- include: api_key_columns
-FROM conveyor_api_key_by_prefix(:prefix)
+FROM unnest(:prefixes::text[]) AS wanted (wanted_prefix),
+     conveyor_api_key_by_prefix(wanted.wanted_prefix)
+
+-- name: find_api_keys_as_role
+-- The same as :role in the scope of no tenant, taken by the function: a statement of its
+-- own, so both end with it (migration 0012).
+SELECT
+-- include: api_key_columns
+FROM unnest(:prefixes::text[]) AS wanted (wanted_prefix),
+     conveyor_api_key_by_prefix_as(:role, wanted.wanted_prefix)
 
 -- name: touch_api_key
 SELECT conveyor_touch_api_key(:key_id)

@@ -6,7 +6,7 @@
 -- its queue position. The job's parameters are insert_job's.
 --
 -- The request goes in first, with a job id drawn up front, and the job only if the
--- request did: an Idempotency-Key this caller used before conflicts, and then no job is
+-- request did: an Idempotency-Key this tenant used before conflicts, and then no job is
 -- inserted, so a repeat never leaves a stray job. A key used before this statement
 -- began is found in its snapshot and that request comes back (created false). A key
 -- committed by a racing call after that makes the request insert wait for it and do
@@ -18,10 +18,12 @@
 -- A job whose unique_key an active job holds resolves to that job, as enqueue does. The
 -- job insert has no ON CONFLICT: a holder that commits during this statement fails it
 -- with a unique violation (the request is undone with it) and the caller runs it again.
+--
+-- A key is the tenant's, whichever of its callers (users, API keys) sent it (migration
+-- 0013): a retry through another credential of the tenant returns the same request.
 WITH existing AS (
     SELECT * FROM conveyor_requests
-    WHERE tenant_id = :tenant_id AND caller_id = :caller_id
-      AND idempotency_key = :idempotency_key
+    WHERE tenant_id = :tenant_id AND idempotency_key = :idempotency_key
 ),
 holder AS (
     SELECT id FROM conveyor_jobs
@@ -39,7 +41,7 @@ req AS (
     SELECT :tenant_id, :caller_id, :request_kind, :input::text::jsonb, ids.id,
            :idempotency_key, :http_request_id, now()
     FROM ids
-    ON CONFLICT (tenant_id, caller_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+    ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING *
 ),

@@ -34,6 +34,7 @@ import contextlib
 from collections.abc import Callable, Collection, Sequence
 
 from conveyor.store.base import Capabilities, Listener, Offers, StoreError
+from conveyor.store.coalesce import Coalescer
 from conveyor.store.fanout import Fanout
 from conveyor.store.postgres import migrations
 from conveyor.store.postgres.accounts import PostgresAccounts
@@ -112,6 +113,7 @@ class PostgresStore(PostgresAccounts):
         self._queues = Queues(self._db, self._fanout.publish, self._limits)
         self._tenant_limits = TenantLimitsStore(self._db, self._fanout.publish, self._limits)
         self._workers = Workers(self._db)
+        self._key_lookups = Coalescer(self._find_api_keys)
 
     # -- connection ----------------------------------------------------------------
     async def open(self) -> None:
@@ -125,6 +127,7 @@ class PostgresStore(PostgresAccounts):
 
     async def close(self) -> None:
         await self._requests.close()
+        await self._key_lookups.close()
         await self._listener.stop()
         await self._db.close()
 

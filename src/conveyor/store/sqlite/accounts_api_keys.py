@@ -59,7 +59,8 @@ class SqliteApiKeys:
             raise DataRejected(f"tenant {new.tenant_id!r} does not exist: {exc}") from exc
 
     async def find_api_key(self, prefix: str) -> ApiKey | None:
-        return await self._db.read(
+        # Read at every call with a key (a revoked key is refused at once): one statement.
+        return await self._db.read_statement(
             lambda conn, now: _SQL.one(conn, API_KEYS, "find_api_key", {"prefix": prefix})
         )
 

@@ -200,6 +200,17 @@ class Database:
 
         return await self.call(tx)
 
+    async def read_statement(self, fn: Tx[T]) -> T:
+        """Run ``fn(conn, now)``, which reads with one statement, on the thread without a
+        transaction around it: a statement sees one snapshot on its own, so BEGIN and
+        COMMIT would add two statements' cost and no consistency (the API-key look-up
+        made at every call with a key)."""
+
+        def statement() -> T:
+            return fn(self.connection(), time.time())
+
+        return await self.call(statement)
+
     def data_version(self) -> int:
         """SQLite's count of commits by other connections (on the thread)."""
         return int(self.connection().execute(_DATA_VERSION).fetchone()[0])

@@ -354,8 +354,9 @@ WHERE expires_at >= :now ORDER BY started_at
 
 -- -- requests ----------------------------------------------------------------------------
 -- name: find_request_by_key
+-- The tenant's key, whichever of its callers sent it (migration 0008).
 SELECT id FROM conveyor_requests
-WHERE tenant_id = :tenant_id AND caller_id = :caller_id AND idempotency_key = :idempotency_key
+WHERE tenant_id = :tenant_id AND idempotency_key = :idempotency_key
 
 -- name: insert_request
 INSERT INTO conveyor_requests (

@@ -27,11 +27,7 @@ def create(conn: sqlite3.Connection, now: float, new: NewRequest) -> StoredReque
     # The write lock is held from the start, so two calls with one key cannot both miss
     # the look-up.
     if new.idempotency_key is not None:
-        key = {
-            "tenant_id": new.tenant_id,
-            "caller_id": new.caller_id,
-            "idempotency_key": new.idempotency_key,
-        }
+        key = {"tenant_id": new.tenant_id, "idempotency_key": new.idempotency_key}
         found = execute(conn, "find_request_by_key", key).fetchone()
         if found is not None:
             return _stored(conn, now, _by_id(conn, found[0], new.tenant_id), created=False)
