@@ -125,9 +125,9 @@ class Exchange:
         try:
             rows = await self._db.run(run)
         except asyncpg.PostgresError as exc:
-            # Refused data is DataRejected already (one statement: nothing was recorded and
-            # nothing claimed); any other refusal (a statement timeout, a deadlock) is
-            # retried by the worker.
+            # Refused data is DataRejected already, and a deadlock TransactionRolledBack
+            # (one statement: nothing was recorded and nothing claimed); any other refusal
+            # (a statement timeout) is retried by the worker after a pause.
             raise StoreError(self._db.failure(exc)) from exc
         claimed, rescued, summary = _split(rows)
         got = Counter(j.queue for j in claimed)
