@@ -8,9 +8,10 @@
 -- (:outcome_*) and progress (:progress_*), claim for free slots (:queues, :slots) jobs of
 -- the kinds the worker runs (:kinds), update the worker's offers (:offer_key,
 -- :freed_queues, :freed_slots, :withdraw) and, when :rescue, rescue expired leases and
--- forget expired workers and dead offers. The parts touch disjoint rows — the worker's
+-- forget expired workers and dead offers. The parts change disjoint rows — the worker's
 -- reported running jobs, queued jobs, other running jobs — which is what lets them share
--- a statement.
+-- a statement; the worker's own rows are changed first, before the claim and the rescue
+-- lock any other (see own_rows_first).
 --
 -- Claims take, per queue, the first n due jobs of the worker's kinds in priority, run_at,
 -- id order, skipping rows another claimer has locked; n is cut to the free slots where a
