@@ -38,17 +38,26 @@ StoreFactory = Callable[..., Awaitable[PostgresStore]]
 W = "worker-1"
 
 
-def _job() -> NewJob:
-    return NewJob(kind="t", queue="q", payload={}, priority=3, max_attempts=3, timeout_s=None)
+def _job(tenant_id: str = "a") -> NewJob:
+    return NewJob(
+        kind="t",
+        queue="q",
+        payload={},
+        priority=3,
+        max_attempts=3,
+        timeout_s=None,
+        tenant_id=tenant_id,
+    )
 
 
 def _claim(n: int) -> ClaimRequest:
     return ClaimRequest(W, {"q": n}, 30.0, kinds=("t",))
 
 
-async def _running(store: PostgresStore, n: int) -> list[tuple[int, int]]:
-    """Enqueue ``n`` jobs and claim them under W: their (id, attempt)."""
-    await store.enqueue([_job() for _ in range(n)])
+async def _running(store: PostgresStore, n: int, tenants: int = 1) -> list[tuple[int, int]]:
+    """Enqueue ``n`` jobs over ``tenants`` tenants and claim them under W: their (id,
+    attempt)."""
+    await store.enqueue([_job(f"t{i % tenants}") for i in range(n)])
     result = await store.settle_and_claim([], [], W, _claim(n))
     assert len(result.claimed) == n
     return [(j.id, j.attempt) for j in result.claimed]
@@ -73,12 +82,15 @@ async def _lock(conn: asyncpg.Connection, job_id: int) -> None:
     await conn.execute("SELECT 1 FROM conveyor_jobs WHERE id = $1 FOR UPDATE", job_id)
 
 
+@pytest.mark.parametrize("tenants", [1, 2], ids=["one tenant", "two tenants"])
 async def test_an_exchange_settles_before_its_claim_locks_a_job(
-    stores: StoreFactory, db: asyncpg.Connection, pg: PgTestServer
+    stores: StoreFactory, db: asyncpg.Connection, pg: PgTestServer, tenants: int
 ) -> None:
+    # One tenant: the lone claim (claim_lone); two: the fair claim, its tenants known
+    # from the first claim.
     store = await stores()
-    [(ran, attempt)] = await _running(store, 1)
-    [queued] = [e.id for e in await store.enqueue([_job()])]
+    (ran, attempt), *_ = await _running(store, tenants, tenants)
+    [queued] = [e.id for e in await store.enqueue([_job("t0")])]
     walker = await asyncpg.connect(pg.url)
     try:
         # Its deadlock check comes first: were the cycle there, this side would be told.

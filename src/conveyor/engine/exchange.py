@@ -200,9 +200,9 @@ class Exchanger:
         again), or back off. True if a claim's answer may have been lost, leaving jobs
         running under this worker that it never heard of (adopt them)."""
         if isinstance(exc, TransactionRolledBack) and self.rolled_back < IMMEDIATE_RETRIES:
-            # The statement was undone whole and the reports are held again: nothing waits
-            # for the database to come back. A claim of a second statement before it may
-            # have committed, hence the adoption.
+            # Nothing of the pass stands and its reports are held again: nothing waits for
+            # the database to come back. Adoption, as after any failed pass, is one cheap
+            # query and covers an answer lost after a commit.
             self.rolled_back += 1
             log.warning(
                 "worker exchange rolled back by the database, running it again",
