@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
-from conveyor.store.base import StoreError
+from conveyor.store.base import StoreError, TransactionRolledBack
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.records import JobFilter
 from pg_server import PgTestServer
@@ -129,4 +130,67 @@ async def test_calls_that_find_the_stores_own_connection_busy_go_to_the_pool(
         # Alone, a call takes the store's own connection again.
         assert (await store._db.run(slow))[0] == pids[0]
     finally:
+        await store.close()
+
+
+async def test_a_deadlock_and_a_serialization_failure_are_transactions_rolled_back(
+    pg: PgTestServer,
+) -> None:
+    """Class 40 errors (the server undid the transaction to let another go on) come out as
+    TransactionRolledBack, the StoreError a worker runs again at once: here a real
+    deadlock (two transactions locking two rows in opposite order) and a real
+    serialization failure (an update in REPEATABLE READ of a row changed since its
+    snapshot)."""
+    store = PostgresStore(pg.url, pool_size=2)
+    await store.open()
+    other = await asyncpg.connect(pg.url)
+    try:
+        await other.execute("CREATE TABLE IF NOT EXISTS rollback_pair (id int PRIMARY KEY, n int)")
+        await other.execute("TRUNCATE rollback_pair")
+        await other.execute("INSERT INTO rollback_pair VALUES (1, 0), (2, 0)")
+        # The other side checks for a deadlock late, so the store's call is the one undone.
+        await other.execute("SET deadlock_timeout = '10s'")
+        locked_first = asyncio.Event()
+
+        async def one_then_two(conn: Any) -> None:
+            await conn.execute("UPDATE rollback_pair SET n = n + 1 WHERE id = 1")
+            locked_first.set()
+            await conn.execute("UPDATE rollback_pair SET n = n + 1 WHERE id = 2")
+
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("UPDATE rollback_pair SET n = n + 1 WHERE id = 2")
+        call = asyncio.create_task(store._db.transact(one_then_two))
+        await asyncio.wait_for(locked_first.wait(), 10)
+        waiting = asyncio.create_task(
+            other.execute("UPDATE rollback_pair SET n = n + 1 WHERE id = 1")
+        )
+        with pytest.raises(TransactionRolledBack, match="DeadlockDetectedError"):
+            await asyncio.wait_for(call, 10)
+        await asyncio.wait_for(waiting, 10)
+        await tx.commit()
+
+        read = asyncio.Event()
+        changed = asyncio.Event()
+
+        async def update_after_a_change(conn: Any) -> None:
+            await conn.fetchval("SELECT n FROM rollback_pair WHERE id = 1")
+            read.set()
+            await changed.wait()
+            await conn.execute("UPDATE rollback_pair SET n = n + 1 WHERE id = 1")
+
+        call = asyncio.create_task(
+            store._db.transact(update_after_a_change, isolation="repeatable_read")
+        )
+        await asyncio.wait_for(read.wait(), 10)
+        await other.execute("UPDATE rollback_pair SET n = n + 1 WHERE id = 1")
+        changed.set()
+        with pytest.raises(TransactionRolledBack, match="SerializationError"):
+            await asyncio.wait_for(call, 10)
+        # Undone whole: only the other side's changes are there.
+        rows = await other.fetch("SELECT id, n FROM rollback_pair ORDER BY id")
+        assert [(r["id"], r["n"]) for r in rows] == [(1, 2), (2, 1)]
+    finally:
+        await other.execute("DROP TABLE IF EXISTS rollback_pair")
+        await other.close()
         await store.close()

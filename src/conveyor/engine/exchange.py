@@ -5,7 +5,8 @@ records what the worker has to report and claims jobs for its free slots.
 progress of each running job and slots freed in offered queues, with the flush clock
 that says when they must go even without a claim to carry them. It also owns what
 happens when an exchange fails: the reports are held again for the next one, the worker
-backs off, and a batch the database refused is recorded apart, one report at a time.
+backs off (but runs an exchange the database rolled back to break a deadlock again at
+once), and a batch the database refused is recorded apart, one report at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from conveyor.engine.context import storable_text
 from conveyor.engine.executor import failure
 from conveyor.engine.kinds import Registry
 from conveyor.logs import get_logger
-from conveyor.store.base import DataRejected, HandoffQueue, Offers, Store, StoreError
+from conveyor.store.base import (
+    DataRejected,
+    HandoffQueue,
+    Offers,
+    Store,
+    StoreError,
+    TransactionRolledBack,
+)
 from conveyor.store.records import (
     ClaimRequest,
     ErrorEntry,
@@ -37,6 +45,12 @@ log = get_logger("worker")
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failed exchange in a row."""
     return min(5.0, 0.1 * 2.0 ** min(failures, 6))
+
+
+IMMEDIATE_RETRIES = 3
+"""Exchanges in a row the database may roll back to break a deadlock or a serialization
+conflict (:class:`TransactionRolledBack`) that the worker runs again at once; past them it
+backs off as from any failure, so a conflict that keeps coming back cannot spin."""
 
 
 class Exchanger:
@@ -65,6 +79,9 @@ class Exchanger:
         """When what is held must go (monotonic), set by the first report held."""
         self.failures = 0
         """Failed passes in a row: the backoff grows with them."""
+        self.rolled_back = 0
+        """Passes in a row the database rolled back, run again at once (at most
+        :data:`IMMEDIATE_RETRIES`)."""
         self.exchanged_at = float("-inf")
         """When the latest exchange that came back began (monotonic)."""
         self.claimed_at = float("-inf")
@@ -172,10 +189,29 @@ class Exchanger:
                 )
 
     # -- failures --------------------------------------------------------------------------
+    def passed(self) -> None:
+        """A pass came back: the next failure starts the count (and the backoff) anew."""
+        self.failures = 0
+        self.rolled_back = 0
+
     async def recover(self, exc: Exception, hard_stop: asyncio.Event) -> bool:
         """After a pass failed with ``exc`` (call it in the ``except`` block): record a
-        refused batch apart, or back off. True if a claim's answer may have been lost,
-        leaving jobs running under this worker that it never heard of (adopt them)."""
+        refused batch apart, return at once for a pass the database rolled back (to run it
+        again), or back off. True if a claim's answer may have been lost, leaving jobs
+        running under this worker that it never heard of (adopt them)."""
+        if isinstance(exc, TransactionRolledBack) and self.rolled_back < IMMEDIATE_RETRIES:
+            # Nothing of the pass stands and its reports are held again: nothing waits for
+            # the database to come back. Adoption, as after any failed pass, is one cheap
+            # query and covers an answer lost after a commit.
+            self.rolled_back += 1
+            log.warning(
+                "worker exchange rolled back by the database, running it again",
+                worker_id=self.worker_id,
+                error=str(exc),
+                retry=self.rolled_back,
+                of=IMMEDIATE_RETRIES,
+            )
+            return True
         if isinstance(exc, DataRejected):
             # The statement failed whole: nothing was recorded or claimed.
             if self._outcomes or self._progress:

@@ -222,7 +222,7 @@ class Worker:
                         self._log_reports_lost()
                         return
                     continue
-                exchanger.failures = 0
+                exchanger.passed()
                 if claimed:
                     continue
             idle = not self._jobs and not exchanger.holds_outcomes

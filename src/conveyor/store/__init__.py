@@ -14,6 +14,7 @@ from conveyor.store.base import (
     RequestStore,
     Store,
     StoreError,
+    TransactionRolledBack,
 )
 
 
@@ -58,5 +59,6 @@ __all__ = [
     "RequestStore",
     "Store",
     "StoreError",
+    "TransactionRolledBack",
     "make_store",
 ]

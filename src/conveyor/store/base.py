@@ -83,6 +83,13 @@ class ConflictError(StoreError):
     """The change would break a uniqueness rule (e.g. two active jobs with one unique_key)."""
 
 
+class TransactionRolledBack(StoreError):
+    """The database rolled the call back to break a deadlock or a serialization conflict
+    with another transaction (PostgreSQL SQLSTATE class 40: ``40P01``, ``40001``).
+    Nothing of the call was recorded and the connection is fine; unlike an outage, running
+    the call again at once is the remedy (the worker does so for its exchange)."""
+
+
 class DataRejected(StoreError):
     """The database refused the data of a call, or the data could not be encoded for it
     (PostgreSQL: a value it cannot hold, such as a NUL character in JSON; SQLite: text

@@ -11,7 +11,7 @@ from typing import Literal, TypeAlias, TypeVar, cast
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from conveyor.store.base import ConflictError, DataRejected, StoreError
+from conveyor.store.base import ConflictError, DataRejected, StoreError, TransactionRolledBack
 from conveyor.store.sqlfile import load_statements
 from conveyor.store.urls import redact
 
@@ -224,8 +224,10 @@ class Database:
         """Run ``action`` on the lane when it is free, else on a pooled connection; a lost
         connection becomes :class:`StoreError`, a unique violation :class:`ConflictError`,
         data the server refuses (a value out of range, a broken constraint)
-        :class:`DataRejected`. Other refusals of the server (``asyncpg.PostgresError``)
-        reach the caller as they are, for it to say what was refused."""
+        :class:`DataRejected`, a transaction the server rolled back to break a deadlock or
+        a serialization conflict :class:`TransactionRolledBack`. Other refusals of the
+        server (``asyncpg.PostgresError``) reach the caller as they are, for it to say what
+        was refused."""
         if self._pool is None:
             raise StoreError(f"store {redact(self.url)!r} is not open")
         try:
@@ -235,6 +237,8 @@ class Database:
                 return await _guarded(conn, action)
         except asyncpg.UniqueViolationError as exc:
             raise ConflictError(str(exc)) from exc
+        except asyncpg.TransactionRollbackError as exc:
+            raise TransactionRolledBack(self.failure(exc)) from exc
         except DATA_ERRORS as exc:
             raise DataRejected(self.failure(exc)) from exc
         except _LOST as exc:

@@ -3,6 +3,7 @@ claim, offer free slots, rescue; one statement), heartbeats and adoption."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
@@ -11,7 +12,14 @@ from typing import Any
 import asyncpg
 import orjson
 
-from conveyor.store.base import DataRejected, JobsAvailable, Notice, Offers, StoreError
+from conveyor.store.base import (
+    DataRejected,
+    JobsAvailable,
+    Notice,
+    Offers,
+    StoreError,
+    TransactionRolledBack,
+)
 from conveyor.store.fairness import AMONG, Turns
 from conveyor.store.postgres.connection import Conn, Database
 from conveyor.store.postgres.enqueue import dumps
@@ -125,9 +133,9 @@ class Exchange:
         try:
             rows = await self._db.run(run)
         except asyncpg.PostgresError as exc:
-            # Refused data is DataRejected already (one statement: nothing was recorded and
-            # nothing claimed); any other refusal (a statement timeout, a deadlock) is
-            # retried by the worker.
+            # Refused data is DataRejected already, and a deadlock TransactionRolledBack
+            # (one statement: nothing was recorded and nothing claimed); any other refusal
+            # (a statement timeout) is retried by the worker after a pause.
             raise StoreError(self._db.failure(exc)) from exc
         claimed, rescued, summary = _split(rows)
         got = Counter(j.queue for j in claimed)
@@ -160,15 +168,23 @@ class Exchange:
             for slots, fill_more in again:
                 # With offers if the first pass had them, as it would have: a limited
                 # queue offers nothing, and the worker's old offers in it are taken back.
-                more = await self.settle_and_claim(
-                    (),
-                    (),
-                    worker_id,
-                    replace(claim, slots=slots),
-                    0,
-                    Offers() if offers is not None else None,
-                    fill=fill_more,
-                )
+                try:
+                    more = await self.settle_and_claim(
+                        (),
+                        (),
+                        worker_id,
+                        replace(claim, slots=slots),
+                        0,
+                        Offers() if offers is not None else None,
+                        fill=fill_more,
+                    )
+                except TransactionRolledBack:
+                    # The first pass is committed: what it recorded and claimed must
+                    # reach the worker, so that TransactionRolledBack out of this call
+                    # always means nothing stands. The queues left short hold due jobs:
+                    # say so, and the worker claims them again at once.
+                    next_run_at = time.time()
+                    continue
                 claimed.extend(more.claimed)
                 if more.next_run_at is not None:
                     next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)

@@ -8,9 +8,10 @@
 -- (:outcome_*) and progress (:progress_*), claim for free slots (:queues, :slots) jobs of
 -- the kinds the worker runs (:kinds), update the worker's offers (:offer_key,
 -- :freed_queues, :freed_slots, :withdraw) and, when :rescue, rescue expired leases and
--- forget expired workers and dead offers. The parts touch disjoint rows — the worker's
+-- forget expired workers and dead offers. The parts change disjoint rows — the worker's
 -- reported running jobs, queued jobs, other running jobs — which is what lets them share
--- a statement.
+-- a statement; the worker's own rows are changed first, before the claim and the rescue
+-- lock any other (see own_rows_first).
 --
 -- Claims take, per queue, the first n due jobs of the worker's kinds in priority, run_at,
 -- id order, skipping rows another claimer has locked; n is cut to the free slots where a
@@ -117,6 +118,16 @@ reported AS (
          AS p(id, attempt, fraction, message)
     WHERE j.id = p.id AND j.state = 'running' AND j.attempt = p.attempt AND j.locked_by = :worker_id
       AND p.id <> ALL(:outcome_ids::bigint[])
+    RETURNING j.id
+),
+-- The worker's own rows are changed before the claim locks any other (wanted waits for
+-- this, and every walk of the claim starts from wanted). Those updates may wait, for
+-- another claim that locked one of these jobs in passing (see claim_jobs); the walks may
+-- wait too, in PostgreSQL's follow of a row's newer versions, which SKIP LOCKED does not
+-- cover. A statement that walked first and settled after could wait in its settle for a
+-- walker that waited for its claim's locks: a deadlock between two workers' exchanges.
+own_rows_first AS (
+    SELECT (SELECT count(*) FROM settled) + (SELECT count(*) FROM reported) AS changed
 ),
 wanted AS (
     SELECT w.queue,
@@ -133,7 +144,8 @@ wanted AS (
            :kinds::text[] AS kinds, w.vt
     FROM unnest(:queues::text[], :slots::int[], :vts::float8[]) AS w(queue, n, vt)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
-    WHERE q.paused IS NOT TRUE
+    -- A one-time filter: run before the first row of wanted is read.
+    WHERE q.paused IS NOT TRUE AND (SELECT changed FROM own_rows_first) >= 0
 ),
 
 -- part: exchange_rest
