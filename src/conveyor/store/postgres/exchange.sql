@@ -122,7 +122,7 @@ reported AS (
 ),
 -- The worker's own rows are changed before the claim locks any other (wanted waits for
 -- this, and every walk of the claim starts from wanted). Those updates may wait, for
--- another claim that locked one of these jobs in passing (see claim_jobs); the walks may
+-- another claim that locked one of these jobs in passing (see claim_walks); the walks may
 -- wait too, in PostgreSQL's follow of a row's newer versions, which SKIP LOCKED does not
 -- cover. A statement that walked first and settled after could wait in its settle for a
 -- walker that waited for its claim's locks: a deadlock between two workers' exchanges.
@@ -269,7 +269,10 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- concurrency cap leaves), locked: the tenants furthest behind first, until their shares
 -- fill the claim (with many tenants a claim serves some of them, several jobs each, and
 -- the next claim the next ones, rather than every one of them one job: fewer walks, and
--- fewer places of the index changed). Candidates locked but not taken stay locked only
+-- fewer places of the index changed). A walk that meets a row its snapshot saw queued but
+-- another worker claimed since locks that worker's running job before the recheck drops
+-- it, until this statement commits (why the exchange changes its own rows first, see
+-- own_rows_first). Candidates locked but not taken stay locked only
 -- until this statement commits; meanwhile other claimers skip them as they skip any row
 -- being claimed (and a claim that leaves some untaken was full, so its worker claims
 -- again).
