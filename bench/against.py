@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -28,9 +29,14 @@ from bench.stores import REPO_ROOT
 THIS_SRC = REPO_ROOT / "src"
 
 
-def run_bench(src: Path, bench_args: list[str]) -> dict[tuple[str, str, str], dict[str, float]]:
+RowKey = tuple[str, str, str, str]
+"""A row's bench, title, store and settings: rows of one title differ in their settings
+(the throughput rows at concurrency 100 and 10)."""
+
+
+def run_bench(src: Path, bench_args: list[str]) -> dict[RowKey, dict[str, float]]:
     """One ``python -m bench`` run with ``src`` first on the path: each row's medians by
-    (bench, title, store)."""
+    its :data:`RowKey`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(REPO_ROOT)])}
     done = subprocess.run(
         [sys.executable, "-m", "bench", *bench_args],
@@ -46,9 +52,15 @@ def run_bench(src: Path, bench_args: list[str]) -> dict[tuple[str, str, str], di
     path = next(line for line in done.stdout.splitlines() if line.startswith(marker))
     data = orjson.loads(Path(path.removeprefix(marker)).read_bytes())
     return {
-        (row["bench"], row["title"], row["store"]): {m["key"]: m["median"] for m in row["metrics"]}
+        (row["bench"], row["title"], row["store"], _settings(row)): {
+            m["key"]: m["median"] for m in row["metrics"]
+        }
         for row in data["rows"]
     }
+
+
+def _settings(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(row["settings"].items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,27 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("other_src", type=Path, help="the other checkout's src folder")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(own)
-    other: list[dict[tuple[str, str, str], dict[str, float]]] = []
-    this: list[dict[tuple[str, str, str], dict[str, float]]] = []
+    other: list[dict[RowKey, dict[str, float]]] = []
+    this: list[dict[RowKey, dict[str, float]]] = []
     for i in range(args.rounds):
         order = [("other", args.other_src), ("this", THIS_SRC)]
         for side, src in order if i % 2 == 0 else order[::-1]:
             print(f"round {i + 1}: {side} ({src})", file=sys.stderr, flush=True)
             (other if side == "other" else this).append(run_bench(src, bench_args))
     print(
-        "| row | store | metric | other: median (rounds) | this: median (rounds) | ratio |", end=""
+        "| row | settings | store | metric | other: median (rounds) | this: median (rounds) |",
+        end="",
     )
-    print(" per round |")
-    print("|---|---|---|--:|--:|--:|---|")
+    print(" ratio | per round |")
+    print("|---|---|---|---|--:|--:|--:|---|")
     for key in other[0]:
-        bench, title, store = key
+        bench, title, store, settings = key
         for metric in other[0][key]:
             a = [r[key][metric] for r in other]
             b = [r[key][metric] for r in this]
             ma, mb = statistics.median(a), statistics.median(b)
             per = " · ".join(f"{y / x:.2f}" for x, y in zip(a, b, strict=True))
             print(
-                f"| {bench}: {title} | {store} | {metric} | {fmt(ma, 'jobs/s')} "
+                f"| {bench}: {title} | {settings} | {store} | {metric} | {fmt(ma, 'jobs/s')} "
                 f"({' · '.join(fmt(x, 'jobs/s') for x in a)}) | {fmt(mb, 'jobs/s')} "
                 f"({' · '.join(fmt(x, 'jobs/s') for x in b)}) | {mb / ma:.2f} | {per} |"
             )
