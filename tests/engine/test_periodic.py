@@ -67,6 +67,10 @@ def iso(tick: float) -> str:
         ("30 23 31 12 *", utc(2026, 12, 31, 23, 30), utc(2027, 12, 31, 23, 30)),
         # Weekdays only: after Friday 2026-11-20 09:00 comes Monday 2026-11-23.
         ("0 9 * * 1-5", utc(2026, 11, 20, 9, 0), utc(2026, 11, 23, 9, 0)),
+        # A sixth field is the second.
+        ("* * * * * */10", utc(2026, 1, 1, 12, 0, 3), utc(2026, 1, 1, 12, 0, 10)),
+        ("* * * * * */10", utc(2026, 1, 1, 12, 0, 50), utc(2026, 1, 1, 12, 1)),
+        ("30 9 * * * 15", utc(2026, 1, 1, 9, 30, 15), utc(2026, 1, 2, 9, 30, 15)),
     ],
 )
 def test_next_tick_in_utc(cron: str, after: float, expected: float) -> None:
@@ -142,7 +146,10 @@ def test_periodic_registers_the_kind_and_its_schedule(kinds: conveyor.Registry) 
     assert all(s.kind != "t.refresh" for s in schedules())
 
 
-@pytest.mark.parametrize("cron", ["not a cron", "61 * * * *", "* * * *", "0 25 * * *", ""])
+@pytest.mark.parametrize(
+    "cron",
+    ["not a cron", "61 * * * *", "* * * *", "0 25 * * *", "* * * * * 61", "* * * * * * *", ""],
+)
 def test_an_invalid_cron_expression_is_refused_naming_the_job(
     kinds: conveyor.Registry, cron: str
 ) -> None:

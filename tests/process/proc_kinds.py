@@ -11,7 +11,7 @@ Handlers talk to the test through files in the folder named by ``PROC_TEST_DIR``
 - ``active`` holds "current peak" jobs of ``proc.overlap`` running at once (across
   processes, under a file lock).
 
-``proc.cron`` is periodic (every minute) in queue ``cron``: only workers that serve that
+``proc.cron`` is periodic (every five seconds) in queue ``cron``: only workers that serve that
 queue schedule it.
 """
 
@@ -98,7 +98,7 @@ async def overlap(ctx: conveyor.JobContext, payload: Sleep) -> None:
         _bump_active(-1)
 
 
-@conveyor.periodic("* * * * *", "proc.cron", queue="cron", registry=KINDS)
+@conveyor.periodic("* * * * * */5", "proc.cron", queue="cron", registry=KINDS)
 async def cron(ctx: conveyor.JobContext, payload: object) -> dict[str, object]:
     """Say which process ran which tick."""
     return {"pid": os.getpid(), "tick": ctx.job.meta.get("periodic_tick")}

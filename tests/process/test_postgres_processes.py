@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import asyncpg
-import pytest
 from proc_harness import FAST_LEASES, Harness, WorkerProcess
 from proc_kinds import KINDS
 
@@ -385,17 +384,19 @@ def test_a_cluster_wide_limit_holds_across_four_workers(pg_harness: Harness) -> 
 
 
 # -- a periodic job is enqueued once per tick however many workers run -----------------------
-@pytest.mark.timeout(180)
+CRON_TICK_S = 5
+"""The period of ``proc.cron`` (``tests/process/proc_kinds.py``)."""
+
+
 def test_a_periodic_job_is_enqueued_once_per_tick_by_three_workers(pg_harness: Harness) -> None:
-    """``proc.cron`` runs every minute: the three workers' schedulers all reach the next
-    minute boundary after they started, and exactly one job is enqueued for it. Waits up
-    to a minute for that boundary."""
+    """``proc.cron`` runs every five seconds: the three workers' schedulers all reach a
+    tick after they started, and exactly one job is enqueued for it."""
     h = pg_harness
     workers = [h.start_worker("--queues", "cron") for _ in range(3)]
     for worker in workers:
         h.wait_started(worker)
     # Each scheduler starts right after "worker started"; a second of margin for the last.
-    tick = math.floor((time.time() + 1.0) / 60 + 1) * 60
+    tick = math.floor((time.time() + 1.0) / CRON_TICK_S + 1) * CRON_TICK_S
     tick_iso = datetime.fromtimestamp(tick, UTC).isoformat()
 
     def tick_jobs() -> list[dict[str, Any]]:

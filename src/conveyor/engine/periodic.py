@@ -94,13 +94,14 @@ def periodic(
     registry: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as job kind ``name`` and enqueue it on the cron
-    schedule ``cron`` (five fields: minute hour day-of-month month day-of-week), evaluated
+    schedule ``cron`` (five fields: minute hour day-of-month month day-of-week, and
+    optionally a sixth, the second: ``* * * * * */10`` is every ten seconds), evaluated
     in ``timezone``. The other arguments are those of :func:`conveyor.job`."""
-    if not croniter.is_valid(cron) or not (len(cron.split()) == 5 or cron.startswith("@")):
+    if not croniter.is_valid(cron) or not (len(cron.split()) in (5, 6) or cron.startswith("@")):
         raise ValueError(
             f"periodic job {name!r}: {cron!r} is not a cron expression; write five fields "
-            "(minute hour day-of-month month day-of-week, e.g. '*/5 * * * *') or a macro "
-            "such as '@daily'"
+            "(minute hour day-of-month month day-of-week, e.g. '*/5 * * * *'), a sixth for "
+            "the second if need be ('* * * * * */10'), or a macro such as '@daily'"
         )
     try:
         ZoneInfo(timezone)

@@ -9,7 +9,9 @@ from typing import Any
 
 import psutil
 
+from conveyor.engine.exchange import IMMEDIATE_RETRIES
 from conveyor.logs import get_logger
+from conveyor.store.base import TransactionRolledBack
 
 log = get_logger("services")
 
@@ -45,10 +47,28 @@ async def every(
 ) -> None:
     """Run ``action`` every ``interval`` seconds until cancelled. A failing pass is logged
     and retried at the next tick: a side service that died silently is how jobs get stuck
-    (the rescuer above all), so it must never stop on an error."""
+    (the rescuer above all), so it must never stop on an error. A pass the database
+    rolled back to break a deadlock or a serialization conflict between workers
+    (:class:`TransactionRolledBack`) runs again at once, up to
+    :data:`~conveyor.engine.exchange.IMMEDIATE_RETRIES` times in a row, as the exchange's."""
+    rolled_back = 0
     while True:
         try:
             await action()
+        except TransactionRolledBack as exc:
+            if rolled_back < IMMEDIATE_RETRIES:
+                rolled_back += 1
+                log.warning(
+                    "background service rolled back by the database, running it again",
+                    service=name,
+                    worker_id=worker_id,
+                    error=str(exc),
+                    retry=rolled_back,
+                    of=IMMEDIATE_RETRIES,
+                )
+                continue
+            log.exception("background service failed; retrying", service=name, worker_id=worker_id)
         except Exception:
             log.exception("background service failed; retrying", service=name, worker_id=worker_id)
+        rolled_back = 0
         await asyncio.sleep(interval)
