@@ -1,21 +1,16 @@
-"""PostgreSQL: the order in which one exchange statement takes its row locks, and what a
-deadlock does to a call.
+"""PostgreSQL: what a deadlock does to an exchange.
 
-Two workers' exchanges deadlocked (issue 12) as follows. A claim walks queued jobs with
-FOR UPDATE SKIP LOCKED in READ COMMITTED; a job its snapshot saw queued but another worker
-has claimed since is locked in its newest version (a running job of that worker) before
-the recheck drops it, and stays locked until the statement commits, so that worker's next
-settle waits for it. The walk itself can wait too: when the row it is locking was being
-updated by a transaction that ends in that instant, PostgreSQL goes on to lock the row's
-newer versions, waiting for whoever holds them (``heap_lock_updated_tuple``, "while
-locking updated version of tuple", which ignores SKIP LOCKED). An exchange that walked
-first and settled after could so hold claim locks while it waited in its settle for a
-walker that waited for those locks. The exchange now changes the worker's own rows first,
-before its claim locks anything.
+Two workers' exchanges can deadlock, rarely. A claim walks queued jobs with FOR UPDATE SKIP
+LOCKED in READ COMMITTED; a job its snapshot saw queued but another worker has claimed
+since is locked in its newest version (a running job of that worker) before the recheck
+drops it, until the statement commits, so that worker's settle of the job waits for it. A
+walk can wait too: when the row it is locking was being updated by a transaction that ends
+in that instant, PostgreSQL goes on to lock the row's newer versions, waiting for whoever
+holds them (``heap_lock_updated_tuple``, which ignores SKIP LOCKED). The statement is then
+rolled back whole, and the worker runs it again (tests/engine/test_rolled_back_exchange.py).
 
-The other transaction here is a plain connection standing for that walker: it holds a
-lock on the worker's running job, as the walk's recheck left it, and then waits (as in the
-walk's follow of a newer version) for a job the exchange's claim would lock.
+The other transaction here is a plain connection: it holds a lock on one of the worker's
+running jobs, as a walk's recheck leaves it, and then asks for another.
 """
 
 from __future__ import annotations
@@ -29,7 +24,7 @@ import pytest
 
 from conveyor.store.base import TransactionRolledBack
 from conveyor.store.postgres import PostgresStore
-from conveyor.store.records import ClaimRequest, NewJob, Outcome, OutcomeKind, SettleResult
+from conveyor.store.records import ClaimRequest, NewJob, Outcome, OutcomeKind
 from pg_server import PgTestServer
 
 StoreFactory = Callable[..., Awaitable[PostgresStore]]
@@ -80,39 +75,6 @@ async def _blocked_by(db: asyncpg.Connection, holder: asyncpg.Connection) -> int
 
 async def _lock(conn: asyncpg.Connection, job_id: int) -> None:
     await conn.execute("SELECT 1 FROM conveyor_jobs WHERE id = $1 FOR UPDATE", job_id)
-
-
-@pytest.mark.parametrize("tenants", [1, 2], ids=["one tenant", "two tenants"])
-async def test_an_exchange_settles_before_its_claim_locks_a_job(
-    stores: StoreFactory, db: asyncpg.Connection, pg: PgTestServer, tenants: int
-) -> None:
-    # One tenant: the lone claim (claim_lone); two: the fair claim, its tenants known
-    # from the first claim.
-    store = await stores()
-    (ran, attempt), *_ = await _running(store, tenants, tenants)
-    [queued] = [e.id for e in await store.enqueue([_job("t0")])]
-    walker = await asyncpg.connect(pg.url)
-    try:
-        # Its deadlock check comes first: were the cycle there, this side would be told.
-        await walker.execute("SET deadlock_timeout = '100ms'")
-        tx = walker.transaction()
-        await tx.start()
-        await _lock(walker, ran)
-        exchange = asyncio.create_task(
-            store.settle_and_claim(
-                [Outcome(ran, attempt, OutcomeKind.COMPLETED, "q")], [], W, _claim(1)
-            )
-        )
-        await _blocked_by(db, walker)
-        # The exchange waits in its settle and holds no claim lock: the job it will
-        # claim is free to lock.
-        await asyncio.wait_for(_lock(walker, queued), 10)
-        await tx.rollback()
-        result: SettleResult = await asyncio.wait_for(exchange, 10)
-    finally:
-        await walker.close()
-    assert result.applied == (True,)
-    assert [j.id for j in result.claimed] == [queued]
 
 
 async def test_a_deadlocked_exchange_is_rolled_back_whole_and_may_run_again(

@@ -10,8 +10,7 @@
 -- :freed_queues, :freed_slots, :withdraw) and, when :rescue, rescue expired leases and
 -- forget expired workers and dead offers. The parts change disjoint rows — the worker's
 -- reported running jobs, queued jobs, other running jobs — which is what lets them share
--- a statement; the worker's own rows are changed first, before the claim and the rescue
--- lock any other (see own_rows_first).
+-- a statement. The claim walks first (see the lock order in exchange_head).
 --
 -- Claims take, per queue, the first n due jobs of the worker's kinds in priority, run_at,
 -- id order, skipping rows another claimer has locked; n is cut to the free slots where a
@@ -120,15 +119,16 @@ reported AS (
       AND p.id <> ALL(:outcome_ids::bigint[])
     RETURNING j.id
 ),
--- The worker's own rows are changed before the claim locks any other (wanted waits for
--- this, and every walk of the claim starts from wanted). Those updates may wait, for
--- another claim that locked one of these jobs in passing (see claim_walks); the walks may
--- wait too, in PostgreSQL's follow of a row's newer versions, which SKIP LOCKED does not
--- cover. A statement that walked first and settled after could wait in its settle for a
--- walker that waited for its claim's locks: a deadlock between two workers' exchanges.
-own_rows_first AS (
-    SELECT (SELECT count(*) FROM settled) + (SELECT count(*) FROM reported) AS changed
-),
+-- Lock order. The claim's walks run first (the answer's first rows are the claimed
+-- jobs), the settle after. The settle may wait, for another claim that locked one of
+-- these jobs in passing (see claim_walks), until that statement commits; a walk may wait
+-- too, in PostgreSQL's follow of a row's newer versions, which SKIP LOCKED does not
+-- cover. So two workers' exchanges can deadlock, rarely (one deadlock in three runs of
+-- eight workers at concurrency 10 over 10 tenants, docs/benchmarks.md): PostgreSQL
+-- breaks it after deadlock_timeout, and the worker runs the pass again at once. Settling
+-- first avoided that, at a price paid in every exchange: a statement's walks then started
+-- late on its snapshot, and locked in passing more of the jobs claimed since, so that the
+-- other workers' settles waited for them (two workers lost a fifth of their throughput).
 wanted AS (
     SELECT w.queue,
            CASE WHEN q.concurrency_limit IS NULL AND q.tenant_caps IS NOT TRUE THEN w.n
@@ -144,8 +144,7 @@ wanted AS (
            :kinds::text[] AS kinds, w.vt
     FROM unnest(:queues::text[], :slots::int[], :vts::float8[]) AS w(queue, n, vt)
     LEFT JOIN conveyor_queues q ON q.name = w.queue
-    -- A one-time filter: run before the first row of wanted is read.
-    WHERE q.paused IS NOT TRUE AND (SELECT changed FROM own_rows_first) >= 0
+    WHERE q.paused IS NOT TRUE
 ),
 
 -- part: exchange_rest
@@ -271,8 +270,8 @@ SELECT 'summary', (NULL::conveyor_jobs).*,
 -- the next claim the next ones, rather than every one of them one job: fewer walks, and
 -- fewer places of the index changed). A walk that meets a row its snapshot saw queued but
 -- another worker claimed since locks that worker's running job before the recheck drops
--- it, until this statement commits (why the exchange changes its own rows first, see
--- own_rows_first). Candidates locked but not taken stay locked only
+-- it, until this statement commits (see the lock order in exchange_head). Candidates
+-- locked but not taken stay locked only
 -- until this statement commits; meanwhile other claimers skip them as they skip any row
 -- being claimed (and a claim that leaves some untaken was full, so its worker claims
 -- again).
