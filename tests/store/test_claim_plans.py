@@ -152,6 +152,28 @@ def test_sqlite_claim_updates_the_chosen_ids_by_key(sqlite_db: sqlite3.Connectio
     _no_scan(details)
 
 
+def test_sqlite_lone_claim_walks_the_tenants_range_and_looks_either_side(
+    sqlite_db: sqlite3.Connection,
+) -> None:
+    details = _sqlite_plan(sqlite_db, "claim_lone", **SQLITE_PARAMS)
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id=?)" in d for d in details), details
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id<?)" in d for d in details), details
+    assert any(f"{INDEX} (queue=? AND kind=? AND tenant_id>?)" in d for d in details), details
+    assert any("USING INTEGER PRIMARY KEY (rowid=?)" in d for d in details), details
+    # The only sort is of the few candidates of the kinds, merged in claim order.
+    assert not any(d.startswith("SCAN conveyor_jobs") for d in details), details
+
+
+def test_sqlite_lone_claim_takes_the_tenants_first_jobs_only_while_it_is_alone(
+    sqlite_db: sqlite3.Connection, tenants: int
+) -> None:
+    statement = SQLITE_Q["claim_lone"]
+    rows = sqlite_db.execute(statement.sql, statement.args(SQLITE_PARAMS)).fetchall()
+    ids = sorted(row[0] for row in rows)
+    # Alone, the tenant's first SLOTS served jobs; beside other tenants, nothing.
+    assert ids == (_first_served(1) if tenants == 1 else [])
+
+
 async def test_sqlite_claim_takes_the_served_jobs_in_turn(sqlite_path: Path, tenants: int) -> None:
     store = SqliteStore(f"sqlite:///{sqlite_path}")
     await store.open()

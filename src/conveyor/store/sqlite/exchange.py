@@ -140,15 +140,40 @@ def _claim_queue(
     }
     jobs: list[Job] = []
     if limit > 0:
-        ids = _choose(conn, values, claim.kinds, turns, limit)
-        if ids:
+        rows = _claim_lone(conn, values, turns, limit)
+        if not rows:
+            ids = _choose(conn, values, claim.kinds, turns, limit)
             values["ids"] = dumps(ids)
-            rows = execute(conn, "claim", values).fetchall()
-            jobs = sorted(map(JOB.decode, rows), key=lambda j: (j.priority, j.run_at, j.id))
+            rows = execute(conn, "claim", values).fetchall() if ids else []
+        jobs = sorted(map(JOB.decode, rows), key=lambda j: (j.priority, j.run_at, j.id))
         if len(jobs) == limit:
             return jobs, None
     upcoming = execute(conn, "next_run_at", values).fetchone()[0]
     return jobs, upcoming
+
+
+def _claim_lone(
+    conn: sqlite3.Connection, values: dict[str, Any], turns: Turns, limit: int
+) -> list[Any]:
+    """The claim of a queue whose last claim found one tenant, where no tenant is capped
+    (``claim_lone`` in queries.sql): the rows claimed, or none, and the fair claim runs,
+    when the queue holds another tenant or that tenant has nothing due. The tenant's pass
+    stays the queue's vt: alone, its turns are all its own."""
+    queue = values["queue"]
+    known = turns.passes(queue)
+    if len(known) != 1 or execute(conn, "has_tenant_caps", values).fetchone()[0]:
+        return []
+    [tenant] = known
+    rows = execute(conn, "claim_lone", {**values, "tenant_id": tenant, "limit": limit}).fetchall()
+    if rows:
+        vt = turns.vt(queue)
+        turns.learn(
+            (queue,),
+            ((queue, tenant, vt),),
+            found=True,
+            full=(queue,) if len(rows) >= limit else (),
+        )
+    return rows
 
 
 def _choose(

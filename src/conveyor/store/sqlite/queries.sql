@@ -109,6 +109,44 @@ WHERE c.id IN (
     LIMIT :limit
 )
 
+-- name: claim_lone
+-- The claim of a queue whose last claim found one tenant (:tenant_id) and no caps: that
+-- tenant's first :limit due jobs of the :kinds (a JSON array) in claim order, made running,
+-- in one statement, with neither the skip scan nor the turns of a fair claim. Nothing is
+-- claimed if the queue holds another tenant's queued jobs of those kinds (a descent of the
+-- claim index either side of the tenant's range per kind): the store then claims fairly.
+-- RETURNING order is unspecified: the store sorts the claimed rows itself.
+UPDATE conveyor_jobs
+SET state = 'running',
+    attempt = attempt + 1,
+    locked_by = :worker_id,
+    lease_expires_at = :now + :lease_s,
+    started_at = :now,
+    progress = NULL,
+    progress_message = NULL
+WHERE id IN (
+    SELECT c.id FROM json_each(:kinds) AS k, conveyor_jobs AS c
+    WHERE c.id IN (
+        SELECT id FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = :queue AND kind = k.value AND tenant_id = :tenant_id
+          AND run_at <= :now
+        ORDER BY priority, run_at, id
+        LIMIT :limit
+    )
+    ORDER BY c.priority, c.run_at, c.id
+    LIMIT :limit
+)
+AND NOT EXISTS (
+    SELECT 1 FROM json_each(:kinds) AS k
+    WHERE EXISTS (
+        SELECT 1 FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = :queue AND kind = k.value AND tenant_id < :tenant_id)
+       OR EXISTS (
+        SELECT 1 FROM conveyor_jobs
+        WHERE state = 'queued' AND queue = :queue AND kind = k.value AND tenant_id > :tenant_id)
+)
+RETURNING *
+
 -- name: tenant_limits_for
 SELECT tenant_id, concurrency, weight FROM conveyor_tenant_limits WHERE queue = :queue
 
