@@ -55,8 +55,8 @@ async def every(
     while True:
         try:
             await action()
-        except TransactionRolledBack as exc:
-            if rolled_back < IMMEDIATE_RETRIES:
+        except Exception as exc:
+            if isinstance(exc, TransactionRolledBack) and rolled_back < IMMEDIATE_RETRIES:
                 rolled_back += 1
                 log.warning(
                     "background service rolled back by the database, running it again",
@@ -67,8 +67,6 @@ async def every(
                     of=IMMEDIATE_RETRIES,
                 )
                 continue
-            log.exception("background service failed; retrying", service=name, worker_id=worker_id)
-        except Exception:
             log.exception("background service failed; retrying", service=name, worker_id=worker_id)
         rolled_back = 0
         await asyncio.sleep(interval)

@@ -143,8 +143,9 @@ def _claim_queue(
         rows = _claim_lone(conn, values, turns, limit)
         if not rows:
             ids = _choose(conn, values, claim.kinds, turns, limit)
-            values["ids"] = dumps(ids)
-            rows = execute(conn, "claim", values).fetchall() if ids else []
+            if ids:
+                values["ids"] = dumps(ids)
+                rows = execute(conn, "claim", values).fetchall()
         jobs = sorted(map(JOB.decode, rows), key=lambda j: (j.priority, j.run_at, j.id))
         if len(jobs) == limit:
             return jobs, None

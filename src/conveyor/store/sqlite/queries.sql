@@ -109,13 +109,8 @@ WHERE c.id IN (
     LIMIT :limit
 )
 
--- name: claim_lone
--- The claim of a queue whose last claim found one tenant (:tenant_id) and no caps: that
--- tenant's first :limit due jobs of the :kinds (a JSON array) in claim order, made running,
--- in one statement, with neither the skip scan nor the turns of a fair claim. Nothing is
--- claimed if the queue holds another tenant's queued jobs of those kinds (a descent of the
--- claim index either side of the tenant's range per kind): the store then claims fairly.
--- RETURNING order is unspecified: the store sorts the claimed rows itself.
+-- part: claim_running
+-- The change that makes queued jobs running under :worker_id, of both claims.
 UPDATE conveyor_jobs
 SET state = 'running',
     attempt = attempt + 1,
@@ -124,6 +119,15 @@ SET state = 'running',
     started_at = :now,
     progress = NULL,
     progress_message = NULL
+
+-- name: claim_lone
+-- The claim of a queue whose last claim found one tenant (:tenant_id) and no caps: that
+-- tenant's first :limit due jobs of the :kinds (a JSON array) in claim order, made running,
+-- in one statement, with neither the skip scan nor the turns of a fair claim. Nothing is
+-- claimed if the queue holds another tenant's queued jobs of those kinds (a descent of the
+-- claim index either side of the tenant's range per kind): the store then claims fairly.
+-- RETURNING order is unspecified: the store sorts the claimed rows itself.
+-- include: claim_running
 WHERE id IN (
     SELECT c.id FROM json_each(:kinds) AS k, conveyor_jobs AS c
     WHERE c.id IN (
@@ -161,14 +165,7 @@ WHERE state = 'running' AND queue = :queue AND tenant_id = :tenant_id
 -- name: claim
 -- The jobs the merge chose (:ids, a JSON array), made running. RETURNING order is
 -- unspecified in SQLite: the store sorts the claimed rows itself.
-UPDATE conveyor_jobs
-SET state = 'running',
-    attempt = attempt + 1,
-    locked_by = :worker_id,
-    lease_expires_at = :now + :lease_s,
-    started_at = :now,
-    progress = NULL,
-    progress_message = NULL
+-- include: claim_running
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
 RETURNING *
 
