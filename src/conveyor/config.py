@@ -224,6 +224,90 @@ class Settings(BaseSettings):
     password_parallelism: int = Field(
         default=4, ge=1, le=64, description="argon2id lanes of a password hash."
     )
+    events: bool = Field(
+        default=True,
+        description="Write the event log (streams, webhooks, email, Client.wait); off, "
+        "jobs run without it and nobody is told.",
+    )
+    event_retention_seconds: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="How long events are kept for clients resuming a stream; the pruner "
+        "removes older ones.",
+    )
+    event_poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between reads of the event log when no notice came (notices "
+        "lost, or other processes on one SQLite file hear each other by polling).",
+    )
+    stream_buffer: int = Field(
+        default=1000,
+        ge=10,
+        le=100_000,
+        description="Events held for one slow stream client; past it the client is "
+        "disconnected with the id to resume from.",
+    )
+    stream_ping_seconds: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive pings on an idle stream."
+    )
+    stream_token_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="How long a stream token (for browsers, which cannot set headers on "
+        "EventSource or WebSocket) can open a stream.",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where users reach this API: links in emails and webhooks start with it.",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds a webhook delivery may take, in all."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=50, description="Attempts to deliver one webhook message."
+    )
+    webhook_disable_after: int = Field(
+        default=20,
+        ge=1,
+        description="Consecutive failed deliveries after which an endpoint is disabled "
+        "(and the tenant's owners emailed).",
+    )
+    webhook_endpoint_concurrency: int = Field(
+        default=4, ge=1, le=100, description="Deliveries in flight at once to one endpoint."
+    )
+    webhook_response_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Bytes of a receiver's answer read at most (the rest is not read).",
+    )
+    webhook_secret_grace_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        description="How long the previous secret of a rotated endpoint still signs.",
+    )
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts, addresses or CIDR networks webhooks (and downloads) may reach "
+        "although private or loopback, comma-separated: 127.0.0.1,10.0.0.0/8,hooks.internal.",
+    )
+    smtp_host: str | None = Field(
+        default=None,
+        description="SMTP server for notification email; unset, mails are written to the "
+        "log instead.",
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP server port.")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="starttls (port 587), tls (implicit TLS, port 465) or none (local relays).",
+    )
+    smtp_username: str | None = Field(default=None, description="SMTP login, if it needs one.")
+    smtp_password: str | None = Field(default=None, description="SMTP password.")
+    smtp_timeout: float = Field(default=30.0, gt=0, description="Seconds an SMTP send may take.")
+    email_from: str = Field(
+        default="Conveyor <conveyor@localhost>", description="The From of notification email."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level logged."
     )
@@ -232,7 +316,7 @@ class Settings(BaseSettings):
         description="json for production, console for people; auto picks console on a terminal.",
     )
 
-    @field_validator("imports", "queues", "cors_origins", mode="before")
+    @field_validator("imports", "queues", "cors_origins", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -21,6 +21,9 @@ from conveyor.store.accounts import AccountStore
 from conveyor.store.records import (
     ClaimRequest,
     Enqueued,
+    Event,
+    EventFilter,
+    EventPage,
     Job,
     JobFilter,
     LeaseStatus,
@@ -71,7 +74,21 @@ class NoticesLost:
     among them leaves a job running under a worker that never heard of it."""
 
 
-Notice = JobsAvailable | CancelRequested | JobHandedOff | NoticesLost
+@dataclass(frozen=True, slots=True)
+class EventsAppended:
+    """Durable events may have been committed to the event log (by this process or
+    another): read it after the last id read."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveEvents:
+    """Live events (``job.started``, ``job.progress``: never stored), published by some
+    process's :meth:`EventLog.publish_live`."""
+
+    events: tuple[Event, ...]
+
+
+Notice = JobsAvailable | CancelRequested | JobHandedOff | NoticesLost | EventsAppended | LiveEvents
 Listener = Callable[[Notice], None]
 
 
@@ -309,6 +326,49 @@ def handoff_queue(store: JobQueue) -> HandoffQueue | None:
     return cast(HandoffQueue, store) if store.capabilities.handoff else None
 
 
+class EventLog(Protocol):
+    """The event log: an outbox of what happened to jobs, written by the store in the
+    transaction of each change when the store was made with ``events=True`` (the
+    default): ``job.queued`` by every enqueue (requests, periodic ticks, retries of failed
+    or cancelled jobs), ``job.retrying`` / ``job.completed`` / ``job.failed`` /
+    ``job.cancelled`` by the exchange's outcomes, the rescuer and cancel. A released job
+    (a worker's shutdown) writes none. Nothing is announced that was rolled back.
+
+    Every listener (:meth:`JobQueue.add_listener`) of every store on the database hears
+    :class:`EventsAppended` soon after a commit that wrote events: from this process at
+    once; from others by ``NOTIFY`` (PostgreSQL) or by the poll of the file (SQLite).
+    A process that dies between its commit and its notice leaves the events to be found
+    by the next reader (readers also read at ``event_poll_interval``)."""
+
+    async def read_events(self, flt: EventFilter) -> EventPage:
+        """Committed events matching ``flt``, in id order, at most ``flt.limit``, each with
+        its ``request_id`` (None for a job without a request)."""
+
+    async def last_event_id(self) -> int:
+        """The highest event id committed (0 when there is none): where a new reader that
+        wants only what comes next starts."""
+
+    async def prune_events(self, older_than_s: float, limit: int = 10_000) -> int:
+        """Delete events written more than ``older_than_s`` ago; how many."""
+
+    async def publish_live(self, events: Sequence[Event]) -> None:
+        """Tell every listening store of these live events (:class:`LiveEvents`); never
+        stored, so lost for a store not listening then. This process's listeners hear them
+        at once; PostgreSQL sends them to other processes by ``NOTIFY`` (batched, payloads
+        within its 8000-byte limit); SQLite does not send them to other processes."""
+
+    async def event_cursor(self, name: str) -> int | None:
+        """Where the consumer ``name`` of the whole log has got to (None: never ran)."""
+
+    async def advance_event_cursor(
+        self, name: str, expected: int | None, to: int, jobs: Sequence[NewJob]
+    ) -> bool:
+        """In one transaction: move ``name``'s cursor from ``expected`` (None: it does
+        not exist yet) to ``to`` and enqueue ``jobs`` (the deliveries of the events
+        passed). False, and nothing written, if the cursor was not at ``expected``
+        (another process's consumer moved it first)."""
+
+
 class RequestStore(Protocol):
     """The application's request resource: what a user asked for, created with its job.
     Each method is one transaction."""
@@ -333,7 +393,7 @@ class RequestStore(Protocol):
         it (claims take tenants in turn; other tenants' work is not disclosed)."""
 
 
-class Store(JobQueue, RequestStore, AccountStore, Protocol):
+class Store(JobQueue, RequestStore, AccountStore, EventLog, Protocol):
     """A store that serves every seam: the job queue, the requests and the accounts
     (every store here does). Callers that need one only take :class:`JobQueue`,
     :class:`RequestStore` or :class:`~conveyor.store.accounts.AccountStore`."""

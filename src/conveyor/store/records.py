@@ -488,3 +488,95 @@ class TenantLimits:
             "rate": self.rate,
             "weight": self.weight,
         }
+
+
+class EventType(enum.StrEnum):
+    """What an event tells of. The durable ones are written in the transaction of the
+    change; ``job.started`` and ``job.progress`` are live only (never stored: a client
+    resuming a stream does not get them again)."""
+
+    QUEUED = "job.queued"
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+    RETRYING = "job.retrying"
+    COMPLETED = "job.completed"
+    FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
+
+    @property
+    def durable(self) -> bool:
+        return self not in LIVE_EVENT_TYPES
+
+
+LIVE_EVENT_TYPES = frozenset({EventType.STARTED, EventType.PROGRESS})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing a user can be told about a job. ``id`` orders the durable events of
+    every tenant (a stream resumes after one); a live event has none.
+
+    ``body`` is small: ``job.queued`` {"priority", "run_at"}; ``job.retrying``
+    {"error": {"type", "message"}, "run_at"}; ``job.failed`` {"error": {"type",
+    "message"}}; ``job.completed`` and ``job.cancelled`` {}; ``job.started`` {"worker"};
+    ``job.progress`` {"fraction", "message"}. An error's traceback is never in it."""
+
+    id: int | None
+    tenant_id: str
+    type: EventType
+    job_id: int
+    kind: str
+    queue: str
+    attempt: int
+    body: dict[str, JSON]
+    at: float
+    request_id: int | None = None
+    """The request whose job this is (read with durable events; None for live ones and
+    for jobs enqueued without a request)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type.value,
+            "tenant_id": self.tenant_id,
+            "job_id": self.job_id,
+            "request_id": self.request_id,
+            "kind": self.kind,
+            "queue": self.queue,
+            "attempt": self.attempt,
+            "data": self.body,
+            "at": iso_time(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which durable events to read: those after ``after_id`` (and at most
+    ``through_id``), in id order."""
+
+    after_id: int = 0
+    through_id: int | None = None
+    tenant_id: str | None = None
+    """None: every tenant's (the API's hub, the dispatcher, operators)."""
+    job_id: int | None = None
+    kinds: tuple[str, ...] = ()
+    """Empty: every kind."""
+    types: tuple[EventType, ...] = ()
+    """Empty: every type."""
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events read at once, with the state of the database's transactions then.
+
+    Ids are taken when an event is inserted, and transactions commit in another order, so
+    a reader can see id 9 while 8 is still to come (its transaction running) or will never
+    come (rolled back). ``horizon`` tells them apart: a gap seen in a page read with
+    horizon ``(_, next_a)`` is final once a later page has ``horizon[0] >= next_a``: every
+    transaction that could hold a missing id has ended. A store whose ids are in commit
+    order (SQLite) answers ``(1, 0)``: every gap is final at once."""
+
+    events: tuple[Event, ...]
+    horizon: tuple[int, int]
+    """(the oldest transaction still running, the first transaction id not yet given)."""
