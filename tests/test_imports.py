@@ -17,6 +17,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = (
     ("cli", ("conveyor.cli",)),
     ("api", ("conveyor.api",)),
+    ("notify", ("conveyor.notify",)),
     ("workloads", ("conveyor.workloads",)),
     # The public API: the workloads are written against it, as a user's handlers are.
     ("public API", ("conveyor",)),
@@ -24,7 +25,7 @@ LAYERS = (
     ("accounts", ("conveyor.accounts",)),
     ("engine", ("conveyor.engine",)),
     ("store", ("conveyor.store",)),
-    ("base", ("conveyor.config", "conveyor.logs")),
+    ("base", ("conveyor.config", "conveyor.logs", "conveyor.outbound")),
 )
 """Top to bottom: a module may import its own layer and those below it."""
 
