@@ -10,31 +10,39 @@ from conveyor.engine.errors import (
     ConveyorError,
     Discard,
     InvalidJob,
+    JobCancelled,
     JobConflict,
+    JobFailed,
     JobNotFound,
     QueueNotFound,
     UnknownKind,
 )
+from conveyor.engine.events import StreamOverflow
 from conveyor.engine.kinds import Registry, job, registry
 from conveyor.engine.periodic import periodic
 from conveyor.engine.retry import Backoff
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.store.records import Job, JobState, TenantLimits
+from conveyor.store.records import Event, EventType, Job, JobState, TenantLimits
 
 __all__ = [
     "Backoff",
     "Client",
     "ConveyorError",
     "Discard",
+    "Event",
+    "EventType",
     "InvalidJob",
     "Job",
+    "JobCancelled",
     "JobConflict",
+    "JobFailed",
     "JobContext",
     "JobNotFound",
     "JobState",
     "QueueNotFound",
     "Registry",
     "Settings",
+    "StreamOverflow",
     "TenantLimits",
     "UnknownKind",
     "Worker",

@@ -12,14 +12,23 @@ not registered in this process is stored as given (see :class:`Client`).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from types import TracebackType
 
 from conveyor.config import Settings
 from conveyor.engine import limits
-from conveyor.engine.errors import InvalidJob, JobConflict, JobNotFound, QueueNotFound
+from conveyor.engine.errors import (
+    InvalidJob,
+    JobCancelled,
+    JobConflict,
+    JobFailed,
+    JobNotFound,
+    QueueNotFound,
+)
+from conveyor.engine.events import EventFollower, EventMatch, EventStream
 from conveyor.engine.kinds import KIND_DEFAULT, KindDefault, Registry, registry, unregistered
 from conveyor.engine.limits import check_kind_name, check_queue_name
 from conveyor.store import DataRejected, Store, make_store
@@ -27,6 +36,8 @@ from conveyor.store.records import (
     DEFAULT_TENANT,
     JSON,
     Enqueued,
+    Event,
+    EventType,
     Job,
     JobFilter,
     JobState,
@@ -39,6 +50,7 @@ from conveyor.store.records import (
 MAX_PAGE = 1000
 RETRYABLE = frozenset({JobState.FAILED, JobState.CANCELLED})
 """The states a retry applies to; a retry of any other is a :class:`JobConflict`."""
+TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 FINISHED = frozenset({JobState.COMPLETED, JobState.FAILED})
 """The states a cancel cannot change (a :class:`JobConflict`); cancelling a cancelled job
 returns it as it is."""
@@ -86,6 +98,7 @@ class Client:
         self.store = store
         self.kinds = kinds if kinds is not None else registry
         self._owns_store = False
+        self._follower: EventFollower | None = None
 
     @classmethod
     async def connect(
@@ -116,7 +129,10 @@ class Client:
         return client
 
     async def close(self) -> None:
-        """Close the store if :meth:`connect` opened it."""
+        """Stop following events; close the store if :meth:`connect` opened it."""
+        if self._follower is not None:
+            await self._follower.close()
+            self._follower = None
         if self._owns_store:
             await self.store.close()
 
@@ -211,6 +227,70 @@ class Client:
             return await self.store.enqueue(jobs)
         except DataRejected as exc:
             raise InvalidJob(f"the job cannot be stored: {exc}") from exc
+
+    # -- wait and listen -----------------------------------------------------------------
+    @property
+    def follower(self) -> EventFollower:
+        """This client's reader of the event log, shared by its waits and streams."""
+        if self._follower is None:
+            self._follower = EventFollower(self.store)
+        return self._follower
+
+    async def wait(
+        self, job_id: int, *, timeout: float | None = None, tenant_id: str | None = None
+    ) -> JSON:
+        """Wait until the job has finished and return its result (Celery's
+        ``AsyncResult.get``). Raises :class:`JobFailed` with its last error if it failed,
+        :class:`JobCancelled` if it was cancelled, :class:`JobNotFound` for no such job
+        (of ``tenant_id``), and :class:`TimeoutError` after ``timeout`` seconds (the job
+        goes on). Woken by the job's event, not by polling: waiting costs no query; the
+        store must write events (``CONVEYOR_EVENTS``, on by default)."""
+        finished = asyncio.Event()
+        match = EventMatch(tenant_id=tenant_id, job_id=job_id, types=TERMINAL_EVENTS)
+        follower = self.follower
+        sub = await follower.subscribe(match, lambda _event: finished.set())
+        try:
+            # Read after subscribing: a job that finishes in between is heard.
+            job = await self.get(job_id, tenant_id=tenant_id)
+            async with asyncio.timeout(timeout):
+                while not job.state.finished:
+                    await finished.wait()
+                    finished.clear()
+                    job = await self.get(job_id, tenant_id=tenant_id)
+        finally:
+            follower.unsubscribe(sub)
+        if job.state is JobState.COMPLETED:
+            return job.result
+        if job.state is JobState.CANCELLED:
+            raise JobCancelled(job)
+        raise JobFailed(job)
+
+    async def events(
+        self,
+        *,
+        tenant_id: str | None = None,
+        job_id: int | None = None,
+        kinds: Iterable[str] = (),
+        types: Iterable[EventType | str] = (),
+        since: int | None = None,
+        buffer: int = 1000,
+    ) -> AsyncIterator[Event]:
+        """Events as they happen, filtered: the durable ones in id order and the live
+        ones (``job.started``, ``job.progress``) as they come. With ``since`` (an event's
+        id), the events after it are read from the log first, with no gap and no
+        duplicate. A reader that falls ``buffer`` events behind gets
+        :class:`~conveyor.engine.events.StreamOverflow` with the id to resume from."""
+        match = EventMatch(
+            tenant_id=tenant_id,
+            job_id=job_id,
+            kinds=frozenset(kinds),
+            types=frozenset(EventType(t) for t in types),
+        )
+        async with EventStream(
+            self.follower, self.store, match, since=since, buffer=buffer
+        ) as stream:
+            async for event in stream:
+                yield event
 
     # -- inspect -------------------------------------------------------------------------
     async def get(self, job_id: int, *, tenant_id: str | None = None) -> Job:

@@ -10,12 +10,18 @@
     │   ├── JobNotFound    an id that names no job
     │   └── QueueNotFound  a queue with no setting, job or live worker
     ├── JobConflict        cancel or retry of a job whose state does not allow it
+    ├── JobFailed          Client.wait: the job failed (its last error)
+    │   └── JobCancelled   Client.wait: the job was cancelled
     └── Discard            raised by a handler: fail the job now, no retry
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.store.records import Job
 
 
 class ConveyorError(Exception):
@@ -69,6 +75,28 @@ class JobConflict(ConveyorError):
         self.job_id = job_id
         self.state = state
         """The job's state (``completed``...) when it was refused."""
+
+
+class JobFailed(ConveyorError):
+    """:meth:`~conveyor.Client.wait` on a job that failed: ``error_type`` and the message
+    are its last error's (the handler's exception), ``job`` the job as it ended."""
+
+    def __init__(self, job: Job) -> None:
+        last = job.errors[-1] if job.errors else None
+        self.job = job
+        self.error_type = last.type if last else None
+        message = f"{last.type}: {last.message}" if last else "no error recorded"
+        super().__init__(
+            f"job {job.id} ({job.kind}) {job.state.value} after attempt {job.attempt}: {message}"
+        )
+
+
+class JobCancelled(JobFailed):
+    """:meth:`~conveyor.Client.wait` on a job that was cancelled."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job)
+        self.args = (f"job {job.id} ({job.kind}) was cancelled",)
 
 
 class Discard(ConveyorError):
