@@ -45,6 +45,33 @@ class Authentication(AccountsBase):
             log.info("authentication refused", reason=exc.reason)
             raise
 
+    def stream_token(self, principal: Principal) -> tuple[str, int]:
+        """A short-lived token that opens event streams as ``principal`` (see
+        :meth:`~conveyor.accounts.tokens.AccessTokens.issue_stream`), and its lifetime."""
+        return self.tokens.issue_stream(
+            principal.caller_id, principal.tenant_id, principal.scopes, principal.operator
+        )
+
+    async def authenticate_stream(self, token: str) -> Principal:
+        """The principal a stream token was issued to; its tenant must still be enabled.
+        Raises :class:`Unauthenticated` as :meth:`authenticate` does."""
+        try:
+            claims = await self.tokens.verify_stream(token)
+            rate_limit = None
+            if claims.tenant_id is not None:
+                rate_limit = (await self._enabled_tenant(claims.tenant_id)).rate_limit
+        except Unauthenticated as exc:
+            log.info("stream token refused", reason=exc.reason)
+            raise
+        return Principal(
+            tenant_id=claims.tenant_id,
+            caller_id=claims.caller_id,
+            role=None,
+            scopes=claims.scopes,
+            operator=claims.operator,
+            rate_limit=rate_limit,
+        )
+
     async def me(self, principal: Principal) -> Me:
         """The user or key behind ``principal``."""
         user = None

@@ -56,6 +56,19 @@ class Claims:
     expires_at: float
 
 
+STREAM_AUDIENCE_SUFFIX = ":stream"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClaims:
+    """What a verified stream token says: who asked for it."""
+
+    caller_id: str
+    tenant_id: str | None
+    scopes: frozenset[str]
+    operator: bool
+
+
 def new_signing_key() -> SigningKey:
     """A fresh Ed25519 key with a random kid, not stored yet."""
     private = Ed25519PrivateKey.generate()
@@ -178,6 +191,19 @@ class AccessTokens:
                 return known
             del self._verified[token]
             raise Unauthenticated("token expired")
+        claims = await self._decode(
+            token, self.settings.jwt_audience, ["iss", "aud", "sub", "iat", "exp", "jti"]
+        )
+        verified = _claims(claims)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = verified
+        return verified
+
+    async def _decode(self, token: str, audience: str, required: list[str]) -> dict[str, Any]:
+        """The claims of a token signed by one of the keys, for ``audience``."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("token too long")
         if not token.isascii():
             # A JWT is base64url and dots; PyJWT would fail to encode a lone surrogate.
             raise Unauthenticated("token is not ASCII")
@@ -197,18 +223,55 @@ class AccessTokens:
                 token,
                 public,
                 algorithms=[ALGORITHM],
-                audience=self.settings.jwt_audience,
+                audience=audience,
                 issuer=self.settings.jwt_issuer,
                 leeway=self.settings.jwt_leeway_seconds,
-                options={"require": ["iss", "aud", "sub", "iat", "exp", "jti"]},
+                options={"require": required},
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"token refused: {exc}") from None
-        verified = _claims(claims)
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            self._verified.clear()
-        self._verified[token] = verified
-        return verified
+        return claims
+
+    def issue_stream(
+        self, caller_id: str, tenant_id: str | None, scopes: frozenset[str], operator: bool
+    ) -> tuple[str, int]:
+        """A stream token and its lifetime (``stream_token_seconds``): it opens event
+        streams only (its audience is the access tokens' with ``:stream``), for browsers,
+        which cannot send a header with ``EventSource`` or ``WebSocket``."""
+        if self._signing is None:
+            raise RuntimeError("no active signing key: call Accounts.start() first")
+        kid, private = self._signing
+        now = int(time.time())
+        lifetime = self.settings.stream_token_seconds
+        claims: dict[str, Any] = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience + STREAM_AUDIENCE_SUFFIX,
+            "sub": caller_id,
+            "tid": tenant_id,
+            "scp": sorted(scopes),
+            "op": operator,
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(12),
+        }
+        return jwt.encode(claims, private, algorithm=ALGORITHM, headers={"kid": kid}), lifetime
+
+    async def verify_stream(self, token: str) -> StreamClaims:
+        """The claims of a valid stream token; :class:`Unauthenticated` for anything else
+        (an access token included: the audiences differ)."""
+        claims = await self._decode(
+            token,
+            self.settings.jwt_audience + STREAM_AUDIENCE_SUFFIX,
+            ["iss", "aud", "sub", "tid", "scp", "op", "iat", "exp", "jti"],
+        )
+        sub, tid, scp, op = claims["sub"], claims["tid"], claims["scp"], claims["op"]
+        if not (isinstance(sub, str) and sub.startswith(("user:", "key:"))):
+            raise Unauthenticated("bad sub claim")
+        if not (tid is None or isinstance(tid, str)) or not isinstance(op, bool):
+            raise Unauthenticated("bad tid or op claim")
+        if not (isinstance(scp, list) and all(isinstance(x, str) for x in scp)):
+            raise Unauthenticated("bad scp claim")
+        return StreamClaims(sub, tid, frozenset(scp), op)
 
     async def _key(self, kid: str) -> Ed25519PublicKey:
         entry = self._verifying.get(kid)

@@ -39,11 +39,12 @@ from __future__ import annotations
 import enum
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Mount, Route
 
 from conveyor.accounts.errors import Unauthenticated
@@ -70,6 +71,7 @@ __all__ = [
     "flat_routes",
     "missing",
     "scope_of",
+    "stream_caller_for",
     "tenant_of",
     "undeclared_routes",
 ]
@@ -105,6 +107,11 @@ class Authenticator(Protocol):
         :class:`~conveyor.accounts.Unauthenticated` for any invalid credential."""
         ...
 
+    async def authenticate_stream(self, token: str) -> Caller:
+        """The caller a stream token was issued to; raises
+        :class:`~conveyor.accounts.Unauthenticated` as :meth:`authenticate`."""
+        ...
+
 
 def missing(access: Access, caller: Caller) -> str | None:
     """Why ``caller`` may not call a route of level ``access`` (the 403's message), or
@@ -138,8 +145,10 @@ def _unauthenticated() -> HTTPException:
     return HTTPException(401, UNAUTHENTICATED, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def _authenticate(request: Request, access: Access) -> Caller:
-    token = bearer_token(request)
+async def _authenticate(
+    request: Request, access: Access, stream_token: str | None = None
+) -> Caller:
+    token = bearer_token(request) if stream_token is None else stream_token
     if token is None:
         await limit_address(request)
         raise _unauthenticated()
@@ -150,7 +159,10 @@ async def _authenticate(request: Request, access: Access) -> Caller:
         # client drop a valid credential.
         raise StoreError("the database has not been reached yet")
     try:
-        caller = await accounts.authenticate(token)
+        if stream_token is None:
+            caller = await accounts.authenticate(token)
+        else:
+            caller = await accounts.authenticate_stream(token)
     except Unauthenticated as exc:
         _log.info("authentication failed", reason=exc.reason, path=request.url.path)
         await limit_address(request)
@@ -195,18 +207,44 @@ def _caller(access: Access) -> Callable[[Request], Awaitable[Caller]]:
     return caller
 
 
+def _stream_caller(access: Access) -> Callable[[HTTPConnection], Awaitable[Caller]]:
+    async def stream_caller(connection: HTTPConnection) -> Caller:
+        # HTTPConnection: the same dependency serves the event stream's WebSocket route.
+        request = cast(Request, connection)
+        token = connection.query_params.get("token")
+        if token is None or bearer_token(request) is not None:
+            return await _authenticate(request, access)
+        return await _authenticate(request, access, stream_token=token)
+
+    stream_caller.__name__ = f"stream_caller_{access.value}"
+    return stream_caller
+
+
 _DEPENDENCIES: dict[Access, Callable[[Request], Awaitable[object]]] = {
     Access.PUBLIC: _public(),
     Access.METRICS: _metrics(),
     **{a: _caller(a) for a in Access if a not in (Access.PUBLIC, Access.METRICS)},
 }
-_LEVEL_OF = {id(dependency): access for access, dependency in _DEPENDENCIES.items()}
+_STREAM_DEPENDENCIES = {Access.READ: _stream_caller(Access.READ)}
+_LEVEL_OF = {
+    id(dependency): access
+    for access, dependency in [*_DEPENDENCIES.items(), *_STREAM_DEPENDENCIES.items()]
+}
 
 
 def caller_for(access: Access) -> Callable[[Request], Awaitable[Any]]:
     """The dependency of a route of level ``access``: it yields the authenticated
     :class:`Caller` (None for ``PUBLIC`` and ``METRICS``, which yield nothing)."""
     return _DEPENDENCIES[access]
+
+
+def stream_caller_for(access: Access) -> Callable[[HTTPConnection], Awaitable[Caller]]:
+    """:func:`caller_for` for the event streams (``READ`` only): the credential is the
+    ``Authorization`` header or, for browsers (``EventSource`` and ``WebSocket`` send no
+    header), a stream token in the ``token`` query parameter (``POST
+    /v1/events/token``); an access token or API key in the URL is refused, so that none
+    is left in logs and histories."""
+    return _STREAM_DEPENDENCIES[access]
 
 
 def tenant_of(caller: Caller) -> str:
@@ -227,7 +265,7 @@ def declared_access(route: BaseRoute, *, public_paths: Iterable[str] = ()) -> Ac
     """The level ``route`` declares (through :func:`caller_for` among its dependencies),
     or None. Routes of the framework itself (the OpenAPI document, the docs' static
     files) are ``PUBLIC`` when their path is in ``public_paths``."""
-    if isinstance(route, APIRoute):
+    if isinstance(route, APIRoute | APIWebSocketRoute):
         levels = {_LEVEL_OF[id(d.call)] for d in _walk(route) if id(d.call) in _LEVEL_OF}
         if len(levels) == 1:
             return levels.pop()
@@ -237,7 +275,7 @@ def declared_access(route: BaseRoute, *, public_paths: Iterable[str] = ()) -> Ac
     return None
 
 
-def _walk(route: APIRoute) -> Iterable[Dependant]:
+def _walk(route: APIRoute | APIWebSocketRoute) -> Iterable[Dependant]:
     pending = list(route.dependant.dependencies)
     while pending:
         dependant = pending.pop()

@@ -31,6 +31,7 @@ from conveyor.api.middleware import install_middleware
 from conveyor.api.routes import (
     api_keys,
     auth,
+    events,
     health,
     jobs,
     limits,
@@ -120,7 +121,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await connecting
             app.state.accounts = None
-            api.detach()
+            await api.detach()
             if owned is not None:
                 await owned.close()
 
@@ -147,6 +148,7 @@ def create_app(
     app.include_router(limits.router)
     app.include_router(health.router)
     app.include_router(seed.router)
+    app.include_router(events.router)
     _install_cross_cutting(app, settings, api)
     _document_access(app)
     undeclared = undeclared_routes(app, public_paths=_framework_paths(app))

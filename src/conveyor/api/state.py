@@ -133,10 +133,13 @@ class ApiState:
         self.attach(store)
         log.info("database connected", dialect=store.dialect)
 
-    def detach(self) -> None:
-        """Stop serving with the store (at shutdown, before it is closed)."""
-        self._client = None
+    async def detach(self) -> None:
+        """Stop serving with the store (at shutdown, before it is closed): the event
+        streams end."""
+        client, self._client = self._client, None
         self.stats.stop()
+        if client is not None:
+            await client.close()
 
 
 async def open_store(store: JobQueue, prepare: Prepare | None = None) -> str | None:

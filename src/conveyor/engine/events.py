@@ -131,6 +131,8 @@ class Subscription:
 
     match: EventMatch
     deliver: Callable[[Event], None]
+    ended: Callable[[], None] | None = None
+    """Called if the follower closes while subscribed (the process shuts down)."""
     since: int = field(default=0)
     """The follower's cursor when it subscribed: every durable event it is given has a
     larger id; those up to it are the subscriber's to read from the store."""
@@ -164,11 +166,16 @@ class EventFollower:
         """The id of the last durable event delivered (0 before the first read)."""
         return self._reader.cursor if self._reader else 0
 
-    async def subscribe(self, match: EventMatch, deliver: Callable[[Event], None]) -> Subscription:
+    async def subscribe(
+        self,
+        match: EventMatch,
+        deliver: Callable[[Event], None],
+        ended: Callable[[], None] | None = None,
+    ) -> Subscription:
         """Start delivering what ``match`` matches to ``deliver``; the subscription's
         ``since`` is where it starts (see :class:`Subscription`)."""
         await self._ensure_started()
-        sub = Subscription(match, deliver, self.cursor)
+        sub = Subscription(match, deliver, ended, self.cursor)
         self._subs.add(sub)
         return sub
 
@@ -179,8 +186,11 @@ class EventFollower:
             self._stop()
 
     async def close(self) -> None:
-        """Stop, whatever subscribes."""
-        self._subs.clear()
+        """Stop, whatever subscribes; the subscribers are told (``ended``)."""
+        subs, self._subs = self._subs, set()
+        for sub in subs:
+            if sub.ended is not None:
+                sub.ended()
         task = self._stop()
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -297,9 +307,10 @@ class EventStream:
         self.last_id: int | None = since
         """The id of the last durable event given to the reader (``since`` before)."""
         self._overflowed = False
+        self._ended_by: Exception | None = None
 
     async def __aenter__(self) -> EventStream:
-        self._sub = await self._follower.subscribe(self._match, self._push)
+        self._sub = await self._follower.subscribe(self._match, self._push, self._ended)
         self._replay_to = self._sub.since
         return self
 
@@ -312,6 +323,10 @@ class EventStream:
             self._follower.unsubscribe(self._sub)
             self._sub = None
             self._queue.put_nowait(None)
+
+    def _ended(self) -> None:
+        self._sub = None
+        self._queue.put_nowait(None)
 
     def _push(self, event: Event) -> None:
         if self._overflowed:
@@ -326,14 +341,27 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
+        event = await self.next(None)
+        assert event is not None
+        return event
+
+    async def next(self, timeout: float | None) -> Event | None:
+        """The next event; None when none came within ``timeout`` seconds (None: wait).
+        Raises :class:`StreamOverflow`, or ``StopAsyncIteration`` once closed."""
         while True:
             event = await self._next_replayed() if self._replaying else None
             if event is None:
-                event = await self._queue.get()
+                if self._ended_by is not None:
+                    raise self._ended_by
+                try:
+                    event = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    return None
                 if event is None:
-                    if self._overflowed:
-                        raise StreamOverflow(self.last_id)
-                    raise StopAsyncIteration
+                    self._ended_by = (
+                        StreamOverflow(self.last_id) if self._overflowed else StopAsyncIteration()
+                    )
+                    raise self._ended_by
             if event.id is not None:
                 if self.last_id is not None and event.id <= self.last_id:
                     continue

@@ -1,0 +1,287 @@
+"""``/v1/events``: the tenant's events as they happen, over Server-Sent Events and
+WebSocket, resumable with no gap and no duplicate.
+
+Both streams send each event as its JSON (:meth:`~conveyor.store.records.Event.to_json`):
+the durable ones with their id (SSE ``id:``, the JSON's ``id``) in id order, the live ones
+(``job.started``, ``job.progress``) without. A client resumes with the last id it got
+(``Last-Event-ID``, which browsers send by themselves on reconnecting, or ``since=``): it
+gets every durable event after it once. A ``job.completed`` is followed by the Medical Asset
+Generator seed's message, ``{"type": "job-completed", ...}``, for clients written for it
+(SSE event ``job-completed``, no id). An idle stream is pinged every
+``CONVEYOR_STREAM_PING_SECONDS`` (an SSE comment; a ``{"type": "ping"}`` message), so
+proxies keep it open. A client too slow to read ``CONVEYOR_STREAM_BUFFER`` events gets an
+``overflow`` message with ``resume_from``, and the stream ends (WebSocket close code 1013).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Query,
+    WebSocket,
+    WebSocketException,
+)
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.websockets import WebSocketDisconnect
+
+from conveyor.accounts.service import Accounts
+from conveyor.api.access import Access, caller_for, scope_of, stream_caller_for
+from conveyor.api.deps import Caller, get_accounts, get_api
+from conveyor.api.routes.common import MAX_ID, READ_ERRORS
+from conveyor.api.state import ApiState
+from conveyor.engine.events import EventMatch, EventStream, StreamOverflow
+from conveyor.store.records import Event, EventType
+
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=READ_ERRORS)
+
+_TYPES = ", ".join(t.value for t in EventType)
+
+RequestFilter = Annotated[
+    int | None, Query(ge=1, le=MAX_ID, description="Only the events of this request's job.")
+]
+JobFilter = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this job's events.")]
+KindsFilter = Annotated[
+    str | None,
+    Query(
+        max_length=2000, description="Only these kinds, comma-separated: video.process,qa.answer."
+    ),
+]
+TypesFilter = Annotated[
+    str | None,
+    Query(max_length=2000, description=f"Only these types, comma-separated, of: {_TYPES}."),
+]
+Since = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_ID, description="Resume after this event id (as Last-Event-ID does)."),
+]
+Token = Annotated[
+    str | None,
+    Query(
+        max_length=4096,
+        description="A stream token (POST /v1/events/token), for browsers, which cannot "
+        "send Authorization with EventSource or WebSocket.",
+    ),
+]
+LastEventId = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", max_length=40, description="Resume after this event id."),
+]
+
+
+class StreamToken(BaseModel):
+    """A token that opens the caller's event streams for a short while."""
+
+    token: str
+    expires_in: int
+    """Seconds it can still open a stream (an open stream is not closed when it expires)."""
+
+
+@router.post("/token", summary="A short-lived token that opens event streams")
+async def stream_token(
+    caller: Annotated[Caller, Depends(caller_for(Access.READ))],
+    accounts: Annotated[Accounts, Depends(get_accounts)],
+) -> StreamToken:
+    """For browsers: ``new EventSource("/v1/events?token=...")`` or ``new
+    WebSocket(".../v1/events/ws?token=...")``. It names the caller and nothing more: the
+    stream shows the caller's tenant's events, as with the header."""
+    token, lifetime = accounts.stream_token(caller)
+    return StreamToken(token=token, expires_in=lifetime)
+
+
+async def _match(
+    api: ApiState,
+    caller: Caller,
+    request_id: int | None,
+    job_id: int | None,
+    kind: str | None,
+    type_: str | None,
+) -> EventMatch:
+    tenant = scope_of(caller)
+    if request_id is not None:
+        found = await api.client.store.get_request(request_id, tenant) if tenant else None
+        if found is None:
+            raise HTTPException(404, f"no request with id {request_id}")
+        if job_id is not None and job_id != found.job.id:
+            raise HTTPException(422, f"job_id {job_id} is not request {request_id}'s job")
+        job_id = found.job.id
+    return EventMatch(
+        tenant_id=tenant,
+        job_id=job_id,
+        kinds=frozenset(_split(kind)),
+        types=frozenset(_types(type_)),
+    )
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _types(text: str | None) -> list[EventType]:
+    values = _split(text)
+    unknown = [v for v in values if v not in EventType._value2member_map_]
+    if unknown:
+        raise HTTPException(
+            422, f"unknown event type {', '.join(map(repr, unknown))}; types are: {_TYPES}"
+        )
+    return [EventType(v) for v in values]
+
+
+def _since(since: int | None, last_event_id: str | None) -> int | None:
+    if last_event_id is None or not last_event_id.strip():
+        return since
+    text = last_event_id.strip()
+    if not text.isdigit() or int(text) > MAX_ID:
+        raise HTTPException(422, f"Last-Event-ID {text[:40]!r} is not an event id")
+    return int(text)
+
+
+def seed_message(event: Event) -> dict[str, Any] | None:
+    """The seed's ``job-completed`` broadcast for a completed job, else None."""
+    if event.type is not EventType.COMPLETED:
+        return None
+    return {
+        "type": "job-completed",
+        "jobId": event.job_id,
+        "requestId": event.request_id,
+        "kind": event.kind,
+        "status": "completed",
+        "eventId": event.id,
+    }
+
+
+def _sse(event_type: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    head = b"" if event_id is None else b"id: %d\n" % event_id
+    return head + b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+@router.get(
+    "",
+    summary="The tenant's events, as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The stream."}},
+)
+async def events_sse(
+    caller: Annotated[Caller, Depends(stream_caller_for(Access.READ))],
+    api: Annotated[ApiState, Depends(get_api)],
+    request_id: RequestFilter = None,
+    job_id: JobFilter = None,
+    kind: KindsFilter = None,
+    type: TypesFilter = None,
+    since: Since = None,
+    token: Token = None,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:
+    """Events of the caller's tenant as they happen (see the module's description)."""
+    match = await _match(api, caller, request_id, job_id, kind, type)
+    stream = EventStream(
+        api.client.follower,
+        api.client.store,
+        match,
+        since=_since(since, last_event_id),
+        buffer=api.settings.stream_buffer,
+    )
+    return StreamingResponse(
+        _sse_body(stream, api.settings.stream_ping_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse_body(stream: EventStream, ping_s: float) -> AsyncIterator[bytes]:
+    # Subscribed here, once the response is under way: a client gone before it started
+    # leaves no subscription behind.
+    async with stream:
+        yield b"retry: 2000\n\n"
+        while True:
+            try:
+                event = await stream.next(ping_s)
+            except StreamOverflow as exc:
+                yield _sse("overflow", {"type": "overflow", "resume_from": exc.resume_from})
+                return
+            except StopAsyncIteration:
+                return
+            if event is None:
+                yield b": ping\n\n"
+                continue
+            yield _sse(event.type.value, event.to_json(), event.id)
+            seed = seed_message(event)
+            if seed is not None:
+                yield _sse("job-completed", seed)
+
+
+@router.websocket("/ws", name="events_ws")
+async def events_ws(
+    websocket: WebSocket,
+    caller: Annotated[Caller, Depends(stream_caller_for(Access.READ))],
+    api: Annotated[ApiState, Depends(get_api)],
+    request_id: RequestFilter = None,
+    job_id: JobFilter = None,
+    kind: KindsFilter = None,
+    type: TypesFilter = None,
+    since: Since = None,
+    token: Token = None,
+) -> None:
+    """The same events over a WebSocket, one JSON text message each."""
+    try:
+        match = await _match(api, caller, request_id, job_id, kind, type)
+    except HTTPException as exc:
+        raise WebSocketException(1008, str(exc.detail)) from None
+    await websocket.accept()
+    ping_s = api.settings.stream_ping_seconds
+    async with EventStream(
+        api.client.follower,
+        api.client.store,
+        match,
+        since=since,
+        buffer=api.settings.stream_buffer,
+    ) as stream:
+        # The client's messages are read (and dropped) so that its close is noticed.
+        reader = asyncio.get_running_loop().create_task(_until_closed(websocket, stream))
+        try:
+            await _ws_send_events(websocket, stream, ping_s)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+async def _ws_send_events(websocket: WebSocket, stream: EventStream, ping_s: float) -> None:
+    while True:
+        try:
+            event = await stream.next(ping_s)
+        except StreamOverflow as exc:
+            overflow = {"type": "overflow", "resume_from": exc.resume_from}
+            await websocket.send_text(orjson.dumps(overflow).decode())
+            await websocket.close(1013, "too slow: resume from the id given")
+            return
+        except StopAsyncIteration:
+            await websocket.close(1001, "server shutting down")
+            return
+        if event is None:
+            await websocket.send_text('{"type":"ping"}')
+            continue
+        await websocket.send_text(orjson.dumps(event.to_json()).decode())
+        seed = seed_message(event)
+        if seed is not None:
+            await websocket.send_text(orjson.dumps(seed).decode())
+
+
+async def _until_closed(websocket: WebSocket, stream: EventStream) -> None:
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+    stream.close()
