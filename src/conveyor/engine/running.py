@@ -22,6 +22,7 @@ from conveyor.engine.context import JobContext
 from conveyor.engine.exchange import Exchanger
 from conveyor.engine.executor import StopReason, execute, stopped
 from conveyor.engine.kinds import Kind, Registry
+from conveyor.engine.live import LivePublisher
 from conveyor.engine.signals import WorkerSignals
 from conveyor.engine.threads import JobThreads
 from conveyor.logs import get_logger, is_enabled
@@ -61,8 +62,10 @@ class RunningJobs:
         lease_s: float,
         heartbeat_interval: float,
         slow_job_s: float,
+        live: LivePublisher,
     ) -> None:
         self.store = store
+        self._live = live
         self.worker_id = worker_id
         self.kinds = kinds
         self._exchanger = exchanger
@@ -131,6 +134,7 @@ class RunningJobs:
             self.stop(job.id, StopReason.LEASE_LOST)
         loop = asyncio.get_running_loop()
         ctx = JobContext(job, self._job_log, self._report_progress, loop)
+        self._live.started(job)
         kind = self.kinds.find(job.kind)
         task = asyncio.create_task(self._run(ctx, kind), name=f"conveyor-job-{job.id}")
         # The bookkeeping is a done callback, not a finally in _run: a task cancelled
@@ -207,6 +211,7 @@ class RunningJobs:
         running = self._running.get(progress.job_id)
         if running is not None and running.job.attempt == progress.attempt:
             self._exchanger.hold_progress(progress)
+            self._live.progress(running.job, progress)
             self._wake()
 
     # -- stopping ----------------------------------------------------------------------

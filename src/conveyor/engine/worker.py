@@ -38,6 +38,7 @@ from conveyor.engine.exchange import Exchanger
 from conveyor.engine.executor import StopReason
 from conveyor.engine.handoffs import Handoffs
 from conveyor.engine.kinds import Registry, registry
+from conveyor.engine.live import LivePublisher
 from conveyor.engine.mode import Mode, WorkerMode
 from conveyor.engine.periodic import Scheduler
 from conveyor.engine.running import RunningJobs
@@ -107,6 +108,7 @@ class Worker:
             running_ids=lambda: self._jobs.ids(),
             wake=self._wake.set,
         )
+        self._live = LivePublisher(store, self.id, enabled=c.live_events)
         self._jobs = RunningJobs(
             store,
             self.id,
@@ -118,6 +120,7 @@ class Worker:
             lease_s=c.lease_s,
             heartbeat_interval=c.heartbeat_interval,
             slow_job_s=c.slow_job_s,
+            live=self._live,
         )
         self._due = DueQueues(c.queues)
         self._next_rescue = float("-inf")
@@ -169,6 +172,7 @@ class Worker:
             with contextlib.suppress(StoreError):
                 await self.store.unregister_worker(self.id)
             self._jobs.close()
+            await self._live.close()
             log.info("worker stopped", worker_id=self.id)
 
     async def _register(self, kinds: tuple[str, ...]) -> None:
@@ -392,6 +396,11 @@ class Worker:
                 break
         if deleted:
             log.info("pruned finished jobs", worker_id=self.id, deleted=deleted)
+        events = 0
+        while (n := await self.store.prune_events(self.config.event_retention_s)) > 0:
+            events += n
+        if events:
+            log.info("pruned events", worker_id=self.id, deleted=events)
         if self.signals.on:
             self.signals.pruned.emit(Pruned(began, deleted))
 

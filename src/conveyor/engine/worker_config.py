@@ -55,6 +55,10 @@ class WorkerConfig:
     """Claim at least this often even without a notice (a missed notice costs no more)."""
     handoff: bool = True
     """Offer free slots for handoff (stores that can hand off: PostgreSQL with LISTEN)."""
+    live_events: bool = True
+    """Publish ``job.started`` and ``job.progress`` to the listening stores (the streams)."""
+    event_retention_s: float = 7 * 24 * 3600.0
+    """Events older than this are pruned with the finished jobs."""
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval >= self.lease_s:
@@ -87,6 +91,8 @@ class WorkerConfig:
             slow_job_s=settings.slow_job_seconds,
             safety_poll_interval=settings.poll_interval,
             handoff=settings.handoff,
+            live_events=settings.events,
+            event_retention_s=settings.event_retention_seconds,
         )
 
 
