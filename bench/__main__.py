@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == HTTP:
             failed |= _http(args, [b.name for b in backends]) != 0
             continue
-        cases = BENCHMARKS[name](stores, opts)
+        chosen = [s for s in stores if s.benchmarks is None or name in s.benchmarks]
+        cases = BENCHMARKS[name](chosen, opts)
         rows += [case.row for case in cases]
         try:
             asyncio.run(run_cases(cases))

@@ -152,6 +152,11 @@ class Backend(Protocol):
         ...
 
 
+EVENTS_OFF_BENCHMARKS = frozenset({"enqueue", "throughput", "latency"})
+"""Where the event log's cost is measured: the same figures with ``CONVEYOR_EVENTS=false``,
+in the same run (docs/benchmarks.md)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     """One store and setting variant under test."""
@@ -165,6 +170,8 @@ class StoreConfig:
     """The store's default (durable) setting: the one the targets apply to."""
     database_settings: dict[str, str] = field(default_factory=dict)
     """PostgreSQL: ``ALTER DATABASE ... SET`` for each fresh database of this variant."""
+    benchmarks: frozenset[str] | None = None
+    """The benchmarks this variant runs in (None: all of them)."""
     worker_settings: dict[str, str] = field(default_factory=dict)
     """PostgreSQL: server settings for ``conveyor worker`` subprocesses only, passed as
     query parameters of their database URL (asyncpg sends them at connect). For
@@ -219,7 +226,14 @@ class SqliteBackend:
 
     def variants(self, opt_in: bool) -> list[StoreConfig]:
         configs = [
-            StoreConfig(self, "sqlite synchronous=FULL", {"CONVEYOR_SQLITE_SYNCHRONOUS": "FULL"})
+            StoreConfig(self, "sqlite synchronous=FULL", {"CONVEYOR_SQLITE_SYNCHRONOUS": "FULL"}),
+            StoreConfig(
+                self,
+                "sqlite synchronous=FULL events off",
+                {"CONVEYOR_SQLITE_SYNCHRONOUS": "FULL", "CONVEYOR_EVENTS": "false"},
+                default=False,
+                benchmarks=EVENTS_OFF_BENCHMARKS,
+            ),
         ]
         if opt_in:
             configs.append(
@@ -354,7 +368,16 @@ class PostgresBackend:
                     self.info["filesystem"] = _filesystem(data_dir)
 
     def variants(self, opt_in: bool) -> list[StoreConfig]:
-        return [StoreConfig(self, "postgresql")]
+        return [
+            StoreConfig(self, "postgresql"),
+            StoreConfig(
+                self,
+                "postgresql events off",
+                {"CONVEYOR_EVENTS": "false"},
+                default=False,
+                benchmarks=EVENTS_OFF_BENCHMARKS,
+            ),
+        ]
 
     @contextlib.asynccontextmanager
     async def fresh_database(self, settings: dict[str, str] | None = None) -> AsyncIterator[str]:
