@@ -13,7 +13,6 @@ import httpx
 import orjson
 import pytest
 from api_support import FAST_WORKER, api_key, api_settings, bearer
-from live_server import live_server
 from stream_clients import (
     Received,
     gather_all,
@@ -26,6 +25,7 @@ from websockets.exceptions import InvalidStatus
 import conveyor
 from conveyor.api import create_app
 from conveyor.store.base import Store
+from live_server import live_server
 
 ONE, TWO = "streams-one", "streams-two"
 

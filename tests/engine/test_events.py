@@ -181,10 +181,9 @@ async def test_a_reader_that_falls_behind_overflows_with_the_id_to_resume_from(
             for _ in range(3):
                 await client.enqueue_many([client.prepare("ev.echo", {}) for _ in range(4)])
                 await asyncio.sleep(0.2)
-            got = []
+            got: list[Any] = []
             with pytest.raises(conveyor.StreamOverflow) as overflow:
-                while True:
-                    got.append(await asyncio.wait_for(stream.next(None), 5))
+                await drain(stream, got)
         assert overflow.value.resume_from == (got[-1].id if got else event.id)
         # Resuming from there gives the rest.
         rest = EventStream(follower, store, EventMatch(), since=overflow.value.resume_from)
@@ -197,6 +196,11 @@ async def test_a_reader_that_falls_behind_overflows_with_the_id_to_resume_from(
         assert ids == sorted(set(ids))
     finally:
         await follower.close()
+
+
+async def drain(stream: EventStream, into: list[Any]) -> None:
+    while True:
+        into.append(await asyncio.wait_for(stream.next(None), 5))
 
 
 @pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)
