@@ -93,6 +93,7 @@ async def test_wait_times_out_and_the_job_goes_on(client: conveyor.Client) -> No
     assert (await client.get(job.id)).state is conveyor.JobState.QUEUED
 
 
+@pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)
 async def test_wait_is_woken_by_the_event_and_queries_nothing_meanwhile(
     store: Store, peer_store: Store, kinds: conveyor.Registry, workers: Any
 ) -> None:
