@@ -119,7 +119,9 @@ class ApiState:
 
     def attach(self, store: Store) -> None:
         """Serve with ``store``, already open and migrated."""
-        self._client = Client(store, kinds=self.kinds)
+        self._client = Client(
+            store, kinds=self.kinds, event_poll_interval=self.settings.event_poll_interval
+        )
 
     async def connect(self, store: Store, prepare: Prepare | None = None) -> None:
         """Open and migrate ``store`` and run ``prepare`` (the accounts service's start),

@@ -94,11 +94,16 @@ class Client:
     worker runs stays queued until one starts; ``conveyor queues`` shows it as unserved.
     """
 
-    def __init__(self, store: Store, *, kinds: Registry | None = None) -> None:
+    def __init__(
+        self, store: Store, *, kinds: Registry | None = None, event_poll_interval: float = 2.0
+    ) -> None:
+        """``event_poll_interval``: how often :meth:`wait` and :meth:`events` read the log
+        when the store cannot listen (``CONVEYOR_EVENT_POLL_INTERVAL``)."""
         self.store = store
         self.kinds = kinds if kinds is not None else registry
         self._owns_store = False
         self._follower: EventFollower | None = None
+        self._event_poll_interval = event_poll_interval
 
     @classmethod
     async def connect(
@@ -124,7 +129,7 @@ class Client:
         except BaseException:
             await store.close()
             raise
-        client = cls(store, kinds=kinds)
+        client = cls(store, kinds=kinds, event_poll_interval=settings.event_poll_interval)
         client._owns_store = True
         return client
 
@@ -233,7 +238,7 @@ class Client:
     def follower(self) -> EventFollower:
         """This client's reader of the event log, shared by its waits and streams."""
         if self._follower is None:
-            self._follower = EventFollower(self.store)
+            self._follower = EventFollower(self.store, poll_interval=self._event_poll_interval)
         return self._follower
 
     async def wait(
