@@ -34,7 +34,7 @@ from conveyor.store.records import (
     OutcomeKind,
 )
 from conveyor.store.sqlite import SqliteStore
-from conveyor.store.sqlite.events import _READ, _Query
+from conveyor.store.sqlite.events import read_statement
 
 
 @asynccontextmanager
@@ -188,11 +188,9 @@ async def test_a_reader_of_one_tenant_walks_its_index(tmp_path: Path) -> None:
         pass
     conn = sqlite3.connect(tmp_path / "t.db")
     try:
-        query = _Query(5, None, "acme", None, None, None, 100)
-        statement, args = _READ.statement(query)
-        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement.sql}", args)]
-        [events_step] = [step for step in plan if "conveyor_events" in step or " e " in step]
-        assert "conveyor_events_tenant" in events_step, plan
-        assert "id>?" in events_step, plan
+        sql, args = read_statement(EventFilter(after_id=5, tenant_id="acme"))
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+        [events_step] = [step for step in plan if step.startswith("SEARCH e ")]
+        assert "conveyor_events_tenant (tenant_id=? AND id>?)" in events_step, plan
     finally:
         conn.close()

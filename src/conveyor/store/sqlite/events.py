@@ -77,6 +77,7 @@ _READ = ListQuery(_PARTS, "read_events", _Query, "?")
 
 
 def entry(job_id: int, type: EventType, body: dict[str, JSON]) -> Entry:
+    """The event ``type`` of job ``job_id``, with ``body`` (:class:`Event`'s docstring)."""
     return [job_id, type.value, body]
 
 
@@ -100,6 +101,12 @@ def record_queued(conn: sqlite3.Connection, now: float, first: int, last: int) -
 
 
 def read(conn: sqlite3.Connection, flt: EventFilter) -> EventPage:
+    sql, args = read_statement(flt)
+    return EventPage(tuple(map(EVENT.decode, conn.execute(sql, args))), HORIZON)
+
+
+def read_statement(flt: EventFilter) -> tuple[str, tuple[Any, ...]]:
+    """The statement that reads ``flt``'s events (the one of its shape) and its arguments."""
     query = _Query(
         after_id=flt.after_id,
         through_id=flt.through_id,
@@ -110,7 +117,7 @@ def read(conn: sqlite3.Connection, flt: EventFilter) -> EventPage:
         limit=flt.limit,
     )
     statement, args = _READ.statement(query)
-    return EventPage(tuple(map(EVENT.decode, conn.execute(statement.sql, args))), HORIZON)
+    return statement.sql, args
 
 
 def last_id(conn: sqlite3.Connection) -> int:
