@@ -197,6 +197,20 @@ async def test_a_periodic_tick_writes_job_queued(store: Store, new_job: NewJobFa
     assert len(await events_of(store)) == 1
 
 
+async def test_an_enqueue_resolved_to_an_earlier_job_writes_no_event(
+    store: Store, new_job: NewJobFactory
+) -> None:
+    first = await enqueue_one(store, new_job(unique_key="once"))
+    [again] = await store.enqueue([new_job(unique_key="once")])
+    assert (again.id, again.created) == (first, False)
+    request = NewRequest(
+        kind="test.noop", input={}, caller_id="u1", job=new_job(), idempotency_key="k1"
+    )
+    created = await store.create_request(request)
+    assert not (await store.create_request(request)).created
+    assert [e.job_id for e in await events_of(store)] == [first, created.request.job.id]
+
+
 # -- reading ----------------------------------------------------------------------------------
 async def test_filters(store: Store, new_job: NewJobFactory) -> None:
     a = await enqueue_one(store, new_job(tenant_id="a", kind="k.one"))

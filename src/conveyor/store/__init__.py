@@ -32,6 +32,7 @@ def make_store(settings: Settings, *, api: bool = False) -> Store:
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
             poll_interval=settings.sqlite_poll_interval,
+            events=settings.events,
         )
     if scheme in ("postgresql", "postgres"):
         from conveyor.store.postgres import PostgresStore

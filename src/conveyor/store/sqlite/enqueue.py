@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor.store.records import Enqueued, NewJob
+from conveyor.store.sqlite import events
 from conveyor.store.sqlite.queries import Q, execute, ordered
 from conveyor.store.sqlite.rows import dumps
 from conveyor.store.ticks import TickTaken
@@ -30,13 +31,16 @@ _NEXT_JOB_ID = Q["next_job_id"].sql
 _FIND_ACTIVE_UNIQUE = ordered("find_active_unique", "tenant_id", "unique_key")
 
 
-def insert_jobs(conn: sqlite3.Connection, now: float, jobs: Sequence[NewJob]) -> list[Enqueued]:
+def insert_jobs(
+    conn: sqlite3.Connection, now: float, jobs: Sequence[NewJob], *, log: bool
+) -> list[Enqueued]:
     """Insert ``jobs``; a job whose unique_key an active job of its tenant (or an earlier
-    job of the call) holds resolves to that job. Results in input order."""
+    job of the call) holds resolves to that job. Results in input order. With ``log``,
+    each job inserted writes ``job.queued`` (one resolved to an earlier job writes none)."""
     # Ids are taken from sqlite_sequence while the write lock is held, so a bulk insert
     # runs as one executemany and each result maps to its input without RETURNING
     # (whose order SQLite leaves unspecified).
-    next_id = int(conn.execute(_NEXT_JOB_ID).fetchone()[0]) + 1
+    first = next_id = int(conn.execute(_NEXT_JOB_ID).fetchone()[0]) + 1
     results: list[Enqueued] = []
     rows: list[tuple[Any, ...]] = []
     seen_keys: dict[tuple[str, str], int] = {}
@@ -71,13 +75,19 @@ def insert_jobs(conn: sqlite3.Connection, now: float, jobs: Sequence[NewJob]) ->
         results.append(Enqueued(next_id, created=True))
         next_id += 1
     conn.executemany(_INSERT_JOB, rows)
+    if log and rows:
+        # The ids inserted are consecutive: those resolved to earlier jobs took none.
+        events.record_queued(conn, now, first, next_id - 1)
     return results
 
 
-def insert_periodic(conn: sqlite3.Connection, now: float, job: NewJob, tick: float) -> Enqueued:
-    """Insert ``job`` for periodic tick ``tick`` of its kind; raises :class:`TickTaken`
-    (rolling the transaction back) if some worker already enqueued that tick."""
-    (result,) = insert_jobs(conn, now, [job])
+def insert_periodic(
+    conn: sqlite3.Connection, now: float, job: NewJob, tick: float, *, log: bool
+) -> Enqueued:
+    """Insert ``job`` for periodic tick ``tick`` of its kind (with ``log``, its
+    ``job.queued``); raises :class:`TickTaken` (rolling the transaction back) if some
+    worker already enqueued that tick."""
+    (result,) = insert_jobs(conn, now, [job], log=log)
     values = {"kind": job.kind, "tick": tick, "job_id": result.id}
     if not execute(conn, "insert_tick", values).rowcount:
         raise TickTaken

@@ -11,6 +11,7 @@ from typing import Any
 from conveyor.store.fairness import AMONG, Candidate, Turns, chosen, share, take_turns
 from conveyor.store.records import (
     ClaimRequest,
+    EventType,
     Job,
     LeaseStatus,
     Outcome,
@@ -19,6 +20,7 @@ from conveyor.store.records import (
     RescueResult,
     SettleResult,
 )
+from conveyor.store.sqlite import events
 from conveyor.store.sqlite.queries import execute, ordered
 from conveyor.store.sqlite.rows import JOB, dumps
 
@@ -48,18 +50,24 @@ def settle_and_claim(
     claim: ClaimRequest | None,
     rescue: bool,
     turns: Turns,
-) -> tuple[SettleResult, frozenset[str]]:
-    """Record reports, rescue if asked, claim; also the queues to wake."""
+    log: bool,
+) -> tuple[SettleResult, frozenset[str], bool]:
+    """Record reports, rescue if asked, claim; also the queues to wake, and whether
+    events were written (with ``log``: those of the outcomes and the rescue)."""
     # Progress first: a job's last report may ride with its outcome, and must be
     # recorded while the job is still running.
     for p in progress:
         conn.execute(_PROGRESS, (p.fraction, p.message, p.job_id, p.attempt, worker_id))
     applied = tuple([_apply_outcome(conn, now, worker_id, o) for o in outcomes])
     wake = _queues_to_wake(conn, outcomes, applied)
+    entries = _outcome_events(now, outcomes, applied) if log else []
     rescued = None
     if rescue:
-        rescued, requeued_in = rescue_expired(conn, now, RESCUE_LIMIT)
+        rescued, requeued_in, rescue_entries = rescue_expired(conn, now, RESCUE_LIMIT)
         wake |= requeued_in
+        if log:
+            entries += rescue_entries
+    events.record(conn, now, entries)
     claimed: list[Job] = []
     next_run_at: float | None = None
     if claim is not None:
@@ -68,7 +76,7 @@ def settle_and_claim(
             claimed.extend(jobs)
             if upcoming is not None and (next_run_at is None or upcoming < next_run_at):
                 next_run_at = upcoming
-    return SettleResult(applied, tuple(claimed), next_run_at, rescued), wake
+    return SettleResult(applied, tuple(claimed), next_run_at, rescued), wake, bool(entries)
 
 
 def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outcome) -> bool:
@@ -90,6 +98,30 @@ def _apply_outcome(conn: sqlite3.Connection, now: float, worker_id: str, o: Outc
         else:
             cursor = conn.execute(_FAIL, (now, error, *guard))
     return cursor.rowcount == 1
+
+
+def _outcome_events(
+    now: float, outcomes: Sequence[Outcome], applied: Sequence[bool]
+) -> list[events.Entry]:
+    """The events of the outcomes applied; a released job (handed back) writes none."""
+    entries: list[events.Entry] = []
+    for o, ok in zip(outcomes, applied, strict=True):
+        kind = o.kind
+        if not ok or kind is OutcomeKind.RELEASED:
+            continue
+        if kind is OutcomeKind.COMPLETED:
+            entries.append(events.entry(o.job_id, EventType.COMPLETED, {}))
+        elif kind is OutcomeKind.CANCELLED:
+            entries.append(events.entry(o.job_id, EventType.CANCELLED, {}))
+        elif o.error is not None:  # a retry or a failure: _apply_outcome checked it has one
+            error = events.error_body(o.error)
+            if kind is OutcomeKind.RETRY:
+                # The same sum as retry_later's run_at: the body tells the row's time.
+                body = {"error": error, "run_at": now + o.retry_in_s}
+                entries.append(events.entry(o.job_id, EventType.RETRYING, body))
+            else:
+                entries.append(events.entry(o.job_id, EventType.FAILED, {"error": error}))
+    return entries
 
 
 def _queues_to_wake(
@@ -335,12 +367,24 @@ def _candidates(
 
 def rescue_expired(
     conn: sqlite3.Connection, now: float, limit: int
-) -> tuple[RescueResult, frozenset[str]]:
-    """Rescue expired leases and forget expired workers; also the queues requeued into."""
+) -> tuple[RescueResult, frozenset[str], list[events.Entry]]:
+    """Rescue expired leases and forget expired workers; also the queues requeued into,
+    and the events of the jobs rescued (for the caller to write, with its others)."""
     values = {"now": now, "limit": limit}
     rows = execute(conn, "rescue", values).fetchall()
     execute(conn, "forget_workers", values)
-    return RescueResult.from_rows(rows), frozenset(q for _, state, q in rows if state == "queued")
+    entries: list[events.Entry] = []
+    for job_id, state, _queue, run_at, error_type, message in rows:
+        error = {"type": error_type, "message": message}
+        if state == "queued":
+            body = {"error": error, "run_at": run_at}
+            entries.append(events.entry(job_id, EventType.RETRYING, body))
+        elif state == "failed":
+            entries.append(events.entry(job_id, EventType.FAILED, {"error": error}))
+        else:
+            entries.append(events.entry(job_id, EventType.CANCELLED, {}))
+    result = RescueResult.from_rows(row[:3] for row in rows)
+    return result, frozenset(row[2] for row in rows if row[1] == "queued"), entries
 
 
 def leases(

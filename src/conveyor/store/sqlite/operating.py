@@ -10,7 +10,16 @@ import statistics
 from conveyor.store.base import ConflictError
 from conveyor.store.fairness import TENANT_LIMITS
 from conveyor.store.filters import ListQuery
-from conveyor.store.records import Job, JobFilter, QueueStats, TenantLimits, WorkerInfo
+from conveyor.store.records import (
+    EventType,
+    Job,
+    JobFilter,
+    JobState,
+    QueueStats,
+    TenantLimits,
+    WorkerInfo,
+)
+from conveyor.store.sqlite import events
 from conveyor.store.sqlite.queries import PARTS, execute
 from conveyor.store.sqlite.rows import JOB, WORKER, dumps, job_or_none
 from conveyor.store.stats import FINISHED_WINDOW_S, assemble_queue_stats
@@ -29,19 +38,25 @@ def list_jobs(conn: sqlite3.Connection, flt: JobFilter) -> list[Job]:
 
 
 def cancel(
-    conn: sqlite3.Connection, now: float, job_id: int, tenant_id: str | None
+    conn: sqlite3.Connection, now: float, job_id: int, tenant_id: str | None, *, log: bool
 ) -> tuple[str | None, Job | None]:
-    """The state the job had if the cancel changed it (None: not active), and the job
-    (of ``tenant_id`` only, when given)."""
+    """The state the cancel left the job in (None: it was not active; ``running``: its
+    worker is asked to stop it), and the job (of ``tenant_id`` only, when given). With
+    ``log``, a queued job cancelled writes ``job.cancelled``; a running one writes it
+    when its worker reports it stopped."""
     row = execute(conn, "cancel", {"id": job_id, "now": now, "tenant_id": tenant_id}).fetchone()
-    return (row[0] if row else None), get_job(conn, job_id, tenant_id)
+    state = row[0] if row else None
+    if log and state == JobState.CANCELLED:
+        events.record(conn, now, [events.entry(job_id, EventType.CANCELLED, {})])
+    return state, get_job(conn, job_id, tenant_id)
 
 
 def retry(
-    conn: sqlite3.Connection, now: float, job_id: int, tenant_id: str | None
+    conn: sqlite3.Connection, now: float, job_id: int, tenant_id: str | None, *, log: bool
 ) -> tuple[str | None, Job | None]:
     """The queue the job went back to (None: it was not failed or cancelled), and the job
-    (of ``tenant_id`` only, when given)."""
+    (of ``tenant_id`` only, when given); with ``log``, a job queued again writes
+    ``job.queued``."""
     try:
         row = execute(conn, "retry", {"id": job_id, "now": now, "tenant_id": tenant_id}).fetchone()
     except sqlite3.IntegrityError as exc:
@@ -49,7 +64,11 @@ def retry(
             f"job {job_id} cannot be retried: another queued or running job holds its "
             "unique_key; cancel that job first"
         ) from exc
-    return (row[0] if row else None), get_job(conn, job_id, tenant_id)
+    job = get_job(conn, job_id, tenant_id)
+    if log and row is not None and job is not None:
+        body = {"priority": job.priority, "run_at": job.run_at}
+        events.record(conn, now, [events.entry(job_id, EventType.QUEUED, body)])
+    return (row[0] if row else None), job
 
 
 def prune(conn: sqlite3.Connection, now: float, older_than_s: float, limit: int) -> int:

@@ -238,6 +238,8 @@ WHERE id = :worker_id
 -- name: rescue
 -- A job whose lease expired lost its worker: its attempt counts. It is cancelled if a
 -- cancel was asked, failed if no attempt is left, else queued again in its old place.
+-- Also returned: the run_at and the error entry appended (type, message), which the
+-- job's event tells.
 UPDATE conveyor_jobs
 SET state = CASE
         WHEN cancel_requested THEN 'cancelled'
@@ -259,7 +261,7 @@ WHERE id IN (
     WHERE state = 'running' AND lease_expires_at < :now
     LIMIT :limit
 )
-RETURNING id, state, queue
+RETURNING id, state, queue, run_at, errors ->> '$[#-1].type', errors ->> '$[#-1].message'
 
 -- name: forget_workers
 DELETE FROM conveyor_workers WHERE expires_at < :now

@@ -22,8 +22,9 @@ from conveyor.store.sqlite.rows import dumps
 _LIST = ListQuery(PARTS, "list_requests", RequestFilter, "?")
 
 
-def create(conn: sqlite3.Connection, now: float, new: NewRequest) -> StoredRequest:
-    """The request and its job, or the earlier request its idempotency key names."""
+def create(conn: sqlite3.Connection, now: float, new: NewRequest, *, log: bool) -> StoredRequest:
+    """The request and its job (with ``log``, the job's ``job.queued``), or the earlier
+    request its idempotency key names."""
     # The write lock is held from the start, so two calls with one key cannot both miss
     # the look-up.
     if new.idempotency_key is not None:
@@ -31,7 +32,7 @@ def create(conn: sqlite3.Connection, now: float, new: NewRequest) -> StoredReque
         found = execute(conn, "find_request_by_key", key).fetchone()
         if found is not None:
             return _stored(conn, now, _by_id(conn, found[0], new.tenant_id), created=False)
-    (enqueued,) = insert_jobs(conn, now, [new.job])
+    (enqueued,) = insert_jobs(conn, now, [new.job], log=log)
     values = {
         "tenant_id": new.tenant_id,
         "caller_id": new.caller_id,

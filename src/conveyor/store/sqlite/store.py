@@ -6,6 +6,11 @@ in the module of its topic; this class runs it and tells the listeners what chan
 Other processes' commits are noticed through ``PRAGMA data_version``, a counter SQLite
 keeps in shared memory, polled every ``sqlite_poll_interval``: cheap enough that an idle
 worker costs nothing measurable, and no query touches the jobs table until it changes.
+
+The event log (:class:`~conveyor.store.base.EventLog`, :mod:`.events`) is written in the
+transaction of each change; this process's listeners hear :class:`EventsAppended` once
+it commits, other processes' through the same poll. Live events reach this process's
+listeners only.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from collections.abc import Callable, Collection, Sequence
 from conveyor.store.base import (
     CancelRequested,
     Capabilities,
+    EventsAppended,
     JobsAvailable,
     Listener,
+    LiveEvents,
     StoreError,
 )
 from conveyor.store.fairness import Turns
@@ -27,6 +34,9 @@ from conveyor.store.fanout import Fanout
 from conveyor.store.records import (
     ClaimRequest,
     Enqueued,
+    Event,
+    EventFilter,
+    EventPage,
     Job,
     JobFilter,
     JobState,
@@ -44,7 +54,7 @@ from conveyor.store.records import (
     TenantLimits,
     WorkerInfo,
 )
-from conveyor.store.sqlite import exchange, migrations, operating, requests
+from conveyor.store.sqlite import events, exchange, migrations, operating, requests
 from conveyor.store.sqlite.accounts import SqliteAccounts
 from conveyor.store.sqlite.connection import Database
 from conveyor.store.sqlite.enqueue import insert_jobs, insert_periodic
@@ -56,7 +66,8 @@ class SqliteStore(SqliteAccounts):
     """A :class:`conveyor.store.base.Store` on one SQLite file; the accounts' verbs are
     :class:`~conveyor.store.sqlite.accounts.SqliteAccounts`'.
 
-    No handoff: a worker in this process is woken at once, and others poll."""
+    No handoff: a worker in this process is woken at once, and others poll. Made with
+    ``events=False``, the store writes no event (and never announces one)."""
 
     dialect = "sqlite"
     capabilities = Capabilities(handoff=False, listen=False)
@@ -68,8 +79,10 @@ class SqliteStore(SqliteAccounts):
         synchronous: str = "FULL",
         busy_timeout_ms: int = 10_000,
         poll_interval: float = 0.05,
+        events: bool = True,
     ) -> None:
         self.url = url
+        self._events = events
         self._db = Database(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         self.path = self._db.path
         self._poll_interval = poll_interval
@@ -100,16 +113,21 @@ class SqliteStore(SqliteAccounts):
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
             return []
-        result = await self._db.write(lambda conn, now: insert_jobs(conn, now, jobs))
+        log = self._events
+        result = await self._db.write(lambda conn, now: insert_jobs(conn, now, jobs, log=log))
         self._fanout.publish(JobsAvailable(frozenset(job.queue for job in jobs)))
+        self._appended(log and any(e.created for e in result))
         return result
 
     async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
         try:
-            result = await self._db.write(lambda conn, now: insert_periodic(conn, now, job, tick))
+            result = await self._db.write(
+                lambda conn, now: insert_periodic(conn, now, job, tick, log=self._events)
+            )
         except TickTaken:
             return None
         self._fanout.publish(JobsAvailable(frozenset({job.queue})))
+        self._appended(self._events)
         return result
 
     # -- working ---------------------------------------------------------------------
@@ -122,13 +140,14 @@ class SqliteStore(SqliteAccounts):
         *,
         rescue: bool = False,
     ) -> SettleResult:
-        result, wake = await self._db.write(
+        result, wake, logged = await self._db.write(
             lambda conn, now: exchange.settle_and_claim(
-                conn, now, outcomes, progress, worker_id, claim, rescue, self._turns
+                conn, now, outcomes, progress, worker_id, claim, rescue, self._turns, self._events
             )
         )
         if wake:
             self._fanout.publish(JobsAvailable(wake))
+        self._appended(logged)
         return result
 
     async def heartbeat(
@@ -150,11 +169,16 @@ class SqliteStore(SqliteAccounts):
         )
 
     async def rescue(self, limit: int = 1000) -> RescueResult:
-        result, requeued_in = await self._db.write(
-            lambda conn, now: exchange.rescue_expired(conn, now, limit)
-        )
+        def tx(conn: sqlite3.Connection, now: float) -> tuple[RescueResult, frozenset[str]]:
+            result, requeued_in, entries = exchange.rescue_expired(conn, now, limit)
+            if self._events:
+                events.record(conn, now, entries)
+            return result, requeued_in
+
+        result, requeued_in = await self._db.write(tx)
         if requeued_in:
             self._fanout.publish(JobsAvailable(requeued_in))
+        self._appended(self._events and result.total > 0)
         return result
 
     async def prune(self, older_than_s: float, limit: int = 1000) -> int:
@@ -164,9 +188,11 @@ class SqliteStore(SqliteAccounts):
 
     # -- requests --------------------------------------------------------------------
     async def create_request(self, new: NewRequest) -> StoredRequest:
-        stored = await self._db.write(lambda conn, now: requests.create(conn, now, new))
+        log = self._events
+        stored = await self._db.write(lambda conn, now: requests.create(conn, now, new, log=log))
         if stored.created:
             self._fanout.publish(JobsAvailable(frozenset({new.job.queue})))
+            self._appended(log)
         return stored
 
     async def get_request(self, request_id: int, tenant_id: str) -> Request | None:
@@ -186,19 +212,21 @@ class SqliteStore(SqliteAccounts):
         return await self._db.read(lambda conn, now: operating.list_jobs(conn, flt))
 
     async def cancel(self, job_id: int, tenant_id: str | None = None) -> Job | None:
-        was, job = await self._db.write(
-            lambda conn, now: operating.cancel(conn, now, job_id, tenant_id)
+        state, job = await self._db.write(
+            lambda conn, now: operating.cancel(conn, now, job_id, tenant_id, log=self._events)
         )
-        if was == JobState.RUNNING:
+        if state == JobState.RUNNING:
             self._fanout.publish(CancelRequested(frozenset({job_id})))
+        self._appended(self._events and state == JobState.CANCELLED)
         return job
 
     async def retry(self, job_id: int, tenant_id: str | None = None) -> Job | None:
         queue, job = await self._db.write(
-            lambda conn, now: operating.retry(conn, now, job_id, tenant_id)
+            lambda conn, now: operating.retry(conn, now, job_id, tenant_id, log=self._events)
         )
         if queue is not None:
             self._fanout.publish(JobsAvailable(frozenset({queue})))
+            self._appended(self._events)
         return job
 
     async def set_paused(self, queue: str, paused: bool) -> bool:
@@ -247,6 +275,47 @@ class SqliteStore(SqliteAccounts):
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._db.read(operating.live_workers)
 
+    # -- the event log ---------------------------------------------------------------
+    async def read_events(self, flt: EventFilter) -> EventPage:
+        return await self._db.read(lambda conn, now: events.read(conn, flt))
+
+    async def last_event_id(self) -> int:
+        return await self._db.read(lambda conn, now: events.last_id(conn))
+
+    async def prune_events(self, older_than_s: float, limit: int = 10_000) -> int:
+        return await self._db.write(lambda conn, now: events.prune(conn, now, older_than_s, limit))
+
+    async def publish_live(self, events: Sequence[Event]) -> None:
+        # In-process only: another process on the file would need a table to hear them
+        # from, and live events are never stored.
+        if events:
+            self._fanout.publish(LiveEvents(tuple(events)))
+
+    async def event_cursor(self, name: str) -> int | None:
+        return await self._db.read(lambda conn, now: events.cursor(conn, name))
+
+    async def advance_event_cursor(
+        self, name: str, expected: int | None, to: int, jobs: Sequence[NewJob]
+    ) -> bool:
+        log = self._events
+
+        def tx(conn: sqlite3.Connection, now: float) -> bool:
+            if not events.move_cursor(conn, now, name, expected, to):
+                return False
+            insert_jobs(conn, now, jobs, log=log)
+            return True
+
+        moved = await self._db.write(tx)
+        if moved and jobs:
+            self._fanout.publish(JobsAvailable(frozenset(job.queue for job in jobs)))
+            self._appended(log)
+        return moved
+
+    def _appended(self, wrote: bool) -> None:
+        """Tell this process's listeners that events were committed, if ``wrote``."""
+        if wrote:
+            self._fanout.publish(EventsAppended())
+
     # -- notices ---------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         if self._poller is None:
@@ -262,7 +331,9 @@ class SqliteStore(SqliteAccounts):
         return self._fanout.add(listener)
 
     async def _watch_other_processes(self, last: int) -> None:
-        """Publish a notice whenever another connection commits to the file."""
+        """Publish notices whenever another connection commits to the file: jobs may be
+        available, and events may have been appended (readers read after their last id,
+        which costs one look-up of the primary key when nothing new came)."""
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
@@ -272,3 +343,4 @@ class SqliteStore(SqliteAccounts):
             if current != last:
                 last = current
                 self._fanout.publish(JobsAvailable(None))
+                self._fanout.publish(EventsAppended())
