@@ -84,12 +84,10 @@ async def sse_collect(
     return got
 
 
-@contextlib.asynccontextmanager
-async def ws_connected(
-    url: str, headers: dict[str, str] | None = None
-) -> AsyncIterator[ClientConnection]:
-    async with connect(url, additional_headers=headers or {}, open_timeout=20) as ws:
-        yield ws
+def ws_connected(url: str, headers: dict[str, str] | None = None) -> connect:
+    """``async with ws_connected(url) as ws``, or ``ws = await ws_connected(url)`` (then
+    ``await ws.close()``)."""
+    return connect(url, additional_headers=headers or {}, open_timeout=20)
 
 
 async def ws_collect(ws: ClientConnection, until: int, got: Received | None = None) -> Received:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from conveyor.accounts.principal import Principal
 from conveyor.accounts.service import Accounts
@@ -25,8 +26,9 @@ Caller = Principal
 """Who is calling: the accounts service's :class:`~conveyor.accounts.Principal`."""
 
 
-async def get_api(request: Request) -> ApiState:
-    """The application's :class:`~conveyor.api.state.ApiState`.
+async def get_api(request: HTTPConnection) -> ApiState:
+    """The application's :class:`~conveyor.api.state.ApiState` (for WebSocket routes
+    too, hence the connection rather than the request).
 
     Async so that FastAPI calls it on the event loop: a sync dependency costs a hop to
     the thread pool on every request."""
