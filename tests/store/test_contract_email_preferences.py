@@ -166,7 +166,8 @@ async def test_contacts_name_every_member_with_role_and_unsubscribe_state(store:
     assert contacts[admin].role is Role.ADMIN
     assert contacts[admin].enabled is True
     token = contacts[admin].unsubscribe_token
-    assert token is not None and len(token) >= 40
+    assert token is not None
+    assert len(token) >= 40
     assert [c.email for c in await store.email_contacts(other_tenant)] == ["other@example.com"]
 
 
@@ -203,11 +204,12 @@ async def test_setting_preferences_again_makes_a_new_token(store: Store) -> None
     assert before.unsubscribe_token is not None
     assert await store.unsubscribe_email(before.unsubscribe_token) is None
     prefs = await store.get_email_preferences(tenant, owner)
-    assert prefs is not None and prefs.enabled
+    assert prefs is not None
+    assert prefs.enabled
 
 
 async def test_removing_a_member_forgets_their_preferences(store: Store) -> None:
-    tenant, owner = await _tenant(store, "owner@example.com")
+    tenant, _ = await _tenant(store, "owner@example.com")
     dev = await _member(store, tenant, "dev@example.com")
     await store.set_email_preferences(tenant, dev, event_types=[COMPLETED], kinds=[], enabled=True)
     assert await store.remove_member(tenant, dev)

@@ -23,8 +23,8 @@ and API processes on any number of machines.
 
 The parts, one module each: ``connection`` (pool and lane), ``listener`` (notices),
 ``enqueue``, ``exchange`` (the worker's statements), ``requests``, ``jobs``, ``queues``,
-``workers``, ``accounts``, ``email_preferences``, ``migrations``, and ``rows`` (decoding); their SQL is in a
-``.sql`` file of the same topic.
+``workers``, ``accounts``, ``email_preferences``, ``migrations``, and ``rows``
+(decoding); their SQL is in a ``.sql`` file of the same topic.
 """
 
 from __future__ import annotations
