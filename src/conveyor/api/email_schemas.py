@@ -41,7 +41,6 @@ class EmailPreferencesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_types: list[EmailEventType] = Field(max_length=MAX_CHOICES)
-
     kinds: list[KindName] = Field(default_factory=list, max_length=MAX_CHOICES)
     enabled: bool = True
 
