@@ -4,7 +4,10 @@ connection that failed or timed out); a permanent refusal (5xx) fails the job at
 (:class:`conveyor.Discard`), since sending it again would be refused again.
 
 Members are looked up when the mail is sent, not when the job was enqueued: a member who
-unsubscribed meanwhile gets nothing, and each gets their own unsubscribe link.
+unsubscribed meanwhile gets nothing, and each gets their own unsubscribe link. Each
+recipient gets a message of their own; a job for several (a tenant's owners) that fails
+part-way sends again to those before on its retry (the dispatcher makes one job per
+recipient, so its mails never do).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from conveyor.store.email_preferences import EmailPreferenceStore
 KIND = "email.send"
 QUEUE = "email"
 MAX_ATTEMPTS = 8
-"""With the default backoff (5 s doubling, full jitter), about 10 minutes of tries: an
-SMTP server's restart or a greylisting delay is waited out."""
+"""With the default backoff (5 s doubling, full jitter), tries over up to about ten
+minutes: an SMTP server's restart or a greylisting delay is waited out."""
 COMMANDS_PER_MESSAGE = 4
-"""An attempt's timeout is this many times ``smtp_timeout`` per message: aiosmtplib
-applies the timeout to each command (connect, EHLO, STARTTLS, DATA...)."""
+"""An attempt's timeout is this many times ``smtp_timeout``: aiosmtplib applies the
+timeout to each command (connect, EHLO, STARTTLS, DATA...)."""
 
 
 def email_kind_spec(settings: Settings) -> KindSpec:
