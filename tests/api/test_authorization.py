@@ -264,6 +264,20 @@ RULES: dict[str, Rule] = {
         body=_json({"token": "cvi_unknown"}),
         refused={k: 403 for k in KEY_SCOPES},
     ),
+    # A user's own, in the tenant of the token: an API key is no user, an operator in no
+    # tenant has no membership.
+    "GET /v1/me/email-preferences": Rule(
+        Access.AUTHENTICATED, operator=NO_TENANT, refused={k: 403 for k in KEY_SCOPES}
+    ),
+    "PUT /v1/me/email-preferences": Rule(
+        Access.AUTHENTICATED,
+        body=_json({"event_types": ["job.completed"], "kinds": [], "enabled": True}),
+        operator=NO_TENANT,
+        refused={k: 403 for k in KEY_SCOPES},
+    ),
+    # The link's token is the credential (tests/api/test_routes_email.py).
+    "GET /v1/email/unsubscribe": Rule(Access.PUBLIC),
+    "POST /v1/email/unsubscribe": Rule(Access.PUBLIC),
     "GET /v1/members": Rule(Access.ADMIN, operator=NAME_THE_TENANT),
     "PATCH /v1/members/{user_id}": Rule(
         Access.ADMIN, target=_member, body=_json({"role": "viewer"}), operator=NAME_THE_TENANT

@@ -431,7 +431,9 @@ async def test_the_accounts_functions_are_the_api_roles_alone_with_a_pinned_sear
         "       EXISTS (SELECT FROM aclexplode(p.proacl) a WHERE a.grantee = 0) AS public "
         "FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace AND p.prosecdef"
     )
-    assert len(rows) == 19
+    # The 19 of the accounts (0011) and the email unsubscribe of 0014.
+    assert len(rows) == 20
+    assert "conveyor_email_unsubscribe(text)" in {row["fn"] for row in rows}
     for row in rows:
         assert row["api"], row["fn"]
         assert not row["worker"], row["fn"]

@@ -31,6 +31,7 @@ from conveyor.api.middleware import install_middleware
 from conveyor.api.routes import (
     api_keys,
     auth,
+    email,
     events,
     health,
     jobs,
@@ -142,6 +143,7 @@ def create_app(
     app.include_router(auth.router)
     app.include_router(members.router)
     app.include_router(api_keys.router)
+    app.include_router(email.router)
     app.include_router(requests.build_router(api))
     app.include_router(jobs.router)
     app.include_router(queues.router)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from conveyor.store.accounts import AccountStore
+from conveyor.store.email_preferences import EmailPreferenceStore
 from conveyor.store.records import (
     ClaimRequest,
     Enqueued,
@@ -393,7 +394,9 @@ class RequestStore(Protocol):
         it (claims take tenants in turn; other tenants' work is not disclosed)."""
 
 
-class Store(JobQueue, RequestStore, AccountStore, EventLog, Protocol):
-    """A store that serves every seam: the job queue, the requests and the accounts
-    (every store here does). Callers that need one only take :class:`JobQueue`,
-    :class:`RequestStore` or :class:`~conveyor.store.accounts.AccountStore`."""
+class Store(JobQueue, RequestStore, AccountStore, EventLog, EmailPreferenceStore, Protocol):
+    """A store that serves every seam: the job queue, the requests, the accounts, the
+    event log and the email preferences (every store here does). Callers that need one
+    only take :class:`JobQueue`, :class:`RequestStore`,
+    :class:`~conveyor.store.accounts.AccountStore`, :class:`EventLog` or
+    :class:`~conveyor.store.email_preferences.EmailPreferenceStore`."""

@@ -23,8 +23,8 @@ and API processes on any number of machines.
 
 The parts, one module each: ``connection`` (pool and lane), ``listener`` (notices),
 ``enqueue``, ``exchange`` (the worker's statements), ``requests``, ``jobs``, ``queues``,
-``workers``, ``accounts``, ``migrations``, and ``rows`` (decoding); their SQL is in a
-``.sql`` file of the same topic.
+``workers``, ``accounts``, ``email_preferences``, ``migrations``, and ``rows``
+(decoding); their SQL is in a ``.sql`` file of the same topic.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from conveyor.store.fanout import Fanout
 from conveyor.store.postgres import migrations
 from conveyor.store.postgres.accounts import PostgresAccounts
 from conveyor.store.postgres.connection import Database, RoleSetting
+from conveyor.store.postgres.email_preferences import PostgresEmailPreferences
 from conveyor.store.postgres.enqueue import Enqueuer
 from conveyor.store.postgres.exchange import Exchange, Limits
 from conveyor.store.postgres.jobs import Jobs
@@ -68,9 +69,10 @@ from conveyor.store.records import (
 )
 
 
-class PostgresStore(PostgresAccounts):
+class PostgresStore(PostgresAccounts, PostgresEmailPreferences):
     """A :class:`conveyor.store.base.Store` on PostgreSQL; the accounts' verbs are
-    :class:`~conveyor.store.postgres.accounts.PostgresAccounts`'."""
+    :class:`~conveyor.store.postgres.accounts.PostgresAccounts`', the email preferences'
+    :class:`~conveyor.store.postgres.email_preferences.PostgresEmailPreferences`'."""
 
     dialect = "postgresql"
 

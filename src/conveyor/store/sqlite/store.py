@@ -57,14 +57,16 @@ from conveyor.store.records import (
 from conveyor.store.sqlite import events, exchange, migrations, operating, requests
 from conveyor.store.sqlite.accounts import SqliteAccounts
 from conveyor.store.sqlite.connection import Database
+from conveyor.store.sqlite.email_preferences import SqliteEmailPreferences
 from conveyor.store.sqlite.enqueue import insert_jobs, insert_periodic
 from conveyor.store.ticks import TickTaken
 from conveyor.store.urls import redact
 
 
-class SqliteStore(SqliteAccounts):
+class SqliteStore(SqliteAccounts, SqliteEmailPreferences):
     """A :class:`conveyor.store.base.Store` on one SQLite file; the accounts' verbs are
-    :class:`~conveyor.store.sqlite.accounts.SqliteAccounts`'.
+    :class:`~conveyor.store.sqlite.accounts.SqliteAccounts`', the email preferences'
+    :class:`~conveyor.store.sqlite.email_preferences.SqliteEmailPreferences`'.
 
     No handoff: a worker in this process is woken at once, and others poll. Made with
     ``events=False``, the store writes no event (and never announces one)."""

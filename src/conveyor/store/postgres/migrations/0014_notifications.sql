@@ -68,21 +68,42 @@ CREATE INDEX conveyor_webhook_deliveries_webhook ON conveyor_webhook_deliveries 
 CREATE INDEX conveyor_webhook_deliveries_created ON conveyor_webhook_deliveries (created_at);
 
 -- Which events email a member of a tenant (event types; kinds, empty for every kind).
--- The unsubscribe token's SHA-256 digest finds the row from a mail's link.
+-- Every mail to the member carries the unsubscribe token in its link, so the token is
+-- read back and kept as given (as a webhook's secret); a new one each time the
+-- preferences are set.
 CREATE TABLE conveyor_email_preferences (
     tenant_id         text        NOT NULL,
     user_id           text        NOT NULL,
     event_types       text[]      NOT NULL,
     kinds             text[]      NOT NULL DEFAULT '{}',
     enabled           boolean     NOT NULL DEFAULT true,
-    unsubscribe_hash  text        NOT NULL,
+    unsubscribe_token text        NOT NULL,
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, user_id),
     FOREIGN KEY (tenant_id, user_id) REFERENCES conveyor_memberships (tenant_id, user_id)
         ON DELETE CASCADE
 );
 CREATE UNIQUE INDEX conveyor_email_preferences_unsubscribe
-    ON conveyor_email_preferences (unsubscribe_hash);
+    ON conveyor_email_preferences (unsubscribe_token);
+
+-- The one-click unsubscribe of a mail's link, made before any tenant is known: as the
+-- look-ups of 0011, a SECURITY DEFINER function that changes and returns only the row
+-- its token names (pinned and granted to conveyor_api below).
+CREATE FUNCTION conveyor_email_unsubscribe(p_token text)
+RETURNS SETOF conveyor_email_preferences LANGUAGE sql SECURITY DEFINER
+AS $$
+    UPDATE conveyor_email_preferences
+    SET enabled = false, updated_at = CASE WHEN enabled THEN now() ELSE updated_at END
+    WHERE unsubscribe_token = p_token
+    RETURNING *
+$$;
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION conveyor_email_unsubscribe(text) '
+                   'SET search_path = pg_catalog, %I, pg_temp', current_schema());
+END $$;
+REVOKE EXECUTE ON FUNCTION conveyor_email_unsubscribe(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION conveyor_email_unsubscribe(text) TO conveyor_api;
 
 -- Row security as for the other tenant-owned tables (0009): the API sees its tenant's
 -- rows, or all as the operator; workers see all.

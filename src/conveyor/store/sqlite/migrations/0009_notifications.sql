@@ -67,11 +67,11 @@ CREATE TABLE conveyor_email_preferences (
     event_types      TEXT    NOT NULL,
     kinds            TEXT    NOT NULL DEFAULT '[]',
     enabled          INTEGER NOT NULL DEFAULT 1,
-    unsubscribe_hash TEXT    NOT NULL,
+    unsubscribe_token TEXT   NOT NULL,
     updated_at       REAL    NOT NULL,
     PRIMARY KEY (tenant_id, user_id),
     FOREIGN KEY (tenant_id, user_id) REFERENCES conveyor_memberships (tenant_id, user_id)
         ON DELETE CASCADE
 );
 CREATE UNIQUE INDEX conveyor_email_preferences_unsubscribe
-    ON conveyor_email_preferences (unsubscribe_hash);
+    ON conveyor_email_preferences (unsubscribe_token);
