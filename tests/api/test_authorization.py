@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from api_support import (
@@ -33,7 +34,10 @@ from api_support import (
     user_token,
 )
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIWebSocketRoute
 from starlette.routing import Mount
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 import conveyor
 from conveyor.accounts import Principal
@@ -43,6 +47,7 @@ from conveyor.api.app import _framework_paths
 from conveyor.api.errors import UNAUTHENTICATED
 from conveyor.store.accounts import ADMIN, READ, WRITE, Role
 from conveyor.store.base import Store
+from live_server import live_server
 
 OWN = "tenant-alpha-3c1e"
 OTHER = "tenant-bravo-9d4f"
@@ -177,6 +182,9 @@ class Rule:
     path_params: dict[str, Any] = field(default_factory=dict)
     operator: int | None = None
     refused: dict[str, int] = field(default_factory=dict)
+    stream: bool = False
+    """An event stream: answered with an endless body, so called on a live server by
+    :func:`test_the_authorisation_matrix_of_the_streams`, ``target`` in its query."""
 
 
 async def _job(world: World, t: str) -> dict[str, Any]:
@@ -325,6 +333,10 @@ RULES: dict[str, Rule] = {
     "GET /api/queue/status": Rule(Access.READ),
     "GET /api/queue/monitor": Rule(Access.READ),
     "GET /api/queue/jobs/{type}/{id}": Rule(Access.READ, target=_seed_job),
+    "POST /v1/events/token": Rule(Access.READ),
+    # An operator in no tenant streams every tenant's events, but no request is its own.
+    "GET /v1/events": Rule(Access.READ, target=_request, operator=404, stream=True),
+    "WEBSOCKET /v1/events/ws": Rule(Access.READ, target=_request, operator=404, stream=True),
 }
 
 
@@ -338,6 +350,9 @@ def route_keys(app: FastAPI) -> dict[str, Access | None]:
         path = getattr(route, "path", "")
         if isinstance(route, Mount):
             keys[f"MOUNT {path}"] = access
+            continue
+        if isinstance(route, APIWebSocketRoute):
+            keys[f"WEBSOCKET {path}"] = access
             continue
         for method in sorted(getattr(route, "methods", None) or ()):
             keys[f"{method} {path}"] = access
@@ -405,6 +420,8 @@ async def test_the_authorisation_matrix(
         world = await _world(app, store, http)
         for key, caller in itertools.product(RULES, CALLERS):
             rule = RULES[key]
+            if rule.stream:
+                continue
             targets = [OWN, OTHER] if rule.target is not None else [OWN]
             for target in targets:
                 params = dict(rule.path_params)
@@ -417,6 +434,56 @@ async def test_the_authorisation_matrix(
                 if problem:
                     failures.append(f"{caller:10} {key} ({target}): {problem}")
     assert not failures, "\n".join(failures)
+
+
+async def test_the_authorisation_matrix_of_the_streams(
+    store: Store, kinds: conveyor.Registry, tmp_path: Path
+) -> None:
+    app = create_app(api_settings(tmp_path), store=store, kinds=kinds)
+    failures: list[str] = []
+    async with live_server(app) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
+        world = await _world(app, store, http)
+        for key, caller in itertools.product(RULES, CALLERS):
+            rule = RULES[key]
+            if not rule.stream:
+                continue
+            assert rule.target is not None
+            for target in (OWN, OTHER):
+                query = urlencode(await rule.target(world, target))
+                method, path = key.split(" ", 1)
+                headers = world.headers[caller]
+                if method == "WEBSOCKET":
+                    url = f"ws{base.removeprefix('http')}{path}?{query}"
+                    response = await _ws_handshake(url, headers)
+                else:
+                    response = await _stream_head(http, f"{path}?{query}", headers)
+                problem = _judge(rule, caller, target, response)
+                if problem:
+                    failures.append(f"{caller:10} {key} ({target}): {problem}")
+    assert not failures, "\n".join(failures)
+
+
+async def _stream_head(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> httpx.Response:
+    """The answer to a GET of a stream: its body only when it is not the stream."""
+    async with http.stream("GET", url, headers=headers) as response:
+        body = b"" if response.status_code == 200 else await response.aread()
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+
+async def _ws_handshake(url: str, headers: dict[str, str]) -> httpx.Response:
+    """The handshake's answer as a response: 200 for an accepted WebSocket."""
+    try:
+        async with connect(url, additional_headers=headers, open_timeout=20):
+            return httpx.Response(200)
+    except InvalidStatus as exc:
+        refused = exc.response
+        return httpx.Response(
+            refused.status_code,
+            headers=dict(refused.headers.raw_items()),
+            content=bytes(refused.body),
+        )
 
 
 def _judge(rule: Rule, caller: str, target: str, response: httpx.Response) -> str | None:

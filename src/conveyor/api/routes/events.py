@@ -28,7 +28,6 @@ from fastapi import (
     HTTPException,
     Query,
     WebSocket,
-    WebSocketException,
 )
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -232,10 +231,9 @@ async def events_ws(
     token: Token = None,
 ) -> None:
     """The same events over a WebSocket, one JSON text message each."""
-    try:
-        match = await _match(api, caller, request_id, job_id, kind, type)
-    except HTTPException as exc:
-        raise WebSocketException(1008, str(exc.detail)) from None
+    # Refused before the handshake: the app's error answer goes out as the handshake's
+    # HTTP response (ASGI's WebSocket denial response), with the status a GET would get.
+    match = await _match(api, caller, request_id, job_id, kind, type)
     await websocket.accept()
     ping_s = api.settings.stream_ping_seconds
     async with EventStream(
