@@ -9,9 +9,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import orjson
 
-from conveyor.store.base import EventsAppended, JobsAvailable, LiveEvents, Notice
+from conveyor.store.base import EventsAppended, JobsAvailable, LiveEvents, Notice, NoticesLost
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.postgres.announcer import MAX_PAYLOAD, live_payloads
 from conveyor.store.postgres.exchange import _SQL as EXCHANGE_SQL
@@ -32,6 +33,9 @@ from pg_server import PgTestServer
 
 StoreFactory = Callable[..., Awaitable[PostgresStore]]
 """The ``stores`` fixture (tests/store/conftest.py)."""
+
+LISTENING = "(query ILIKE 'LISTEN%' OR query ILIKE 'SELECT pg_advisory_lock%')"
+"""A store's LISTEN connection in pg_stat_activity (as in test_postgres_notify.py)."""
 
 W = "worker-1"
 
@@ -246,3 +250,34 @@ async def test_the_api_role_reads_its_tenant_s_events_and_the_operator_all(
         assert await api.event_cursor("dispatch") == every[-1].id
     finally:
         await api.close()
+
+
+async def test_live_events_published_in_a_row_go_in_one_notice(stores: StoreFactory) -> None:
+    """Coalesced: what is published while a notice is being sent goes in the next one,
+    never one NOTIFY per event."""
+    sender = await stores()
+    receiver = await stores()
+    heard = await _listening(receiver)
+    live = [_live(i) for i in range(20)]
+    for event in live:
+        await sender.publish_live([event])
+    await _wait_for(heard, lambda n: isinstance(n, LiveEvents))
+    assert [n.events for n in heard if isinstance(n, LiveEvents)] == [tuple(live)]
+
+
+async def test_a_listener_back_after_its_connection_dropped_hears_events_appended(
+    stores: StoreFactory, pg: PgTestServer
+) -> None:
+    store = await stores()
+    heard = await _listening(store)
+    admin = await asyncpg.connect(pg.url)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND " + LISTENING
+        )
+    finally:
+        await admin.close()
+    assert killed == 1
+    await _wait_for(heard, lambda n: isinstance(n, NoticesLost))
+    assert any(isinstance(n, EventsAppended) for n in heard)

@@ -21,9 +21,13 @@ SELECT pg_notify(:channel, 'c:' || :job_id::bigint)
 SELECT pg_notify(:channel, 'l:' || :queue::text)
 
 -- name: notify_payloads
--- Several notices in one statement and one commit that writes nothing (so no WAL flush
--- to wait for under the notify lock).
-SELECT pg_notify(:channel, p) FROM unnest(:payloads::text[]) AS p
+-- Several notices (:payloads, tags included) in one statement and one commit that writes
+-- no row. A notifying commit still takes a transaction id and writes a commit record, with
+-- the cluster's notify lock held; synchronous_commit is off for this transaction alone
+-- (set_config's is_local), so that the lock is not held through that record's flush: a
+-- notice needs no durability.
+SELECT count(pg_notify(:channel, p))
+FROM set_config('synchronous_commit', 'off', true) AS s, unnest(:payloads::text[]) AS p
 
 -- name: hold_offer_key
 SELECT pg_advisory_lock(:key)
