@@ -83,7 +83,8 @@ FROM ins
 -- queued; 'h:' and a JSON array when it was handed off — the worker, the job's id and
 -- attempt and, when that fits in a notice (under 8000 bytes), the rest of the job in the
 -- order of HANDOFF_COLUMNS (rows.py), which decodes it; else the worker reads the job by
--- id. With :events, 'e' too (its job.queued event). Written out here, not as a SQL function: a function call was planned at every call.
+-- id. With :events, 'e' too (its job.queued event). Written out here, not as a SQL
+-- function: a function call was planned at every call.
 -- The whole job is built in a subquery of the CASE's last branch, which only a handoff
 -- reaches: as a lateral join it was built for every queued job too, and the planner moved
 -- a WHERE inside it out to a join filter.

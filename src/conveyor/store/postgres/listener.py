@@ -38,8 +38,11 @@ CHANNEL = "conveyor_v1"
 APPENDED = "e"
 """The notice that events were appended to the log (it has no value)."""
 
-LIVE_TAG = "v:"
-"""The prefix of a live-events notice."""
+LIVE = "v"
+"""The tag of a live-events notice."""
+
+LIVE_TAG = f"{LIVE}:"
+"""What a live-events notice starts with."""
 
 _SQL = load_statements(__package__, "$", "notices.sql")
 
@@ -121,7 +124,7 @@ class NoticeListener:
             self._limits_changed()
         elif tag == APPENDED:
             self._publish(EventsAppended())
-        elif tag == LIVE_TAG[:-1]:
+        elif tag == LIVE:
             self._publish(decode_live(value))
 
     async def _listen_forever(self) -> None:
