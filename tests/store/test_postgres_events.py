@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import orjson
@@ -15,6 +16,7 @@ import orjson
 from conveyor.store.base import EventsAppended, JobsAvailable, LiveEvents, Notice, NoticesLost
 from conveyor.store.postgres import PostgresStore
 from conveyor.store.postgres.announcer import MAX_PAYLOAD, live_payloads
+from conveyor.store.postgres.events import _SQL as EVENTS_SQL
 from conveyor.store.postgres.exchange import _SQL as EXCHANGE_SQL
 from conveyor.store.postgres.listener import LIVE_TAG
 from conveyor.store.postgres.rows import decode_live, encode_live_event
@@ -281,3 +283,62 @@ async def test_a_listener_back_after_its_connection_dropped_hears_events_appende
     assert killed == 1
     await _wait_for(heard, lambda n: isinstance(n, NoticesLost))
     assert any(isinstance(n, EventsAppended) for n in heard)
+
+
+async def _plan(conn: asyncpg.Connection, name: str, **literals: str) -> dict[str, Any]:
+    """The generic plan (the stores' session setting) of events.sql's ``name`` run with
+    its parameters as SQL ``literals``, in a transaction rolled back."""
+    stmt = EVENTS_SQL[name]
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE planned AS {stmt.sql}")
+        doc = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE planned({', '.join(stmt.args(literals))})"
+        )
+        await conn.execute("DEALLOCATE planned")
+    plan: dict[str, Any] = orjson.loads(doc)[0]["Plan"]
+    return plan
+
+
+def _event_scans(node: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [node] if node.get("Relation Name") == "conveyor_events" else []
+    for child in node.get("Plans", []):
+        found.extend(_event_scans(child))
+    return found
+
+
+async def test_reads_and_prunes_walk_an_index_for_what_they_return(
+    stores: StoreFactory, db: asyncpg.Connection
+) -> None:
+    """A small tenant's stream behind fifty larger ones' events, the newest events of all,
+    and a prune of the oldest: each reads about what it returns, through an index."""
+    await stores()
+    await db.execute(
+        "INSERT INTO conveyor_events (tenant_id, type, job_id, kind, queue, attempt) "
+        "SELECT CASE WHEN i % 1000 = 0 THEN 'small' ELSE 'big' || i % 50 END, "
+        "'job.queued', i, 't', 'default', 0 FROM generate_series(1, 20000) AS i"
+    )
+    await db.execute("ANALYZE conveyor_events")
+    filters = {"through_id": "NULL", "job_id": "NULL", "kinds": "'{}'", "types": "'{}'"}
+    small = await _plan(
+        db, "read_events_of_tenant", after_id="0", tenant_id="'small'", limit="100", **filters
+    )
+    newest = await _plan(db, "read_events", after_id="19990", limit="100", **filters)
+    await db.execute(
+        "UPDATE conveyor_events SET created_at = now() - interval '2 hours' WHERE id <= 300"
+    )
+    prune = await _plan(db, "prune_events", older_than_s="3600", limit="500")
+    for plan, index, most in (
+        (small, "conveyor_events_tenant", 20),
+        (newest, "conveyor_events_pkey", 10),
+        # The batch looked at, and the old events in it deleted by id.
+        (prune, "conveyor_events_pkey", 500 + 300),
+    ):
+        scans = [n for n in _event_scans(plan) if n["Node Type"] != "ModifyTable"]
+        assert scans
+        for scan in scans:
+            # A bitmap scan names its index on the node below it.
+            by = scan if "Index Name" in scan else scan["Plans"][0]
+            assert by["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
+            assert by["Index Name"] == index, scan
+        assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= most

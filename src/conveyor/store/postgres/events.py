@@ -29,7 +29,7 @@ class Events:
         self._events = events
 
     async def read(self, flt: EventFilter) -> EventPage:
-        stmt = _SQL["read_events"]
+        stmt = _SQL["read_events" if flt.tenant_id is None else "read_events_of_tenant"]
         args = stmt.args(
             {
                 "after_id": flt.after_id,
