@@ -24,8 +24,8 @@ async def stores(pg: PgTestServer) -> AsyncIterator[StoreFactory]:
     """Opens migrated stores on the emptied server; closes them after the test."""
     opened: list[PostgresStore] = []
 
-    async def make(*, listen: bool = True) -> PostgresStore:
-        store = PostgresStore(pg.url, listen=listen)
+    async def make(*, listen: bool = True, events: bool = True) -> PostgresStore:
+        store = PostgresStore(pg.url, listen=listen, events=events)
         await store.open()
         await store.migrate()
         opened.append(store)

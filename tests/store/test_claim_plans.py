@@ -411,6 +411,7 @@ async def test_postgres_handoff_check_skips_unserved_kinds(
             unique_key="NULL",
             meta="'{}'",
             channel="'test'",
+            events="true",
         )
     finally:
         await holder.close()

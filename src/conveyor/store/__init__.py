@@ -42,6 +42,7 @@ def make_store(settings: Settings, *, api: bool = False) -> Store:
             listen=settings.listen,
             pool_size=settings.pool_size,
             role=settings.database_role if api else "none",
+            events=settings.events,
         )
     raise StoreError(
         f"CONVEYOR_DATABASE_URL={url!r}: unsupported scheme {scheme!r}; "

@@ -10,9 +10,16 @@ from typing import Any
 
 import orjson
 
-from conveyor.store.base import ConflictError, DataRejected, JobsAvailable, Notice, StoreError
+from conveyor.store.base import (
+    ConflictError,
+    DataRejected,
+    EventsAppended,
+    JobsAvailable,
+    Notice,
+    StoreError,
+)
 from conveyor.store.postgres.connection import Conn, Database
-from conveyor.store.postgres.listener import CHANNEL, notify_queues
+from conveyor.store.postgres.listener import CHANNEL
 from conveyor.store.records import Enqueued, NewJob
 from conveyor.store.sqlfile import load_statements
 from conveyor.store.ticks import TickTaken
@@ -44,8 +51,9 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def job_values(job: NewJob) -> dict[str, Any]:
-    """A job as the parameters of insert_job (and of create_request, which takes them)."""
+def job_values(job: NewJob, events: bool) -> dict[str, Any]:
+    """A job as the parameters of insert_job (and of create_request, which takes them);
+    ``events``: whether the statement writes the job's event."""
     return {
         "tenant_id": job.tenant_id,
         "queue": job.queue,
@@ -59,6 +67,7 @@ def job_values(job: NewJob) -> dict[str, Any]:
         "unique_key": job.unique_key,
         "meta": dumps(job.meta),
         "channel": CHANNEL,
+        "events": events,
     }
 
 
@@ -81,12 +90,13 @@ def job_fields(ordinal: int, job: NewJob) -> dict[str, Any]:
 
 
 class Enqueuer:
-    """Inserts jobs and tells this process's listeners of them (other processes hear of
-    them by the statements' NOTIFY)."""
+    """Inserts jobs (with their job.queued events when ``events``) and tells this
+    process's listeners of them (other processes hear of them by the statements' NOTIFY)."""
 
-    def __init__(self, db: Database, publish: Callable[[Notice], None]) -> None:
+    def __init__(self, db: Database, publish: Callable[[Notice], None], *, events: bool) -> None:
         self._db = db
         self._publish = publish
+        self._events = events
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if not jobs:
@@ -96,27 +106,35 @@ class Enqueuer:
         bulk = len(jobs) >= COPY_FROM and all(job.unique_key is None for job in jobs)
         try:
             if len(jobs) == 1:
-                result, handed_off = await self._db.run(lambda conn: insert_job(conn, jobs[0]))
+                result, handed_off = await self._db.run(
+                    lambda conn: insert_job(conn, jobs[0], self._events)
+                )
                 if result is not None:
                     # A job handed to a worker is heard of by that worker alone.
                     if not handed_off:
                         self._publish(JobsAvailable(frozenset({jobs[0].queue})))
+                    self._appended()
                     return [result]
             results = await self._db.run(
-                lambda conn: copy_jobs(conn, jobs) if bulk else insert_jobs(conn, jobs)
+                lambda conn: (
+                    copy_jobs(conn, jobs, self._events)
+                    if bulk
+                    else insert_jobs(conn, jobs, self._events)
+                )
             )
         except (orjson.JSONEncodeError, OverflowError, DataRejected) as exc:
             # What asyncpg's binary COPY cannot encode (a number out of its column's
             # range) comes out raw, not as the DataError a statement's argument gives.
             raise DataRejected(f"a job could not be stored: {exc}") from exc
         self._publish(JobsAvailable(frozenset(job.queue for job in jobs)))
+        self._appended()
         return results
 
     async def enqueue_periodic(self, job: NewJob, tick: float) -> Enqueued | None:
         async def tx(conn: Conn) -> Enqueued | None:
             try:
                 async with conn.transaction():
-                    (result,) = await insert_jobs(conn, [job])
+                    (result,) = await insert_jobs(conn, [job], self._events)
                     stmt = _SQL["insert_tick"]
                     taken = await conn.fetchval(
                         stmt.sql, *stmt.args({"kind": job.kind, "tick": tick, "job_id": result.id})
@@ -130,22 +148,30 @@ class Enqueuer:
         result = await self._db.run(tx)
         if result is not None:
             self._publish(JobsAvailable(frozenset({job.queue})))
+            self._appended()
         return result
 
+    def _appended(self) -> None:
+        """Tell this process's listeners of the events just committed (others heard the
+        statement's NOTIFY)."""
+        if self._events:
+            self._publish(EventsAppended())
 
-async def insert_job(conn: Conn, job: NewJob) -> tuple[Enqueued | None, bool]:
+
+async def insert_job(conn: Conn, job: NewJob, events: bool) -> tuple[Enqueued | None, bool]:
     """One job, handed to a waiting worker if one offers a slot; (None, False) when an
     active job holds its unique_key. The flag: whether it was handed off."""
     stmt = _SQL["insert_job"]
-    row = await conn.fetchrow(stmt.sql, *stmt.args(job_values(job)))
+    row = await conn.fetchrow(stmt.sql, *stmt.args(job_values(job, events)))
     if row is None:
         return None, False
     return Enqueued(row["id"], created=True), row["handed_off"]
 
 
-async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
+async def insert_jobs(conn: Conn, jobs: Sequence[NewJob], events: bool) -> list[Enqueued]:
     """Insert in the caller's transaction; unique_key duplicates resolve to the active job
-    (an earlier one of the same call included)."""
+    (an earlier one of the same call included) and write no event; with ``events`` the
+    jobs inserted write their job.queued."""
     first_of_key: dict[tuple[str, str], int] = {}
     batch: list[dict[str, Any]] = []
     repeats: dict[int, int] = {}  # input index -> index of the first job with its key
@@ -158,7 +184,8 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
             first_of_key[key] = index
         batch.append(job_fields(index, job))
     stmt = _SQL["insert_jobs"]
-    row = await conn.fetchrow(stmt.sql, *stmt.args({"batch": dumps(batch), "channel": CHANNEL}))
+    values = {"batch": dumps(batch), "channel": CHANNEL, "events": events}
+    row = await conn.fetchrow(stmt.sql, *stmt.args(values))
     if row is None:
         raise StoreError("the insert statement returned no row")
     ids: list[int] = row["ids"]
@@ -195,9 +222,9 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
     return [results[index] for index in range(len(jobs))]
 
 
-async def copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
+async def copy_jobs(conn: Conn, jobs: Sequence[NewJob], events: bool) -> list[Enqueued]:
     """Insert jobs without unique keys by binary COPY, in one transaction with their
-    NOTIFYs."""
+    events and NOTIFYs."""
     async with conn.transaction():
         reserve = _SQL["reserve_ids"]
         row = await conn.fetchrow(reserve.sql, *reserve.args({"count": len(jobs)}))
@@ -230,7 +257,14 @@ async def copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Enqueued]:
                 for record, job in zip(records, jobs, strict=True)
             )
         await conn.copy_records_to_table("conveyor_jobs", records=records, columns=columns)
-        await notify_queues(conn, {job.queue for job in jobs})
+        copied = _SQL["copied_jobs"]
+        values = {
+            "ids": ids,
+            "queues": sorted({job.queue for job in jobs}),
+            "channel": CHANNEL,
+            "events": events,
+        }
+        await conn.execute(copied.sql, *copied.args(values))
     return list(map(Enqueued, ids, repeat(True)))
 
 

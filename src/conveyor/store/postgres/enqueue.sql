@@ -1,5 +1,7 @@
 -- Enqueue statements of the PostgreSQL store: one job (with handoff), a batch, the ids of a
--- COPY, a periodic tick. Parameters are named (:name); the clock is the server's now().
+-- COPY and its events, a periodic tick. Parameters are named (:name); the clock is the
+-- server's now(). With :events each writes the job.queued events of the jobs it inserts
+-- (part queued_events) and its NOTIFY says so ('e').
 
 -- name: insert_job
 -- One job, plain parameters: the latency path (the batch statement's JSON unpacking cost
@@ -71,6 +73,7 @@ took AS (
     FROM ins
     WHERE ins.locked_by IS NOT NULL AND o.queue = ins.queue AND o.worker_id = ins.locked_by
 ),
+-- include: queued_events
 -- include: notify_or_hand_off
 SELECT id, (SELECT count(*) FROM notified) AS notified, locked_by IS NOT NULL AS handed_off
 FROM ins
@@ -80,7 +83,8 @@ FROM ins
 -- queued; 'h:' and a JSON array when it was handed off — the worker, the job's id and
 -- attempt and, when that fits in a notice (under 8000 bytes), the rest of the job in the
 -- order of HANDOFF_COLUMNS (rows.py), which decodes it; else the worker reads the job by
--- id. Written out here, not as a SQL function: a function call was planned at every call.
+-- id. With :events, 'e' too (its job.queued event). Written out here, not as a SQL
+-- function: a function call was planned at every call.
 -- The whole job is built in a subquery of the CASE's last branch, which only a handoff
 -- reaches: as a lateral join it was built for every queued job too, and the planner moved
 -- a WHERE inside it out to a join filter.
@@ -99,6 +103,8 @@ notified AS (
                        extract(epoch FROM ins.started_at))::text) AS h(whole))
            END)
     FROM ins
+    UNION ALL
+    SELECT pg_notify(:channel, 'e') FROM ins WHERE :events::boolean
 )
 
 -- name: insert_jobs
@@ -126,12 +132,16 @@ ins AS (
     ON CONFLICT (tenant_id, unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('queued', 'running')
     DO NOTHING
-    RETURNING id
+    RETURNING id, tenant_id, queue, kind, priority, run_at
 ),
--- One NOTIFY per queue (on :channel); sent at commit, so a worker never wakes before
--- the jobs are visible. Referenced below, or PostgreSQL would not evaluate it.
+-- include: queued_events
+-- One NOTIFY per queue (on :channel), and 'e' for the events; sent at commit, so a worker
+-- never wakes before the jobs are visible. Referenced below, or PostgreSQL would not
+-- evaluate it.
 notified AS (
     SELECT pg_notify(:channel, 'q:' || queue) FROM (SELECT DISTINCT queue FROM src) AS q
+    UNION ALL
+    SELECT pg_notify(:channel, 'e') WHERE :events::boolean AND EXISTS (SELECT FROM ins)
 )
 SELECT array_agg(src.id ORDER BY src.ord) AS ids,
        array_agg(src.ord ORDER BY src.ord) FILTER (WHERE ins.id IS NULL) AS conflicts,
@@ -145,6 +155,22 @@ FROM src LEFT JOIN ins ON ins.id = src.id
 SELECT array_agg(nextval('conveyor_jobs_id_seq'::regclass)) AS ids, now() AS now
 FROM generate_series(1, :count)
 
+-- name: copied_jobs
+-- After a COPY of the jobs :ids, in its transaction: their job.queued events (read back
+-- from the rows, whose run_at and created_at the COPY may have left to the defaults) and
+-- the notices, one per queue (:queues) and 'e'.
+WITH ins AS (
+    SELECT id, tenant_id, queue, kind, priority, run_at FROM conveyor_jobs
+    WHERE id = ANY(:ids::bigint[]) AND :events::boolean
+),
+-- include: queued_events
+notified AS (
+    SELECT pg_notify(:channel, 'q:' || q) FROM unnest(:queues::text[]) AS q
+    UNION ALL
+    SELECT pg_notify(:channel, 'e') WHERE :events::boolean
+)
+SELECT count(*) FROM notified
+
 -- name: find_active_unique
 SELECT k.tenant_id, k.unique_key, j.id
 FROM unnest(:tenant_ids::text[], :unique_keys::text[]) AS k(tenant_id, unique_key)
@@ -157,3 +183,17 @@ INSERT INTO conveyor_periodic_ticks (kind, tick, job_id)
 VALUES (:kind, to_timestamp(:tick), :job_id)
 ON CONFLICT DO NOTHING
 RETURNING job_id
+
+-- part: queued_events
+-- The job.queued events of the jobs just inserted (ins: id, tenant_id, queue, kind,
+-- priority, run_at), in id order, when :events. A new job's attempt is 0, a handed-off
+-- one's included (its start is a live event). Written whether or not it is referenced:
+-- PostgreSQL runs every data-modifying CTE to completion.
+queued_events AS (
+    INSERT INTO conveyor_events (tenant_id, type, job_id, kind, queue, attempt, body)
+    SELECT q.tenant_id, 'job.queued', q.id, q.kind, q.queue, 0,
+           jsonb_build_object('priority', q.priority, 'run_at', extract(epoch FROM q.run_at))
+    FROM ins q
+    WHERE :events::boolean
+    ORDER BY q.id
+),

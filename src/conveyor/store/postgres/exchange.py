@@ -56,7 +56,9 @@ class Limits:
 
 
 class Exchange:
-    """Runs the exchange statement (see exchange.sql) and what its answer asks for."""
+    """Runs the exchange statement (see exchange.sql) and what its answer asks for. With
+    ``announce`` (events on) the statement writes the events of the outcomes and rescues
+    it records, and ``announce`` is called after a commit that wrote some."""
 
     def __init__(
         self,
@@ -66,12 +68,14 @@ class Exchange:
         offer_key: Callable[[], int | None],
         *,
         hears_limits: bool,
+        announce: Callable[[], None] | None,
     ) -> None:
         self._db = db
         self._publish = publish
         self._limits = limits
         self._offer_key = offer_key
         self._hears_limits = hears_limits
+        self._announce = announce
         self._turns = Turns()
 
     async def settle_and_claim(
@@ -115,6 +119,7 @@ class Exchange:
             "freed_slots": list(freed.values()),
             "withdraw": withdraw,
             "locked_queues": [],
+            "events": self._announce is not None,
         }
         claim_only = not (outcomes or progress or rescue_limit or freed or withdraw)
         variant = "_lone" if lone else "_fill" if fill else ""
@@ -190,6 +195,14 @@ class Exchange:
                     next_run_at = min(next_run_at or more.next_run_at, more.next_run_at)
         done = set(zip(summary["settled_ids"], summary["settled_attempts"], strict=True))
         applied = tuple((o.job_id, o.attempt) in done for o in outcomes)
+        if self._announce is not None and (
+            rescued
+            or any(
+                ok and o.kind is not OutcomeKind.RELEASED
+                for o, ok in zip(outcomes, applied, strict=True)
+            )
+        ):
+            self._announce()
         wake = set(summary["requeued_in"])
         wake.update(j.queue for j in rescued if j.state is JobState.QUEUED)
         wake.update(

@@ -22,6 +22,11 @@
 -- Rows come back tagged: 'claimed' and 'rescued' rows carry the job; the one 'summary'
 -- row carries the (id, attempt) of the recorded outcomes, the queues a recorded outcome
 -- put a job back into, and next_run_at when the claim got fewer jobs than it could take.
+--
+-- With :events the recorded outcomes and the rescue write their events (settled_events,
+-- rescued_events). No statement here NOTIFYs: a notifying commit holds a global lock
+-- through its WAL flush, which would serialise every worker's commit; the store sends
+-- the notices after the commit instead (announcer.py).
 -- include: exchange_head
 -- include: claim_walks
 -- include: claim_fair
@@ -107,7 +112,30 @@ WITH RECURSIVE settled AS (
                      :progress_fractions::float8[], :progress_messages::text[])
          AS p(id, attempt, fraction, message) ON p.id = o.id AND p.attempt = o.attempt
     WHERE j.id = o.id AND j.state = 'running' AND j.attempt = o.attempt AND j.locked_by = :worker_id
-    RETURNING o.id, o.attempt, j.queue, o.kind
+    RETURNING o.id, o.attempt, j.queue, o.kind, j.tenant_id, j.kind AS job_kind, j.run_at,
+              o.error
+),
+-- The outcomes' events: job.retrying (the error's type and message, never its traceback,
+-- and the new run_at), job.completed, job.failed (the error), job.cancelled; a released
+-- job (the worker's shutdown) writes none.
+settled_events AS (
+    INSERT INTO conveyor_events (tenant_id, type, job_id, kind, queue, attempt, body)
+    SELECT s.tenant_id,
+           CASE s.kind WHEN 'retry' THEN 'job.retrying' ELSE 'job.' || s.kind END,
+           s.id, s.job_kind, s.queue, s.attempt,
+           CASE s.kind
+               WHEN 'retry' THEN jsonb_build_object(
+                   'error', e.error, 'run_at', extract(epoch FROM s.run_at))
+               WHEN 'failed' THEN jsonb_build_object('error', e.error)
+               ELSE '{}'
+           END
+    FROM settled s
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN s.error IS NOT NULL THEN jsonb_build_object(
+                   'type', s.error::jsonb -> 'type', 'message', s.error::jsonb -> 'message')
+               END AS error
+    ) e
+    WHERE :events::boolean AND s.kind <> 'released'
 ),
 reported AS (
     UPDATE conveyor_jobs j
@@ -176,6 +204,24 @@ rescued AS (
         lease_expires_at = NULL
     WHERE j.id = ANY(ARRAY(SELECT id FROM expired))
     RETURNING j.*
+),
+-- The rescue's events: job.retrying (LeaseExpired, due again at once), job.failed,
+-- job.cancelled.
+rescued_events AS (
+    INSERT INTO conveyor_events (tenant_id, type, job_id, kind, queue, attempt, body)
+    SELECT r.tenant_id,
+           CASE r.state WHEN 'queued' THEN 'job.retrying' ELSE 'job.' || r.state END,
+           r.id, r.kind, r.queue, r.attempt,
+           CASE r.state
+               WHEN 'cancelled' THEN '{}'
+               ELSE jsonb_build_object('error', jsonb_build_object(
+                        'type', 'LeaseExpired', 'message', r.errors -> -1 -> 'message'))
+                    || CASE WHEN r.state = 'queued'
+                            THEN jsonb_build_object('run_at', extract(epoch FROM r.run_at))
+                            ELSE '{}' END
+           END
+    FROM rescued r
+    WHERE :events::boolean
 ),
 forgotten AS (
     DELETE FROM conveyor_workers WHERE :rescue::boolean AND expires_at < now()

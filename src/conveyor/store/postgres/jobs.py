@@ -21,11 +21,18 @@ _LIST = ListQuery(load_parts(__package__, "jobs.sql"), "list_jobs", JobFilter, "
 
 
 class Jobs:
-    """What an operator does to jobs; each change tells the workers it concerns."""
+    """What an operator does to jobs; each change tells the workers it concerns, and with
+    ``announce`` (events on) writes its event and calls it after the commit."""
 
-    def __init__(self, db: Database, publish: Callable[[Notice], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        publish: Callable[[Notice], None],
+        announce: Callable[[], None] | None,
+    ) -> None:
         self._db = db
         self._publish = publish
+        self._announce = announce
 
     async def get(self, job_id: int, tenant_id: str | None) -> Job | None:
         return await self._db.run(lambda conn: _get(conn, job_id, tenant_id), Scope(tenant_id))
@@ -36,7 +43,7 @@ class Jobs:
         return [JOBS.decode(r, 0) for r in rows]
 
     async def cancel(self, job_id: int, tenant_id: str | None) -> Job | None:
-        key = {"job_id": job_id, "tenant_id": tenant_id}
+        key = {"job_id": job_id, "tenant_id": tenant_id, "events": self._announce is not None}
 
         async def tx(conn: Conn) -> tuple[bool, Job | None]:
             stmt = _SQL["cancel"]
@@ -46,15 +53,18 @@ class Jobs:
             job = JOBS.decode(row, 0)
             if job.state is JobState.RUNNING:
                 await notify_cancel(conn, job_id)
-            return job.state is JobState.RUNNING, job
+            return True, job
 
-        asked_worker, job = await self._db.transact(tx, Scope(tenant_id))
-        if asked_worker:
-            self._publish(CancelRequested(frozenset({job_id})))
+        changed, job = await self._db.transact(tx, Scope(tenant_id))
+        if changed and job is not None:
+            if job.state is JobState.RUNNING:
+                self._publish(CancelRequested(frozenset({job_id})))
+            else:
+                self._appended()
         return job
 
     async def retry(self, job_id: int, tenant_id: str | None) -> Job | None:
-        key = {"job_id": job_id, "tenant_id": tenant_id}
+        key = {"job_id": job_id, "tenant_id": tenant_id, "events": self._announce is not None}
 
         async def tx(conn: Conn) -> tuple[bool, Job | None]:
             stmt = _SQL["retry"]
@@ -74,7 +84,12 @@ class Jobs:
         requeued, job = await self._db.transact(tx, Scope(tenant_id))
         if requeued and job is not None:
             self._publish(JobsAvailable(frozenset({job.queue})))
+            self._appended()
         return job
+
+    def _appended(self) -> None:
+        if self._announce is not None:
+            self._announce()
 
     async def prune(self, older_than_s: float, limit: int) -> int:
         stmt = _SQL["prune"]

@@ -3,7 +3,12 @@ connection that also holds the advisory lock keeping this store's offers live.
 
 A notice is ``tag:value``: ``q:queue`` jobs may be available, ``c:id`` a running job was
 asked to cancel, ``l:queue`` a queue's limit changed, ``h:[...]`` a job handed off to a
-worker (sent by the enqueue itself, see enqueue.sql; decoded in rows.py)."""
+worker (sent by the enqueue itself, see enqueue.sql; decoded in rows.py), ``e`` events
+were appended to the log, ``v:[...]`` live events (see announcer.py; decoded in rows.py).
+
+A store's own notices come back to its LISTEN connection from the server pids of its
+connections (:attr:`Database.own_backends`); it told its listeners already, so it drops
+them, handoffs apart (no enqueue tells its own listeners of a handoff)."""
 
 from __future__ import annotations
 
@@ -11,18 +16,33 @@ import asyncio
 import contextlib
 import functools
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 
 from conveyor.logs import get_logger
-from conveyor.store.base import CancelRequested, JobsAvailable, Notice, NoticesLost
+from conveyor.store.base import (
+    CancelRequested,
+    EventsAppended,
+    JobsAvailable,
+    Notice,
+    NoticesLost,
+)
 from conveyor.store.postgres.connection import CONNECT_ERRORS, Conn, Database
-from conveyor.store.postgres.rows import decode_handoff
+from conveyor.store.postgres.rows import decode_handoff, decode_live
 from conveyor.store.sqlfile import load_statements
 
 CHANNEL = "conveyor_v1"
 """The NOTIFY channel; versioned so that old and new releases can run side by side."""
+
+APPENDED = "e"
+"""The notice that events were appended to the log (it has no value)."""
+
+LIVE = "v"
+"""The tag of a live-events notice."""
+
+LIVE_TAG = f"{LIVE}:"
+"""What a live-events notice starts with."""
 
 _SQL = load_statements(__package__, "$", "notices.sql")
 
@@ -47,9 +67,17 @@ async def notify_limit(conn: Conn, queue: str) -> None:
     await conn.execute(stmt.sql, *stmt.args({"channel": CHANNEL, "queue": queue}))
 
 
+async def notify_payloads(conn: Conn, payloads: Sequence[str]) -> None:
+    """Send ``payloads`` (whole notices, tag included) on the channel, in one statement."""
+    stmt = _SQL["notify_payloads"]
+    await conn.execute(stmt.sql, *stmt.args({"channel": CHANNEL, "payloads": list(payloads)}))
+
+
 class NoticeListener:
     """Holds a LISTEN connection while started; when it drops, reconnects with backoff and
-    publishes :class:`NoticesLost`, since anything may have happened meanwhile."""
+    publishes :class:`NoticesLost`, since anything may have happened meanwhile. Each time
+    it is listening (again) it publishes :class:`EventsAppended` too: events committed
+    while it was not were told of to no one here."""
 
     def __init__(
         self,
@@ -94,6 +122,10 @@ class NoticeListener:
             self._publish(CancelRequested(frozenset({int(value)})))
         elif tag == "l":
             self._limits_changed()
+        elif tag == APPENDED:
+            self._publish(EventsAppended())
+        elif tag == LIVE:
+            self._publish(decode_live(value))
 
     async def _listen_forever(self) -> None:
         delay = 0.1
@@ -118,6 +150,7 @@ class NoticeListener:
                 self.offer_key = key
                 delay = 0.1
                 self._publish(JobsAvailable(None))
+                self._publish(EventsAppended())
                 if reconnected:
                     self._publish(NoticesLost())
                 reconnected = True

@@ -10,7 +10,7 @@ from typing import TypeVar
 import asyncpg
 import orjson
 
-from conveyor.store.base import ConflictError, DataRejected, JobsAvailable, Notice
+from conveyor.store.base import ConflictError, DataRejected, EventsAppended, JobsAvailable, Notice
 from conveyor.store.coalesce import Coalescer
 from conveyor.store.filters import ListQuery
 from conveyor.store.postgres.connection import Database, Scope
@@ -31,11 +31,13 @@ already unlikely."""
 
 
 class Requests:
-    """Creates and reads requests, and tells this process's listeners of their jobs."""
+    """Creates and reads requests, and tells this process's listeners of their jobs (and
+    of the jobs' events, written with them when ``events``)."""
 
-    def __init__(self, db: Database, publish: Callable[[Notice], None]) -> None:
+    def __init__(self, db: Database, publish: Callable[[Notice], None], *, events: bool) -> None:
         self._db = db
         self._publish = publish
+        self._events = events
         self._plain: dict[str, Coalescer[NewRequest, StoredRequest]] = {}
         """One batcher per tenant: a batch is written in its tenant's scope, which admits
         no other tenant's rows. One small object per tenant that submitted."""
@@ -72,12 +74,12 @@ class Requests:
                     for i, new in enumerate(news)
                 ]
             )
-            args = stmt.args({"batch": doc, "channel": CHANNEL})
+            args = stmt.args({"batch": doc, "channel": CHANNEL, "events": self._events})
             scope = Scope(news[0].tenant_id)
             rows = await self._db.run(lambda conn: conn.fetch(stmt.sql, *args), scope)
         except (orjson.JSONEncodeError, DataRejected, asyncpg.PostgresError):
             return [await _outcome(self._create_one(new)) for new in news]
-        self._publish(JobsAvailable(frozenset(new.job.queue for new in news)))
+        self._created(frozenset(new.job.queue for new in news))
         by_ord = {row["ord"]: row for row in rows}
         return [
             StoredRequest(REQUESTS.decode(row, 0), True, row["queue_position"])
@@ -91,7 +93,7 @@ class Requests:
         try:
             args = stmt.args(
                 {
-                    **job_values(job),
+                    **job_values(job, self._events),
                     "caller_id": new.caller_id,
                     "request_kind": new.kind,
                     "input": dumps(new.input),
@@ -123,8 +125,15 @@ class Requests:
             )
         created: bool = row["created"]
         if created:
-            self._publish(JobsAvailable(frozenset({job.queue})))
+            self._created(frozenset({job.queue}))
         return StoredRequest(REQUESTS.decode(row, 0), created, row["queue_position"])
+
+    def _created(self, queues: frozenset[str]) -> None:
+        """Tell this process's listeners of jobs (and their events) just committed in
+        ``queues``; other processes heard the statement's NOTIFY."""
+        self._publish(JobsAvailable(queues))
+        if self._events:
+            self._publish(EventsAppended())
 
     async def get(self, request_id: int, tenant_id: str) -> Request | None:
         stmt = _SQL["get_request"]

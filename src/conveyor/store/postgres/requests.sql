@@ -1,5 +1,6 @@
--- The requests of the PostgreSQL store: what a user asked for, created with its job.
--- Parameters are named (:name); the clock is the server's now().
+-- The requests of the PostgreSQL store: what a user asked for, created with its job (and,
+-- with :events, the job's job.queued event: part queued_events). Parameters are named
+-- (:name); the clock is the server's now().
 
 -- name: create_request
 -- A POST in one statement and one round trip: the request, its job (with its NOTIFY) and
@@ -58,8 +59,11 @@ job AS (
     WHERE NOT EXISTS (SELECT FROM holder)
     RETURNING *
 ),
+-- include: queued_events
 notified AS (
     SELECT pg_notify(:channel, 'q:' || queue) FROM job
+    UNION ALL
+    SELECT pg_notify(:channel, 'e') FROM job WHERE :events::boolean
 ),
 found AS (
     -- Aliased where a job column has the same name, so the job's can be named below.
@@ -123,8 +127,11 @@ req AS (
     FROM src
     RETURNING *
 ),
+-- include: queued_events
 notified AS (
     SELECT pg_notify(:channel, 'q:' || queue) FROM (SELECT DISTINCT queue FROM src) AS q
+    UNION ALL
+    SELECT pg_notify(:channel, 'e') WHERE :events::boolean
 ),
 ranked AS (
     SELECT id, count(*) FILTER (WHERE run_at <= now()) OVER (
@@ -186,3 +193,15 @@ r.id < :before_id
 
 -- part: list_requests_tail
 ORDER BY r.id DESC LIMIT :limit
+
+-- part: queued_events
+-- The job.queued events of the jobs just inserted (job), in id order, when :events (as
+-- the part of the same name in enqueue.sql).
+queued_events AS (
+    INSERT INTO conveyor_events (tenant_id, type, job_id, kind, queue, attempt, body)
+    SELECT j.tenant_id, 'job.queued', j.id, j.kind, j.queue, 0,
+           jsonb_build_object('priority', j.priority, 'run_at', extract(epoch FROM j.run_at))
+    FROM job j
+    WHERE :events::boolean
+    ORDER BY j.id
+),

@@ -1,6 +1,7 @@
 """Rows of the PostgreSQL store as records, each shape decoded from one column table
 (:mod:`conveyor.store.columns`). asyncpg gives times as datetimes and JSON as text; the
-jobs table also says how a handoff notice carries each column.
+jobs table also says how a handoff notice carries each column, and the events table how
+a live-events notice does.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from datetime import datetime
 
 import orjson
 
-from conveyor.store.base import JobHandedOff
+from conveyor.store.base import JobHandedOff, LiveEvents
 from conveyor.store.columns import (
     Column,
     Fixed,
@@ -18,7 +19,15 @@ from conveyor.store.columns import (
     json_or_none,
     tuple_from_json,
 )
-from conveyor.store.records import JOB_COLUMNS, Job, JobState, Request, WorkerInfo
+from conveyor.store.records import (
+    JOB_COLUMNS,
+    Event,
+    EventType,
+    Job,
+    JobState,
+    Request,
+    WorkerInfo,
+)
 
 
 def _time(value: datetime) -> float:
@@ -130,3 +139,48 @@ WORKERS: Table[WorkerInfo] = Table(
     ),
 )
 """``conveyor_workers`` as list_workers selects it."""
+
+EVENTS: Table[Event] = Table(
+    Event,
+    (
+        Column("id", handed_off=Fixed(None)),
+        Column("tenant_id"),
+        Column("type", EventType, handed_off=EventType),
+        Column("job_id"),
+        Column("kind"),
+        Column("queue"),
+        Column("attempt"),
+        Column("body", orjson.loads),
+        Column("at", _time),
+        Column("request_id", handed_off=Fixed(None)),
+    ),
+)
+"""``conveyor_events`` as read_events selects it (events.sql), with the request's id; in
+a live-events notice, the columns of :data:`LIVE_COLUMNS`."""
+
+LIVE_COLUMNS = ("tenant_id", "type", "job_id", "kind", "queue", "attempt", "body", "at")
+"""What a live-events notice carries of each event, in this order (a JSON array); a live
+event has no id and no request."""
+
+_live_event = EVENTS.notice_decoder(LIVE_COLUMNS)
+
+
+def encode_live_event(event: Event) -> bytes:
+    """One live event as a notice carries it: the JSON array of :data:`LIVE_COLUMNS`."""
+    return orjson.dumps(
+        [
+            event.tenant_id,
+            event.type.value,
+            event.job_id,
+            event.kind,
+            event.queue,
+            event.attempt,
+            event.body,
+            event.at,
+        ]
+    )
+
+
+def decode_live(value: str) -> LiveEvents:
+    """A live-events notice's payload (after ``v:``): a JSON array of encoded events."""
+    return LiveEvents(tuple(_live_event(carried) for carried in orjson.loads(value)))

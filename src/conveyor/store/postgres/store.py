@@ -16,14 +16,21 @@ and API processes on any number of machines.
   under that worker and hands it over in its NOTIFY, so the job starts after one durable
   commit instead of two. An offer is live while the LISTEN connection that will carry
   the notice holds an advisory lock on the offer's key.
+- Events (``events=True``, the default): each change writes its events in its own
+  statement (a data-modifying CTE). The enqueue's statements NOTIFY ``e`` with their
+  other notices; the exchange never NOTIFYs in its transaction (a notifying commit holds
+  a cluster-wide lock through its WAL flush), so after an exchange, rescue, cancel or
+  retry that wrote events the store sends ``e`` itself, coalesced (``announcer``). Live
+  events go the same way as ``v:`` notices.
 - Tenants: every tenant-owned statement names its tenant in its ``WHERE``. A store opened
   for the API (``role``, ``CONVEYOR_DATABASE_ROLE``) also runs each call for a tenant as
   the role ``conveyor_api`` in a transaction that sets the tenant first, so the row
   security policies of migration 0009 hold it to that tenant's rows (docs/operations.md).
 
 The parts, one module each: ``connection`` (pool and lane), ``listener`` (notices),
-``enqueue``, ``exchange`` (the worker's statements), ``requests``, ``jobs``, ``queues``,
-``workers``, ``accounts``, ``email_preferences``, ``migrations``, and ``rows``
+``announcer`` (notices of events sent after the commit), ``enqueue``, ``exchange`` (the
+worker's statements), ``requests``, ``jobs``, ``events`` (reading the log, its cursors),
+``queues``, ``workers``, ``accounts``, ``email_preferences``, ``migrations``, and ``rows``
 (decoding); their SQL is in a ``.sql`` file of the same topic.
 """
 
@@ -38,9 +45,11 @@ from conveyor.store.coalesce import Coalescer
 from conveyor.store.fanout import Fanout
 from conveyor.store.postgres import migrations
 from conveyor.store.postgres.accounts import PostgresAccounts
+from conveyor.store.postgres.announcer import Announcer
 from conveyor.store.postgres.connection import Database, RoleSetting
 from conveyor.store.postgres.email_preferences import PostgresEmailPreferences
 from conveyor.store.postgres.enqueue import Enqueuer
+from conveyor.store.postgres.events import Events
 from conveyor.store.postgres.exchange import Exchange, Limits
 from conveyor.store.postgres.jobs import Jobs
 from conveyor.store.postgres.listener import NoticeListener
@@ -51,6 +60,9 @@ from conveyor.store.postgres.workers import Workers
 from conveyor.store.records import (
     ClaimRequest,
     Enqueued,
+    Event,
+    EventFilter,
+    EventPage,
     Job,
     JobFilter,
     LeaseStatus,
@@ -84,12 +96,16 @@ class PostgresStore(PostgresAccounts, PostgresEmailPreferences):
         pool_size: int = 10,
         connect_timeout: float = 10.0,
         role: RoleSetting = "none",
+        events: bool = True,
     ) -> None:
         """``role``: what the calls made for a tenant act as: ``none`` (the login role:
         workers, the CLI), ``auto`` (``conveyor_api`` when it exists and the login role
-        may act as it: the API) or a role's name (which must be usable)."""
+        may act as it: the API) or a role's name (which must be usable). ``events``:
+        write the event log (``CONVEYOR_EVENTS``); without it no change writes an event
+        and none is announced (the log can still be read)."""
         self.url = url
         self.listen = listen
+        self.events = events
         # Handoff rides on the LISTEN connection: its notice carries the job.
         self.capabilities = Capabilities(handoff=listen, listen=listen)
         self._fanout = Fanout()
@@ -102,16 +118,20 @@ class PostgresStore(PostgresAccounts, PostgresEmailPreferences):
         )
         self._limits = Limits()
         self._listener = NoticeListener(self._db, self._fanout.publish, self._reload_limits_soon)
-        self._enqueuer = Enqueuer(self._db, self._fanout.publish)
+        self._announcer = Announcer(self._db, self._fanout.publish)
+        announce = self._announcer.events_appended if events else None
+        self._enqueuer = Enqueuer(self._db, self._fanout.publish, events=events)
         self._exchange = Exchange(
             self._db,
             self._fanout.publish,
             self._limits,
             lambda: self._listener.offer_key,
             hears_limits=listen,
+            announce=announce,
         )
-        self._requests = Requests(self._db, self._fanout.publish)
-        self._jobs = Jobs(self._db, self._fanout.publish)
+        self._requests = Requests(self._db, self._fanout.publish, events=events)
+        self._jobs = Jobs(self._db, self._fanout.publish, announce)
+        self._events = Events(self._db, self._fanout.publish, events=events)
         self._queues = Queues(self._db, self._fanout.publish, self._limits)
         self._tenant_limits = TenantLimitsStore(self._db, self._fanout.publish, self._limits)
         self._workers = Workers(self._db)
@@ -130,6 +150,7 @@ class PostgresStore(PostgresAccounts, PostgresEmailPreferences):
     async def close(self) -> None:
         await self._requests.close()
         await self._key_lookups.close()
+        await self._announcer.close()
         await self._listener.stop()
         await self._db.close()
 
@@ -243,6 +264,27 @@ class PostgresStore(PostgresAccounts, PostgresEmailPreferences):
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._workers.list()
+
+    # -- the event log ---------------------------------------------------------------
+    async def read_events(self, flt: EventFilter) -> EventPage:
+        return await self._events.read(flt)
+
+    async def last_event_id(self) -> int:
+        return await self._events.last_id()
+
+    async def prune_events(self, older_than_s: float, limit: int = 10_000) -> int:
+        return await self._events.prune(older_than_s, limit)
+
+    async def publish_live(self, events: Sequence[Event]) -> None:
+        self._announcer.live(events)
+
+    async def event_cursor(self, name: str) -> int | None:
+        return await self._events.cursor(name)
+
+    async def advance_event_cursor(
+        self, name: str, expected: int | None, to: int, jobs: Sequence[NewJob]
+    ) -> bool:
+        return await self._events.advance_cursor(name, expected, to, jobs)
 
     # -- notices ---------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
