@@ -40,6 +40,7 @@ from conveyor.store.records import (
     TenantLimits,
     WorkerInfo,
 )
+from conveyor.store.webhooks import WebhookStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +394,9 @@ class RequestStore(Protocol):
         it (claims take tenants in turn; other tenants' work is not disclosed)."""
 
 
-class Store(JobQueue, RequestStore, AccountStore, EventLog, Protocol):
+class Store(JobQueue, RequestStore, AccountStore, EventLog, WebhookStore, Protocol):
     """A store that serves every seam: the job queue, the requests and the accounts
-    (every store here does). Callers that need one only take :class:`JobQueue`,
-    :class:`RequestStore` or :class:`~conveyor.store.accounts.AccountStore`."""
+    (every store here does), the event log and the webhooks. Callers that need one only
+    take :class:`JobQueue`, :class:`RequestStore`,
+    :class:`~conveyor.store.accounts.AccountStore` or
+    :class:`~conveyor.store.webhooks.WebhookStore`."""
