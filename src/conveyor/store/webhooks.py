@@ -124,10 +124,11 @@ class NewDelivery:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRecorded:
-    """What recording a delivery did: the row, the endpoint after it (None: deleted
-    meanwhile), and whether this attempt is the one that disabled it."""
+    """What recording a delivery did: the row and the endpoint after it (both None: the
+    endpoint was deleted meanwhile, and nothing was recorded), and whether this attempt is
+    the one that disabled it."""
 
-    delivery: WebhookDelivery
+    delivery: WebhookDelivery | None
     webhook: Webhook | None
     disabled_now: bool
 
@@ -182,7 +183,8 @@ class WebhookStore(Protocol):
     async def record_delivery(self, new: NewDelivery, disable_after: int) -> DeliveryRecorded:
         """Append the attempt to the log and count it against the endpoint: a success
         resets its consecutive failures, a failure adds one, and the failure that makes
-        them ``disable_after`` disables it (``disabled_reason`` says why)."""
+        them ``disable_after`` disables it (``disabled_reason`` says why). Nothing is
+        recorded for an endpoint deleted meanwhile."""
 
     async def list_deliveries(
         self, webhook_id: int, tenant_id: str, before_id: int | None = None, limit: int = 100

@@ -170,11 +170,11 @@ class PostgresWebhooks:
 
         async def record(conn: Conn) -> DeliveryRecorded:
             before = await _SQL.one(conn, WEBHOOKS, "lock_webhook", keys)
+            if before is None:
+                return DeliveryRecorded(None, None, False)
             delivery = await _SQL.inserted(conn, DELIVERIES, "insert_delivery", row)
             after = await _SQL.one(conn, WEBHOOKS, "count_delivery", count)
-            disabled_now = (
-                before is not None and after is not None and before.enabled and not after.enabled
-            )
+            disabled_now = after is not None and before.enabled and not after.enabled
             return DeliveryRecorded(delivery, after, disabled_now)
 
         return await self._db.transact(record, Scope(new.tenant_id))

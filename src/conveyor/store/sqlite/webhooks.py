@@ -172,11 +172,11 @@ class SqliteWebhooks:
 
         def record(conn: sqlite3.Connection, now: float) -> DeliveryRecorded:
             before = _SQL.one(conn, WEBHOOKS, "get_webhook", keys)
+            if before is None:
+                return DeliveryRecorded(None, None, False)
             delivery = _SQL.inserted(conn, DELIVERIES, "insert_delivery", {**row, "now": now})
             after = _SQL.one(conn, WEBHOOKS, "count_delivery", {**count, "now": now})
-            disabled_now = (
-                before is not None and after is not None and before.enabled and not after.enabled
-            )
+            disabled_now = after is not None and before.enabled and not after.enabled
             return DeliveryRecorded(delivery, after, disabled_now)
 
         return await self._db.write(record)
