@@ -35,7 +35,8 @@ from http_receiver import Answer, Received, receiving
 )
 def test_addresses_that_are_not_public_are_refused(address: str, reason: str) -> None:
     found = refusal(ipaddress.ip_address(address))
-    assert found is not None and reason in found
+    assert found is not None
+    assert reason in found
 
 
 @pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111"])
@@ -52,7 +53,8 @@ async def test_loopback_is_refused_without_the_allow_list() -> None:
         finally:
             await client.aclose()
     message = str(caught.value)
-    assert receiver.url in message and "loopback" in message
+    assert receiver.url in message
+    assert "loopback" in message
     assert "CONVEYOR_WEBHOOK_ALLOW_HOSTS" in message
     assert receiver.received == []
 
@@ -81,8 +83,10 @@ async def test_the_allow_list_admits_an_address_or_a_network() -> None:
             finally:
                 await client.aclose()
         assert (answer.status_code, answer.body, answer.truncated) == (201, b"made", False)
-        assert answer.ok and answer.elapsed_ms > 0
-        assert receiver.received[0].path == "/hook" and receiver.received[0].body == b"{}"
+        assert answer.ok
+        assert answer.elapsed_ms > 0
+        assert receiver.received[0].path == "/hook"
+        assert receiver.received[0].body == b"{}"
 
 
 async def test_a_redirect_to_a_refused_address_is_refused() -> None:
@@ -96,7 +100,8 @@ async def test_a_redirect_to_a_refused_address_is_refused() -> None:
                 await client.request("POST", receiver.url, timeout=5, max_bytes=1024)
         finally:
             await client.aclose()
-    assert "127.0.0.2" in caught.value.url and "loopback" in caught.value.reason
+    assert "127.0.0.2" in caught.value.url
+    assert "loopback" in caught.value.reason
 
 
 async def test_redirects_are_followed_a_few_times_at_most() -> None:
@@ -112,7 +117,8 @@ async def test_redirects_are_followed_a_few_times_at_most() -> None:
             client = OutboundClient(["127.0.0.1"])
             try:
                 answer = await client.request("GET", hopper.url, timeout=5, max_bytes=100)
-                assert answer.status_code == 200 and answer.url == f"{target.url}/done"
+                assert answer.status_code == 200
+                assert answer.url == f"{target.url}/done"
 
                 def loop(request: Received) -> Answer:
                     return Answer(302, b"", {"Location": "/again"})
@@ -131,7 +137,8 @@ async def test_the_body_is_read_up_to_the_cap() -> None:
             answer = await client.request("GET", receiver.url, timeout=5, max_bytes=1024)
         finally:
             await client.aclose()
-    assert answer.truncated and answer.body == b"x" * 1024
+    assert answer.truncated
+    assert answer.body == b"x" * 1024
 
 
 async def test_one_deadline_bounds_the_call() -> None:

@@ -98,9 +98,12 @@ def _attempt(webhook_id: int, *, ok: bool, attempt: int = 1, tenant_id: str = A)
 
 async def test_create_read_list_update_delete(store: Store) -> None:
     made = await store.create_webhook(_new())
-    assert made.tenant_id == A and made.enabled and made.consecutive_failures == 0
+    assert made.tenant_id == A
+    assert made.enabled
+    assert made.consecutive_failures == 0
     assert made.event_types == ("job.completed", "job.failed")
-    assert made.description == "orders" and made.previous_secret is None
+    assert made.description == "orders"
+    assert made.previous_secret is None
     assert await store.get_webhook(made.id, A) == made
     second = await store.create_webhook(_new(url="https://hooks.example.com/2"))
     assert [w.id for w in await store.list_webhooks(A)] == [second.id, made.id]
@@ -111,8 +114,10 @@ async def test_create_read_list_update_delete(store: Store) -> None:
         made.id, A, WebhookChange(event_types=("*",), enabled=False)
     )
     assert changed is not None
-    assert changed.event_types == ("*",) and not changed.enabled
-    assert changed.url == made.url and changed.description == "orders"
+    assert changed.event_types == ("*",)
+    assert not changed.enabled
+    assert changed.url == made.url
+    assert changed.description == "orders"
     assert changed.subscribed("job.queued")
 
     assert await store.delete_webhook(made.id, A)
@@ -129,7 +134,8 @@ async def test_another_tenants_endpoints_are_not_found(store: Store) -> None:
     assert not await store.delete_webhook(theirs.id, A)
     assert await store.list_deliveries(theirs.id, A) == []
     taken = await store.take_webhook_slot(theirs.id, A, "1:1", 4, 30)
-    assert taken.webhook is None and not taken.taken
+    assert taken.webhook is None
+    assert not taken.taken
     assert await store.get_webhook(theirs.id, B) == theirs
 
 
@@ -137,12 +143,14 @@ async def test_rotation_keeps_the_previous_secret_for_the_grace(store: Store) ->
     made = await store.create_webhook(_new())
     rotated = await store.rotate_webhook_secret(made.id, A, "whsec_bmV3LXNlY3JldA==", 3600)
     assert rotated is not None
-    assert rotated.secret == "whsec_bmV3LXNlY3JldA==" and rotated.previous_secret == made.secret
+    assert rotated.secret == "whsec_bmV3LXNlY3JldA=="
+    assert rotated.previous_secret == made.secret
     assert rotated.previous_expires_at is not None
     assert rotated.secrets(rotated.updated_at) == (rotated.secret, made.secret)
     assert rotated.secrets(rotated.previous_expires_at + 1) == (rotated.secret,)
     ended = await store.rotate_webhook_secret(made.id, A, "whsec_dGhpcmQ=", 0)
-    assert ended is not None and ended.secrets(ended.updated_at + 0.001) == ("whsec_dGhpcmQ=",)
+    assert ended is not None
+    assert ended.secrets(ended.updated_at + 0.001) == ("whsec_dGhpcmQ=",)
 
 
 async def test_webhooks_for_tenants_are_the_enabled_ones_of_those_named(store: Store) -> None:
@@ -158,15 +166,18 @@ async def test_webhooks_for_tenants_are_the_enabled_ones_of_those_named(store: S
 async def test_deliveries_are_logged_and_count_against_the_endpoint(store: Store) -> None:
     made = await store.create_webhook(_new())
     first = await store.record_delivery(_attempt(made.id, ok=False), disable_after=3)
-    assert first.webhook is not None and first.webhook.consecutive_failures == 1
+    assert first.webhook is not None
+    assert first.webhook.consecutive_failures == 1
     assert not first.disabled_now
     row = first.delivery
     assert row is not None
     assert (row.status_code, row.error, row.attempt, row.event_id) == (500, "HTTP 500", 1, 7)
-    assert row.payload["data"] == {"id": 7} and row.message_id == f"msg_7_{made.id}"
+    assert row.payload["data"] == {"id": 7}
+    assert row.message_id == f"msg_7_{made.id}"
     await store.record_delivery(_attempt(made.id, ok=False, attempt=2), disable_after=3)
     ok = await store.record_delivery(_attempt(made.id, ok=True, attempt=3), disable_after=3)
-    assert ok.webhook is not None and ok.webhook.consecutive_failures == 0
+    assert ok.webhook is not None
+    assert ok.webhook.consecutive_failures == 0
 
     listed = await store.list_deliveries(made.id, A)
     assert [d.attempt for d in listed] == [3, 2, 1]
@@ -186,14 +197,18 @@ async def test_the_failure_that_reaches_the_limit_disables_once(store: Store) ->
     ]
     assert [o.disabled_now for o in outcomes] == [False, True, False]
     after = outcomes[1].webhook
-    assert after is not None and not after.enabled
-    assert after.disabled_reason is not None and "2 consecutive" in after.disabled_reason
+    assert after is not None
+    assert not after.enabled
+    assert after.disabled_reason is not None
+    assert "2 consecutive" in after.disabled_reason
     assert "HTTP 500" in after.disabled_reason
     assert await store.webhooks_for_tenants([A]) == []
 
     enabled = await store.update_webhook(made.id, A, WebhookChange(enabled=True))
-    assert enabled is not None and enabled.enabled
-    assert enabled.consecutive_failures == 0 and enabled.disabled_reason is None
+    assert enabled is not None
+    assert enabled.enabled
+    assert enabled.consecutive_failures == 0
+    assert enabled.disabled_reason is None
 
 
 async def test_deleting_an_endpoint_deletes_its_log(store: Store) -> None:
@@ -231,7 +246,9 @@ async def test_a_lapsed_slot_is_freed(store: Store) -> None:
 async def test_a_disabled_endpoint_gives_no_slot(store: Store) -> None:
     made = await store.create_webhook(_new(enabled=False))
     taken = await store.take_webhook_slot(made.id, A, "1:1", 4, 30)
-    assert taken.webhook is not None and not taken.webhook.enabled and not taken.taken
+    assert taken.webhook is not None
+    assert not taken.webhook.enabled
+    assert not taken.taken
 
 
 async def test_text_holding_nul_is_refused(store: Store) -> None:
