@@ -62,7 +62,7 @@ async def test_loopback_is_refused_without_the_allow_list() -> None:
 async def test_a_name_resolving_to_loopback_is_refused_unless_named() -> None:
     async with receiving() as receiver:
         url = f"http://localhost:{receiver.port}/x"
-        with pytest.raises(OutboundRefused, match="localhost .* loopback"):
+        with pytest.raises(OutboundRefused, match=r"localhost .* loopback"):
             await check_url(url, AllowList.parse([]))
         await check_url(url, AllowList.parse(["localhost"]))
 

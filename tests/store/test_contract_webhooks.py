@@ -252,5 +252,5 @@ async def test_a_disabled_endpoint_gives_no_slot(store: Store) -> None:
 
 
 async def test_text_holding_nul_is_refused(store: Store) -> None:
-    with pytest.raises(DataRejected, match="new.description"):
+    with pytest.raises(DataRejected, match=r"new\.description"):
         await store.create_webhook(_new(description="a\x00b"))
