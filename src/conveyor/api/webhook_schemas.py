@@ -49,6 +49,7 @@ Url = Annotated[
     Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
+        pattern=r"^https?://[^\s]+$",
         examples=["https://hooks.example.com/conveyor"],
         description="Where events are posted: http(s), a public address unless "
         "CONVEYOR_WEBHOOK_ALLOW_HOSTS names it.",
