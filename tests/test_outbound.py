@@ -157,3 +157,12 @@ async def test_one_deadline_bounds_the_call() -> None:
 async def test_only_http_urls_are_called(url: str) -> None:
     with pytest.raises(OutboundRefused, match="only absolute http"):
         await check_url(url, AllowList.parse([]))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://2130706433/", "http://0x7f.0.0.1/", "http://127.1/", "http://[::ffff:7f00:1]/"],
+)
+async def test_other_spellings_of_loopback_are_refused(url: str) -> None:
+    with pytest.raises(OutboundRefused, match="loopback"):
+        await check_url(url, AllowList.parse([]))

@@ -61,7 +61,8 @@ EventTypes = Annotated[
     Field(
         min_length=1,
         max_length=10,
-        description='Event types sent to the endpoint, or ["*"] for all.',
+        description='Event types sent to the endpoint, or ["*"] for all. job.started '
+        "and job.progress are live only (never stored) and are not sent by webhook.",
     ),
 ]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION, pattern=r"^[^\x00]*$")]
