@@ -318,7 +318,7 @@ class WebhookDeliverer:
                 "webhook_id": webhook.id,
                 "url": webhook.url,
                 "failures": webhook.consecutive_failures,
-                "last_error": error,
+                "last_error": error or "no 2xx answer",
             },
         }
         return spec.new_job(payload, queue=EMAIL_QUEUE, tenant_id=webhook.tenant_id)
