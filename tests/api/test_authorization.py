@@ -45,8 +45,10 @@ from conveyor.api import create_app
 from conveyor.api.access import Access, caller_for, declared_access, flat_routes
 from conveyor.api.app import _framework_paths
 from conveyor.api.errors import UNAUTHENTICATED
+from conveyor.notify.signing import new_secret
 from conveyor.store.accounts import ADMIN, READ, WRITE, Role
 from conveyor.store.base import Store
+from conveyor.store.webhooks import NewDelivery, NewWebhook
 from live_server import live_server
 
 OWN = "tenant-alpha-3c1e"
@@ -207,6 +209,39 @@ async def _key(world: World, t: str) -> dict[str, Any]:
     return {"key_id": await world.key(t)}
 
 
+async def _webhook(world: World, t: str) -> dict[str, Any]:
+    new = NewWebhook(
+        tenant_id=t,
+        url=f"https://{HOOK_ADDRESS}/{_mark(t)}",
+        event_types=("*",),
+        secret=new_secret(),
+        description=_mark(t),
+    )
+    return {"webhook_id": (await world.store.create_webhook(new)).id}
+
+
+async def _delivery(world: World, t: str) -> dict[str, Any]:
+    made = await _webhook(world, t)
+    attempt = NewDelivery(
+        tenant_id=t,
+        webhook_id=made["webhook_id"],
+        message_id=f"msg_1_{made['webhook_id']}",
+        event_id=1,
+        event_type="job.completed",
+        job_id=None,
+        attempt=1,
+        status_code=500,
+        latency_ms=1.0,
+        response_excerpt=_mark(t),
+        error="HTTP 500",
+        payload={"type": "job.completed", "data": {"marker": _mark(t)}},
+        succeeded=False,
+    )
+    recorded = await world.store.record_delivery(attempt, disable_after=100)
+    assert recorded.delivery is not None
+    return {**made, "delivery_id": recorded.delivery.id}
+
+
 async def _invitation(world: World, t: str) -> dict[str, Any]:
     return {"invitation_id": await world.invitation(t)}
 
@@ -234,6 +269,8 @@ async def _refresh(world: World, t: str) -> Any:
     return await world.refresh_body(t)
 
 
+HOOK_ADDRESS = "93.184.215.14"
+"""A public address: a webhook URL that passes the SSRF guard without a DNS look-up."""
 NO_TENANT = 403
 """An operator in no tenant on a route that acts on a tenant's data (tenant_of)."""
 NAME_THE_TENANT = 422
@@ -296,6 +333,27 @@ RULES: dict[str, Rule] = {
     ),
     "GET /v1/api-keys": Rule(Access.ADMIN),
     "DELETE /v1/api-keys/{key_id}": Rule(Access.ADMIN, target=_key),
+    "POST /v1/webhooks": Rule(
+        Access.ADMIN,
+        body=_json({"url": f"https://{HOOK_ADDRESS}/in", "event_types": ["*"]}),
+        operator=NO_TENANT,
+    ),
+    "GET /v1/webhooks": Rule(Access.ADMIN, operator=NO_TENANT),
+    "GET /v1/webhooks/{webhook_id}": Rule(Access.ADMIN, target=_webhook, operator=NO_TENANT),
+    "PATCH /v1/webhooks/{webhook_id}": Rule(
+        Access.ADMIN, target=_webhook, body=_json({"description": "d"}), operator=NO_TENANT
+    ),
+    "DELETE /v1/webhooks/{webhook_id}": Rule(Access.ADMIN, target=_webhook, operator=NO_TENANT),
+    "POST /v1/webhooks/{webhook_id}/rotate-secret": Rule(
+        Access.ADMIN, target=_webhook, operator=NO_TENANT
+    ),
+    "GET /v1/webhooks/{webhook_id}/deliveries": Rule(
+        Access.ADMIN, target=_delivery, operator=NO_TENANT
+    ),
+    "POST /v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry": Rule(
+        Access.ADMIN, target=_delivery, operator=NO_TENANT
+    ),
+    "POST /v1/webhooks/{webhook_id}/test": Rule(Access.ADMIN, target=_webhook, operator=NO_TENANT),
     "POST /v1/requests": Rule(
         Access.WRITE, body=_json({"kind": "test.echo", "input": {}}), operator=NO_TENANT
     ),

@@ -40,6 +40,7 @@ from conveyor.api.routes import (
     queues,
     requests,
     seed,
+    webhooks,
 )
 from conveyor.api.state import ApiState, open_store
 from conveyor.config import Settings
@@ -144,6 +145,7 @@ def create_app(
     app.include_router(members.router)
     app.include_router(api_keys.router)
     app.include_router(email.router)
+    app.include_router(webhooks.router)
     app.include_router(requests.build_router(api))
     app.include_router(jobs.router)
     app.include_router(queues.router)

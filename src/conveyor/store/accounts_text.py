@@ -22,12 +22,14 @@ from conveyor.store.base import DataRejected
 
 C = TypeVar("C", bound=type)
 
-_VERBS = tuple(
-    name
-    for name, member in vars(AccountStore).items()
-    if not name.startswith("_") and inspect.iscoroutinefunction(member)
-)
-"""Every verb of the protocol."""
+
+def _verbs(protocol: type) -> tuple[str, ...]:
+    """Every verb of ``protocol``."""
+    return tuple(
+        name
+        for name, member in vars(protocol).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(member)
+    )
 
 
 def _with_nul(name: str, value: object) -> Iterator[str]:
@@ -68,6 +70,17 @@ def _checked(verb: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., 
 def refuse_nul_text(cls: C) -> C:
     """Class decorator of a store's accounts facade: every AccountStore verb it has
     refuses text holding NUL with DataRejected."""
-    for verb in _VERBS:
-        setattr(cls, verb, _checked(verb, getattr(cls, verb)))
-    return cls
+    return refuse_nul_text_of(AccountStore)(cls)
+
+
+def refuse_nul_text_of(protocol: type) -> Callable[[C], C]:
+    """The class decorator that makes every verb of ``protocol`` a class has refuse text
+    holding NUL with DataRejected (the webhooks' verbs use it too)."""
+    verbs = _verbs(protocol)
+
+    def decorate(cls: C) -> C:
+        for verb in verbs:
+            setattr(cls, verb, _checked(verb, getattr(cls, verb)))
+        return cls
+
+    return decorate

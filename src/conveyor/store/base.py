@@ -41,6 +41,7 @@ from conveyor.store.records import (
     TenantLimits,
     WorkerInfo,
 )
+from conveyor.store.webhooks import WebhookStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,9 +395,12 @@ class RequestStore(Protocol):
         it (claims take tenants in turn; other tenants' work is not disclosed)."""
 
 
-class Store(JobQueue, RequestStore, AccountStore, EventLog, EmailPreferenceStore, Protocol):
+class Store(
+    JobQueue, RequestStore, AccountStore, EventLog, EmailPreferenceStore, WebhookStore, Protocol
+):
     """A store that serves every seam: the job queue, the requests, the accounts, the
-    event log and the email preferences (every store here does). Callers that need one
-    only take :class:`JobQueue`, :class:`RequestStore`,
-    :class:`~conveyor.store.accounts.AccountStore`, :class:`EventLog` or
-    :class:`~conveyor.store.email_preferences.EmailPreferenceStore`."""
+    event log, the email preferences and the webhooks (every store here does). Callers
+    that need one only take :class:`JobQueue`, :class:`RequestStore`,
+    :class:`~conveyor.store.accounts.AccountStore`, :class:`EventLog`,
+    :class:`~conveyor.store.email_preferences.EmailPreferenceStore` or
+    :class:`~conveyor.store.webhooks.WebhookStore`."""

@@ -56,6 +56,7 @@ from conveyor.store.postgres.listener import NoticeListener
 from conveyor.store.postgres.queues import Queues
 from conveyor.store.postgres.requests import Requests
 from conveyor.store.postgres.tenant_limits import TenantLimitsStore
+from conveyor.store.postgres.webhooks import PostgresWebhooks
 from conveyor.store.postgres.workers import Workers
 from conveyor.store.records import (
     ClaimRequest,
@@ -81,7 +82,7 @@ from conveyor.store.records import (
 )
 
 
-class PostgresStore(PostgresAccounts, PostgresEmailPreferences):
+class PostgresStore(PostgresAccounts, PostgresEmailPreferences, PostgresWebhooks):
     """A :class:`conveyor.store.base.Store` on PostgreSQL; the accounts' verbs are
     :class:`~conveyor.store.postgres.accounts.PostgresAccounts`', the email preferences'
     :class:`~conveyor.store.postgres.email_preferences.PostgresEmailPreferences`'."""

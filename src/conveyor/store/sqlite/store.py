@@ -59,11 +59,12 @@ from conveyor.store.sqlite.accounts import SqliteAccounts
 from conveyor.store.sqlite.connection import Database
 from conveyor.store.sqlite.email_preferences import SqliteEmailPreferences
 from conveyor.store.sqlite.enqueue import insert_jobs, insert_periodic
+from conveyor.store.sqlite.webhooks import SqliteWebhooks
 from conveyor.store.ticks import TickTaken
 from conveyor.store.urls import redact
 
 
-class SqliteStore(SqliteAccounts, SqliteEmailPreferences):
+class SqliteStore(SqliteAccounts, SqliteEmailPreferences, SqliteWebhooks):
     """A :class:`conveyor.store.base.Store` on one SQLite file; the accounts' verbs are
     :class:`~conveyor.store.sqlite.accounts.SqliteAccounts`', the email preferences'
     :class:`~conveyor.store.sqlite.email_preferences.SqliteEmailPreferences`'.
