@@ -17,6 +17,7 @@ the others use PostgreSQL would otherwise sit idle without a word.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -115,11 +116,18 @@ def worker(
     log_database(settings)
 
     async def go() -> None:
+        from conveyor.engine.kinds import registry
+        from conveyor.notify.service import dispatching, install, with_notify_queues, worker_kinds
+
         store = make_store(settings)
         await store.open()
         try:
             await store.migrate()
-            await Worker(store, config).run(burst=burst, handle_signals=True)
+            kinds = worker_kinds(registry)
+            notify = install(kinds, store, settings)
+            served = replace(config, queues=with_notify_queues(config.queues, settings))
+            async with dispatching(notify):
+                await Worker(store, served, kinds=kinds).run(burst=burst, handle_signals=True)
         finally:
             await store.close()
 

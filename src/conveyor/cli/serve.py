@@ -23,6 +23,7 @@ import contextlib
 import signal
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 
 import uvicorn
 
@@ -32,6 +33,7 @@ from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
 from conveyor.engine.worker import Worker, WorkerConfig
 from conveyor.logs import get_logger
+from conveyor.notify.service import dispatching, install, with_notify_queues, worker_kinds
 from conveyor.store import make_store
 from conveyor.workloads import QUEUE_LIMITS
 
@@ -112,8 +114,15 @@ async def run(
                 http=http_protocol(settings.request_read_timeout, settings.max_header_bytes),
             )
         )
-        worker = Worker(store, worker_config, kinds=kinds) if store and worker_config else None
-        await _serve(server, worker)
+        worker = None
+        notify = None
+        if store is not None and worker_config is not None:
+            served = worker_kinds(kinds)
+            notify = install(served, store, settings)
+            queues = with_notify_queues(worker_config.queues, settings)
+            worker = Worker(store, replace(worker_config, queues=queues), kinds=served)
+        async with dispatching(notify):
+            await _serve(server, worker)
     finally:
         if api_store is not None:
             await api_store.close()
