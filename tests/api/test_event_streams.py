@@ -25,6 +25,7 @@ from websockets.exceptions import InvalidStatus
 import conveyor
 from conveyor.api import create_app
 from conveyor.store.base import Store
+from conveyor.store.records import NewRequest
 from live_server import live_server
 
 ONE, TWO = "streams-one", "streams-two"
@@ -51,8 +52,13 @@ class Live:
         return {"Authorization": bearer(await self.key(tenant_id))}
 
     async def enqueue(self, tenant_id: str, n: int, kind: str = "test.echo") -> list[int]:
-        jobs = [self.client.prepare(kind, {"i": i}, tenant_id=tenant_id) for i in range(n)]
-        return [e.id for e in await self.client.enqueue_many(jobs)]
+        """``n`` requests of ``tenant_id``; their jobs' ids."""
+        ids = []
+        for i in range(n):
+            job = self.client.prepare(kind, {"i": i}, tenant_id=tenant_id)
+            new = NewRequest(kind=kind, input={"i": i}, caller_id="tests", job=job)
+            ids.append((await self.store.create_request(new)).request.job.id)
+        return ids
 
     async def run_jobs(self) -> None:
         worker = conveyor.Worker(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from conveyor.engine.events import FollowedStore, LogReader
@@ -51,9 +51,14 @@ class Dispatcher:
         *,
         poll_interval: float = 2.0,
         page: int = PAGE,
+        ignore_queues: Collection[str] = (),
     ) -> None:
+        """``ignore_queues``: the events of jobs of these queues are delivered nowhere
+        (the delivery jobs' own: a webhook about a webhook's delivery would call for
+        another, without end)."""
         self._store = store
         self._planners = tuple(planners)
+        self._ignored = frozenset(ignore_queues)
         self._poll_interval = poll_interval
         self._page = page
         self._wake = asyncio.Event()
@@ -96,7 +101,8 @@ class Dispatcher:
         while True:
             events, more = await reader.read()
             if events:
-                jobs = [job for planner in self._planners for job in await planner.jobs_for(events)]
+                told = [e for e in events if e.queue not in self._ignored]
+                jobs = [job for planner in self._planners for job in await planner.jobs_for(told)]
                 if await self._store.advance_event_cursor(CURSOR, cursor, reader.cursor, jobs):
                     self.passes += 1
                     cursor = reader.cursor

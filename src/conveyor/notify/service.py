@@ -55,7 +55,13 @@ def install(registry: Registry, store: Store, settings: Settings) -> Notify | No
     email.register(registry, store, settings)
     planners = (webhooks.WebhookDispatch(store, settings), email.EmailDispatch(store, settings))
     return Notify(
-        Dispatcher(store, planners, poll_interval=settings.event_poll_interval), deliverer
+        Dispatcher(
+            store,
+            planners,
+            poll_interval=settings.event_poll_interval,
+            ignore_queues=NOTIFY_QUEUES,
+        ),
+        deliverer,
     )
 
 

@@ -145,8 +145,10 @@ def _since(since: int | None, last_event_id: str | None) -> int | None:
 
 
 def seed_message(event: Event) -> dict[str, Any] | None:
-    """The seed's ``job-completed`` broadcast for a completed job, else None."""
-    if event.type is not EventType.COMPLETED:
+    """The seed's ``job-completed`` broadcast for a request's completed job, else None
+    (the seed broadcasts requests' completions; deliveries and jobs enqueued without a
+    request have none)."""
+    if event.type is not EventType.COMPLETED or event.request_id is None:
         return None
     return {
         "type": "job-completed",
