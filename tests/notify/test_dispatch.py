@@ -17,7 +17,6 @@ import pytest
 import standardwebhooks
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from http_receiver import receiving
 from notify_support import eventually
 
 import conveyor
@@ -28,6 +27,7 @@ from conveyor.store.accounts import Role
 from conveyor.store.base import Store
 from conveyor.store.records import EventType
 from conveyor.store.webhooks import NewWebhook
+from http_receiver import receiving
 
 TENANT = "acme"
 
