@@ -20,7 +20,7 @@ from stream_clients import (
     ws_collect,
     ws_connected,
 )
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import conveyor
 from conveyor.api import create_app
@@ -208,3 +208,32 @@ async def test_idle_streams_are_pinged(live: Live) -> None:
 
 async def ws_collect_other(ws: Any) -> Any:
     return orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def test_a_client_too_slow_is_told_where_to_resume_and_disconnected(
+    store: Store, kinds: conveyor.Registry, tmp_path: Path
+) -> None:
+    app = create_app(api_settings(tmp_path, stream_buffer=10), store=store, kinds=kinds)
+    async with live_server(app) as base:
+        live = Live(base, app, store, kinds)
+        headers = await live.headers(ONE)
+        async with ws_connected(f"{live.ws_base}/v1/events/ws", headers) as ws:
+            await asyncio.sleep(0.3)
+            # Thirty events in one commit reach the stream at once: more than it holds.
+            jobs = [live.client.prepare("test.echo", {}, tenant_id=ONE) for _ in range(30)]
+            await live.client.enqueue_many(jobs)
+            got = await ws_collect(ws, 30)
+            assert got.other[-1]["type"] == "overflow"
+            resume_from = got.other[-1]["resume_from"]
+            assert resume_from == got.last_id
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1013
+        async with ws_connected(
+            f"{live.ws_base}/v1/events/ws?since={resume_from or 0}", headers
+        ) as ws:
+            rest = await ws_collect(ws, 30 - len(got.durable))
+        ids = [m["id"] for m in got.durable + rest.durable]
+        assert len(ids) == 30
+        assert ids == sorted(set(ids))

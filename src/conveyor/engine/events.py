@@ -36,6 +36,9 @@ log = get_logger("events")
 
 PAGE = 1000
 """Events read at once."""
+FAN_OUT_CHUNK = 100
+"""Events handed to the subscribers before the follower lets them run: a page of a bulk
+enqueue must not fill the buffer of a reader that keeps up."""
 MAX_GAP_WAIT_S = 10.0
 """How long a gap in the ids is waited for at most, whatever the horizon says."""
 GAP_RETRY_S = (0.002, 0.2)
@@ -256,7 +259,10 @@ class EventFollower:
                 more = True
                 while more:
                     events, more = await reader.read()
-                    self._fan_out(events)
+                    for start in range(0, len(events), FAN_OUT_CHUNK):
+                        if start:
+                            await asyncio.sleep(0)
+                        self._fan_out(events[start : start + FAN_OUT_CHUNK])
             except StoreError as exc:
                 log.warning("reading the event log failed; trying again", error=str(exc))
                 await asyncio.sleep(self._poll_interval)
