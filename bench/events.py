@@ -35,12 +35,14 @@ from typing import Any
 
 import httpx
 import orjson
+import standardwebhooks
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.http_load import (
     DEFAULT_POSTGRES_URL,
     KIND,
+    QUEUE,
     BenchError,
     free_port,
     fresh_database,
@@ -137,6 +139,109 @@ async def stream_latency(setup: str, opts: argparse.Namespace) -> dict[str, Any]
     }
 
 
+class Hooks:
+    """A webhook receiver on loopback: answers 204 at once, verifies each delivery's
+    signature with ``standardwebhooks`` (the receivers' own library), notes when each came."""
+
+    def __init__(self, secret: str) -> None:
+        self._verifier = standardwebhooks.Webhook(secret)
+        self.arrivals: list[float] = []
+        self.ids: set[str] = set()
+        self.bad = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._arrived = asyncio.Event()
+
+    async def reached(self, n: int) -> None:
+        """Until ``n`` distinct messages came."""
+        while len(self.ids) < n:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in head[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                try:
+                    self._verifier.verify(body, headers)
+                    self.ids.add(headers["webhook-id"])
+                    self.arrivals.append(time.monotonic())
+                    self._arrived.set()
+                except standardwebhooks.WebhookVerificationError:
+                    self.bad += 1
+                writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+
+async def webhook_rate(setup: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """Deliveries per second of ``--webhook-jobs`` completions to one endpoint."""
+    from conveyor import Client
+    from conveyor.accounts import Accounts
+    from conveyor.config import Settings
+    from conveyor.notify.signing import new_secret
+    from conveyor.store import make_store
+    from conveyor.store.webhooks import NewWebhook
+
+    secret = new_secret()
+    hooks = Hooks(secret)
+    await hooks.start()
+    n = opts.webhook_jobs
+    try:
+        async with fresh_database(setup, opts.postgres_url, None) as url:
+            port = free_port()
+            env = {"CONVEYOR_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+            async with servers(setup, url, port, env):
+                settings = Settings(database_url=url)
+                store = make_store(settings)
+                await store.open()
+                try:
+                    accounts = Accounts(store, settings)
+                    await accounts.start()
+                    tenant = await accounts.create_tenant("Hooks")
+                    await store.create_webhook(
+                        NewWebhook(
+                            tenant_id=tenant.id,
+                            url=f"http://127.0.0.1:{hooks.port}/hook",
+                            event_types=("job.completed",),
+                            secret=secret,
+                        )
+                    )
+                    client = Client(store)
+                    jobs = [
+                        client.prepare(KIND, {}, queue=QUEUE, tenant_id=tenant.id) for _ in range(n)
+                    ]
+                    await client.enqueue_many(jobs)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(hooks.reached(n), 120)
+                finally:
+                    await store.close()
+    finally:
+        await hooks.stop()
+    span = hooks.arrivals[-1] - hooks.arrivals[0] if len(hooks.arrivals) > 1 else None
+    return {
+        "setup": setup,
+        "deliveries": len(hooks.ids),
+        "expected": n,
+        "duplicates": len(hooks.arrivals) - len(hooks.ids),
+        "bad_signatures": hooks.bad,
+        "rate": (len(hooks.arrivals) - 1) / span if span else None,
+    }
+
+
 def _median(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in rows if r[key] is not None]
     return statistics.median(values) if values else None
@@ -146,6 +251,18 @@ async def run_all(opts: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for run in range(1, opts.runs + 1):
         for setup in opts.store:
+            if opts.webhook_jobs:
+                hook = await webhook_rate(setup, opts)
+                hook["run"] = run
+                print(
+                    f"  {setup:<11} run {run}  webhooks: {hook['deliveries']}/{hook['expected']} "
+                    f"delivered, {hook['duplicates']} twice, {hook['bad_signatures']} bad, "
+                    f"{hook['rate'] or 0:,.0f} deliveries/s",
+                    flush=True,
+                )
+                rows.append(hook)
+            if not opts.clients:
+                continue
             row = await stream_latency(setup, opts)
             row["run"] = run
             print(
@@ -163,10 +280,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--store", action="append", choices=sorted(SETUPS), help="repeatable (default: both)"
     )
-    parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients (1000)")
+    parser.add_argument(
+        "--clients", type=int, default=1000, help="WebSocket clients (1000; 0: no stream figure)"
+    )
     parser.add_argument("--jobs", type=int, default=100, help="jobs completed per run (100)")
     parser.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second (10)")
     parser.add_argument("--runs", type=int, default=3, help="runs per store (3)")
+    parser.add_argument(
+        "--webhook-jobs", type=int, default=2000, help="completions delivered by webhook (2000)"
+    )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     args = parser.parse_args(argv)
     args.store = args.store or list(SETUPS)
@@ -191,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     bad = False
     for setup in opts.store:
-        mine = [r for r in rows if r["setup"] == setup]
+        mine = [r for r in rows if r["setup"] == setup and "p99_ms" in r]
+        if not mine:
+            continue
         p99 = _median(mine, "p99_ms")
         missing = sum(r["missing"] for r in mine)
         dupes = sum(r["duplicates"] + r["out_of_order"] for r in mine)
@@ -202,6 +326,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         verdict = "met" if p99 is not None and p99 <= LATENCY_GOAL_MS else "MISSED"
         print(f"  goal p99 <= {LATENCY_GOAL_MS:.0f} ms ({setup}): {verdict}")
+    hooks = [r for r in rows if "bad_signatures" in r]
+    if hooks:
+        print("\nwebhook deliveries to one endpoint on loopback (median of the runs):")
+        print("| setup | delivered | twice | bad signatures | deliveries/s |")
+        print("|---|---:|---:|---:|---:|")
+        for setup in opts.store:
+            mine = [r for r in hooks if r["setup"] == setup]
+            delivered = sum(r["deliveries"] for r in mine)
+            expected = sum(r["expected"] for r in mine)
+            twice = sum(r["duplicates"] for r in mine)
+            wrong = sum(r["bad_signatures"] for r in mine)
+            bad |= delivered != expected or bool(twice or wrong)
+            print(
+                f"| {setup} | {delivered}/{expected} | {twice} | {wrong} "
+                f"| {_median(mine, 'rate') or 0:,.0f} |"
+            )
     return 1 if bad else 0
 
 

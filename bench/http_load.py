@@ -740,9 +740,12 @@ class Servers:
 
 
 @contextlib.asynccontextmanager
-async def servers(setup: str, url: str, port: int) -> AsyncIterator[Servers]:
-    """The API (and worker) on ``url``, yielded once ready and the worker registered."""
-    env = server_env(url, port)
+async def servers(
+    setup: str, url: str, port: int, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[Servers]:
+    """The API (and worker) on ``url``, yielded once ready and the worker registered;
+    ``extra_env``: more ``CONVEYOR_*`` settings for both."""
+    env = {**server_env(url, port), **(extra_env or {})}
     api_cmd, worker_cmd = server_commands(setup, port)
     with tempfile.TemporaryFile() as api_log, tempfile.TemporaryFile() as worker_log:
         api = await spawn(api_cmd, env, api_log)

@@ -4,11 +4,15 @@
 endpoint of the event's tenant subscribed to its type); the lead's dispatcher enqueues
 them with its cursor. :func:`register` registers the kind, whose handler, per attempt:
 
-1. takes one of the endpoint's delivery slots (``webhook_endpoint_concurrency``, held
-   across all workers in the store). A deleted or disabled endpoint ends the job without
-   sending. No free slot: the job ends and a successor is enqueued a moment later that
+1. waits its turn among this process's deliveries to the endpoint (at most
+   ``webhook_endpoint_concurrency`` go on at once; a few times that many wait, for up to
+   ``webhook_timeout``), then takes one of the endpoint's delivery slots (held across all
+   workers in the store). A deleted or disabled endpoint ends the job without sending.
+   No turn or no free slot: the job ends and a successor is enqueued a moment later that
    carries the attempts made so far, so waiting for a slot costs no attempt (the engine
-   has no snooze).
+   has no snooze). The turns keep a backlog for one endpoint flowing through its slots
+   without a successor job per delivery (that churn held one worker to about 25
+   deliveries a second); the slots hold the cap across processes.
 2. signs the body (:mod:`conveyor.notify.signing`) and posts it through
    :class:`~conveyor.outbound.OutboundClient` (the SSRF guard, ``webhook_timeout`` in
    all, ``webhook_response_bytes`` read at most), then gives the slot back.
@@ -68,6 +72,19 @@ STORE_MARGIN_S = 10.0
 
 SLOT_RETRY_S = (0.2, 1.0)
 """A delivery that found no free slot is due again after a random wait in this range."""
+WAITERS_PER_SLOT = 25
+"""Deliveries to one endpoint that wait for a turn in one process, per slot; more are put
+back (each waiting one holds a worker's job slot, which other endpoints' deliveries need)."""
+
+
+class _Turns:
+    """One endpoint's turns in this process: who goes on, and how many wait."""
+
+    __slots__ = ("going", "waiting")
+
+    def __init__(self, slots: int) -> None:
+        self.going = asyncio.Semaphore(slots)
+        self.waiting = 0
 
 
 class DeliveryPayload(BaseModel):
@@ -194,6 +211,7 @@ class WebhookDeliverer:
         self._registry = registry
         self._client: OutboundClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._turns: dict[int, _Turns] = {}
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -212,6 +230,37 @@ class WebhookDeliverer:
 
     async def deliver(self, ctx: JobContext, payload: DeliveryPayload) -> dict[str, JSON]:
         """One attempt (see the module docstring)."""
+        cap = self._settings.webhook_endpoint_concurrency
+        turns = self._turns.get(payload.webhook_id)
+        if turns is None:
+            turns = self._turns[payload.webhook_id] = _Turns(cap)
+        if turns.waiting >= cap * WAITERS_PER_SLOT:
+            return await self._defer(ctx, payload)
+        turns.waiting += 1
+        try:
+            async with asyncio.timeout(self._settings.webhook_timeout):
+                await turns.going.acquire()
+        except TimeoutError:
+            return await self._defer(ctx, payload)
+        finally:
+            turns.waiting -= 1
+        try:
+            return await self._deliver(ctx, payload)
+        finally:
+            turns.going.release()
+            if turns.waiting == 0 and not turns.going.locked():
+                self._turns.pop(payload.webhook_id, None)
+
+    async def _defer(self, ctx: JobContext, payload: DeliveryPayload) -> dict[str, JSON]:
+        """End this job and enqueue its successor a moment later, charged nothing."""
+        attempt = payload.attempts_before + ctx.attempt
+        successor = payload.model_copy(update={"attempts_before": attempt - 1})
+        later = delivery_job(self._settings, ctx.tenant_id, successor)
+        delay = random.uniform(*SLOT_RETRY_S)
+        (enqueued,) = await self._store.enqueue([_delayed(later, delay)])
+        return {"deferred_to": enqueued.id, "reason": "no free delivery slot"}
+
+    async def _deliver(self, ctx: JobContext, payload: DeliveryPayload) -> dict[str, JSON]:
         settings = self._settings
         tenant_id = ctx.tenant_id
         holder = f"{ctx.id}:{ctx.attempt}"
@@ -229,16 +278,13 @@ class WebhookDeliverer:
             return {"skipped": "the endpoint is disabled"}
         attempt = payload.attempts_before + ctx.attempt
         if not slot.taken:
-            successor = payload.model_copy(update={"attempts_before": attempt - 1})
-            later = delivery_job(settings, tenant_id, successor)
-            delay = random.uniform(*SLOT_RETRY_S)
-            (enqueued,) = await self._store.enqueue([_delayed(later, delay)])
-            return {"deferred_to": enqueued.id, "reason": "no free delivery slot"}
+            return await self._defer(ctx, payload)
         try:
             body = await self._body(payload, tenant_id)
             sent = await self._send(webhook, payload.message_id, body)
-        finally:
+        except BaseException:
             await self._store.release_webhook_slot(webhook.id, tenant_id, holder)
+            raise
         status, latency_ms, excerpt, error = sent
         succeeded = status is not None and 200 <= status < 300
         recorded = await self._store.record_delivery(
@@ -258,6 +304,7 @@ class WebhookDeliverer:
                 succeeded=succeeded,
             ),
             settings.webhook_disable_after,
+            release=holder,
         )
         if succeeded:
             return {"status_code": status, "attempt": attempt}

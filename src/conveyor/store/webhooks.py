@@ -180,11 +180,14 @@ class WebhookStore(Protocol):
         """The enabled endpoints of every tenant named, in one statement (the
         dispatcher's look-up for a batch of events of several tenants)."""
 
-    async def record_delivery(self, new: NewDelivery, disable_after: int) -> DeliveryRecorded:
+    async def record_delivery(
+        self, new: NewDelivery, disable_after: int, *, release: str | None = None
+    ) -> DeliveryRecorded:
         """Append the attempt to the log and count it against the endpoint: a success
         resets its consecutive failures, a failure adds one, and the failure that makes
         them ``disable_after`` disables it (``disabled_reason`` says why). Nothing is
-        recorded for an endpoint deleted meanwhile."""
+        recorded for an endpoint deleted meanwhile. With ``release``, that holder's slot
+        is given back in the same transaction (one commit fewer per delivery)."""
 
     async def list_deliveries(
         self, webhook_id: int, tenant_id: str, before_id: int | None = None, limit: int = 100

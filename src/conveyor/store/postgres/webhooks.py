@@ -146,7 +146,9 @@ class PostgresWebhooks:
             lambda conn: _SQL.all(conn, WEBHOOKS, "webhooks_for_tenants", values), OPERATOR
         )
 
-    async def record_delivery(self, new: NewDelivery, disable_after: int) -> DeliveryRecorded:
+    async def record_delivery(
+        self, new: NewDelivery, disable_after: int, *, release: str | None = None
+    ) -> DeliveryRecorded:
         keys = {"webhook_id": new.webhook_id, "tenant_id": new.tenant_id}
         row = {
             **keys,
@@ -169,6 +171,8 @@ class PostgresWebhooks:
         }
 
         async def record(conn: Conn) -> DeliveryRecorded:
+            if release is not None:
+                await _SQL.changed(conn, "release_slot", {**keys, "holder": release})
             before = await _SQL.one(conn, WEBHOOKS, "lock_webhook", keys)
             if before is None:
                 return DeliveryRecorded(None, None, False)

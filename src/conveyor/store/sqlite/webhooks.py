@@ -148,7 +148,9 @@ class SqliteWebhooks:
             lambda conn, now: _SQL.all(conn, WEBHOOKS, "webhooks_for_tenants", values)
         )
 
-    async def record_delivery(self, new: NewDelivery, disable_after: int) -> DeliveryRecorded:
+    async def record_delivery(
+        self, new: NewDelivery, disable_after: int, *, release: str | None = None
+    ) -> DeliveryRecorded:
         keys = {"webhook_id": new.webhook_id, "tenant_id": new.tenant_id}
         row = {
             **keys,
@@ -171,6 +173,8 @@ class SqliteWebhooks:
         }
 
         def record(conn: sqlite3.Connection, now: float) -> DeliveryRecorded:
+            if release is not None:
+                _SQL.changed(conn, "release_slot", {**keys, "holder": release})
             before = _SQL.one(conn, WEBHOOKS, "get_webhook", keys)
             if before is None:
                 return DeliveryRecorded(None, None, False)
