@@ -237,3 +237,63 @@ async def test_a_client_too_slow_is_told_where_to_resume_and_disconnected(
         ids = [m["id"] for m in got.durable + rest.durable]
         assert len(ids) == 30
         assert ids == sorted(set(ids))
+
+
+HOSTILE = [
+    "",
+    "-1",
+    "0",
+    "9223372036854775808",
+    "1e3",
+    "x" * 5000,
+    "\x00",
+    "%00",
+    "%FF%FE",
+    "\ud800".encode("utf-8", "surrogatepass").decode("latin-1"),
+    "job.completed,",
+    ",,,",
+    "' OR 1=1 --",
+    "../../etc/passwd",
+    "🦀",
+]
+
+
+async def _sse_status(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
+    """The status of a stream's answer; a refusal's body must be JSON with a detail."""
+    async with http.stream("GET", url, headers=headers) as answer:
+        if answer.status_code >= 400:
+            assert "detail" in orjson.loads(await answer.aread()), url
+        return answer.status_code
+
+
+async def _ws_status(url: str, headers: dict[str, str]) -> int:
+    """101 for a WebSocket opened, the refused handshake's status, or 1008 for a socket
+    closed because the query's model refused a value."""
+    try:
+        async with ws_connected(url, headers):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else 0
+
+
+@pytest.mark.parametrize("name", ["since", "request_id", "job_id", "kind", "type", "token"])
+async def test_hostile_stream_parameters_get_a_clear_answer(live: Live, name: str) -> None:
+    """Every value of every parameter: a stream or a JSON 4xx naming the problem, never a
+    5xx; over WebSocket, a stream, a refused handshake or a policy close, never a crash."""
+    headers = await live.headers(ONE)
+    async with httpx.AsyncClient(base_url=live.base, timeout=10) as http:
+        for value in HOSTILE:
+            query = httpx.QueryParams({name: value})
+            assert await _sse_status(http, f"/v1/events?{query}", headers) < 500, value
+            status = await _ws_status(f"{live.ws_base}/v1/events/ws?{query}", headers)
+            assert status in (101, 1008) or 400 <= status < 500, (value, status)
+
+
+async def test_a_hostile_last_event_id_gets_a_clear_answer(live: Live) -> None:
+    headers = await live.headers(ONE)
+    async with httpx.AsyncClient(base_url=live.base, timeout=10) as http:
+        for value in [v for v in HOSTILE if v.isascii() and "\x00" not in v]:
+            status = await _sse_status(http, "/v1/events", {**headers, "Last-Event-ID": value})
+            assert status in (200, 422), (value, status)

@@ -49,6 +49,10 @@ MAX_EXAMPLES = 15
 ACCOUNT_CHECKS = {"POST /v1/auth/signup", "POST /v1/invitations", "POST /v1/api-keys"}
 """Operations whose emails and names the accounts service checks beyond what JSON Schema
 says (printable characters only): a schema-valid one may rightly get 422."""
+STREAMS = {"GET /v1/events"}
+"""Operations that answer an endless stream (Server-Sent Events), which an in-process
+client never sees the end of: tests/api/test_event_streams.py calls them on a live server,
+hostile input included."""
 RESOLVED_URLS = {"POST /v1/webhooks", "PATCH /v1/webhooks/{webhook_id}"}
 """Operations whose URL's host is resolved and checked by the SSRF guard (a made-up host
 does not resolve): a schema-valid one may rightly get 422."""
@@ -120,6 +124,8 @@ def test_the_api_honours_its_openapi_document(api_schema: Any) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 33
     for operation in operations:
+        if operation.label in STREAMS:
+            continue
         for caller, other in ((first, second), (second, first)):
             check_operation(operation, GenerationMode.POSITIVE, caller, other)
         if list(operation.iter_parameters()) or len(operation.body):
