@@ -260,7 +260,8 @@ class Settings(BaseSettings):
     )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
-        description="Where users reach this API: links in emails and webhooks start with it.",
+        description="Where users reach this API: links in emails and webhooks start with it "
+        "(default: http://CONVEYOR_HOST:CONVEYOR_PORT).",
     )
     webhook_timeout: float = Field(
         default=10.0, gt=0, le=300, description="Seconds a webhook delivery may take, in all."
@@ -322,6 +323,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _public_url_of_the_listener(self) -> Settings:
+        # Unset, the links point where this process listens (a port set, the links follow).
+        if "public_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+            # Through __dict__: the URL stays unset, so a copy with another port follows it.
+            self.__dict__["public_url"] = f"http://{host}:{self.port}"
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_below_lease(self) -> Settings:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 
 from conveyor.accounts import Accounts, Conflict, Invalid, NotFound, Principal
 from conveyor.accounts.errors import AccountError
 from conveyor.accounts.passwords import MAX_LENGTH
+from conveyor.accounts.service import Demo
 from conveyor.cli import output
 from conveyor.cli.common import (
     EXIT_BAD_INPUT,
@@ -40,6 +41,8 @@ from conveyor.cli.common import (
 from conveyor.config import Settings
 from conveyor.store import make_store
 from conveyor.store.accounts import READ, SCOPES, WRITE, ApiKey, Role, Tenant, User
+from conveyor.store.email_preferences import EmailPreferenceStore
+from conveyor.store.records import EventType
 
 T = TypeVar("T")
 
@@ -460,12 +463,35 @@ def keys_rotate(json: JsonFlag = False, database_url: DatabaseUrlOption = None) 
 
 
 # -- the demo account -----------------------------------------------------------------
+async def _demo_with_mail(accounts: Accounts) -> Demo | None:
+    """The demo account, its owner emailed when a job completes or fails (to the log
+    while no SMTP server is set), so that a first run shows the mails too."""
+    demo = await accounts.bootstrap_demo()
+    if demo is not None:
+        # _accounts opened the store with make_store: a Store, every seam of it.
+        store = cast(EmailPreferenceStore, accounts.store)
+        await store.set_email_preferences(
+            demo.tenant.id,
+            demo.user.id,
+            event_types=[EventType.COMPLETED, EventType.FAILED],
+            kinds=[],
+            enabled=True,
+        )
+    return demo
+
+
+def _mail_route(settings: Settings) -> str:
+    if settings.smtp_host:
+        return f"over {settings.smtp_host}:{settings.smtp_port}"
+    return "no SMTP server set: written to the server's log instead"
+
+
 def bootstrap_demo(json: JsonFlag = False, database_url: DatabaseUrlOption = None) -> None:
     """On a database without accounts: make a demo tenant, its owner with a random
     password and an API key, and print them once. With accounts already: print that
     nothing was made (exit 0)."""
     settings: Settings = load_settings(database_url)
-    demo = _accounts(database_url, lambda a: a.bootstrap_demo(), signing=True)
+    demo = _accounts(database_url, _demo_with_mail, signing=True)
     if json:
         output.print_json(
             None
@@ -486,6 +512,8 @@ def bootstrap_demo(json: JsonFlag = False, database_url: DatabaseUrlOption = Non
             f"  password  {demo.password}\n"
             f"  tenant    {demo.tenant.name} ({demo.tenant.id})\n"
             f"  API key   {demo.api_key_text}\n"
+            f"  mail      {demo.user.email} is emailed when a job completes or fails "
+            f"({_mail_route(settings)})\n"
             f"  try       curl -H 'Authorization: Bearer {demo.api_key_text}' "
             f"http://{settings.host}:{settings.port}/v1/requests"
         )

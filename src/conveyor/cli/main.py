@@ -150,7 +150,8 @@ def _listen_settings(host: str | None, port: int | None, database_url: str | Non
         changes["host"] = host
     if port is not None:
         changes["port"] = port
-    return settings.model_copy(update=changes)
+    # Validated again, not copied: what follows the port (the public URL) follows it.
+    return Settings.model_validate({**settings.model_dump(exclude_unset=True), **changes})
 
 
 @app.command()
