@@ -147,6 +147,35 @@ def disabled_reason(failures: int, error: str | None) -> str:
     return f"disabled after {failures} consecutive failed deliveries; last: {error or 'no 2xx'}"
 
 
+def delivery_values(
+    new: NewDelivery, disable_after: int, payload: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters of recording ``new`` (its row, with ``payload`` the JSON text the
+    store's driver takes) and of counting it against its endpoint: both stores' one
+    source of them."""
+    keys = {"webhook_id": new.webhook_id, "tenant_id": new.tenant_id}
+    row = {
+        **keys,
+        "message_id": new.message_id,
+        "event_id": new.event_id,
+        "event_type": new.event_type,
+        "job_id": new.job_id,
+        "attempt": new.attempt,
+        "status_code": new.status_code,
+        "latency_ms": new.latency_ms,
+        "response_excerpt": new.response_excerpt,
+        "error": new.error,
+        "payload": payload,
+    }
+    count = {
+        **keys,
+        "succeeded": new.succeeded,
+        "disable_after": disable_after,
+        "reason": disabled_reason(disable_after, new.error),
+    }
+    return row, count
+
+
 class WebhookStore(Protocol):
     """Webhook endpoints, their delivery log and their delivery slots. Each method is one
     transaction; every one names its tenant, and another tenant's ids are not found.

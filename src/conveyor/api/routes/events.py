@@ -165,13 +165,7 @@ def _sse(event_type: str, data: dict[str, Any], event_id: int | None = None) -> 
     return head + b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-@router.get(
-    "",
-    summary="The tenant's events, as Server-Sent Events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The stream."}},
-)
-async def events_sse(
+async def _stream(
     caller: Annotated[Caller, Depends(stream_caller_for(Access.READ))],
     api: Annotated[ApiState, Depends(get_api)],
     request_id: RequestFilter = None,
@@ -181,16 +175,30 @@ async def events_sse(
     since: Since = None,
     token: Token = None,
     last_event_id: LastEventId = None,
-) -> StreamingResponse:
-    """Events of the caller's tenant as they happen (see the module's description)."""
+) -> EventStream:
+    """The caller's stream as the query asks, not subscribed yet: both routes' one
+    dependency (``token`` is read by the caller's; it is declared here to be documented)."""
     match = await _match(api, caller, request_id, job_id, kind, type)
-    stream = EventStream(
+    return EventStream(
         api.client.follower,
         api.client.store,
         match,
         since=_since(since, last_event_id),
         buffer=api.settings.stream_buffer,
     )
+
+
+@router.get(
+    "",
+    summary="The tenant's events, as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "The stream."}},
+)
+async def events_sse(
+    stream: Annotated[EventStream, Depends(_stream)],
+    api: Annotated[ApiState, Depends(get_api)],
+) -> StreamingResponse:
+    """Events of the caller's tenant as they happen (see the module's description)."""
     return StreamingResponse(
         _sse_body(stream, api.settings.stream_ping_seconds),
         media_type="text/event-stream",
@@ -223,28 +231,15 @@ async def _sse_body(stream: EventStream, ping_s: float) -> AsyncIterator[bytes]:
 @router.websocket("/ws", name="events_ws")
 async def events_ws(
     websocket: WebSocket,
-    caller: Annotated[Caller, Depends(stream_caller_for(Access.READ))],
+    stream: Annotated[EventStream, Depends(_stream)],
     api: Annotated[ApiState, Depends(get_api)],
-    request_id: RequestFilter = None,
-    job_id: JobFilter = None,
-    kind: KindsFilter = None,
-    type: TypesFilter = None,
-    since: Since = None,
-    token: Token = None,
 ) -> None:
-    """The same events over a WebSocket, one JSON text message each."""
-    # Refused before the handshake: the app's error answer goes out as the handshake's
-    # HTTP response (ASGI's WebSocket denial response), with the status a GET would get.
-    match = await _match(api, caller, request_id, job_id, kind, type)
+    """The same events over a WebSocket, one JSON text message each. A refusal comes
+    before the handshake: the app's error answer goes out as the handshake's HTTP
+    response (ASGI's WebSocket denial response), with the status a GET would get."""
     await websocket.accept()
     ping_s = api.settings.stream_ping_seconds
-    async with EventStream(
-        api.client.follower,
-        api.client.store,
-        match,
-        since=since,
-        buffer=api.settings.stream_buffer,
-    ) as stream:
+    async with stream:
         # The client's messages are read (and dropped) so that its close is noticed.
         reader = asyncio.get_running_loop().create_task(_until_closed(websocket, stream))
         try:

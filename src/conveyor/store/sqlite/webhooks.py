@@ -23,7 +23,7 @@ from conveyor.store.webhooks import (
     WebhookChange,
     WebhookDelivery,
     WebhookStore,
-    disabled_reason,
+    delivery_values,
 )
 
 WEBHOOKS: Table[Webhook] = Table(
@@ -151,26 +151,8 @@ class SqliteWebhooks:
     async def record_delivery(
         self, new: NewDelivery, disable_after: int, *, release: str | None = None
     ) -> DeliveryRecorded:
+        row, count = delivery_values(new, disable_after, dumps(new.payload))
         keys = {"webhook_id": new.webhook_id, "tenant_id": new.tenant_id}
-        row = {
-            **keys,
-            "message_id": new.message_id,
-            "event_id": new.event_id,
-            "event_type": new.event_type,
-            "job_id": new.job_id,
-            "attempt": new.attempt,
-            "status_code": new.status_code,
-            "latency_ms": new.latency_ms,
-            "response_excerpt": new.response_excerpt,
-            "error": new.error,
-            "payload": dumps(new.payload),
-        }
-        count = {
-            **keys,
-            "succeeded": new.succeeded,
-            "disable_after": disable_after,
-            "reason": disabled_reason(disable_after, new.error),
-        }
 
         def record(conn: sqlite3.Connection, now: float) -> DeliveryRecorded:
             if release is not None:
