@@ -39,6 +39,7 @@ test: lint  ## Lint, then the whole test suite.
 
 bench: install  ## Throughput and latency benchmarks (figures go to docs/benchmarks.md).
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.events
 
 lock:  ## Re-pin requirements.lock from pyproject.toml.
 	$(BIN)/python -m pip install --quiet uv
