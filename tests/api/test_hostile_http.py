@@ -60,6 +60,8 @@ def check_answer(response: httpx.Response) -> None:
     assert response.status_code < 500, (response.request.url, response.text[:500])
     if response.status_code < 400:
         return  # 2xx JSON, or a redirect (an empty path segment: "/v1/jobs/")
+    if response.headers.get("content-type", "").startswith("text/html"):
+        return  # a page for people (the unsubscribe link of a mail): its refusal is a page
     body = response.json()
     assert "detail" in body, body
     if response.status_code == 422:

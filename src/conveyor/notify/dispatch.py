@@ -17,7 +17,7 @@ import random
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from conveyor.engine.events import FollowedStore, LogReader
+from conveyor.engine.events import GAP_RETRY_S, FollowedStore, LogReader
 from conveyor.logs import get_logger
 from conveyor.store.base import EventsAppended, Notice, NoticesLost, StoreError
 from conveyor.store.records import Event, NewJob
@@ -111,7 +111,11 @@ class Dispatcher:
                     return
             if more:
                 continue
-            timeout = 0.01 if reader.held else self._poll_interval
+            # A store that listens tells of every commit: an idle worker's dispatcher then
+            # waits without a query (DESIGN: no query per second when idle).
+            timeout = None if self._store.capabilities.listen else self._poll_interval
+            if reader.held:
+                timeout = GAP_RETRY_S[0] * 5
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()

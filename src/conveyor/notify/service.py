@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from conveyor.config import Settings
 from conveyor.engine.kinds import Registry
+from conveyor.engine.periodic import add_schedule, schedules
 from conveyor.notify import email, webhooks
 from conveyor.notify.dispatch import Dispatcher
 from conveyor.store.base import Store
@@ -19,11 +20,14 @@ NOTIFY_QUEUES = (webhooks.QUEUE, email.QUEUE)
 
 
 def worker_kinds(kinds: Registry) -> Registry:
-    """A registry of ``kinds`` for a worker, to which the delivery kinds are added: the
-    API's own registry never holds them, so no one can submit a delivery as a request."""
+    """A registry of ``kinds`` (and their schedules) for a worker, to which the delivery
+    kinds are added: the API's own registry never holds them, so no one can submit a
+    delivery as a request."""
     copy = Registry()
     for kind in kinds:
         copy.register(kind)
+    for schedule in schedules(kinds):
+        add_schedule(schedule, copy)
     return copy
 
 
