@@ -70,8 +70,10 @@ async def sse_collect(
     until: int,
     headers: dict[str, str] | None = None,
     got: Received | None = None,
+    until_seed: int = 0,
 ) -> Received:
-    """Read an SSE stream until ``until`` durable events came (or it ended)."""
+    """Read an SSE stream until ``until`` durable events and ``until_seed`` of the seed's
+    messages came (or it ended)."""
     got = got if got is not None else Received()
     async for event, event_id, data in sse_messages(http, path, headers):
         if data is None:
@@ -79,7 +81,7 @@ async def sse_collect(
         got.take(data)
         if event_id is not None:
             got.sse_ids.append(event_id)
-        if len(got.durable) >= until or event == "overflow":
+        if (len(got.durable) >= until and len(got.seed) >= until_seed) or event == "overflow":
             break
     return got
 

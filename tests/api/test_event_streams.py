@@ -162,6 +162,12 @@ async def test_filters_by_request_job_kind_and_type(live: Live) -> None:
         assert [m["type"] for m in by_request.durable] == ["job.queued", "job.completed"]
         completed = await sse_collect(http, "/v1/events?type=job.completed&since=0", 3, headers)
         assert {m["type"] for m in completed.durable} == {"job.completed"}
+        assert completed.seed == [], "the seed's message was not asked for"
+        seeded = await sse_collect(
+            http, "/v1/events?type=job-completed&since=0", 0, headers, until_seed=1
+        )
+        assert seeded.durable == []
+        assert seeded.seed[0]["jobId"] == by_request.durable[-1]["job_id"]
         bad = await http.get("/v1/events?type=job.exploded", headers=headers)
         assert bad.status_code == 422
         assert "job.completed" in bad.text

@@ -27,8 +27,10 @@ log = get_logger("notify.dispatch")
 CURSOR = "dispatch"
 PAGE = 500
 """Events planned in one pass."""
-MIN_PASS_S = 0.02
-"""A pass starts at most this often: events committed meanwhile go in one transaction."""
+MIN_PASS_S = 0.1
+"""A pass starts at most this often: the events committed meanwhile go in one pass (a pass
+is four statements; at a worker's full rate, one per event commit cost two workers a
+third of their throughput). Webhooks and mail wait this much longer at most."""
 LOST_BACKOFF_S = (1.0, 3.0)
 """After losing the cursor to another process, wait this long (at random) before trying."""
 

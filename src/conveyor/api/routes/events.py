@@ -16,8 +16,10 @@ proxies keep it open. A client too slow to read ``CONVEYOR_STREAM_BUFFER`` event
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -43,7 +45,9 @@ from conveyor.store.records import Event, EventType
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=READ_ERRORS)
 
-_TYPES = ", ".join(t.value for t in EventType)
+SEED_TYPE = "job-completed"
+"""The seed's message, as a ``type`` to filter by: only it (and what else is named)."""
+_TYPES = ", ".join([*(t.value for t in EventType), SEED_TYPE])
 
 RequestFilter = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="Only the events of this request's job.")
@@ -97,6 +101,22 @@ async def stream_token(
     return StreamToken(token=token, expires_in=lifetime)
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a stream sends of a completion: the event, the seed's message, or both."""
+
+    seed: bool
+    completed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A caller's stream as its query asked."""
+
+    events: EventStream
+    shape: Shape
+
+
 async def _match(
     api: ApiState,
     caller: Caller,
@@ -104,7 +124,7 @@ async def _match(
     job_id: int | None,
     kind: str | None,
     type_: str | None,
-) -> EventMatch:
+) -> tuple[EventMatch, Shape]:
     tenant = scope_of(caller)
     if request_id is not None:
         found = await api.client.store.get_request(request_id, tenant) if tenant else None
@@ -113,26 +133,30 @@ async def _match(
         if job_id is not None and job_id != found.job.id:
             raise HTTPException(422, f"job_id {job_id} is not request {request_id}'s job")
         job_id = found.job.id
+    types = _types(type_)
+    wanted = {EventType(t) for t in types if t != SEED_TYPE}
+    seed = not types or SEED_TYPE in types
+    shape = Shape(seed=seed, completed=not types or EventType.COMPLETED in wanted)
+    if types and seed:
+        wanted.add(EventType.COMPLETED)
     return EventMatch(
-        tenant_id=tenant,
-        job_id=job_id,
-        kinds=frozenset(_split(kind)),
-        types=frozenset(_types(type_)),
-    )
+        tenant_id=tenant, job_id=job_id, kinds=frozenset(_split(kind)), types=frozenset(wanted)
+    ), shape
 
 
 def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def _types(text: str | None) -> list[EventType]:
+def _types(text: str | None) -> list[str]:
     values = _split(text)
-    unknown = [v for v in values if v not in EventType._value2member_map_]
+    known = {*EventType._value2member_map_, SEED_TYPE}
+    unknown = [v for v in values if v not in known]
     if unknown:
         raise HTTPException(
             422, f"unknown event type {', '.join(map(repr, unknown))}; types are: {_TYPES}"
         )
-    return [EventType(v) for v in values]
+    return values
 
 
 def _since(since: int | None, last_event_id: str | None) -> int | None:
@@ -160,9 +184,36 @@ def seed_message(event: Event) -> dict[str, Any] | None:
     }
 
 
-def _sse(event_type: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+Message = tuple[str, bytes, int | None]
+"""(SSE event name, JSON, SSE id) of one message."""
+
+_ENCODED: collections.OrderedDict[int, tuple[Event, list[Message]]] = collections.OrderedDict()
+"""The messages of the latest events, by the event object: every subscriber of a process
+gets the same objects, and a thousand streams encode each event once, not a thousand times.
+The event is held with them, so its id() is not reused while it is in here."""
+ENCODED_KEPT = 4096
+
+
+def messages(event: Event, shape: Shape) -> list[Message]:
+    """What a stream of ``shape`` sends for ``event``."""
+    cached = _ENCODED.get(id(event))
+    if cached is None or cached[0] is not event:
+        encoded: list[Message] = [(event.type.value, orjson.dumps(event.to_json()), event.id)]
+        seed = seed_message(event)
+        if seed is not None:
+            encoded.append((SEED_TYPE, orjson.dumps(seed), None))
+        cached = _ENCODED[id(event)] = (event, encoded)
+        if len(_ENCODED) > ENCODED_KEPT:
+            _ENCODED.popitem(last=False)
+    out = cached[1]
+    if event.type is EventType.COMPLETED and not (shape.seed and shape.completed):
+        out = [m for m in out if (m[0] == SEED_TYPE) == shape.seed]
+    return out
+
+
+def _sse(name: str, data: bytes, event_id: int | None = None) -> bytes:
     head = b"" if event_id is None else b"id: %d\n" % event_id
-    return head + b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return head + b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
 async def _stream(
@@ -175,17 +226,18 @@ async def _stream(
     since: Since = None,
     token: Token = None,
     last_event_id: LastEventId = None,
-) -> EventStream:
+) -> Stream:
     """The caller's stream as the query asks, not subscribed yet: both routes' one
     dependency (``token`` is read by the caller's; it is declared here to be documented)."""
-    match = await _match(api, caller, request_id, job_id, kind, type)
-    return EventStream(
+    match, shape = await _match(api, caller, request_id, job_id, kind, type)
+    events = EventStream(
         api.client.follower,
         api.client.store,
         match,
         since=_since(since, last_event_id),
         buffer=api.settings.stream_buffer,
     )
+    return Stream(events, shape)
 
 
 @router.get(
@@ -195,7 +247,7 @@ async def _stream(
     responses={200: {"content": {"text/event-stream": {}}, "description": "The stream."}},
 )
 async def events_sse(
-    stream: Annotated[EventStream, Depends(_stream)],
+    stream: Annotated[Stream, Depends(_stream)],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> StreamingResponse:
     """Events of the caller's tenant as they happen (see the module's description)."""
@@ -206,32 +258,31 @@ async def events_sse(
     )
 
 
-async def _sse_body(stream: EventStream, ping_s: float) -> AsyncIterator[bytes]:
+async def _sse_body(stream: Stream, ping_s: float) -> AsyncIterator[bytes]:
     # Subscribed here, once the response is under way: a client gone before it started
     # leaves no subscription behind.
-    async with stream:
+    async with stream.events:
         yield b"retry: 2000\n\n"
         while True:
             try:
-                event = await stream.next(ping_s)
+                event = await stream.events.next(ping_s)
             except StreamOverflow as exc:
-                yield _sse("overflow", {"type": "overflow", "resume_from": exc.resume_from})
+                overflow = {"type": "overflow", "resume_from": exc.resume_from}
+                yield _sse("overflow", orjson.dumps(overflow))
                 return
             except StopAsyncIteration:
                 return
             if event is None:
                 yield b": ping\n\n"
                 continue
-            yield _sse(event.type.value, event.to_json(), event.id)
-            seed = seed_message(event)
-            if seed is not None:
-                yield _sse("job-completed", seed)
+            for name, data, event_id in messages(event, stream.shape):
+                yield _sse(name, data, event_id)
 
 
 @router.websocket("/ws", name="events_ws")
 async def events_ws(
     websocket: WebSocket,
-    stream: Annotated[EventStream, Depends(_stream)],
+    stream: Annotated[Stream, Depends(_stream)],
     api: Annotated[ApiState, Depends(get_api)],
 ) -> None:
     """The same events over a WebSocket, one JSON text message each. A refusal comes
@@ -239,9 +290,9 @@ async def events_ws(
     response (ASGI's WebSocket denial response), with the status a GET would get."""
     await websocket.accept()
     ping_s = api.settings.stream_ping_seconds
-    async with stream:
+    async with stream.events:
         # The client's messages are read (and dropped) so that its close is noticed.
-        reader = asyncio.get_running_loop().create_task(_until_closed(websocket, stream))
+        reader = asyncio.get_running_loop().create_task(_until_closed(websocket, stream.events))
         try:
             await _ws_send_events(websocket, stream, ping_s)
         except WebSocketDisconnect:
@@ -252,10 +303,10 @@ async def events_ws(
                 await reader
 
 
-async def _ws_send_events(websocket: WebSocket, stream: EventStream, ping_s: float) -> None:
+async def _ws_send_events(websocket: WebSocket, stream: Stream, ping_s: float) -> None:
     while True:
         try:
-            event = await stream.next(ping_s)
+            event = await stream.events.next(ping_s)
         except StreamOverflow as exc:
             overflow = {"type": "overflow", "resume_from": exc.resume_from}
             await websocket.send_text(orjson.dumps(overflow).decode())
@@ -267,10 +318,8 @@ async def _ws_send_events(websocket: WebSocket, stream: EventStream, ping_s: flo
         if event is None:
             await websocket.send_text('{"type":"ping"}')
             continue
-        await websocket.send_text(orjson.dumps(event.to_json()).decode())
-        seed = seed_message(event)
-        if seed is not None:
-            await websocket.send_text(orjson.dumps(seed).decode())
+        for _, data, _ in messages(event, stream.shape):
+            await websocket.send_text(data.decode())
 
 
 async def _until_closed(websocket: WebSocket, stream: EventStream) -> None:
