@@ -112,6 +112,9 @@ async def run(
                 server_header=False,
                 lifespan="on",
                 http=http_protocol(settings.request_read_timeout, settings.max_header_bytes),
+                # Events are small JSON: compressing each for each of a thousand streams
+                # cost more CPU than sending it (docs/benchmarks.md).
+                ws_per_message_deflate=False,
             )
         )
         worker = None

@@ -359,10 +359,16 @@ class EventStream:
             if event is None:
                 if self._ended_by is not None:
                     raise self._ended_by
-                try:
-                    event = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    return None
+                if not self._queue.empty():
+                    event = self._queue.get_nowait()
+                else:
+                    # asyncio.timeout, not wait_for: wait_for makes a task of every wait, and
+                    # a thousand streams wait for every event.
+                    try:
+                        async with asyncio.timeout(timeout):
+                            event = await self._queue.get()
+                    except TimeoutError:
+                        return None
                 if event is None:
                     self._ended_by = (
                         StreamOverflow(self.last_id) if self._overflowed else StopAsyncIteration()
