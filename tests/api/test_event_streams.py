@@ -86,14 +86,17 @@ async def test_200_clients_over_two_tenants_get_their_own_events_in_order(live: 
     async with httpx.AsyncClient(base_url=live.base, timeout=60) as http:
         headers = {t: await live.headers(t) for t in (ONE, TWO)}
         sse = [
-            asyncio.create_task(sse_collect(http, "/v1/events", 2 * jobs, headers[t]))
+            # since=0: every client gets everything from the start, subscribed in time or not
+            # (a loaded machine may take longer than the pause below to subscribe them all).
+            asyncio.create_task(sse_collect(http, "/v1/events?since=0", 2 * jobs, headers[t]))
             for t in (ONE, TWO)
             for _ in range(per_tenant)
         ]
         sockets = []
         for t in (ONE, TWO):
             for _ in range(per_tenant):
-                sockets.append((t, await ws_connected(f"{live.ws_base}/v1/events/ws", headers[t])))
+                url = f"{live.ws_base}/v1/events/ws?since=0"
+                sockets.append((t, await ws_connected(url, headers[t])))
         ws = [asyncio.create_task(ws_collect(s, 2 * jobs)) for _, s in sockets]
         # Every SSE client is subscribed once its first bytes came: the retry hint.
         await asyncio.sleep(1.0)
@@ -124,7 +127,7 @@ async def test_200_clients_over_two_tenants_get_their_own_events_in_order(live: 
 async def test_a_client_that_reconnects_with_its_last_id_misses_nothing(live: Live) -> None:
     async with httpx.AsyncClient(base_url=live.base, timeout=30) as http:
         headers = await live.headers(ONE)
-        first = asyncio.create_task(sse_collect(http, "/v1/events", 3, headers))
+        first = asyncio.create_task(sse_collect(http, "/v1/events?since=0", 3, headers))
         await asyncio.sleep(0.5)
         ids = await live.enqueue(ONE, 6)
         got = await first

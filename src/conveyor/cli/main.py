@@ -17,6 +17,8 @@ the others use PostgreSQL would otherwise sit idle without a word.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -41,8 +43,10 @@ from conveyor.engine.client import Client
 from conveyor.engine.errors import ConveyorError
 from conveyor.engine.limits import MAX_ATTEMPTS, MAX_CONCURRENCY, excerpt, loads
 from conveyor.engine.worker import Worker, WorkerConfig
-from conveyor.logs import configure_logging
+from conveyor.logs import configure_logging, get_logger
 from conveyor.store import StoreError, make_store
+
+log = get_logger("cli")
 
 app = typer.Typer(
     name="conveyor",
@@ -116,6 +120,13 @@ def worker(
     log_database(settings)
 
     async def go() -> None:
+        # A SIGTERM while starting (connecting, migrating, importing) ends the command
+        # cleanly, not by the signal's default action; the worker takes the signals over
+        # once it runs (its handlers are in place before anything else can run).
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopped.set)
         from conveyor.engine.kinds import registry
         from conveyor.notify.service import dispatching, install, with_notify_queues, worker_kinds
 
@@ -127,6 +138,11 @@ def worker(
             notify = install(kinds, store, settings)
             served = replace(config, queues=with_notify_queues(config.queues, settings))
             async with dispatching(notify):
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+                if stopped.is_set():
+                    log.info("signal received while starting; stopping")
+                    return
                 await Worker(store, served, kinds=kinds).run(burst=burst, handle_signals=True)
         finally:
             await store.close()
